@@ -1,0 +1,72 @@
+"""One error tree for everything s3seg raises on purpose.
+
+Every error carries a one-line ``message`` and an optional ``hint`` that says what to do next.
+Third-party exceptions are converted at the edge where they happen (``raise ... from e``) so a user
+sees one line, not a traceback; ``S3SEG_DEBUG=1`` shows the chained cause.
+"""
+
+from __future__ import annotations
+
+
+class S3SegError(Exception):
+    """Base class: a failure the user can act on.
+
+    ``exit_code`` is what the CLI exits with when this error ends a command.
+    """
+
+    exit_code: int = 1
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return self.message if not self.hint else f"{self.message} (hint: {self.hint})"
+
+
+class UsageError(S3SegError):
+    """The call itself is wrong: bad option, bad value, conflicting arguments."""
+
+    exit_code = 2
+
+
+class ImageError(S3SegError):
+    """An input image is missing, unreadable, corrupt, too large or not an image."""
+
+    exit_code = 3
+
+
+class ModelError(S3SegError):
+    """The model cannot be found, downloaded, read or converted."""
+
+    exit_code = 4
+
+
+class DependencyError(S3SegError):
+    """An optional dependency (an extra) is not installed."""
+
+    exit_code = 5
+
+
+class ResultFormatError(S3SegError):
+    """A serialised result (COCO JSON, RLE) is malformed."""
+
+    exit_code = 6
+
+
+class DeviceError(S3SegError):
+    """The requested device is not available, or ran out of memory."""
+
+    exit_code = 7
+
+
+__all__ = [
+    "DependencyError",
+    "DeviceError",
+    "ImageError",
+    "ModelError",
+    "ResultFormatError",
+    "S3SegError",
+    "UsageError",
+]
