@@ -1,0 +1,50 @@
+"""COCO compressed RLE for boolean masks, through pycocotools (the format's reference implementation)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from pycocotools import mask as _mask
+
+from s3seg.errors import ResultFormatError
+
+
+def encode(mask: npt.NDArray[np.bool_]) -> dict[str, Any]:
+    """bool (H, W) → ``{"size": [H, W], "counts": str}`` (JSON-ready compressed RLE)."""
+    rle = _mask.encode(np.asfortranarray(mask, dtype=np.uint8))
+    return {"size": [int(rle["size"][0]), int(rle["size"][1])], "counts": rle["counts"].decode("ascii")}
+
+
+def encode_many(masks: npt.NDArray[np.bool_]) -> list[dict[str, Any]]:
+    """bool (N, H, W) → N RLEs in one pycocotools call (one Fortran-order copy for all masks)."""
+    if len(masks) == 0:
+        return []
+    stacked = np.asfortranarray(masks.transpose(1, 2, 0), dtype=np.uint8)
+    return [
+        {"size": [int(r["size"][0]), int(r["size"][1])], "counts": r["counts"].decode("ascii")}
+        for r in _mask.encode(stacked)
+    ]
+
+
+def decode(rle: Any, height: int, width: int) -> npt.NDArray[np.bool_]:
+    """Compressed RLE (as written by :func:`encode`) → bool (H, W); its size must match the image."""
+    if not isinstance(rle, dict) or "counts" not in rle or "size" not in rle:
+        raise ResultFormatError(
+            "segmentation must be a COCO RLE object with 'size' and 'counts'",
+            hint="polygon segmentations are not supported; write masks as RLE",
+        )
+    size = [int(v) for v in rle["size"]]
+    if size != [height, width]:
+        raise ResultFormatError(f"RLE size {size} does not match image size [{height}, {width}]")
+    counts = rle["counts"]
+    if isinstance(counts, list):  # uncompressed RLE
+        compressed = _mask.frPyObjects({"size": size, "counts": counts}, height, width)
+    else:
+        compressed = {"size": size, "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
+    try:
+        out = _mask.decode(compressed)
+    except Exception as e:  # pycocotools raises bare exceptions on corrupt counts
+        raise ResultFormatError(f"corrupt RLE counts: {e}") from e
+    return out.astype(bool)

@@ -1,0 +1,75 @@
+"""The ``s3seg`` command. Commands are thin: parse → call the SDK → render; one handler turns errors into
+a message, a hint and an exit code."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import typer
+
+from s3seg.cli._segment import segment_command
+
+app = typer.Typer(
+    name="s3seg",
+    help="Segment every instance of a concept in images with Meta's SAM3: s3seg segment photo.jpg \"dog\"",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+app.command("segment", no_args_is_help=True)(segment_command)
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        from s3seg import __version__
+
+        typer.echo(f"s3seg {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version_callback, is_eager=True,
+                                 help="Print the version and exit."),
+) -> None:
+    """s3seg: SAM3 text-prompted segmentation from the terminal, Python, or a GPU server."""
+
+
+def main() -> None:
+    """Console entry point: runs the app and maps every error to one line and an exit code."""
+    from s3seg.errors import S3SegError
+
+    debug = os.environ.get("S3SEG_DEBUG", "").strip().lower() in {"1", "true", "yes", "on"}
+    try:
+        app(standalone_mode=False)
+    except S3SegError as e:
+        if debug:
+            raise
+        _fail(e.message, e.hint, e.exit_code)
+    except typer.Exit as e:
+        sys.exit(e.exit_code)
+    except typer.Abort:
+        _fail("aborted", None, 130)
+    except KeyboardInterrupt:
+        _fail("interrupted", None, 130)
+    except Exception as e:  # click usage errors carry their own exit code and message
+        import click
+
+        if isinstance(e, click.ClickException):
+            e.show()
+            sys.exit(e.exit_code)
+        if debug:
+            raise
+        _fail(f"unexpected error: {type(e).__name__}: {e}", "rerun with S3SEG_DEBUG=1 for the traceback", 1)
+
+
+def _fail(message: str, hint: str | None, code: int) -> None:
+    from s3seg.cli._console import err_console
+
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    if hint:
+        err_console.print(f"[dim]hint:[/] {hint}", highlight=False, soft_wrap=True)
+    sys.exit(code)

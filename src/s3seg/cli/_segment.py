@@ -1,0 +1,252 @@
+"""``s3seg segment``: images (files, folders, globs) × text prompts and exemplar boxes → files and a summary."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Optional
+
+import typer
+
+from s3seg.cli._console import console, err_console
+
+if TYPE_CHECKING:
+    from s3seg.client import Client
+    from s3seg.images import LoadedImage
+    from s3seg.types import SegmentationResult
+
+DEFAULT_OUT = Path("s3seg-out")
+
+
+def segment_command(
+    args: list[str] = typer.Argument(
+        ...,
+        metavar="IMAGE [PROMPT...]",
+        help="An image followed by text prompts: photo.jpg dog person. With -p, every argument is an image, "
+        "a folder or a glob: a.jpg photos/ 'shots/*.png' -p dog.",
+        show_default=False,
+    ),
+    prompt: Optional[list[str]] = typer.Option(  # noqa: UP045  (typer needs Optional here)
+        None, "--prompt", "-p", help="A text prompt (repeatable). Makes every argument an image.",
+        show_default=False,
+    ),
+    box: Optional[list[str]] = typer.Option(  # noqa: UP045
+        None, "--box", "-b", metavar="X0,Y0,X1,Y1",
+        help="An exemplar box in pixels (repeatable); prefix 'neg:' for a negative exemplar. "
+        "Boxes alone segment 'things like this'.", show_default=False,
+    ),
+    out: Optional[Path] = typer.Option(  # noqa: UP045
+        None, "--out", "-o", help=f"Folder for per-image COCO JSON, mask PNG and overlay (default: {DEFAULT_OUT}/, "
+        "or none with --json).", show_default=False,
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print results as one COCO JSON document on stdout."),
+    model: Optional[str] = typer.Option(  # noqa: UP045
+        None, "--model", "-m", help="Hub id, save_pretrained folder or sam3.pt (env S3SEG_MODEL; default "
+        "facebook/sam3).", show_default=False,
+    ),
+    device: Optional[str] = typer.Option(  # noqa: UP045
+        None, "--device", "-d", help="auto, cpu, cuda, cuda:N or mps (env S3SEG_DEVICE; default auto).",
+        show_default=False,
+    ),
+    threshold: Optional[float] = typer.Option(  # noqa: UP045
+        None, "--threshold", "-t", min=0.0, max=1.0, help="Minimum instance score (default 0.5).",
+        show_default=False,
+    ),
+    mask_threshold: Optional[float] = typer.Option(  # noqa: UP045
+        None, "--mask-threshold", min=0.0, max=1.0, help="Mask probability cut-off (default 0.5).",
+        show_default=False,
+    ),
+    max_instances: Optional[int] = typer.Option(  # noqa: UP045
+        None, "--max-instances", min=1, help="Keep at most N instances per prompt.", show_default=False,
+    ),
+    nms: Optional[float] = typer.Option(  # noqa: UP045
+        None, "--nms", min=0.0, max=1.0, help="Drop instances whose mask IoU with a better one exceeds this.",
+        show_default=False,
+    ),
+    max_pixels: Optional[int] = typer.Option(  # noqa: UP045
+        None, "--max-pixels", min=1, help="Refuse images with more pixels (default 100000000).",
+        show_default=False,
+    ),
+) -> None:
+    """Segment every instance of each prompt in one or more images.
+
+    Writes per image NAME.json (COCO, masks as RLE), NAME.mask.png (pixel value = instance number,
+    0 = background) and NAME.overlay.jpg, and prints a summary, or one JSON document with --json.
+
+    Examples:  s3seg segment photo.jpg dog  ·  s3seg segment photos/ -p dog -p cat --out results/
+     ·  s3seg segment photo.jpg dog --box 10,20,200,240 --box neg:300,40,380,120
+    """
+    from s3seg.client import Client
+    from s3seg.config import Settings
+    from s3seg.errors import DeviceError, ImageError, S3SegError, UsageError
+    from s3seg.images import expand_inputs
+    from s3seg.types import box_from_string
+
+    if prompt:
+        inputs, prompts = args, prompt
+    else:
+        inputs, prompts = args[:1], args[1:]
+    if not prompts and not box:
+        raise UsageError(
+            "no prompt given",
+            hint='add a text prompt (s3seg segment photo.jpg "dog") or an exemplar box (--box x0,y0,x1,y1)',
+        )
+    try:
+        boxes = [box_from_string(b) for b in box or []]
+    except ValueError as e:
+        raise UsageError(str(e), hint="example: --box 10,20,200,240 or --box neg:10,20,200,240") from e
+    overrides = {"model": model, "device": device, "threshold": threshold, "mask_threshold": mask_threshold,
+                 "max_instances": max_instances, "nms_iou": nms, "max_pixels": max_pixels}
+    settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
+    client = Client(settings=settings)
+    options = client.options()  # validates thresholds before any model loads
+    paths = expand_inputs(inputs)
+    if out is None and not as_json:
+        out = DEFAULT_OUT
+    writer = _Writer(out) if out is not None else None
+
+    results: list[SegmentationResult] = []
+    failures: list[tuple[str, str]] = []
+    with _progress(len(paths)) as advance:
+        for batch in _batches(paths, client, settings.max_batch, failures, advance):
+            try:
+                found = client.engine.segment(
+                    [i.array for i in batch], prompts, boxes, names=[i.name for i in batch], options=options
+                )
+            except DeviceError as e:  # e.g. out of memory: this batch fails, the rest go on
+                failures += [(i.name or "?", e.message) for i in batch]
+                continue
+            for image, result in zip(batch, found, strict=True):
+                if writer is not None:
+                    writer.write(image, result)
+                results.append(result)
+            advance(len(batch))
+
+    if as_json:
+        _print_json(results, failures)
+    else:
+        _print_summary(results, failures, writer)
+    if failures:
+        if not as_json:
+            for name, message in failures:
+                err_console.print(f"[bold red]skipped[/] {name}: {message}", highlight=False, soft_wrap=True)
+        raise typer.Exit(ImageError.exit_code if not results else 1)
+    if not results:
+        raise S3SegError("no image was segmented")
+
+
+def _batches(
+    paths: list[Path], client: Client, size: int, failures: list[tuple[str, str]], advance: Any
+) -> Iterator[list[LoadedImage]]:
+    """Decode images lazily in backbone-sized batches; unreadable ones are recorded and skipped."""
+    from s3seg.errors import ImageError
+
+    batch: list[LoadedImage] = []
+    for path in paths:
+        try:
+            batch.append(client.load(path))
+        except ImageError as e:
+            failures.append((str(path), e.message))
+            advance(1)
+            continue
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+class _progress:
+    """A progress bar on stderr for more than one image (hidden when stderr is not a terminal)."""
+
+    def __init__(self, total: int) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self._bar = Progress(
+            TextColumn("segmenting"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+            console=err_console, transient=True, disable=total < 2 or not err_console.is_terminal,
+        )
+        self._total = total
+
+    def __enter__(self) -> Any:
+        self._bar.start()
+        task = self._bar.add_task("segment", total=self._total)
+        return lambda n: self._bar.advance(task, n)
+
+    def __exit__(self, *exc: object) -> None:
+        self._bar.stop()
+
+
+class _Writer:
+    """Per-image outputs, written atomically (temp file, then rename) under unique stems."""
+
+    def __init__(self, out: Path) -> None:
+        from s3seg.errors import UsageError
+
+        if out.exists() and not out.is_dir():
+            raise UsageError(f"--out {out} exists and is not a folder")
+        out.mkdir(parents=True, exist_ok=True)
+        self.out = out
+        self._stems: set[str] = set()
+
+    def write(self, image: LoadedImage, result: SegmentationResult) -> None:
+        from s3seg import render
+
+        stem = self._unique(Path(image.name or "image").stem)
+        overlay = render.overlay(image.array, result)
+        _atomic(self.out / f"{stem}.json", json.dumps(result.to_coco()).encode())
+        _atomic(self.out / f"{stem}.mask.png", render.mask_png(result))
+        _atomic(self.out / f"{stem}.overlay.jpg", _jpeg(overlay))
+
+    def _unique(self, stem: str) -> str:
+        candidate, n = stem, 1
+        while candidate in self._stems:
+            n += 1
+            candidate = f"{stem}_{n}"
+        self._stems.add(candidate)
+        return candidate
+
+
+def _jpeg(image: Any) -> bytes:
+    from io import BytesIO
+
+    buf = BytesIO()
+    image.save(buf, format="JPEG", quality=90)
+    return buf.getvalue()
+
+
+def _atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    tmp.replace(path)
+
+
+def _print_json(results: list[SegmentationResult], failures: list[tuple[str, str]]) -> None:
+    from s3seg.types import to_coco
+
+    doc = to_coco(results)
+    doc["errors"] = [{"image": name, "message": message} for name, message in failures]
+    sys.stdout.write(json.dumps(doc) + "\n")
+
+
+def _print_summary(results: list[SegmentationResult], failures: list[tuple[str, str]], writer: _Writer | None) -> None:
+    from rich.table import Table
+
+    table = Table(title=None, show_edge=False, header_style="bold")
+    for col, justify in (("image", "left"), ("size", "right"), ("prompt", "left"), ("found", "right"),
+                         ("best score", "right"), ("ms", "right")):
+        table.add_column(col, justify=justify)  # type: ignore[arg-type]
+    for r in results:
+        for i, p in enumerate(r.prompts):
+            found = r.for_prompt(p)
+            table.add_row(
+                (r.image or "-") if i == 0 else "", f"{r.width}×{r.height}" if i == 0 else "", p,
+                str(len(found)), f"{found[0].score:.3f}" if found else "-",
+                f"{r.timings.total_ms:.0f}" if i == 0 else "",
+            )
+    console.print(table)
+    total = sum(len(r) for r in results)
+    where = f" → {writer.out}/" if writer is not None else ""
+    console.print(f"{total} instance(s) in {len(results)} image(s){where}", highlight=False)

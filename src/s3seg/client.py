@@ -1,0 +1,137 @@
+"""The Python entry point: :class:`Client` keeps SAM3 loaded for many calls; :func:`segment` is the one-liner."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from s3seg.config import Settings
+from s3seg.images import ImageInput, LoadedImage, load_image
+from s3seg.types import Box, SegmentationResult, ensure_prompts
+
+if TYPE_CHECKING:
+    from s3seg.engine import Sam3Engine, SegmentOptions
+
+
+class Client:
+    """Segment images with SAM3 from Python; the model loads on first use and stays loaded.
+
+    >>> client = s3seg.Client(model="facebook/sam3")              # doctest: +SKIP
+    >>> result = client.segment("photo.jpg", ["dog", "cat"])      # doctest: +SKIP
+    >>> result.masks.shape, result.boxes, result.scores, result.labels  # doctest: +SKIP
+
+    Args:
+        model: Hub id, ``save_pretrained`` directory or official ``sam3.pt`` (default from settings).
+        device: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps`` (default from settings).
+        settings: every other knob; defaults read the environment (``S3SEG_*``).
+        engine: an already loaded engine to use instead of loading one.
+    """
+
+    def __init__(
+        self,
+        model: str | None = None,
+        *,
+        device: str | None = None,
+        settings: Settings | None = None,
+        engine: Sam3Engine | None = None,
+    ) -> None:
+        overrides: dict[str, Any] = {k: v for k, v in {"model": model, "device": device}.items() if v is not None}
+        base = settings or Settings()
+        self.settings = base.model_copy(update=overrides) if overrides else base
+        self._engine = engine
+        self._lock = threading.Lock()
+
+    @property
+    def engine(self) -> Sam3Engine:
+        """The loaded engine (loads it on first access)."""
+        with self._lock:
+            if self._engine is None:
+                from s3seg.engine import Sam3Engine
+
+                self._engine = Sam3Engine.from_settings(self.settings)
+            return self._engine
+
+    def segment(
+        self,
+        image: ImageInput,
+        prompts: str | Sequence[str] = (),
+        *,
+        boxes: Sequence[Box | tuple[float, float, float, float]] = (),
+        threshold: float | None = None,
+        mask_threshold: float | None = None,
+        max_instances: int | None = None,
+        nms_iou: float | None = None,
+    ) -> SegmentationResult:
+        """Every instance of each prompt in one image.
+
+        Args:
+            image: a path, bytes, PIL image or RGB/gray numpy array.
+            prompts: one noun phrase or several; all run on one backbone pass.
+            boxes: exemplar boxes (x0, y0, x1, y1) in pixels, or :class:`Box` (``positive=False`` for negatives).
+            threshold, mask_threshold, max_instances, nms_iou: override the settings for this call.
+        """
+        return self.segment_batch(
+            [image], prompts, boxes=boxes, threshold=threshold, mask_threshold=mask_threshold,
+            max_instances=max_instances, nms_iou=nms_iou,
+        )[0]
+
+    def segment_batch(
+        self,
+        images: Sequence[ImageInput],
+        prompts: str | Sequence[str] = (),
+        *,
+        boxes: Sequence[Box | tuple[float, float, float, float]] = (),
+        threshold: float | None = None,
+        mask_threshold: float | None = None,
+        max_instances: int | None = None,
+        nms_iou: float | None = None,
+    ) -> list[SegmentationResult]:
+        """Like :meth:`segment` for several images (batched through the backbone); one result each."""
+        loaded = [self.load(i) for i in images]
+        return self.engine.segment(
+            [i.array for i in loaded],
+            ensure_prompts(prompts),
+            [b if isinstance(b, Box) else Box(*b) for b in boxes],
+            names=[i.name for i in loaded],
+            options=self.options(threshold, mask_threshold, max_instances, nms_iou),
+        )
+
+    def load(self, image: ImageInput | LoadedImage) -> LoadedImage:
+        """Decode and check an image with this client's limits."""
+        return image if isinstance(image, LoadedImage) else load_image(image, max_pixels=self.settings.max_pixels)
+
+    def options(
+        self,
+        threshold: float | None = None,
+        mask_threshold: float | None = None,
+        max_instances: int | None = None,
+        nms_iou: float | None = None,
+    ) -> SegmentOptions:
+        from s3seg.engine import SegmentOptions
+
+        s = self.settings
+        return SegmentOptions(
+            threshold=s.threshold if threshold is None else threshold,
+            mask_threshold=s.mask_threshold if mask_threshold is None else mask_threshold,
+            max_instances=s.max_instances if max_instances is None else max_instances,
+            nms_iou=s.nms_iou if nms_iou is None else nms_iou,
+        )
+
+
+_clients: dict[tuple[str | None, str | None], Client] = {}
+_clients_lock = threading.Lock()
+
+
+def segment(
+    image: ImageInput,
+    prompts: str | Sequence[str] = (),
+    *,
+    model: str | None = None,
+    device: str | None = None,
+    **kwargs: Any,
+) -> SegmentationResult:
+    """One-liner: ``s3seg.segment("photo.jpg", "dog")``. The model is loaded once per process and reused."""
+    with _clients_lock:
+        client = _clients.setdefault((model, device), Client(model, device=device))
+    return client.segment(image, prompts, **kwargs)

@@ -1,0 +1,72 @@
+"""The one settings object, and the only place that reads the environment.
+
+Order of precedence: explicit arguments (``Settings(model=...)`` or CLI options), then environment
+variables (``S3SEG_*``; a few standard names such as ``HF_TOKEN`` and the seed's ``SAM3_WEIGHTS_PATH``
+are read too), then a ``.env`` file in the working directory. Nothing is created at import time.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_MODEL = "facebook/sam3"
+
+Device = str  # "auto", "cpu", "cuda", "cuda:1", "mps"
+DType = Literal["auto", "float32", "bfloat16", "float16"]
+
+
+class Settings(BaseSettings):
+    """Every knob s3seg has. Environment variables are ``S3SEG_<FIELD>`` unless noted."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="S3SEG_",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        populate_by_name=True,
+    )
+
+    model: str = Field(
+        default=DEFAULT_MODEL,
+        validation_alias=AliasChoices("model", "S3SEG_MODEL", "SAM3_WEIGHTS_PATH"),
+        description="Hub id, local save_pretrained directory, or official sam3.pt file.",
+    )
+    revision: str | None = Field(default=None, description="Hub revision (branch, tag or commit).")
+    device: Device = Field(
+        default="auto",
+        validation_alias=AliasChoices("device", "S3SEG_DEVICE", "SAM3_DEVICE"),
+        description="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps.",
+    )
+    dtype: DType = Field(default="auto", description="auto = bfloat16 on CUDA, float32 elsewhere.")
+    compile: bool = Field(default=False, description="torch.compile the model (GPU; slow first call).")
+    hf_token: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("hf_token", "S3SEG_HF_TOKEN", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"),
+    )
+    offline: bool = Field(
+        default=False,
+        validation_alias=AliasChoices("offline", "S3SEG_OFFLINE", "HF_HUB_OFFLINE"),
+        description="Never contact the Hub; use the local cache or a local path.",
+    )
+    threshold: float = Field(default=0.5, ge=0.0, le=1.0, description="Minimum instance score.")
+    mask_threshold: float = Field(default=0.5, gt=0.0, lt=1.0, description="Mask probability cut-off.")
+    max_instances: int | None = Field(default=None, ge=1, description="Keep at most this many per prompt.")
+    nms_iou: float | None = Field(default=None, gt=0.0, le=1.0, description="Mask-IoU NMS threshold per prompt.")
+    max_pixels: int = Field(default=100_000_000, ge=1, description="Refuse larger images (decompression bombs).")
+    max_batch: int = Field(default=8, ge=1, description="Most images sent through the backbone at once.")
+    debug: bool = Field(default=False, description="Show full tracebacks.")
+
+    @field_validator("device")
+    @classmethod
+    def _check_device(cls, v: str) -> str:
+        v = v.strip().lower()
+        base = v.split(":", 1)[0]
+        if base not in {"auto", "cpu", "cuda", "mps"}:
+            raise ValueError(f"device must be auto, cpu, cuda, cuda:N or mps, not {v!r}")
+        return v
+
+    def token(self) -> str | None:
+        return self.hf_token.get_secret_value() if self.hf_token else None

@@ -1,0 +1,5 @@
+"""SAM3 inference. The only package that imports torch; import it lazily from everywhere else."""
+
+from s3seg.engine._sam3 import VISUAL_PROMPT, Fidelity, ModelInfo, RawPrediction, Sam3Engine, SegmentOptions
+
+__all__ = ["VISUAL_PROMPT", "Fidelity", "ModelInfo", "RawPrediction", "Sam3Engine", "SegmentOptions"]

@@ -1,0 +1,185 @@
+"""Finding, downloading and loading SAM3 weights, and choosing the device.
+
+A model is named by a Hub id (``facebook/sam3``), a local ``save_pretrained`` directory, or an
+official ``sam3.pt`` file. Every failure becomes a one-line :class:`ModelError` that says what to do.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from s3seg.errors import DeviceError, ModelError
+
+if TYPE_CHECKING:
+    from transformers import CLIPTokenizer, Sam3Model
+
+# Only what Sam3Model needs: the Hub repo also holds the official .pt file and video weights.
+_HUB_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model"]
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    model: Sam3Model
+    tokenizer: CLIPTokenizer
+    image_size: int
+    image_mean: tuple[float, float, float]
+    image_std: tuple[float, float, float]
+    source: str
+    revision: str | None
+
+
+def pick_device(requested: str) -> torch.device:
+    """``auto`` → cuda, then mps, then cpu; an explicit device must exist."""
+    if requested == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    device = torch.device(requested)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise DeviceError("CUDA was requested but no CUDA GPU is available", hint="use --device cpu or auto")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise DeviceError(
+                f"{requested} was requested but only {torch.cuda.device_count()} CUDA device(s) exist",
+                hint="use --device cuda:0 or auto",
+            )
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise DeviceError("MPS was requested but is not available on this machine", hint="use --device cpu or auto")
+    return device
+
+
+def pick_dtype(requested: str, device: torch.device) -> torch.dtype:
+    """``auto`` → bfloat16 on CUDA (when supported), float32 elsewhere."""
+    if requested == "auto":
+        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[requested]
+
+
+def resolve(model: str, *, revision: str | None, token: str | None, offline: bool) -> Path:
+    """A local directory or .pt file for ``model``, downloading Hub snapshots when needed."""
+    path = Path(model).expanduser()
+    if path.exists():
+        return path
+    if not _HUB_ID.fullmatch(model) or model.endswith((".pt", ".pth")):
+        raise ModelError(f"model path not found: {model}", hint="pass an existing directory or sam3.pt file, or a Hub id")
+    return _download(model, revision=revision, token=token, offline=offline)
+
+
+def _download(repo_id: str, *, revision: str | None, token: str | None, offline: bool) -> Path:
+    from huggingface_hub import snapshot_download
+    from huggingface_hub import errors as hf
+
+    local = f"or pass a local directory: --model /path/to/{repo_id.split('/')[-1]}"
+    try:
+        return Path(
+            snapshot_download(
+                repo_id,
+                revision=revision,
+                token=token,
+                local_files_only=offline,
+                allow_patterns=_HUB_PATTERNS,
+            )
+        )
+    except hf.GatedRepoError as e:
+        raise ModelError(
+            f"{repo_id} is a gated model and this account has no access to it",
+            hint=f"accept the licence at https://huggingface.co/{repo_id}, then set HF_TOKEN "
+            f"(https://huggingface.co/settings/tokens), {local}",
+        ) from e
+    except hf.RevisionNotFoundError as e:
+        raise ModelError(f"revision {revision!r} not found in {repo_id}", hint="check --revision") from e
+    except hf.RepositoryNotFoundError as e:
+        raise ModelError(
+            f"model {repo_id!r} not found on the Hub (or it is private and HF_TOKEN is not set)",
+            hint=f"check the id, set HF_TOKEN, {local}",
+        ) from e
+    except hf.LocalEntryNotFoundError as e:
+        why = "offline mode is on" if offline else "the Hub could not be reached"
+        raise ModelError(
+            f"{repo_id} is not in the local cache and {why}",
+            hint=f"connect once to download it (with HF_TOKEN for gated models), {local}",
+        ) from e
+    except hf.HfHubHTTPError as e:
+        raise ModelError(f"downloading {repo_id} failed: {_first_line(e)}", hint=f"retry, {local}") from e
+    except OSError as e:
+        raise ModelError(f"downloading {repo_id} failed: {_first_line(e)}", hint=local) from e
+
+
+def load(
+    model: str,
+    *,
+    device: torch.device,
+    dtype: torch.dtype,
+    revision: str | None = None,
+    token: str | None = None,
+    offline: bool = False,
+) -> LoadedModel:
+    """Load weights, tokenizer and preprocessing constants onto ``device`` in ``dtype``."""
+    path = resolve(model, revision=revision, token=token, offline=offline)
+    if path.is_file():
+        sam3, tokenizer, preprocess = _load_official(path)
+    else:
+        sam3, tokenizer, preprocess = _load_pretrained_dir(path)
+    sam3 = sam3.to(device=device, dtype=dtype).eval()
+    size = int(preprocess.get("size", {}).get("height", sam3.config.vision_config.image_size))
+    return LoadedModel(
+        model=sam3,
+        tokenizer=tokenizer,
+        image_size=size,
+        image_mean=tuple(preprocess.get("image_mean", (0.5, 0.5, 0.5))),  # type: ignore[arg-type]
+        image_std=tuple(preprocess.get("image_std", (0.5, 0.5, 0.5))),  # type: ignore[arg-type]
+        source=model,
+        revision=revision,
+    )
+
+
+def _load_pretrained_dir(path: Path) -> tuple[Sam3Model, CLIPTokenizer, dict[str, Any]]:
+    import json
+
+    from transformers import AutoTokenizer, Sam3Model
+
+    if not (path / "config.json").is_file():
+        raise ModelError(
+            f"{path} is not a SAM3 model directory (no config.json)",
+            hint="pass a directory written by save_pretrained, a Hub id, or an official sam3.pt file",
+        )
+    try:
+        sam3 = Sam3Model.from_pretrained(path, attn_implementation="sdpa")
+    except Exception as e:  # transformers raises many kinds; the user needs one line
+        raise ModelError(f"cannot load SAM3 weights from {path}: {_first_line(e)}") from e
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except Exception:
+        # Some SAM3 directories carry no tokenizer files; SAM3's tokenizer is plain CLIP BPE.
+        from s3seg.engine._tokenizer import build_clip_tokenizer
+
+        tokenizer = build_clip_tokenizer()
+    preprocess: dict[str, Any] = {}
+    for name in ("processor_config.json", "preprocessor_config.json"):
+        if (path / name).is_file():
+            data = json.loads((path / name).read_text())
+            preprocess = data.get("image_processor", data)
+            break
+    return sam3, tokenizer, preprocess
+
+
+def _load_official(path: Path) -> tuple[Sam3Model, CLIPTokenizer, dict[str, Any]]:
+    from s3seg.engine._convert import load_official
+    from s3seg.engine._tokenizer import build_clip_tokenizer
+
+    return load_official(path), build_clip_tokenizer(), {}
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0] if text else type(e).__name__

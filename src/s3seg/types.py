@@ -1,0 +1,342 @@
+"""The one result type, from engine to SDK, CLI, server and storage, and its COCO (de)serialisation.
+
+A :class:`SegmentationResult` is one image: its size, the prompts asked, and every instance found.
+Each :class:`Instance` has its prompt, score, box (xyxy, pixels of the original image) and a boolean
+mask at the original resolution. Both are frozen and validated when built.
+
+COCO form (``to_coco`` / ``from_coco``): ``images`` / ``annotations`` / ``categories`` with masks as
+compressed RLE (the string ``counts`` that ``pycocotools.mask.decode`` reads). Extra keys keep what
+COCO has no field for, so a result reads back identical: ``bbox_xyxy`` on annotations (COCO's ``bbox``
+is xywh) and ``s3seg`` on images (prompts, timings, model).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from s3seg import _rle
+from s3seg.errors import ResultFormatError
+
+BoolMask = npt.NDArray[np.bool_]
+
+
+@dataclass(frozen=True)
+class Box:
+    """An exemplar box prompt in pixel xyxy; ``positive=False`` marks a negative exemplar."""
+
+    x0: float
+    y0: float
+    x1: float
+    y1: float
+    positive: bool = True
+
+    def __post_init__(self) -> None:
+        coords = (self.x0, self.y0, self.x1, self.y1)
+        if not all(math.isfinite(c) for c in coords):
+            raise ValueError(f"box coordinates must be finite numbers, got {coords}")
+        if self.x1 <= self.x0 or self.y1 <= self.y0:
+            raise ValueError(f"box must have x1 > x0 and y1 > y0, got {coords}")
+
+    @property
+    def xyxy(self) -> tuple[float, float, float, float]:
+        return (self.x0, self.y0, self.x1, self.y1)
+
+
+@dataclass(frozen=True)
+class Timings:
+    """Milliseconds spent per stage for one image (batched stages are shared out evenly)."""
+
+    preprocess_ms: float = 0.0
+    inference_ms: float = 0.0
+    postprocess_ms: float = 0.0
+
+    @property
+    def total_ms(self) -> float:
+        return self.preprocess_ms + self.inference_ms + self.postprocess_ms
+
+    def to_dict(self) -> dict[str, float]:
+        return {
+            "preprocess_ms": round(self.preprocess_ms, 3),
+            "inference_ms": round(self.inference_ms, 3),
+            "postprocess_ms": round(self.postprocess_ms, 3),
+            "total_ms": round(self.total_ms, 3),
+        }
+
+
+@dataclass(frozen=True, eq=False)
+class Instance:
+    """One detected instance.
+
+    Attributes:
+        prompt: the text prompt (or ``"visual"`` for box-only prompts) that found it.
+        score: confidence in [0, 1] (detection score × presence score).
+        box: (x0, y0, x1, y1) in pixels of the original image.
+        mask: bool array of shape (H, W), the original image size.
+    """
+
+    prompt: str
+    score: float
+    box: tuple[float, float, float, float]
+    mask: BoolMask = field(repr=False)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.prompt, str) or not self.prompt:
+            raise ValueError("instance prompt must be a non-empty string")
+        if not (math.isfinite(self.score) and 0.0 <= self.score <= 1.0):
+            raise ValueError(f"instance score must be in [0, 1], got {self.score}")
+        if len(self.box) != 4 or not all(math.isfinite(c) for c in self.box):
+            raise ValueError(f"instance box must be 4 finite numbers (x0, y0, x1, y1), got {self.box}")
+        if not isinstance(self.mask, np.ndarray) or self.mask.dtype != np.bool_ or self.mask.ndim != 2:
+            shape = getattr(self.mask, "shape", None)
+            dtype = getattr(self.mask, "dtype", type(self.mask).__name__)
+            raise ValueError(f"instance mask must be a 2-D bool array (H, W), got shape {shape} dtype {dtype}")
+        object.__setattr__(self, "score", float(self.score))
+        object.__setattr__(self, "box", tuple(float(c) for c in self.box))
+        self.mask.flags.writeable = False
+
+    @property
+    def area(self) -> int:
+        return int(self.mask.sum())
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Instance):
+            return NotImplemented
+        return (
+            self.prompt == other.prompt
+            and self.score == other.score
+            and self.box == other.box
+            and np.array_equal(self.mask, other.mask)
+        )
+
+    __hash__ = None  # type: ignore[assignment]  # holds an array: not hashable
+
+
+@dataclass(frozen=True, eq=False)
+class SegmentationResult:
+    """Everything found in one image.
+
+    Attributes:
+        width, height: the original image size in pixels.
+        prompts: the prompts asked, in order (kept even when nothing was found).
+        instances: found instances, grouped by prompt in ``prompts`` order, best score first.
+        image: a name for the image (file name, URL or ``None``).
+        timings: per-stage milliseconds.
+        model: the model id or path that produced it.
+    """
+
+    width: int
+    height: int
+    prompts: tuple[str, ...]
+    instances: tuple[Instance, ...] = ()
+    image: str | None = None
+    timings: Timings = field(default_factory=Timings)
+    model: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.width <= 0 or self.height <= 0:
+            raise ValueError(f"image size must be positive, got width={self.width} height={self.height}")
+        object.__setattr__(self, "prompts", tuple(self.prompts))
+        object.__setattr__(self, "instances", tuple(self.instances))
+        for i, inst in enumerate(self.instances):
+            if inst.mask.shape != (self.height, self.width):
+                raise ValueError(
+                    f"instance {i} mask has shape {inst.mask.shape}, expected (H, W) = ({self.height}, {self.width})"
+                )
+            if inst.prompt not in self.prompts:
+                raise ValueError(f"instance {i} prompt {inst.prompt!r} is not one of the prompts {self.prompts}")
+
+    def __len__(self) -> int:
+        return len(self.instances)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, SegmentationResult):
+            return NotImplemented
+        return (
+            (self.width, self.height, self.prompts, self.image, self.model)
+            == (other.width, other.height, other.prompts, other.image, other.model)
+            and self.instances == other.instances
+        )
+
+    __hash__ = None  # type: ignore[assignment]
+
+    @property
+    def masks(self) -> BoolMask:
+        """All masks stacked: bool array (N, H, W)."""
+        if not self.instances:
+            return np.zeros((0, self.height, self.width), dtype=bool)
+        return np.stack([i.mask for i in self.instances])
+
+    @property
+    def boxes(self) -> npt.NDArray[np.float64]:
+        """All boxes: float array (N, 4), xyxy pixels."""
+        return np.array([i.box for i in self.instances], dtype=np.float64).reshape(-1, 4)
+
+    @property
+    def scores(self) -> npt.NDArray[np.float64]:
+        """All scores: float array (N,)."""
+        return np.array([i.score for i in self.instances], dtype=np.float64)
+
+    @property
+    def labels(self) -> list[str]:
+        """The prompt of each instance, in order."""
+        return [i.prompt for i in self.instances]
+
+    def for_prompt(self, prompt: str) -> tuple[Instance, ...]:
+        return tuple(i for i in self.instances if i.prompt == prompt)
+
+    def to_coco(self) -> dict[str, Any]:
+        """This result as a COCO document (see :func:`to_coco`)."""
+        return to_coco([self])
+
+    @classmethod
+    def from_coco(cls, doc: Mapping[str, Any]) -> SegmentationResult:
+        """Read back a COCO document holding exactly one image."""
+        results = from_coco(doc)
+        if len(results) != 1:
+            raise ResultFormatError(
+                f"expected a COCO document with one image, found {len(results)}",
+                hint="use s3seg.from_coco() for several images",
+            )
+        return results[0]
+
+
+def to_coco(results: Iterable[SegmentationResult]) -> dict[str, Any]:
+    """Several results as one COCO instance-segmentation document (JSON-ready dict).
+
+    Categories are the distinct prompts, numbered from 1 in the order first asked.
+    """
+    results = list(results)
+    categories: dict[str, int] = {}
+    for r in results:
+        for p in r.prompts:
+            categories.setdefault(p, len(categories) + 1)
+    images: list[dict[str, Any]] = []
+    annotations: list[dict[str, Any]] = []
+    for image_id, r in enumerate(results, start=1):
+        images.append(
+            {
+                "id": image_id,
+                "file_name": r.image or f"image_{image_id}",
+                "width": r.width,
+                "height": r.height,
+                "s3seg": {
+                    "prompts": list(r.prompts),
+                    "named": r.image is not None,
+                    "timings": r.timings.to_dict(),
+                    "model": r.model,
+                },
+            }
+        )
+        for inst in r.instances:
+            x0, y0, x1, y1 = inst.box
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": image_id,
+                    "category_id": categories[inst.prompt],
+                    "segmentation": _rle.encode(inst.mask),
+                    "area": inst.area,
+                    "bbox": [x0, y0, x1 - x0, y1 - y0],
+                    "bbox_xyxy": [x0, y0, x1, y1],
+                    "score": inst.score,
+                    "iscrowd": 0,
+                }
+            )
+    return {
+        "info": {"description": "s3seg segmentation results"},
+        "images": images,
+        "annotations": annotations,
+        "categories": [{"id": i, "name": n, "supercategory": "prompt"} for n, i in categories.items()],
+    }
+
+
+def from_coco(doc: Mapping[str, Any]) -> list[SegmentationResult]:
+    """Results from a COCO document written by :func:`to_coco` (or any COCO RLE/polygon-free file)."""
+    try:
+        names = {int(c["id"]): str(c["name"]) for c in doc["categories"]}
+        by_image: dict[int, list[Instance]] = {int(im["id"]): [] for im in doc["images"]}
+        sizes = {int(im["id"]): (int(im["height"]), int(im["width"])) for im in doc["images"]}
+        for ann in doc["annotations"]:
+            image_id = int(ann["image_id"])
+            height, width = sizes[image_id]
+            mask = _rle.decode(ann["segmentation"], height, width)
+            if "bbox_xyxy" in ann:
+                box = tuple(float(v) for v in ann["bbox_xyxy"])
+            else:
+                x, y, w, h = (float(v) for v in ann["bbox"])
+                box = (x, y, x + w, y + h)
+            by_image[image_id].append(
+                Instance(
+                    prompt=names[int(ann["category_id"])],
+                    score=float(ann.get("score", 1.0)),
+                    box=box,  # type: ignore[arg-type]
+                    mask=mask,
+                )
+            )
+        results = []
+        for im in doc["images"]:
+            extra = im.get("s3seg", {})
+            found = by_image[int(im["id"])]
+            prompts = extra.get("prompts") or list(dict.fromkeys(i.prompt for i in found))
+            results.append(
+                SegmentationResult(
+                    width=int(im["width"]),
+                    height=int(im["height"]),
+                    prompts=tuple(prompts),
+                    instances=tuple(found),
+                    image=im.get("file_name") if extra.get("named", True) else None,
+                    timings=Timings(**_timing_fields(extra.get("timings", {}))),
+                    model=extra.get("model"),
+                )
+            )
+        return results
+    except ResultFormatError:
+        raise
+    except (KeyError, TypeError, ValueError) as e:
+        raise ResultFormatError(
+            f"not a valid s3seg/COCO results document: {type(e).__name__}: {e}",
+            hint="expected 'images', 'annotations' and 'categories' with RLE segmentations",
+        ) from e
+
+
+def _timing_fields(d: Mapping[str, Any]) -> dict[str, float]:
+    keys = ("preprocess_ms", "inference_ms", "postprocess_ms")
+    return {k: float(d[k]) for k in keys if k in d}
+
+
+def box_from_string(text: str) -> Box:
+    """Parse ``x0,y0,x1,y1`` (pixels); a ``neg:`` prefix marks a negative exemplar (``pos:`` is allowed)."""
+    raw = text.strip()
+    positive = not raw.lower().startswith("neg:")
+    if raw.lower().startswith(("neg:", "pos:")):
+        raw = raw[4:]
+    parts = [p for p in raw.replace(" ", "").split(",") if p]
+    try:
+        x0, y0, x1, y1 = (float(p) for p in parts)
+    except ValueError as e:
+        raise ValueError(f"box {text!r} must be four numbers x0,y0,x1,y1 (prefix 'neg:' for a negative one)") from e
+    return Box(x0, y0, x1, y1, positive=positive)
+
+
+def ensure_prompts(prompts: str | Sequence[str] | None) -> tuple[str, ...]:
+    """Normalise the prompts argument: one string or a sequence of strings, stripped, de-duplicated."""
+    if prompts is None:
+        return ()
+    if isinstance(prompts, str):
+        prompts = [prompts]
+    out: list[str] = []
+    for p in prompts:
+        if not isinstance(p, str):
+            raise TypeError(f"prompts must be strings, got {type(p).__name__}")
+        p = " ".join(p.split())
+        if not p:
+            raise ValueError("a prompt is empty")
+        if p not in out:
+            out.append(p)
+    return tuple(out)
