@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
@@ -44,7 +45,10 @@ def decode(rle: Any, height: int, width: int) -> npt.NDArray[np.bool_]:
     else:
         compressed = {"size": size, "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
     try:
-        out = _mask.decode(compressed)
+        with warnings.catch_warnings():
+            # pycocotools' RLE object predates numpy 2's __array__(copy=...) protocol; harmless here.
+            warnings.filterwarnings("ignore", "__array__ implementation", DeprecationWarning)
+            out = _mask.decode(compressed)
     except Exception as e:  # pycocotools raises bare exceptions on corrupt counts
         raise ResultFormatError(f"corrupt RLE counts: {e}") from e
     return out.astype(bool)

@@ -39,28 +39,19 @@ def _root(
 
 
 def main() -> None:
-    """Console entry point: runs the app and maps every error to one line and an exit code."""
+    """Console entry point: typer reports usage errors itself; s3seg's errors become one line + an exit code."""
     from s3seg.errors import S3SegError
 
     debug = os.environ.get("S3SEG_DEBUG", "").strip().lower() in {"1", "true", "yes", "on"}
     try:
-        app(standalone_mode=False)
+        app()
     except S3SegError as e:
         if debug:
             raise
         _fail(e.message, e.hint, e.exit_code)
-    except typer.Exit as e:
-        sys.exit(e.exit_code)
-    except typer.Abort:
-        _fail("aborted", None, 130)
     except KeyboardInterrupt:
         _fail("interrupted", None, 130)
-    except Exception as e:  # click usage errors carry their own exit code and message
-        import click
-
-        if isinstance(e, click.ClickException):
-            e.show()
-            sys.exit(e.exit_code)
+    except Exception as e:
         if debug:
             raise
         _fail(f"unexpected error: {type(e).__name__}: {e}", "rerun with S3SEG_DEBUG=1 for the traceback", 1)

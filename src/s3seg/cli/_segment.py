@@ -102,17 +102,23 @@ def segment_command(
     settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
     client = Client(settings=settings)
     options = client.options()  # validates thresholds before any model loads
-    paths = expand_inputs(inputs)
+    results: list[SegmentationResult] = []
+    failures: list[tuple[str, str]] = []
+    paths: list[Path] = []
+    for item in inputs:  # a missing input is reported like an unreadable one; the others still run
+        try:
+            paths += [p for p in expand_inputs([item]) if p not in paths]
+        except ImageError as e:
+            failures.append((item, e.message))
     if out is None and not as_json:
         out = DEFAULT_OUT
     writer = _Writer(out) if out is not None else None
+    engine = client.engine  # model and device problems end the command before any image work
 
-    results: list[SegmentationResult] = []
-    failures: list[tuple[str, str]] = []
     with _progress(len(paths)) as advance:
         for batch in _batches(paths, client, settings.max_batch, failures, advance):
             try:
-                found = client.engine.segment(
+                found = engine.segment(
                     [i.array for i in batch], prompts, boxes, names=[i.name for i in batch], options=options
                 )
             except DeviceError as e:  # e.g. out of memory: this batch fails, the rest go on
@@ -235,9 +241,11 @@ def _print_summary(results: list[SegmentationResult], failures: list[tuple[str, 
     from rich.table import Table
 
     table = Table(title=None, show_edge=False, header_style="bold")
-    for col, justify in (("image", "left"), ("size", "right"), ("prompt", "left"), ("found", "right"),
-                         ("best score", "right"), ("ms", "right")):
-        table.add_column(col, justify=justify)  # type: ignore[arg-type]
+    table.add_column("image", overflow="fold")
+    table.add_column("size", justify="right")
+    table.add_column("prompt", overflow="fold")
+    for col in ("found", "best score", "ms"):
+        table.add_column(col, justify="right")
     for r in results:
         for i, p in enumerate(r.prompts):
             found = r.for_prompt(p)

@@ -7,6 +7,8 @@ official ``sam3.pt`` file. Every failure becomes a one-line :class:`ModelError` 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -154,7 +156,8 @@ def _load_pretrained_dir(path: Path) -> tuple[Sam3Model, CLIPTokenizer, dict[str
             hint="pass a directory written by save_pretrained, a Hub id, or an official sam3.pt file",
         )
     try:
-        sam3 = Sam3Model.from_pretrained(path, attn_implementation="sdpa")
+        with _quiet_transformers():
+            sam3 = Sam3Model.from_pretrained(path, attn_implementation="sdpa")
     except Exception as e:  # transformers raises many kinds; the user needs one line
         raise ModelError(f"cannot load SAM3 weights from {path}: {_first_line(e)}") from e
     try:
@@ -178,6 +181,23 @@ def _load_official(path: Path) -> tuple[Sam3Model, CLIPTokenizer, dict[str, Any]
     from s3seg.engine._tokenizer import build_clip_tokenizer
 
     return load_official(path), build_clip_tokenizer(), {}
+
+
+@contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    """No per-tensor progress bar or info chatter while loading; our own output stays clean."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if was_enabled:
+            hf_logging.enable_progress_bar()
 
 
 def _first_line(e: BaseException) -> str:
