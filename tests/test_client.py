@@ -1,0 +1,71 @@
+"""The Python API: `s3seg.segment()` one-liner and `s3seg.Client`, with every image kind users pass."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import s3seg
+
+
+@pytest.fixture
+def client(engine) -> s3seg.Client:  # type: ignore[no-untyped-def]
+    return s3seg.Client(engine=engine, settings=s3seg.Settings(threshold=0.2))
+
+
+def test_every_image_kind_gives_the_same_result(client: s3seg.Client, photo_path: Path) -> None:
+    from_path = client.segment(photo_path, "person")
+    with Image.open(photo_path) as im:
+        from_pil = client.segment(im, "person")
+        from_array = client.segment(np.asarray(im), "person")
+    from_bytes = client.segment(photo_path.read_bytes(), "person")
+    assert from_path.image == str(photo_path) and from_bytes.image is None
+    for other in (from_pil, from_array, from_bytes):
+        assert other.instances == from_path.instances
+
+
+def test_call_options_override_settings(client: s3seg.Client, photo_path: Path) -> None:
+    assert len(client.segment(photo_path, "person")) == 20
+    assert len(client.segment(photo_path, "person", threshold=0.99)) == 0
+    capped = client.segment(photo_path, ["person", "tie"], max_instances=2, boxes=[(150, 60, 350, 300)])
+    assert capped.labels == ["person", "person", "tie", "tie"]
+
+
+def test_batch(client: s3seg.Client, photo_path: Path, photo: np.ndarray) -> None:
+    results = client.segment_batch([photo_path, photo[:200]], ["person"])
+    assert [(r.width, r.height) for r in results] == [(512, 600), (512, 200)]
+
+
+def test_one_liner_loads_the_model_once(monkeypatch: pytest.MonkeyPatch, tiny_model_dir: Path,
+                                        photo_path: Path) -> None:
+    from s3seg import client as client_module
+    from s3seg.engine import Sam3Engine
+
+    loads = []
+    original = Sam3Engine.from_settings.__func__  # type: ignore[attr-defined]
+    monkeypatch.setattr(Sam3Engine, "from_settings",
+                        classmethod(lambda cls, s: loads.append(s.model) or original(cls, s)))
+    monkeypatch.setattr(client_module, "_clients", {})
+    first = s3seg.segment(photo_path, "person", model=str(tiny_model_dir), device="cpu", threshold=0.2)
+    second = s3seg.segment(photo_path, ["person"], model=str(tiny_model_dir), device="cpu", threshold=0.2)
+    assert loads == [str(tiny_model_dir)]
+    assert first.instances == second.instances and len(first) == 20
+
+
+def test_errors_are_s3seg_errors(client: s3seg.Client, tmp_path: Path) -> None:
+    with pytest.raises(s3seg.ImageError, match="not found"):
+        client.segment(tmp_path / "nope.jpg", "dog")
+    with pytest.raises(s3seg.UsageError, match="nothing to segment"):
+        client.segment(np.zeros((8, 8, 3), np.uint8))
+    with pytest.raises(s3seg.UsageError, match="threshold"):
+        client.segment(np.zeros((8, 8, 3), np.uint8), "dog", threshold=2.0)
+
+
+def test_public_names() -> None:
+    for name in s3seg.__all__:
+        assert getattr(s3seg, name) is not None
+    assert isinstance(s3seg.S3SegError("m", hint="h"), Exception)
+    assert str(s3seg.S3SegError("m", hint="h")) == "m (hint: h)"
