@@ -1,4 +1,5 @@
-"""`s3seg segment` end to end: the real entry point, the tiny checkpoint from disk, files checked as other tools read them."""
+"""`s3seg segment` end to end: the real entry point, the tiny checkpoint from disk, and output files
+checked the way other tools read them."""
 
 from __future__ import annotations
 

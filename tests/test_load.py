@@ -14,6 +14,7 @@ import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
@@ -22,16 +23,16 @@ from s3seg.errors import DeviceError, ModelError
 
 
 class _FakeHub(BaseHTTPRequestHandler):
-    seen_auth: list[str | None] = []
+    seen_auth: ClassVar[list[str | None]] = []
 
-    def do_GET(self) -> None:  # noqa: N802
+    def do_GET(self) -> None:
         self.seen_auth.append(self.headers.get("Authorization"))
         if "gated" in self.path:
             self._error(403, "GatedRepo", "Access to model org/gated is restricted. You must have access to it.")
         else:
             self._error(404, "RepoNotFound", "Repository not found")
 
-    do_HEAD = do_GET  # noqa: N815
+    do_HEAD = do_GET
 
     def _error(self, status: int, code: str, message: str) -> None:
         body = f'{{"error": "{message}"}}'.encode()

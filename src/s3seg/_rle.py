@@ -51,4 +51,4 @@ def decode(rle: Any, height: int, width: int) -> npt.NDArray[np.bool_]:
             out = _mask.decode(compressed)
     except Exception as e:  # pycocotools raises bare exceptions on corrupt counts
         raise ResultFormatError(f"corrupt RLE counts: {e}") from e
-    return out.astype(bool)
+    return np.asarray(out, dtype=bool)

@@ -249,7 +249,7 @@ def _check_size(size: tuple[int, int], label: str, max_pixels: int) -> None:
     pixels = width * height
     if pixels > max_pixels:
         raise ImageError(
-            f"image {label} is too large: {width}×{height} = {pixels} pixels (limit {max_pixels})",  # noqa: RUF001
+            f"image {label} is too large: {width}×{height} = {pixels} pixels (limit {max_pixels})",
             hint=_TOO_LARGE_HINT,
         )
     if pixels == 0:

@@ -97,8 +97,10 @@ def segment_command(
         boxes = [box_from_string(b) for b in box or []]
     except ValueError as e:
         raise UsageError(str(e), hint="example: --box 10,20,200,240 or --box neg:10,20,200,240") from e
-    overrides = {"model": model, "device": device, "threshold": threshold, "mask_threshold": mask_threshold,
-                 "max_instances": max_instances, "nms_iou": nms, "max_pixels": max_pixels}
+    overrides: dict[str, Any] = {
+        "model": model, "device": device, "threshold": threshold, "mask_threshold": mask_threshold,
+        "max_instances": max_instances, "nms_iou": nms, "max_pixels": max_pixels,
+    }
     settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
     client = Client(settings=settings)
     options = client.options()  # validates thresholds before any model loads

@@ -73,13 +73,14 @@ def resolve(model: str, *, revision: str | None, token: str | None, offline: boo
     if path.exists():
         return path
     if not _HUB_ID.fullmatch(model) or model.endswith((".pt", ".pth")):
-        raise ModelError(f"model path not found: {model}", hint="pass an existing directory or sam3.pt file, or a Hub id")
+        raise ModelError(f"model path not found: {model}",
+                         hint="pass an existing directory or sam3.pt file, or a Hub id")
     return _download(model, revision=revision, token=token, offline=offline)
 
 
 def _download(repo_id: str, *, revision: str | None, token: str | None, offline: bool) -> Path:
-    from huggingface_hub import snapshot_download
     from huggingface_hub import errors as hf
+    from huggingface_hub import snapshot_download
 
     local = f"or pass a local directory: --model /path/to/{repo_id.split('/')[-1]}"
     try:
@@ -132,14 +133,15 @@ def load(
         sam3, tokenizer, preprocess = _load_official(path)
     else:
         sam3, tokenizer, preprocess = _load_pretrained_dir(path)
-    sam3 = sam3.to(device=device, dtype=dtype).eval()
-    size = int(preprocess.get("size", {}).get("height", sam3.config.vision_config.image_size))
+    sam3.to(device=device, dtype=dtype).eval()  # type: ignore[call-arg]  # transformers' typing of .to()
+    size = int(preprocess.get("size", {}).get("height", sam3.config.image_size))
+    mean, std = preprocess.get("image_mean", (0.5, 0.5, 0.5)), preprocess.get("image_std", (0.5, 0.5, 0.5))
     return LoadedModel(
         model=sam3,
         tokenizer=tokenizer,
         image_size=size,
-        image_mean=tuple(preprocess.get("image_mean", (0.5, 0.5, 0.5))),  # type: ignore[arg-type]
-        image_std=tuple(preprocess.get("image_std", (0.5, 0.5, 0.5))),  # type: ignore[arg-type]
+        image_mean=(float(mean[0]), float(mean[1]), float(mean[2])),
+        image_std=(float(std[0]), float(std[1]), float(std[2])),
         source=model,
         revision=revision,
     )
@@ -156,12 +158,12 @@ def _load_pretrained_dir(path: Path) -> tuple[Sam3Model, CLIPTokenizer, dict[str
             hint="pass a directory written by save_pretrained, a Hub id, or an official sam3.pt file",
         )
     try:
-        with _quiet_transformers():
+        with quiet_transformers():
             sam3 = Sam3Model.from_pretrained(path, attn_implementation="sdpa")
     except Exception as e:  # transformers raises many kinds; the user needs one line
         raise ModelError(f"cannot load SAM3 weights from {path}: {_first_line(e)}") from e
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
+        tokenizer: CLIPTokenizer = AutoTokenizer.from_pretrained(path)  # type: ignore[assignment]
     except Exception:
         # Some SAM3 directories carry no tokenizer files; SAM3's tokenizer is plain CLIP BPE.
         from s3seg.engine._tokenizer import build_clip_tokenizer
@@ -184,20 +186,20 @@ def _load_official(path: Path) -> tuple[Sam3Model, CLIPTokenizer, dict[str, Any]
 
 
 @contextmanager
-def _quiet_transformers() -> Iterator[None]:
+def quiet_transformers() -> Iterator[None]:
     """No per-tensor progress bar or info chatter while loading; our own output stays clean."""
     from transformers.utils import logging as hf_logging
 
     was_enabled = hf_logging.is_progress_bar_enabled()
     verbosity = hf_logging.get_verbosity()
-    hf_logging.disable_progress_bar()
-    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+    hf_logging.set_verbosity_error()  # type: ignore[no-untyped-call]
     try:
         yield
     finally:
         hf_logging.set_verbosity(verbosity)
         if was_enabled:
-            hf_logging.enable_progress_bar()
+            hf_logging.enable_progress_bar()  # type: ignore[no-untyped-call]
 
 
 def _first_line(e: BaseException) -> str:

@@ -360,7 +360,7 @@ class Sam3Engine:
         masks = torch.cat([self._upsample(heads.mask_logits[keep[i : i + _UPSAMPLE_BATCH]], height, width,
                                           mask_cut) for i in range(0, len(keep), _UPSAMPLE_BATCH)]).cpu().numpy()
         kept_scores = scores[keep].cpu().tolist()
-        return [Instance(prompt=prompt, score=min(max(s, 0.0), 1.0), box=tuple(b), mask=m)  # type: ignore[arg-type]
+        return [Instance(prompt=prompt, score=min(max(s, 0.0), 1.0), box=(b[0], b[1], b[2], b[3]), mask=m)
                 for s, b, m in zip(kept_scores, boxes, masks, strict=True)]
 
     def _upsample(self, logits: torch.Tensor, height: int, width: int, cut: float) -> torch.Tensor:
@@ -409,7 +409,7 @@ class _oom_guard:
     def __enter__(self) -> None:
         return None
 
-    def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> bool:
+    def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
         if isinstance(exc, torch.OutOfMemoryError):
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
@@ -417,4 +417,3 @@ class _oom_guard:
                 "the device ran out of memory for this request",
                 hint="send fewer or smaller images, fewer prompts, or lower --max-batch",
             ) from exc
-        return False

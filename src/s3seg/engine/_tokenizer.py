@@ -52,4 +52,5 @@ def build_clip_tokenizer() -> CLIPTokenizer:
     tokens = symbols + [s + "</w>" for s in symbols] + ["".join(m.split()) for m in merges]
     tokens += ["<|startoftext|>", "<|endoftext|>"]
     vocab = {t: i for i, t in enumerate(tokens)}
-    return CLIPTokenizer(vocab=vocab, merges=[tuple(m.split()) for m in merges], model_max_length=CONTEXT_LENGTH)
+    pairs = [tuple(m.split()) for m in merges]
+    return CLIPTokenizer(vocab=vocab, merges=pairs, model_max_length=CONTEXT_LENGTH)  # type: ignore[arg-type]

@@ -1,0 +1,105 @@
+"""Random-weight SAM3 checkpoints for trying pipelines and testing without downloading the real weights.
+
+``write_random_checkpoint(path, "tiny")`` writes a standard ``save_pretrained`` directory (weights,
+config, processor, tokenizer) that loads through exactly the code path of real weights. Its masks are
+meaningless; its shapes, files and speed characteristics are real. Needs ``open_clip_torch`` for the
+tokenizer vocabulary (``pip install 's3seg[official]'``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from transformers import Sam3Config
+
+Size = Literal["tiny", "small", "full"]
+
+
+def random_config(size: Size = "tiny") -> Sam3Config:
+    """``tiny``: 112 px input, ~1.8 M parameters (tests); ``small``: 336 px, ViT 256×6 (CPU benchmarks);
+    ``full``: SAM3's real architecture (1008 px, ~840 M parameters)."""
+    from transformers import Sam3Config
+
+    if size == "full":
+        return Sam3Config()
+    image, hidden, layers, heads, window, d = {
+        "tiny": (112, 32, 2, 2, 4, 32),
+        "small": (336, 256, 6, 4, 8, 128),
+    }[size]
+    p = image // 14
+    return Sam3Config(
+        vision_config=dict(
+            backbone_config=dict(
+                model_type="sam3_vit_model", hidden_size=hidden, intermediate_size=hidden * 2,
+                num_hidden_layers=layers, num_attention_heads=heads, image_size=image, patch_size=14,
+                window_size=window, global_attn_indexes=[layers - 1], pretrain_image_size=image // 2,
+            ),
+            fpn_hidden_size=d,
+            backbone_feature_sizes=[[4 * p, 4 * p], [2 * p, 2 * p], [p, p]],
+        ),
+        text_config=dict(
+            model_type="clip_text_model", vocab_size=49408, hidden_size=d, intermediate_size=d * 2,
+            projection_dim=d, num_hidden_layers=1 if size == "tiny" else 2, num_attention_heads=2,
+            max_position_embeddings=32,
+        ),
+        geometry_encoder_config=dict(hidden_size=d, num_layers=1, num_attention_heads=2, intermediate_size=d * 2),
+        detr_encoder_config=dict(hidden_size=d, num_layers=1 if size == "tiny" else 2, num_attention_heads=2,
+                                 intermediate_size=d * 2),
+        detr_decoder_config=dict(hidden_size=d, num_layers=1 if size == "tiny" else 2, num_attention_heads=2,
+                                 intermediate_size=d * 2, num_queries=20 if size == "tiny" else 100),
+        mask_decoder_config=dict(hidden_size=d, num_attention_heads=2),
+    )
+
+
+def write_random_checkpoint(path: str | Path, size: Size = "tiny", seed: int = 0) -> Path:
+    """Write a random-weight SAM3 in the ``save_pretrained`` layout to ``path`` and return it.
+
+    Every parameter gets a non-trivial random value (default init leaves norms constant and biases zero,
+    which would hide a swapped or ignored parameter).
+    """
+    import torch
+    from transformers import Sam3ImageProcessor, Sam3Model, Sam3Processor
+
+    from s3seg.engine._load import quiet_transformers
+    from s3seg.engine._tokenizer import build_clip_tokenizer
+
+    path = Path(path)
+    config = random_config(size)
+    torch.manual_seed(seed)
+    model = Sam3Model(config).eval()
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name and name.endswith("weight"):
+                p.copy_(1.0 + 0.1 * torch.randn(p.shape, generator=gen))
+            elif p.ndim == 1:
+                p.copy_(0.05 * torch.randn(p.shape, generator=gen))
+    image = config.image_size
+    processor = Sam3Processor(
+        image_processor=Sam3ImageProcessor(size={"height": image, "width": image}),
+        tokenizer=build_clip_tokenizer(),
+    )
+    with quiet_transformers():
+        model.save_pretrained(path)
+        processor.save_pretrained(path)
+    return path
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m s3seg.testing OUT_DIR [tiny|small|full]``."""
+    import sys
+
+    args = sys.argv[1:] if argv is None else argv
+    if not args or args[0] in {"-h", "--help"} or len(args) > 2 or (len(args) == 2 and args[1] not in
+                                                                     ("tiny", "small", "full")):
+        print("usage: python -m s3seg.testing OUT_DIR [tiny|small|full]  (random weights, for trying s3seg)")
+        raise SystemExit(0 if args and args[0] in {"-h", "--help"} else 2)
+    size: Size = args[1] if len(args) == 2 else "tiny"  # type: ignore[assignment]
+    out = write_random_checkpoint(args[0], size)
+    print(f"wrote a random-weight SAM3 ({size}) to {out}")
+
+
+if __name__ == "__main__":
+    main()
