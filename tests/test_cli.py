@@ -129,7 +129,8 @@ def test_same_stem_in_two_folders_does_not_overwrite(capsys, tmp_path: Path, tin
         (["segment", "{photo}", "dog", "--box", "5,5,1,1"], "x1 > x0", UsageError.exit_code),
         (["segment", "{photo}", "dog", "--model", "{tmp}/nowhere"], "model path not found", 4),
         (["segment", "{photo}", "dog", "--model", "{tmp}"], "not a SAM3 model directory", 4),
-        (["segment", "{photo}", "dog", "--device", "tpu"], "device must be", 1),
+        (["segment", "{photo}", "dog", "--device", "tpu"], "invalid device", UsageError.exit_code),
+        (["segment", "{photo}", "dog", "--dtype", "float8"], "invalid dtype", UsageError.exit_code),
         (["segment", "{tmp}/missing.jpg", "dog", "--model", "{model}"], "no such file or directory",
          ImageError.exit_code),
         (["segment", "{tmp}/empty.jpg", "dog", "--model", "{model}"], "empty", ImageError.exit_code),
@@ -154,6 +155,13 @@ def test_debug_shows_the_traceback(capsys, monkeypatch, tmp_path: Path, photo_pa
     with pytest.raises(Exception, match="model path not found"):
         sys.argv = ["s3seg", "segment", str(photo_path), "dog", "--model", str(tmp_path / "nowhere")]
         main()
+
+
+def test_bad_environment_value(capsys, monkeypatch, photo_path: Path) -> None:
+    monkeypatch.setenv("S3SEG_THRESHOLD", "high")
+    code, _, stderr = run(capsys, "segment", str(photo_path), "dog")
+    assert code == UsageError.exit_code
+    assert "invalid threshold" in stderr and "S3SEG_THRESHOLD" in stderr
 
 
 def test_model_from_environment(capsys, monkeypatch, tiny_model_dir: Path, photo_path: Path) -> None:

@@ -18,17 +18,6 @@ def encode(mask: npt.NDArray[np.bool_]) -> dict[str, Any]:
     return {"size": [int(rle["size"][0]), int(rle["size"][1])], "counts": rle["counts"].decode("ascii")}
 
 
-def encode_many(masks: npt.NDArray[np.bool_]) -> list[dict[str, Any]]:
-    """bool (N, H, W) → N RLEs in one pycocotools call (one Fortran-order copy for all masks)."""
-    if len(masks) == 0:
-        return []
-    stacked = np.asfortranarray(masks.transpose(1, 2, 0), dtype=np.uint8)
-    return [
-        {"size": [int(r["size"][0]), int(r["size"][1])], "counts": r["counts"].decode("ascii")}
-        for r in _mask.encode(stacked)
-    ]
-
-
 def decode(rle: Any, height: int, width: int) -> npt.NDArray[np.bool_]:
     """Compressed RLE (as written by :func:`encode`) → bool (H, W); its size must match the image."""
     if not isinstance(rle, dict) or "counts" not in rle or "size" not in rle:

@@ -6,7 +6,7 @@ import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from s3seg.config import Settings
+from s3seg.config import Settings, load_settings
 from s3seg.images import ImageInput, LoadedImage, load_image
 from s3seg.types import Box, SegmentationResult, ensure_prompts
 
@@ -36,9 +36,9 @@ class Client:
         settings: Settings | None = None,
         engine: Sam3Engine | None = None,
     ) -> None:
-        overrides: dict[str, Any] = {k: v for k, v in {"model": model, "device": device}.items() if v is not None}
-        base = settings or Settings()
-        self.settings = base.model_copy(update=overrides) if overrides else base
+        base = settings.model_dump() if settings is not None else {}
+        self.settings = load_settings(**{**base, "model": model or base.get("model"),
+                                         "device": device or base.get("device")})
         self._engine = engine
         self._lock = threading.Lock()
 

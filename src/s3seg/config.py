@@ -7,10 +7,12 @@ are read too), then a ``.env`` file in the working directory. Nothing is created
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from s3seg.errors import UsageError
 
 DEFAULT_MODEL = "facebook/sam3"
 
@@ -70,3 +72,17 @@ class Settings(BaseSettings):
 
     def token(self) -> str | None:
         return self.hf_token.get_secret_value() if self.hf_token else None
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Settings from the given values (``None`` = not given) over the environment; a bad value is a
+    one-line :class:`UsageError` naming the setting and where it can come from."""
+    try:
+        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as e:
+        first = e.errors()[0]
+        name = ".".join(str(part) for part in first["loc"]) or "settings"
+        raise UsageError(
+            f"invalid {name}: {first['msg']}",
+            hint=f"check --{name.replace('_', '-')} or the environment variable S3SEG_{name.upper()}",
+        ) from e

@@ -50,6 +50,13 @@ def segment_command(
         None, "--device", "-d", help="auto, cpu, cuda, cuda:N or mps (env S3SEG_DEVICE; default auto).",
         show_default=False,
     ),
+    dtype: Optional[str] = typer.Option(  # noqa: UP045
+        None, "--dtype", help="auto (bfloat16 on CUDA, else float32), float32, bfloat16 or float16.",
+        show_default=False,
+    ),
+    revision: Optional[str] = typer.Option(  # noqa: UP045
+        None, "--revision", help="Hub branch, tag or commit of the model.", show_default=False,
+    ),
     threshold: Optional[float] = typer.Option(  # noqa: UP045
         None, "--threshold", "-t", min=0.0, max=1.0, help="Minimum instance score (default 0.5).",
         show_default=False,
@@ -79,7 +86,7 @@ def segment_command(
      ·  s3seg segment photo.jpg dog --box 10,20,200,240 --box neg:300,40,380,120
     """
     from s3seg.client import Client
-    from s3seg.config import Settings
+    from s3seg.config import load_settings
     from s3seg.errors import DeviceError, ImageError, S3SegError, UsageError
     from s3seg.images import expand_inputs
     from s3seg.types import box_from_string
@@ -97,11 +104,10 @@ def segment_command(
         boxes = [box_from_string(b) for b in box or []]
     except ValueError as e:
         raise UsageError(str(e), hint="example: --box 10,20,200,240 or --box neg:10,20,200,240") from e
-    overrides: dict[str, Any] = {
-        "model": model, "device": device, "threshold": threshold, "mask_threshold": mask_threshold,
-        "max_instances": max_instances, "nms_iou": nms, "max_pixels": max_pixels,
-    }
-    settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
+    settings = load_settings(
+        model=model, device=device, dtype=dtype, revision=revision, threshold=threshold,
+        mask_threshold=mask_threshold, max_instances=max_instances, nms_iou=nms, max_pixels=max_pixels,
+    )
     client = Client(settings=settings)
     options = client.options()  # validates thresholds before any model loads
     results: list[SegmentationResult] = []
