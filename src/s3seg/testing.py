@@ -68,7 +68,7 @@ def write_random_checkpoint(path: str | Path, size: Size = "tiny", seed: int = 0
     path = Path(path)
     config = random_config(size)
     torch.manual_seed(seed)
-    model = Sam3Model(config).eval()
+    model = Sam3Model(config).eval()  # type: ignore[no-untyped-call]
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
