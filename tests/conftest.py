@@ -1,6 +1,5 @@
 """Shared fixtures: a tiny random-weight SAM3 checkpoint written with save_pretrained (s3seg.testing) and
-loaded through the same code path as real weights, and a real photo (matplotlib ships Grace Hopper's
-portrait)."""
+loaded through the same code path as real weights, and a real photo."""
 
 from __future__ import annotations
 
@@ -26,10 +25,8 @@ def engine(tiny_model_dir: Path):  # type: ignore[no-untyped-def]
 
 @pytest.fixture(scope="session")
 def photo_path() -> Path:
-    """A real photograph (JPEG, 512×600) shipped with matplotlib."""
-    import matplotlib
-
-    return Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"
+    """A real photograph (JPEG, 512×600): examples/grace_hopper.jpg (U.S. Navy, public domain)."""
+    return Path(__file__).resolve().parent.parent / "examples" / "grace_hopper.jpg"
 
 
 @pytest.fixture(scope="session")
@@ -37,3 +34,26 @@ def photo(photo_path: Path) -> np.ndarray:
     from s3seg.images import load_image
 
     return load_image(photo_path).array
+
+
+# --- Meta's reference implementation (tests/_reference.py; skipped where `sam3` is not installed) ---
+
+
+@pytest.fixture(scope="session")
+def reference_model():  # type: ignore[no-untyped-def]
+    pytest.importorskip("sam3")
+    import _reference as ref
+
+    return ref.build_tiny_reference_model(seed=0)
+
+
+@pytest.fixture(scope="session")
+def official_file(reference_model, tmp_path_factory: pytest.TempPathFactory) -> Path:  # type: ignore[no-untyped-def]
+    """The tiny reference model saved in the layout of Meta's sam3.pt (tracker keys included)."""
+    import _reference as ref
+    import torch
+
+    tracker = {"maskmem_tpos_enc": torch.randn(7, 1, 1, 64), "transformer.encoder.norm.weight": torch.ones(256)}
+    return ref.save_official_checkpoint(
+        reference_model, tmp_path_factory.mktemp("official") / "sam3.pt", tracker_state=tracker
+    )

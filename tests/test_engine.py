@@ -126,3 +126,23 @@ def test_text_features_are_cached(engine: Sam3Engine, photo: np.ndarray) -> None
     first = engine._text_cache["person"][0]
     engine.segment([photo], ["person"], options=ALL)
     assert engine._text_cache["person"][0] is first
+
+
+def test_independent_requests_share_a_backbone_batch(engine: Sam3Engine, photo: np.ndarray, monkeypatch) -> None:
+    from s3seg.engine import Request
+
+    requests = [
+        Request(photo, ("person",), options=SegmentOptions(threshold=0.0, max_instances=2), name="a"),
+        Request(photo[:300].copy(), ("tie", "medal"), (Box(10, 10, 100, 100),), "b", ALL),
+        Request(photo, (), (Box(150, 60, 350, 300, positive=True),), "c", SegmentOptions(threshold=0.0)),
+    ]
+    calls = []
+    original = engine._vision
+    monkeypatch.setattr(engine, "_vision", lambda px: calls.append(px.shape[0]) or original(px))
+    a, b, c = engine.run(requests)
+    assert calls == [3]
+    assert (a.image, a.labels) == ("a", ["person", "person"])
+    assert b.prompts == ("tie", "medal") and b.height == 300 and len(b) == 40
+    assert c.prompts == (VISUAL_PROMPT,)
+    [b_alone] = engine.segment([photo[:300].copy()], ["tie", "medal"], [Box(10, 10, 100, 100)], options=ALL)
+    np.testing.assert_allclose(b.scores, b_alone.scores, atol=1e-5)

@@ -8,6 +8,7 @@ import sys
 
 import typer
 
+from s3seg.cli._convert import convert_command
 from s3seg.cli._segment import segment_command
 
 app = typer.Typer(
@@ -20,6 +21,7 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 app.command("segment", no_args_is_help=True)(segment_command)
+app.command("convert", no_args_is_help=True)(convert_command)
 
 
 def _version_callback(value: bool) -> None:

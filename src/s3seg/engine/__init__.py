@@ -1,5 +1,13 @@
 """SAM3 inference. The only package that imports torch; import it lazily from everywhere else."""
 
-from s3seg.engine._sam3 import VISUAL_PROMPT, Fidelity, ModelInfo, RawPrediction, Sam3Engine, SegmentOptions
+from s3seg.engine._sam3 import (
+    VISUAL_PROMPT,
+    Fidelity,
+    ModelInfo,
+    RawPrediction,
+    Request,
+    Sam3Engine,
+    SegmentOptions,
+)
 
-__all__ = ["VISUAL_PROMPT", "Fidelity", "ModelInfo", "RawPrediction", "Sam3Engine", "SegmentOptions"]
+__all__ = ["VISUAL_PROMPT", "Fidelity", "ModelInfo", "RawPrediction", "Request", "Sam3Engine", "SegmentOptions"]

@@ -6,6 +6,8 @@ it computes what Meta's reference implementation computes (see docs/fidelity.md)
 * the geometry encoder always runs, so a text-only prompt carries its CLS token (33 prompt tokens);
 * the ViT LayerNorm epsilon is the reference's 1e-5, whatever the checkpoint's config says;
 * masks are binarised the reference's way: upsample the logits to the image size, then threshold;
+* presence logits are not clamped (the reference computes a clamp and discards it; transformers clamps
+  to ±10, which moves every score once |presence logit| > 10);
 * score = sigmoid(class logit) × sigmoid(presence logit).
 
 Shapes: B images, Q queries, S the model's input size,
@@ -47,6 +49,7 @@ class Fidelity:
     geometry_cls: bool = True
     vit_layernorm_eps: float | None = 1e-5
     upsample_logits_first: bool = True
+    presence_unclamped: bool = True
 
 
 @dataclass(frozen=True)
@@ -104,6 +107,17 @@ class _Heads:
     mask_logits: torch.Tensor  # (Q, h, w)
 
 
+@dataclass(frozen=True)
+class Request:
+    """One image with its own prompts, exemplar boxes and post-processing options."""
+
+    image: npt.NDArray[np.uint8]
+    prompts: tuple[str, ...] = ()
+    boxes: tuple[Box, ...] = ()
+    name: str | None = None
+    options: SegmentOptions = SegmentOptions()
+
+
 @dataclass
 class _Prompt:
     text: str
@@ -136,6 +150,8 @@ class Sam3Engine:
             for module in self._m.vision_encoder.backbone.modules():
                 if isinstance(module, torch.nn.LayerNorm):
                     module.eps = fidelity.vit_layernorm_eps
+        if fidelity.presence_unclamped:
+            self._m.detr_decoder.clamp_presence_logit_max_val = float("inf")
         self._vision = self._m.vision_encoder
         if compile:
             self._vision = torch.compile(self._m.vision_encoder, dynamic=False)  # type: ignore[assignment]
@@ -197,14 +213,20 @@ class Sam3Engine:
             boxes: exemplar boxes (pixels), applied to every prompt of every image.
             names: a name per image for the results (file names).
         """
-        plan = _plan(prompts, boxes)
         names = list(names) if names is not None else [None] * len(images)
         if len(names) != len(images):
             raise UsageError(f"got {len(images)} images but {len(names)} names")
+        return self.run([Request(image, tuple(prompts), tuple(boxes), name, options)
+                         for image, name in zip(images, names, strict=True)])
+
+    def run(self, requests: Sequence[Request]) -> list[SegmentationResult]:
+        """Independent requests (each its own image, prompts and options); images share backbone batches
+        of up to ``max_batch``. This is what a server batching concurrent clients calls."""
+        plans = [_plan(r.prompts, r.boxes) for r in requests]  # validate everything before any work
         results: list[SegmentationResult] = []
-        for start in range(0, len(images), self.max_batch):
-            chunk = images[start : start + self.max_batch]
-            results += self._segment_chunk(chunk, plan, names[start : start + self.max_batch], options)
+        for start in range(0, len(requests), self.max_batch):
+            end = start + self.max_batch
+            results += self._run_chunk(requests[start:end], plans[start:end])
         return results
 
     def predict_raw(self, image: npt.NDArray[np.uint8], text: str | None, boxes: Sequence[Box] = ()) -> RawPrediction:
@@ -224,34 +246,28 @@ class Sam3Engine:
             )
 
     # ---------------------------------------------------------------------------------------- internals
-    def _segment_chunk(
-        self,
-        images: Sequence[npt.NDArray[np.uint8]],
-        plan: list[_Prompt],
-        names: Sequence[str | None],
-        options: SegmentOptions,
-    ) -> list[SegmentationResult]:
-        sizes = [(int(a.shape[1]), int(a.shape[0])) for a in images]
+    def _run_chunk(self, requests: Sequence[Request], plans: Sequence[list[_Prompt]]) -> list[SegmentationResult]:
+        sizes = [(int(r.image.shape[1]), int(r.image.shape[0])) for r in requests]
         with self._lock, torch.inference_mode(), _oom_guard():
             t0 = time.perf_counter()
-            pixels = self._preprocess(images)
+            pixels = self._preprocess([r.image for r in requests])
             t1 = _sync_time(self.device)
             vision = self._vision(pixels)
-            heads = [[self._heads(vision, b, p, sizes[b]) for p in plan] for b in range(len(images))]
+            heads = [[self._heads(vision, b, p, sizes[b]) for p in plan] for b, plan in enumerate(plans)]
             t2 = _sync_time(self.device)
             results = []
-            for b, (width, height) in enumerate(sizes):
+            for b, (request, plan, (width, height)) in enumerate(zip(requests, plans, sizes, strict=True)):
                 t3 = time.perf_counter()
                 instances = [inst for p, h in zip(plan, heads[b], strict=True)
-                             for inst in self._postprocess(h, p.text, width, height, options)]
+                             for inst in self._postprocess(h, p.text, width, height, request.options)]
                 timings = Timings(
-                    preprocess_ms=(t1 - t0) * 1000 / len(images),
-                    inference_ms=(t2 - t1) * 1000 / len(images),
+                    preprocess_ms=(t1 - t0) * 1000 / len(requests),
+                    inference_ms=(t2 - t1) * 1000 / len(requests),
                     postprocess_ms=(time.perf_counter() - t3) * 1000,
                 )
                 results.append(SegmentationResult(
                     width=width, height=height, prompts=tuple(p.text for p in plan), instances=tuple(instances),
-                    image=names[b], timings=timings, model=self._source,
+                    image=request.name, timings=timings, model=self._source,
                 ))
         return results
 

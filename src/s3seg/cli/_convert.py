@@ -1,0 +1,31 @@
+"""``s3seg convert``: Meta's official sam3.pt → a standard save_pretrained folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from s3seg.cli._console import console
+
+
+def convert_command(
+    checkpoint: Path = typer.Argument(..., help="Meta's official checkpoint file (sam3.pt).", show_default=False),
+    out_dir: Path = typer.Argument(..., help="Folder to write (config, safetensors weights, processor, tokenizer).",
+                                   show_default=False),
+    force: bool = typer.Option(False, "--force", "-f", help="Replace OUT_DIR if it exists and is not empty."),
+) -> None:
+    """Convert an official SAM3 checkpoint into a folder that --model, transformers and the Hub load.
+
+    A config.json beside the .pt file gives the model size; otherwise it is SAM3's full size.
+    """
+    from s3seg.engine._convert import convert_to_pretrained
+    from s3seg.errors import UsageError
+
+    if not checkpoint.is_file():
+        raise UsageError(f"no checkpoint file at {checkpoint}", hint="pass the path of sam3.pt")
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())) and not force:
+        raise UsageError(f"{out_dir} exists and is not empty", hint="choose another folder or pass --force")
+    with console.status(f"converting {checkpoint}"):
+        written = convert_to_pretrained(checkpoint, out_dir)
+    console.print(f"wrote {written}/ — use it with: s3seg segment IMAGE PROMPT --model {written}", highlight=False)
