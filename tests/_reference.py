@@ -484,6 +484,21 @@ def full_size_official_state_dict() -> dict[str, torch.Tensor]:
     return dict(model.state_dict())
 
 
+def build_full_size_reference_model(seed: int = 0) -> nn.Module:
+    """Meta's full-size SAM3 image model (1008 px, ~840 M parameters), randomised, on CPU (~5 GB)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from sam3.model_builder import build_sam3_image_model
+
+    with _cpu_buildable_builder(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = build_sam3_image_model(checkpoint_path=None, load_from_HF=False, device="cpu",
+                                       bpe_path=str(bpe_path()))
+    randomize_(model, seed)
+    model.s3seg_resolution = 1008  # read by reference_predict
+    return model.eval()
+
+
 @contextlib.contextmanager
 def _no_pin_memory() -> Iterator[None]:
     """Make ``Tensor.pin_memory`` a no-op (it raises without a CUDA driver)."""
@@ -534,7 +549,8 @@ def reference_predict(
     if text is None and not boxes_xyxy_pixels:
         raise ValueError("need a text or at least one box")
     height, width = image_rgb_uint8.shape[:2]
-    processor = Sam3Processor(model, resolution=TINY.resolution, device="cpu", confidence_threshold=0.5)
+    resolution = int(getattr(model, "s3seg_resolution", TINY.resolution))
+    processor = Sam3Processor(model, resolution=resolution, device="cpu", confidence_threshold=0.5)
     with _no_pin_memory(), torch.inference_mode():
         # PIL on purpose: Sam3Processor.set_image reads (H, W) from ndarray.shape[-2:], which is
         # (W, C) for an HWC numpy array.

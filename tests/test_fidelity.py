@@ -148,3 +148,27 @@ def test_convert_command_writes_a_standard_folder(capsys, tmp_path: Path, offici
     with pytest.raises(SystemExit) as e:
         main()
     assert e.value.code == 2 and "exists and is not empty" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_full_size_parity(tmp_path: Path, photo: np.ndarray) -> None:
+    """Full-size architecture (random weights, CPU, ~3 min, ~12 GB): run with `pytest -m slow -s`."""
+    import time
+
+    from transformers import Sam3Config
+
+    model = ref.build_full_size_reference_model(seed=0)
+    path = ref.save_official_checkpoint(model, tmp_path / "sam3.pt", config=Sam3Config())
+    engine = Sam3Engine.load(str(path), device="cpu")
+    for kind in PROMPTS:
+        text, boxes = PROMPTS[kind]
+        t0 = time.perf_counter()
+        want = ref.reference_predict(model, photo, text, boxes)
+        t1 = time.perf_counter()
+        got = _raw(engine, photo, kind)
+        t2 = time.perf_counter()
+        errors = _errors(got, want)
+        flips = int(((got["mask_logits"] > 0) != (want["mask_logits"] > 0)).sum())
+        print(f"\nfull size, {kind}: relative L2 {errors}, mask pixels differing {flips} of "
+              f"{got['mask_logits'].size}; reference {t1 - t0:.1f} s, s3seg {t2 - t1:.1f} s")
+        assert max(errors.values()) < 1e-4, errors
