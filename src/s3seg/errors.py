@@ -37,6 +37,10 @@ class ImageError(S3SegError):
     exit_code = 3
 
 
+class ImageTooLargeError(ImageError):
+    """An image has more pixels than the configured limit (decompression-bomb guard)."""
+
+
 class ModelError(S3SegError):
     """The model cannot be found, downloaded, read or converted."""
 
@@ -61,12 +65,26 @@ class DeviceError(S3SegError):
     exit_code = 7
 
 
+class ServerError(S3SegError):
+    """A remote s3seg server refused or failed a request (auth, limits, overload, unreachable)."""
+
+    exit_code = 8
+
+    def __init__(self, message: str, hint: str | None = None, *, status: int | None = None,
+                 code: str | None = None) -> None:
+        super().__init__(message, hint)
+        self.status = status
+        self.code = code
+
+
 __all__ = [
     "DependencyError",
     "DeviceError",
     "ImageError",
+    "ImageTooLargeError",
     "ModelError",
     "ResultFormatError",
     "S3SegError",
+    "ServerError",
     "UsageError",
 ]

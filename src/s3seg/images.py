@@ -21,7 +21,7 @@ import os
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
@@ -29,7 +29,7 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from s3seg.errors import ImageError, UsageError
+from s3seg.errors import ImageError, ImageTooLargeError, UsageError
 
 ImageInput = str | os.PathLike[str] | bytes | Image.Image | np.ndarray
 RGBArray = npt.NDArray[np.uint8]
@@ -54,6 +54,8 @@ class LoadedImage:
 
     array: RGBArray
     name: str | None
+    encoded: bytes | None = field(default=None, repr=False, compare=False)
+    """The encoded file as read (path and bytes inputs), so it can be sent on without re-encoding."""
 
     @property
     def width(self) -> int:
@@ -85,10 +87,11 @@ def load_image(source: ImageInput, *, max_pixels: int = DEFAULT_MAX_PIXELS, name
     if isinstance(source, (str, os.PathLike)):
         path = os.fspath(source)
         label = name if name is not None else str(path)
-        return LoadedImage(_load_path(path, label, max_pixels), label)
+        data = _read_path(path, label)
+        return LoadedImage(_load_bytes(data, label, max_pixels), label, data)
     if isinstance(source, (bytes, bytearray, memoryview)):
         data = bytes(source)
-        return LoadedImage(_load_bytes(data, name or "<bytes>", max_pixels), name)
+        return LoadedImage(_load_bytes(data, name or "<bytes>", max_pixels), name, data)
     if isinstance(source, Image.Image):
         return LoadedImage(_load_pil(source, name or "<PIL image>", max_pixels), name)
     if isinstance(source, np.ndarray):
@@ -186,7 +189,7 @@ def _pil_bomb_check_off() -> Iterator[None]:
                 Image.MAX_IMAGE_PIXELS = _pil_limit_saved
 
 
-def _load_path(path: str, label: str, max_pixels: int) -> RGBArray:
+def _read_path(path: str, label: str) -> bytes:
     if not os.path.exists(path):
         raise ImageError(f"image not found: {label}", hint="check the path")
     if os.path.isdir(path):
@@ -195,9 +198,8 @@ def _load_path(path: str, label: str, max_pixels: int) -> RGBArray:
         if os.path.getsize(path) == 0:
             raise ImageError(f"image file is empty: {label}", hint="the file has 0 bytes; re-copy or re-download it")
         with open(path, "rb") as fp:
-            return _decode(fp, label, max_pixels)
-    except OSError as e:
-        # Only open/stat failures get here (permission denied, I/O error); decode errors are converted in _decode.
+            return fp.read()
+    except OSError as e:  # permission denied, I/O error; decode errors are converted in _decode
         raise ImageError(f"cannot read image {label}: {e.strerror or e}", hint="check the file's permissions") from e
 
 
@@ -219,7 +221,7 @@ def _decode(fp: IO[bytes], label: str, max_pixels: int) -> RGBArray:
     except ImageError:
         raise
     except Image.DecompressionBombError as e:
-        raise ImageError(f"image {label} is too large: {_short(e)}", hint=_TOO_LARGE_HINT) from e
+        raise ImageTooLargeError(f"image {label} is too large: {_short(e)}", hint=_TOO_LARGE_HINT) from e
     except MemoryError:
         raise
     except UnidentifiedImageError as e:
@@ -248,7 +250,7 @@ def _check_size(size: tuple[int, int], label: str, max_pixels: int) -> None:
     width, height = size
     pixels = width * height
     if pixels > max_pixels:
-        raise ImageError(
+        raise ImageTooLargeError(
             f"image {label} is too large: {width}×{height} = {pixels} pixels (limit {max_pixels})",
             hint=_TOO_LARGE_HINT,
         )

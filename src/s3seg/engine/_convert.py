@@ -486,7 +486,7 @@ def convert_to_pretrained(path: Path, out_dir: Path) -> Path:
     from s3seg.engine._tokenizer import build_clip_tokenizer
 
     model = load_official(Path(path))
-    model.config.vision_config.backbone_config.layer_norm_eps = 1e-5
+    model.config.vision_config.backbone_config.layer_norm_eps = 1e-5  # type: ignore[union-attr]
     size = int(model.config.image_size)
     processor = Sam3Processor(
         image_processor=Sam3ImageProcessor(size={"height": size, "width": size}), tokenizer=build_clip_tokenizer()
