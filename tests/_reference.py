@@ -26,20 +26,16 @@ CPU workarounds (all local to this module, nothing in site-packages is patched):
 from __future__ import annotations
 
 import contextlib
-import gzip
-import json
 import math
 import warnings
-from collections.abc import Container, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 BoxPrompt = tuple[float, float, float, float, bool]
 

@@ -50,8 +50,9 @@ def reference_model():  # type: ignore[no-untyped-def]
 @pytest.fixture(scope="session")
 def official_file(reference_model, tmp_path_factory: pytest.TempPathFactory) -> Path:  # type: ignore[no-untyped-def]
     """The tiny reference model saved in the layout of Meta's sam3.pt (tracker keys included)."""
-    import _reference as ref
     import torch
+
+    import _reference as ref
 
     tracker = {"maskmem_tpos_enc": torch.randn(7, 1, 1, 64), "transformer.encoder.norm.weight": torch.ones(256)}
     return ref.save_official_checkpoint(

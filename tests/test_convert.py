@@ -9,14 +9,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 import torch
 
 import _reference as ref  # tests/ is on sys.path (pytest rootdir conftest)
 from s3seg.engine._convert import convert_state_dict, is_official_checkpoint, load_official
 from s3seg.errors import ModelError
-
 
 # --------------------------------------------------------------------------------------------
 # Converter tests that need no reference package

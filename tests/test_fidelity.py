@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+pytest.importorskip("sam3", reason="Meta's reference package (the `test` extra installs it)")
+
 import _reference as ref
 from s3seg.engine import Fidelity, Sam3Engine, SegmentOptions
 from s3seg.types import Box
@@ -36,7 +38,7 @@ def image(request: pytest.FixtureRequest, photo: np.ndarray) -> np.ndarray:
 @pytest.fixture(scope="module")
 def engine_with(official_file: Path):  # type: ignore[no-untyped-def]
     @cache
-    def load(fidelity: Fidelity = Fidelity()) -> Sam3Engine:
+    def load(fidelity: Fidelity = Fidelity()) -> Sam3Engine:  # noqa: B008  (frozen, hashable)
         return Sam3Engine.load(str(official_file), device="cpu", fidelity=fidelity)
 
     return load

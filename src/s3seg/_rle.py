@@ -1,4 +1,5 @@
-"""COCO compressed RLE for boolean masks, through pycocotools (the format's reference implementation)."""
+"""Mask codecs: COCO compressed RLE through pycocotools (the format's reference implementation), and
+1-bit PNG for clients that prefer images."""
 
 from __future__ import annotations
 
@@ -41,3 +42,30 @@ def decode(rle: Any, height: int, width: int) -> npt.NDArray[np.bool_]:
     except Exception as e:  # pycocotools raises bare exceptions on corrupt counts
         raise ResultFormatError(f"corrupt RLE counts: {e}") from e
     return np.asarray(out, dtype=bool)
+
+
+def encode_png(mask: npt.NDArray[np.bool_]) -> bytes:
+    """bool (H, W) → a 1-bit PNG (white = mask)."""
+    from io import BytesIO
+
+    from PIL import Image
+
+    buf = BytesIO()
+    Image.fromarray(mask).save(buf, format="PNG", optimize=True)
+    return buf.getvalue()
+
+
+def decode_png(data: bytes, height: int, width: int) -> npt.NDArray[np.bool_]:
+    """A mask PNG (as written by :func:`encode_png`) → bool (H, W); its size must match the image."""
+    from io import BytesIO
+
+    from PIL import Image
+
+    try:
+        with Image.open(BytesIO(data)) as im:
+            mask = np.array(im.convert("1"), dtype=bool)
+    except Exception as e:
+        raise ResultFormatError(f"mask_png is not a readable PNG: {e}") from e
+    if mask.shape != (height, width):
+        raise ResultFormatError(f"mask_png is {mask.shape[1]}×{mask.shape[0]}, image is {width}×{height}")
+    return mask

@@ -7,25 +7,33 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from s3seg.config import Settings, load_settings
+from s3seg.errors import UsageError
 from s3seg.images import ImageInput, LoadedImage, load_image
-from s3seg.types import Box, SegmentationResult, ensure_prompts
+from s3seg.types import Box, SegmentationResult, SegmentOptions, ensure_prompts
 
 if TYPE_CHECKING:
-    from s3seg.engine import Sam3Engine, SegmentOptions
+    from s3seg._remote import RemoteBackend
+    from s3seg.engine import Sam3Engine
 
 
 class Client:
-    """Segment images with SAM3 from Python; the model loads on first use and stays loaded.
+    """Segment images with SAM3 from Python, in this process or on an ``s3seg serve`` server.
 
     >>> client = s3seg.Client(model="facebook/sam3")              # doctest: +SKIP
     >>> result = client.segment("photo.jpg", ["dog", "cat"])      # doctest: +SKIP
     >>> result.masks.shape, result.boxes, result.scores, result.labels  # doctest: +SKIP
+    >>> remote = s3seg.Client(server_url="http://gpu-box:8000", api_key="...")  # doctest: +SKIP
 
     Args:
         model: Hub id, ``save_pretrained`` directory or official ``sam3.pt`` (default from settings).
         device: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps`` (default from settings).
+        server_url: segment on this server instead of locally (also ``S3SEG_SERVER_URL``).
+        api_key: the server's key (also ``S3SEG_API_KEY``).
         settings: every other knob; defaults read the environment (``S3SEG_*``).
         engine: an already loaded engine to use instead of loading one.
+
+    Local mode loads the model on first use and keeps it; remote mode sends each image to the server
+    and returns the same result objects.
     """
 
     def __init__(
@@ -33,24 +41,71 @@ class Client:
         model: str | None = None,
         *,
         device: str | None = None,
+        server_url: str | None = None,
+        api_key: str | None = None,
         settings: Settings | None = None,
         engine: Sam3Engine | None = None,
     ) -> None:
         base = settings.model_dump() if settings is not None else {}
-        self.settings = load_settings(**{**base, "model": model or base.get("model"),
-                                         "device": device or base.get("device")})
+        given = {"model": model, "device": device, "server_url": server_url, "api_key": api_key}
+        self.settings = load_settings(**{**base, **{k: v for k, v in given.items() if v is not None}})
         self._engine = engine
+        self._remote: RemoteBackend | None = None
         self._lock = threading.Lock()
 
     @property
+    def is_remote(self) -> bool:
+        return self._engine is None and self.settings.server_url is not None
+
+    @property
     def engine(self) -> Sam3Engine:
-        """The loaded engine (loads it on first access)."""
+        """The local engine (loaded on first access)."""
+        if self.is_remote:
+            raise UsageError("this client segments on a server; it has no local engine")
         with self._lock:
             if self._engine is None:
                 from s3seg.engine import Sam3Engine
 
                 self._engine = Sam3Engine.from_settings(self.settings)
             return self._engine
+
+    def prepare(self) -> None:
+        """Load the model now, or check that the server answers and accepts the key."""
+        if self.is_remote:
+            self._backend().check()
+        else:
+            self.engine  # noqa: B018  (loads it)
+
+    def run(self, images: Sequence[LoadedImage], prompts: Sequence[str], boxes: Sequence[Box],
+            options: SegmentOptions) -> list[SegmentationResult]:
+        """Decoded images × prompts, locally or on the server; one result per image."""
+        if self.is_remote:
+            return self._backend().segment(images, prompts, boxes, options)
+        return self.engine.segment([i.array for i in images], prompts, boxes, names=[i.name for i in images],
+                                   options=options)
+
+    def close(self) -> None:
+        """Close the connection to the server (remote mode); the local engine stays loaded."""
+        with self._lock:
+            if self._remote is not None:
+                self._remote.close()
+                self._remote = None
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _backend(self) -> RemoteBackend:
+        with self._lock:
+            if self._remote is None:
+                from s3seg._remote import RemoteBackend
+
+                url = self.settings.server_url or ""
+                key = self.settings.api_key.get_secret_value() if self.settings.api_key else None
+                self._remote = RemoteBackend(url, api_key=key, timeout_s=self.settings.request_timeout_s)
+            return self._remote
 
     def segment(
         self,
@@ -89,13 +144,8 @@ class Client:
     ) -> list[SegmentationResult]:
         """Like :meth:`segment` for several images (batched through the backbone); one result each."""
         loaded = [self.load(i) for i in images]
-        return self.engine.segment(
-            [i.array for i in loaded],
-            ensure_prompts(prompts),
-            [b if isinstance(b, Box) else Box(*b) for b in boxes],
-            names=[i.name for i in loaded],
-            options=self.options(threshold, mask_threshold, max_instances, nms_iou),
-        )
+        return self.run(loaded, ensure_prompts(prompts), [b if isinstance(b, Box) else Box(*b) for b in boxes],
+                        self.options(threshold, mask_threshold, max_instances, nms_iou))
 
     def load(self, image: ImageInput | LoadedImage) -> LoadedImage:
         """Decode and check an image with this client's limits."""
@@ -108,8 +158,6 @@ class Client:
         max_instances: int | None = None,
         nms_iou: float | None = None,
     ) -> SegmentOptions:
-        from s3seg.engine import SegmentOptions
-
         s = self.settings
         return SegmentOptions(
             threshold=s.threshold if threshold is None else threshold,

@@ -61,6 +61,25 @@ class Settings(BaseSettings):
     max_batch: int = Field(default=8, ge=1, description="Most images sent through the backbone at once.")
     debug: bool = Field(default=False, description="Show full tracebacks.")
 
+    # --- s3seg serve ---------------------------------------------------------------------------
+    host: str = Field(default="127.0.0.1", description="Address the server listens on.")
+    port: int = Field(default=8000, ge=0, le=65535)
+    api_key: SecretStr | None = Field(default=None, description="Required X-API-Key (server); sent (client).")
+    allow_no_key: bool = Field(default=False, description="Allow a non-loopback server without an API key.")
+    max_body_mb: float = Field(default=20.0, gt=0, description="Largest request body the server reads.")
+    max_prompts: int = Field(default=16, ge=1, description="Most prompts per image in one request.")
+    max_prompt_chars: int = Field(default=200, ge=1, description="Longest prompt accepted.")
+    max_boxes: int = Field(default=16, ge=0, description="Most exemplar boxes per request.")
+    max_images: int = Field(default=16, ge=1, description="Most images in one batch request.")
+    batch_wait_ms: float = Field(default=0.0, ge=0, description="Wait this long for more requests to batch.")
+    max_queue: int = Field(default=64, ge=1, description="Queued images before the server answers 503.")
+    url_timeout_s: float = Field(default=10.0, gt=0, description="Time limit for fetching an image URL.")
+    allow_private_urls: bool = Field(default=False, description="Let image URLs reach private/loopback hosts.")
+
+    # --- client of a remote server -------------------------------------------------------------
+    server_url: str | None = Field(default=None, description="Segment on this s3seg server instead of locally.")
+    request_timeout_s: float = Field(default=300.0, gt=0, description="Client time limit per request.")
+
     @field_validator("device")
     @classmethod
     def _check_device(cls, v: str) -> str:

@@ -18,38 +18,41 @@ Size = Literal["tiny", "small", "full"]
 
 
 def random_config(size: Size = "tiny") -> Sam3Config:
-    """``tiny``: 112 px input, ~1.8 M parameters (tests); ``small``: 336 px, ViT 256×6 (CPU benchmarks);
-    ``full``: SAM3's real architecture (1008 px, ~840 M parameters)."""
+    """``tiny``: 112 px input, ~1.8 M parameters (tests); ``small``: 336 px, 8-layer 256-wide ViT,
+    100 queries (CPU benchmarks); ``full``: SAM3's real architecture (1008 px, ~840 M parameters)."""
     from transformers import Sam3Config
 
     if size == "full":
         return Sam3Config()
-    image, hidden, layers, heads, window, d = {
-        "tiny": (112, 32, 2, 2, 4, 32),
-        "small": (336, 256, 6, 4, 8, 128),
-    }[size]
+    tiny = size == "tiny"
+    image = 112 if tiny else 336
     p = image // 14
+    vit = 32 if tiny else 256
+    d = 32 if tiny else 128  # DETR / mask decoder width
+    heads = 2 if tiny else 4
     return Sam3Config(
         vision_config=dict(
             backbone_config=dict(
-                model_type="sam3_vit_model", hidden_size=hidden, intermediate_size=hidden * 2,
-                num_hidden_layers=layers, num_attention_heads=heads, image_size=image, patch_size=14,
-                window_size=window, global_attn_indexes=[layers - 1], pretrain_image_size=image // 2,
+                model_type="sam3_vit_model", hidden_size=vit, intermediate_size=64 if tiny else 1184,
+                num_hidden_layers=2 if tiny else 8, num_attention_heads=2 if tiny else 8, image_size=image,
+                patch_size=14, window_size=4 if tiny else 8, global_attn_indexes=[1] if tiny else [3, 7],
+                pretrain_image_size=image // 2,
             ),
             fpn_hidden_size=d,
             backbone_feature_sizes=[[4 * p, 4 * p], [2 * p, 2 * p], [p, p]],
         ),
         text_config=dict(
-            model_type="clip_text_model", vocab_size=49408, hidden_size=d, intermediate_size=d * 2,
-            projection_dim=d, num_hidden_layers=1 if size == "tiny" else 2, num_attention_heads=2,
-            max_position_embeddings=32,
+            model_type="clip_text_model", vocab_size=49408, hidden_size=vit,
+            intermediate_size=vit * 2 if tiny else 1024, projection_dim=vit,
+            num_hidden_layers=1 if tiny else 4, num_attention_heads=heads, max_position_embeddings=32,
         ),
-        geometry_encoder_config=dict(hidden_size=d, num_layers=1, num_attention_heads=2, intermediate_size=d * 2),
-        detr_encoder_config=dict(hidden_size=d, num_layers=1 if size == "tiny" else 2, num_attention_heads=2,
-                                 intermediate_size=d * 2),
-        detr_decoder_config=dict(hidden_size=d, num_layers=1 if size == "tiny" else 2, num_attention_heads=2,
-                                 intermediate_size=d * 2, num_queries=20 if size == "tiny" else 100),
-        mask_decoder_config=dict(hidden_size=d, num_attention_heads=2),
+        geometry_encoder_config=dict(hidden_size=d, num_layers=1 if tiny else 2, num_attention_heads=heads,
+                                     intermediate_size=d * 2 if tiny else 512),
+        detr_encoder_config=dict(hidden_size=d, num_layers=1 if tiny else 3, num_attention_heads=heads,
+                                 intermediate_size=d * 2 if tiny else 512),
+        detr_decoder_config=dict(hidden_size=d, num_layers=1 if tiny else 3, num_attention_heads=heads,
+                                 intermediate_size=d * 2 if tiny else 512, num_queries=20 if tiny else 100),
+        mask_decoder_config=dict(hidden_size=d, num_attention_heads=heads),
     )
 
 

@@ -12,6 +12,7 @@ is xywh) and ``s3seg`` on images (prompts, timings, model).
 
 from __future__ import annotations
 
+import base64
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -21,7 +22,7 @@ import numpy as np
 import numpy.typing as npt
 
 from s3seg import _rle
-from s3seg.errors import ResultFormatError
+from s3seg.errors import ResultFormatError, UsageError
 
 BoolMask = npt.NDArray[np.bool_]
 
@@ -46,6 +47,28 @@ class Box:
     @property
     def xyxy(self) -> tuple[float, float, float, float]:
         return (self.x0, self.y0, self.x1, self.y1)
+
+
+@dataclass(frozen=True)
+class SegmentOptions:
+    """Post-processing knobs (see :class:`s3seg.config.Settings` for their meaning). Invalid values raise
+    :class:`UsageError`."""
+
+    threshold: float = 0.5
+    mask_threshold: float = 0.5
+    max_instances: int | None = None
+    nms_iou: float | None = None
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.threshold <= 1.0:
+            raise UsageError(f"threshold must be in [0, 1], got {self.threshold}")
+        if not 0.0 < self.mask_threshold < 1.0:
+            raise UsageError(f"mask threshold must be in (0, 1), got {self.mask_threshold}")
+        if self.max_instances is not None and self.max_instances < 1:
+            raise UsageError(f"max instances must be at least 1, got {self.max_instances}")
+        if self.nms_iou is not None and not 0.0 < self.nms_iou <= 1.0:
+            raise UsageError(f"NMS IoU must be in (0, 1], got {self.nms_iou}")
+
 
 
 @dataclass(frozen=True)
@@ -265,7 +288,10 @@ def from_coco(doc: Mapping[str, Any]) -> list[SegmentationResult]:
         for ann in doc["annotations"]:
             image_id = int(ann["image_id"])
             height, width = sizes[image_id]
-            mask = _rle.decode(ann["segmentation"], height, width)
+            if "mask_png" in ann:  # the server's PNG mask format
+                mask = _rle.decode_png(base64.b64decode(ann["mask_png"]), height, width)
+            else:
+                mask = _rle.decode(ann["segmentation"], height, width)
             if "bbox_xyxy" in ann:
                 box = tuple(float(v) for v in ann["bbox_xyxy"])
             else:

@@ -10,6 +10,7 @@ import typer
 
 from s3seg.cli._convert import convert_command
 from s3seg.cli._segment import segment_command
+from s3seg.cli._serve import serve_command
 
 app = typer.Typer(
     name="s3seg",
@@ -21,6 +22,7 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 app.command("segment", no_args_is_help=True)(segment_command)
+app.command("serve")(serve_command)
 app.command("convert", no_args_is_help=True)(convert_command)
 
 

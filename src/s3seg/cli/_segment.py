@@ -15,7 +15,7 @@ from s3seg.cli._console import console, err_console
 if TYPE_CHECKING:
     from s3seg.client import Client
     from s3seg.images import LoadedImage
-    from s3seg.types import SegmentationResult
+    from s3seg.types import Box, SegmentationResult, SegmentOptions
 
 DEFAULT_OUT = Path("s3seg-out")
 
@@ -76,6 +76,13 @@ def segment_command(
         None, "--max-pixels", min=1, help="Refuse images with more pixels (default 100000000).",
         show_default=False,
     ),
+    server: Optional[str] = typer.Option(  # noqa: UP045
+        None, "--server", help="Segment on this s3seg server (env S3SEG_SERVER_URL) instead of locally.",
+        show_default=False,
+    ),
+    api_key: Optional[str] = typer.Option(  # noqa: UP045
+        None, "--api-key", help="The server's API key (env S3SEG_API_KEY).", show_default=False,
+    ),
 ) -> None:
     """Segment every instance of each prompt in one or more images.
 
@@ -87,7 +94,7 @@ def segment_command(
     """
     from s3seg.client import Client
     from s3seg.config import load_settings
-    from s3seg.errors import DeviceError, ImageError, S3SegError, UsageError
+    from s3seg.errors import ImageError, S3SegError, UsageError
     from s3seg.images import expand_inputs
     from s3seg.types import box_from_string
 
@@ -107,6 +114,7 @@ def segment_command(
     settings = load_settings(
         model=model, device=device, dtype=dtype, revision=revision, threshold=threshold,
         mask_threshold=mask_threshold, max_instances=max_instances, nms_iou=nms, max_pixels=max_pixels,
+        server_url=server, api_key=api_key,
     )
     client = Client(settings=settings)
     options = client.options()  # validates thresholds before any model loads
@@ -121,18 +129,10 @@ def segment_command(
     if out is None and not as_json:
         out = DEFAULT_OUT
     writer = _Writer(out) if out is not None else None
-    engine = client.engine  # model and device problems end the command before any image work
-
-    with _progress(len(paths)) as advance:
+    with client, _progress(len(paths)) as advance:
+        client.prepare()  # model, device, server and key problems end the command before any image work
         for batch in _batches(paths, client, settings.max_batch, failures, advance):
-            try:
-                found = engine.segment(
-                    [i.array for i in batch], prompts, boxes, names=[i.name for i in batch], options=options
-                )
-            except DeviceError as e:  # e.g. out of memory: this batch fails, the rest go on
-                failures += [(i.name or "?", e.message) for i in batch]
-                continue
-            for image, result in zip(batch, found, strict=True):
+            for image, result in _segment_batch(client, batch, prompts, boxes, options, failures):
                 if writer is not None:
                     writer.write(image, result)
                 results.append(result)
@@ -149,6 +149,25 @@ def segment_command(
         raise typer.Exit(ImageError.exit_code if not results else 1)
     if not results:
         raise S3SegError("no image was segmented")
+
+
+def _segment_batch(client: Client, batch: list[LoadedImage], prompts: list[str], boxes: list[Box],
+                   options: SegmentOptions, failures: list[tuple[str, str]]
+                   ) -> list[tuple[LoadedImage, SegmentationResult]]:
+    """Segment a batch; if it fails as a whole (out of memory, an image the server refuses), retry its
+    images one by one so that only the culprit is skipped."""
+    from s3seg.errors import DeviceError, ImageError, ServerError
+
+    try:
+        return list(zip(batch, client.run(batch, prompts, boxes, options), strict=True))
+    except (DeviceError, ImageError, ServerError) as e:
+        if isinstance(e, ServerError) and e.status not in (413, 503):
+            raise  # auth, unreachable, server bug: every image would fail the same way
+        if len(batch) == 1:
+            failures.append((batch[0].name or "?", e.message))
+            return []
+        return [pair for image in batch for pair in _segment_batch(client, [image], prompts, boxes, options,
+                                                                     failures)]
 
 
 def _batches(

@@ -7,7 +7,7 @@ from s3seg.engine._sam3 import (
     RawPrediction,
     Request,
     Sam3Engine,
-    SegmentOptions,
 )
+from s3seg.types import SegmentOptions
 
 __all__ = ["VISUAL_PROMPT", "Fidelity", "ModelInfo", "RawPrediction", "Request", "Sam3Engine", "SegmentOptions"]

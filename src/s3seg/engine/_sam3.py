@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from s3seg.config import DEFAULT_MODEL, Settings
 from s3seg.engine import _load
 from s3seg.errors import DeviceError, UsageError
-from s3seg.types import Box, Instance, SegmentationResult, Timings
+from s3seg.types import Box, Instance, SegmentationResult, SegmentOptions, Timings
 
 if TYPE_CHECKING:
     from transformers.models.sam3.modeling_sam3 import Sam3VisionEncoderOutput
@@ -50,30 +50,6 @@ class Fidelity:
     vit_layernorm_eps: float | None = 1e-5
     upsample_logits_first: bool = True
     presence_unclamped: bool = True
-
-
-@dataclass(frozen=True)
-class SegmentOptions:
-    """Post-processing knobs (see :class:`s3seg.config.Settings` for their meaning)."""
-
-    threshold: float = 0.5
-    mask_threshold: float = 0.5
-    max_instances: int | None = None
-    nms_iou: float | None = None
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.threshold <= 1.0:
-            raise UsageError(f"threshold must be in [0, 1], got {self.threshold}")
-        if not 0.0 < self.mask_threshold < 1.0:
-            raise UsageError(f"mask threshold must be in (0, 1), got {self.mask_threshold}")
-        if self.max_instances is not None and self.max_instances < 1:
-            raise UsageError(f"max instances must be at least 1, got {self.max_instances}")
-        if self.nms_iou is not None and not 0.0 < self.nms_iou <= 1.0:
-            raise UsageError(f"NMS IoU must be in (0, 1], got {self.nms_iou}")
-
-    @classmethod
-    def from_settings(cls, s: Settings) -> SegmentOptions:
-        return cls(s.threshold, s.mask_threshold, s.max_instances, s.nms_iou)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,120 @@
+"""Talking to an ``s3seg serve`` server over HTTP: the same results as local inference.
+
+Images travel as their original encoded bytes (or lossless PNG for in-memory images), so the server
+decodes exactly what a local run decodes. Connection failures are retried; 503 (busy) is retried after
+its Retry-After; every error becomes one of s3seg's own errors with a hint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import httpx
+
+from s3seg.errors import ImageError, ImageTooLargeError, S3SegError, ServerError, UsageError
+from s3seg.images import LoadedImage
+from s3seg.types import Box, SegmentationResult, SegmentOptions, from_coco
+
+_BUSY_RETRIES = 3
+_MAX_RETRY_AFTER_S = 10.0
+
+
+class RemoteBackend:
+    def __init__(self, url: str, *, api_key: str | None, timeout_s: float) -> None:
+        if not url.startswith(("http://", "https://")):
+            raise UsageError(f"server URL must start with http:// or https://, got {url!r}")
+        self.url = url.rstrip("/")
+        headers = {"X-API-Key": api_key} if api_key else {}
+        self._http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout_s,
+                                  transport=httpx.HTTPTransport(retries=3))  # retries connection failures
+
+    def close(self) -> None:
+        self._http.close()
+
+    def check(self) -> dict[str, Any]:
+        """The server's model info (also proves the URL and the key work)."""
+        data: dict[str, Any] = self._call("GET", "/api/v1/model/info")
+        return data
+
+    def segment(self, images: Sequence[LoadedImage], prompts: Sequence[str], boxes: Sequence[Box],
+                options: SegmentOptions) -> list[SegmentationResult]:
+        """One request per image; the server batches concurrent requests onto its device."""
+        fields: dict[str, Any] = {
+            "prompts": list(prompts),
+            "boxes": [f"{'' if b.positive else 'neg:'}{b.x0},{b.y0},{b.x1},{b.y1}" for b in boxes],
+            "threshold": repr(options.threshold),
+            "mask_threshold": repr(options.mask_threshold),
+        }
+        if options.max_instances is not None:
+            fields["max_instances"] = str(options.max_instances)
+        if options.nms_iou is not None:
+            fields["nms_iou"] = repr(options.nms_iou)
+        results = []
+        for image in images:
+            files = {"image": (image.name or "image.png", _encoded(image), "application/octet-stream")}
+            doc = self._call("POST", "/api/v1/predict", data=fields, files=files)
+            [result] = from_coco(doc)
+            results.append(dataclasses.replace(result, image=image.name))
+        return results
+
+    def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+        for attempt in range(_BUSY_RETRIES + 1):
+            try:
+                response = self._http.request(method, path, **kwargs)
+            except httpx.TimeoutException as e:
+                raise ServerError(f"the s3seg server at {self.url} did not answer in time",
+                                  hint="raise S3SEG_REQUEST_TIMEOUT_S, or send smaller images") from e
+            except httpx.TransportError as e:
+                raise ServerError(f"cannot reach the s3seg server at {self.url} ({type(e).__name__})",
+                                  hint="check --server / S3SEG_SERVER_URL and that `s3seg serve` runs there") from e
+            if response.status_code == 503 and attempt < _BUSY_RETRIES:
+                time.sleep(min(float(response.headers.get("retry-after", "1") or 1), _MAX_RETRY_AFTER_S))
+                continue
+            return self._data(response)
+        raise AssertionError("unreachable")
+
+    def _data(self, response: httpx.Response) -> Any:
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+        if isinstance(body, dict) and body.get("ok") is True:
+            return body.get("data")
+        error = body.get("error", {}) if isinstance(body, dict) else {}
+        code = str(error.get("code", "HTTP_ERROR"))
+        message = str(error.get("message") or f"HTTP {response.status_code}")
+        raise _as_error(response.status_code, code, message, error.get("hint"), self.url)
+
+
+def _as_error(status: int, code: str, message: str, hint: str | None, url: str) -> S3SegError:
+    if status == 401:
+        return ServerError(f"the server at {url} refused the request: {message}",
+                           hint="pass --api-key or set S3SEG_API_KEY to the server's key", status=status, code=code)
+    if code == "IMAGE_TOO_LARGE":
+        return ImageTooLargeError(message, hint or "resize the image")
+    if status == 415:
+        return ImageError(message, hint)
+    if status == 413:
+        return ServerError(f"the server refused the upload as too large: {message}",
+                           hint="resize or recompress the image, or raise the server's S3SEG_MAX_BODY_MB",
+                           status=status, code=code)
+    if status == 422:
+        return UsageError(f"the server rejected the request: {message}", hint)
+    if status == 503:
+        return ServerError(f"the server is overloaded: {message}", hint=hint or "retry later",
+                           status=status, code=code)
+    return ServerError(f"the server failed ({status} {code}): {message}", hint=hint, status=status, code=code)
+
+
+def _encoded(image: LoadedImage) -> bytes:
+    if image.encoded is not None:
+        return image.encoded
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(image.array).save(buf, format="PNG")  # lossless: the server decodes the same pixels
+    return buf.getvalue()

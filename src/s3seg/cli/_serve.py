@@ -1,0 +1,74 @@
+"""``s3seg serve``: the SAM3 inference server (FastAPI + uvicorn)."""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Optional
+
+import typer
+
+
+def serve_command(
+    host: Optional[str] = typer.Option(  # noqa: UP045
+        None, "--host", help="Address to listen on (env S3SEG_HOST; default 127.0.0.1).", show_default=False),
+    port: Optional[int] = typer.Option(  # noqa: UP045
+        None, "--port", "-p", help="Port (env S3SEG_PORT; default 8000).", show_default=False),
+    model: Optional[str] = typer.Option(  # noqa: UP045
+        None, "--model", "-m", help="Hub id, save_pretrained folder or sam3.pt (env S3SEG_MODEL).",
+        show_default=False),
+    device: Optional[str] = typer.Option(  # noqa: UP045
+        None, "--device", "-d", help="auto, cpu, cuda, cuda:N or mps (env S3SEG_DEVICE).", show_default=False),
+    api_key: Optional[str] = typer.Option(  # noqa: UP045
+        None, "--api-key", help="Require this X-API-Key on /api/v1 (env S3SEG_API_KEY; prefer the env var).",
+        show_default=False),
+    allow_no_key: bool = typer.Option(
+        False, "--allow-no-key", help="Serve on a non-loopback address without an API key (not recommended)."),
+    max_batch: Optional[int] = typer.Option(  # noqa: UP045
+        None, "--max-batch", min=1, help="Most images per device batch (default 8).", show_default=False),
+    batch_wait_ms: Optional[float] = typer.Option(  # noqa: UP045
+        None, "--batch-wait-ms", min=0, help="Wait up to this long to fill a batch (default 0: batches form "
+        "from requests that queue while the device is busy).", show_default=False),
+    max_queue: Optional[int] = typer.Option(  # noqa: UP045
+        None, "--max-queue", min=1, help="Queued images before answering 503 (default 64).", show_default=False),
+    allow_private_urls: bool = typer.Option(
+        False, "--allow-private-urls", help="Let image_url reach loopback and private networks."),
+    log_level: str = typer.Option("info", "--log-level", help="uvicorn log level."),
+) -> None:
+    """Serve SAM3 over HTTP: /health, /api/v1/model/info, /api/v1/predict, /api/v1/predict/batch, /docs.
+
+    The model loads before the server listens. Without an API key the server only listens on loopback
+    unless --allow-no-key is given.
+    """
+    from s3seg.config import load_settings
+    from s3seg.errors import DependencyError, UsageError
+
+    settings = load_settings(
+        host=host, port=port, model=model, device=device, api_key=api_key, max_batch=max_batch,
+        batch_wait_ms=batch_wait_ms, max_queue=max_queue, allow_no_key=allow_no_key or None,
+        allow_private_urls=allow_private_urls or None,
+    )
+    if settings.api_key is None and not settings.allow_no_key and not _is_loopback(settings.host):
+        raise UsageError(
+            f"refusing to serve on {settings.host} without an API key",
+            hint="set S3SEG_API_KEY (or --api-key), or pass --allow-no-key to serve openly",
+        )
+    try:
+        import uvicorn
+
+        from s3seg.server import create_app
+    except ImportError as e:
+        raise DependencyError(f"the server needs {e.name}", hint="pip install 's3seg[server]'") from e
+    from s3seg.engine import Sam3Engine
+
+    engine = Sam3Engine.from_settings(settings)
+    uvicorn.run(create_app(engine, settings), host=settings.host, port=settings.port, log_level=log_level,
+                timeout_graceful_shutdown=30)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -1,0 +1,364 @@
+"""The inference server (the seed's GPU backend): FastAPI app factory, routes, auth, limits, errors.
+
+Every response is one envelope: ``{"ok": true, "data": ...}`` or
+``{"ok": false, "error": {"code": "...", "message": "...", "hint": "..."}}`` with a stable ``code``.
+Results are COCO documents (masks as compressed RLE, or PNG on request), the same format the CLI
+writes, so ``s3seg.from_coco`` reads them back into the same result objects.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from contextlib import asynccontextmanager
+from typing import Any, Literal
+
+from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field, ValidationError
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from s3seg import _rle
+from s3seg.config import Settings
+from s3seg.engine import Request as EngineRequest
+from s3seg.engine import Sam3Engine, SegmentOptions
+from s3seg.errors import DeviceError, ImageError, ImageTooLargeError, S3SegError, UsageError
+from s3seg.images import load_image
+from s3seg.server._batcher import Batcher, Busy
+from s3seg.server._fetch import URLFetchFailed, URLNotAllowed, fetch
+from s3seg.types import Box, SegmentationResult, box_from_string, to_coco
+
+API_KEY_HEADER = "X-API-Key"
+
+
+# ------------------------------------------------------------------------------------------ schemas
+class BoxIn(BaseModel):
+    box: tuple[float, float, float, float] = Field(description="x0, y0, x1, y1 in pixels")
+    positive: bool = Field(default=True, description="false marks a negative exemplar")
+
+
+class PredictIn(BaseModel):
+    """One image (``image`` base64 or ``image_url``) and what to look for in it."""
+
+    image: str | None = Field(default=None, description="the encoded image file, base64")
+    image_url: str | None = Field(default=None, description="http(s) URL of the image (public hosts only)")
+    name: str | None = Field(default=None, description="a name echoed back as images[0].file_name")
+    prompts: list[str] = Field(default_factory=list, description="text prompts (noun phrases)")
+    boxes: list[BoxIn] = Field(default_factory=list, description="exemplar boxes, applied to every prompt")
+    threshold: float | None = Field(default=None, ge=0, le=1)
+    mask_threshold: float | None = Field(default=None, gt=0, lt=1)
+    max_instances: int | None = Field(default=None, ge=1)
+    nms_iou: float | None = Field(default=None, gt=0, le=1)
+    mask_format: Literal["rle", "png"] = "rle"
+
+
+class BatchIn(BaseModel):
+    items: list[PredictIn] = Field(description="images, each with its own prompts and options")
+
+
+class ErrorOut(BaseModel):
+    code: str
+    message: str
+    hint: str | None = None
+
+
+class Envelope(BaseModel):
+    ok: bool
+    data: Any | None = None
+    error: ErrorOut | None = None
+
+
+_MULTIPART_FIELDS = {
+    "prompts": {"type": "array", "items": {"type": "string"}},
+    "boxes": {"type": "array", "items": {"type": "string"}, "description": "x0,y0,x1,y1 (prefix neg: for negative)"},
+    "threshold": {"type": "number"},
+    "mask_threshold": {"type": "number"},
+    "max_instances": {"type": "integer"},
+    "nms_iou": {"type": "number"},
+    "mask_format": {"type": "string", "enum": ["rle", "png"]},
+}
+
+
+def _body_doc(json_model: type[BaseModel], file_field: str, many: bool) -> dict[str, Any]:
+    file_schema: dict[str, Any] = {"type": "string", "format": "binary"}
+    if many:
+        file_schema = {"type": "array", "items": file_schema}
+    return {"requestBody": {"required": True, "content": {
+        "multipart/form-data": {"schema": {"type": "object", "required": [file_field],
+                                           "properties": {file_field: file_schema, **_MULTIPART_FIELDS}}},
+        "application/json": {"schema": json_model.model_json_schema()},
+    }}}
+
+
+# ------------------------------------------------------------------------------------------- errors
+_STATUS: list[tuple[type[BaseException], int, str]] = [
+    (Busy, 503, "BUSY"),
+    (DeviceError, 503, "OUT_OF_MEMORY"),
+    (ImageTooLargeError, 413, "IMAGE_TOO_LARGE"),
+    (ImageError, 415, "UNSUPPORTED_IMAGE"),
+    (URLNotAllowed, 400, "URL_NOT_ALLOWED"),
+    (URLFetchFailed, 400, "URL_FETCH_FAILED"),
+    (UsageError, 422, "INVALID_REQUEST"),
+]
+
+
+class PayloadTooLarge(S3SegError):
+    pass
+
+
+class Unauthorized(S3SegError):
+    pass
+
+
+def _error(status: int, code: str, message: str, hint: str | None = None,
+           headers: dict[str, str] | None = None) -> JSONResponse:
+    body = {"ok": False, "error": {"code": code, "message": message, **({"hint": hint} if hint else {})}}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def _s3seg_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, S3SegError)
+    if isinstance(exc, PayloadTooLarge):
+        return _error(413, "PAYLOAD_TOO_LARGE", exc.message, exc.hint)
+    if isinstance(exc, Unauthorized):
+        return _error(401, "UNAUTHORIZED", exc.message, exc.hint, {"WWW-Authenticate": API_KEY_HEADER})
+    for kind, status, code in _STATUS:
+        if isinstance(exc, kind):
+            retry = {"Retry-After": "1"} if status == 503 else None
+            return _error(status, code, exc.message, exc.hint, retry)
+    return _error(500, "INTERNAL_ERROR", exc.message, exc.hint)
+
+
+def _validation_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, (RequestValidationError, ValidationError))
+    first = exc.errors()[0]
+    where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
+    return _error(422, "VALIDATION_ERROR", f"{where or 'request'}: {first.get('msg', 'invalid')}")
+
+
+def _http_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    code = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED"}.get(exc.status_code, "HTTP_ERROR")
+    return _error(exc.status_code, code, str(exc.detail))
+
+
+def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+    return _error(500, "INTERNAL_ERROR", f"unexpected {type(exc).__name__}", "see the server log")
+
+
+class _BodyLimit:
+    """Refuse bodies over ``max_bytes``: by Content-Length at once, and while streaming otherwise."""
+
+    def __init__(self, app: Callable[..., Awaitable[None]], max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: MutableMapping[str, Any], receive: Callable[[], Awaitable[dict[str, Any]]],
+                       send: Callable[[MutableMapping[str, Any]], Awaitable[None]]) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            response = _error(413, "PAYLOAD_TOO_LARGE", self._message(int(declared)))
+            await response(scope, receive, send)
+            return
+        seen = 0
+
+        async def limited() -> dict[str, Any]:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.max_bytes:
+                raise PayloadTooLarge(self._message(seen))
+            return message
+
+        await self.app(scope, limited, send)
+
+    def _message(self, size: int) -> str:
+        return f"request body of {size} bytes exceeds the limit of {self.max_bytes} bytes"
+
+
+# ---------------------------------------------------------------------------------------------- app
+def create_app(engine: Sam3Engine, settings: Settings | None = None) -> FastAPI:
+    """The server around an already loaded ``engine``. Settings give the key, limits and batching."""
+    settings = settings or Settings()
+    max_bytes = int(settings.max_body_mb * 1024 * 1024)
+    state: dict[str, Batcher] = {}
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        state["batcher"] = Batcher(engine, max_batch=settings.max_batch, max_queue=settings.max_queue,
+                                   wait_s=settings.batch_wait_ms / 1000)
+        try:
+            yield
+        finally:
+            await run_in_threadpool(state["batcher"].close)  # finishes in-flight work
+
+    app = FastAPI(title="s3seg", version=_version(), lifespan=lifespan,
+                  description="SAM3 text-prompted segmentation. Send `X-API-Key` when the server has a key.",
+                  responses={401: {"model": Envelope}, 422: {"model": Envelope}, 503: {"model": Envelope}})
+    app.add_exception_handler(S3SegError, _s3seg_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(ValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected)
+    app.add_middleware(_BodyLimit, max_bytes=max_bytes)
+
+    key = settings.api_key.get_secret_value().encode() if settings.api_key else None
+
+    def require_key(request: Request) -> None:
+        if key is None:
+            return
+        given = request.headers.get(API_KEY_HEADER, "").encode()
+        if not hmac.compare_digest(given, key):
+            raise Unauthorized("missing or wrong API key" if given else "this server needs an API key",
+                               hint=f"send the {API_KEY_HEADER} header (s3seg: --api-key or S3SEG_API_KEY)")
+
+    @app.get("/health", response_model=Envelope, tags=["server"])
+    def health() -> dict[str, Any]:
+        """Liveness, the device, GPU memory and queue statistics. Needs no key."""
+        batcher = state.get("batcher")
+        return {"ok": True, "data": {
+            "status": "ok", "model_loaded": True, "device": str(engine.device), "gpu_memory": _gpu_memory(engine),
+            "queue": vars(batcher.stats) if batcher else None,
+        }}
+
+    api = APIRouter(prefix="/api/v1", dependencies=[Depends(require_key)])
+
+    @api.get("/model/info", response_model=Envelope, tags=["model"])
+    def model_info() -> dict[str, Any]:
+        """The model, its device and dtype, and this server's request limits."""
+        info = engine.info
+        return {"ok": True, "data": {**vars(info), "limits": {
+            "max_body_bytes": max_bytes, "max_prompts": settings.max_prompts,
+            "max_prompt_chars": settings.max_prompt_chars, "max_boxes": settings.max_boxes,
+            "max_images": settings.max_images, "max_pixels": settings.max_pixels,
+        }}}
+
+    async def segment(items: list[tuple[PredictIn, bytes]]) -> dict[str, Any]:
+        requests = [await _engine_request(item, data, settings) for item, data in items]
+        results = await state["batcher"].run(requests)
+        return {"ok": True, "data": _coco(results, [item.mask_format for item, _ in items])}
+
+    @api.post("/predict", response_model=Envelope, tags=["model"], openapi_extra=_body_doc(PredictIn, "image", False))
+    async def predict(request: Request) -> dict[str, Any]:
+        """Segment one image: multipart (``image`` file + fields) or JSON (base64 ``image`` or ``image_url``)."""
+        [item] = await _read_items(request, settings, batch=False)
+        return await segment([item])
+
+    @api.post("/predict/batch", response_model=Envelope, tags=["model"],
+              openapi_extra=_body_doc(BatchIn, "images", True))
+    async def predict_batch(request: Request) -> dict[str, Any]:
+        """Segment several images in one call (multipart ``images`` files sharing the fields, or JSON items)."""
+        return await segment(await _read_items(request, settings, batch=True))
+
+    app.include_router(api)
+    return app
+
+
+# ------------------------------------------------------------------------------------------ helpers
+async def _read_items(request: Request, settings: Settings, *, batch: bool) -> list[tuple[PredictIn, bytes]]:
+    """Parse either body kind into (fields, encoded image) pairs; URLs are fetched here."""
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if kind == "application/json":
+        try:
+            payload = json.loads(await request.body())
+        except ValueError as e:
+            raise UsageError(f"body is not valid JSON: {e}") from e
+        items = BatchIn.model_validate(payload).items if batch else [PredictIn.model_validate(payload)]
+        return [(item, await _image_bytes(item, settings)) for item in items]
+    if kind == "multipart/form-data":
+        async with request.form(max_files=settings.max_images, max_fields=1000) as form:  # closes temp files
+            files = [f for f in form.getlist("images" if batch else "image") if isinstance(f, UploadFile)]
+            if not files:
+                raise UsageError(f"multipart body needs {'image files in `images`' if batch else 'an `image` file'}")
+            fields = _form_fields(form)
+            return [(PredictIn.model_validate({**fields, "name": f.filename}), await f.read()) for f in files]
+    raise UsageError("send multipart/form-data or application/json",
+                     hint="curl -F image=@photo.jpg -F prompts=dog …")
+
+
+def _form_fields(form: Any) -> dict[str, Any]:
+    fields: dict[str, Any] = {"prompts": [p for p in form.getlist("prompts") if isinstance(p, str)]}
+    try:
+        fields["boxes"] = [{"box": b.xyxy, "positive": b.positive}
+                           for b in (box_from_string(v) for v in form.getlist("boxes") if isinstance(v, str))]
+    except ValueError as e:
+        raise UsageError(str(e)) from e
+    for name in ("threshold", "mask_threshold", "max_instances", "nms_iou", "mask_format"):
+        value = form.get(name)
+        if isinstance(value, str) and value != "":
+            fields[name] = value
+    return fields
+
+
+async def _image_bytes(item: PredictIn, settings: Settings) -> bytes:
+    if (item.image is None) == (item.image_url is None):
+        raise UsageError("give exactly one of `image` (base64) and `image_url`")
+    if item.image_url is not None:
+        return await run_in_threadpool(fetch, item.image_url, max_bytes=int(settings.max_body_mb * 1024 * 1024),
+                                       timeout_s=settings.url_timeout_s, allow_private=settings.allow_private_urls)
+    try:
+        return base64.b64decode(item.image or "", validate=True)
+    except (binascii.Error, ValueError) as e:
+        raise UsageError("`image` is not valid base64") from e
+
+
+async def _engine_request(item: PredictIn, data: bytes, settings: Settings) -> EngineRequest:
+    if len(item.prompts) > settings.max_prompts:
+        raise UsageError(f"{len(item.prompts)} prompts; at most {settings.max_prompts} per image")
+    if any(len(p) > settings.max_prompt_chars for p in item.prompts):
+        raise UsageError(f"a prompt is longer than {settings.max_prompt_chars} characters")
+    if len(item.boxes) > settings.max_boxes:
+        raise UsageError(f"{len(item.boxes)} boxes; at most {settings.max_boxes}")
+    try:
+        boxes = tuple(Box(*b.box, positive=b.positive) for b in item.boxes)
+    except ValueError as e:
+        raise UsageError(str(e)) from e
+    image = await run_in_threadpool(load_image, data, max_pixels=settings.max_pixels, name=item.name or "upload")
+    options = SegmentOptions(
+        threshold=settings.threshold if item.threshold is None else item.threshold,
+        mask_threshold=settings.mask_threshold if item.mask_threshold is None else item.mask_threshold,
+        max_instances=item.max_instances or settings.max_instances,
+        nms_iou=item.nms_iou or settings.nms_iou,
+    )
+    return EngineRequest(image.array, tuple(item.prompts), boxes, item.name, options)
+
+
+def _coco(results: list[SegmentationResult], formats: list[str]) -> dict[str, Any]:
+    """Results as one COCO document; images that asked for PNG masks get ``mask_png`` (base64, 1-bit)
+    instead of RLE ``segmentation``."""
+    doc = to_coco(results)
+    annotations = iter(doc["annotations"])  # in result order, instance order
+    for result, fmt in zip(results, formats, strict=True):
+        for inst in result.instances:
+            ann = next(annotations)
+            if fmt == "png":
+                del ann["segmentation"]
+                ann["mask_png"] = base64.b64encode(_rle.encode_png(inst.mask)).decode("ascii")
+    return doc
+
+
+def _gpu_memory(engine: Sam3Engine) -> dict[str, float] | None:
+    import torch
+
+    if engine.device.type != "cuda":
+        return None
+    mb = 1024 * 1024
+    free, total = torch.cuda.mem_get_info(engine.device)
+    return {"allocated_mb": torch.cuda.memory_allocated(engine.device) / mb,
+            "reserved_mb": torch.cuda.memory_reserved(engine.device) / mb,
+            "free_mb": free / mb, "total_mb": total / mb}
+
+
+def _version() -> str:
+    from s3seg import __version__
+
+    return __version__
