@@ -13,10 +13,11 @@ from pycocotools import mask as _mask
 from s3seg.errors import ResultFormatError
 
 
-def encode(mask: npt.NDArray[np.bool_]) -> dict[str, Any]:
-    """bool (H, W) → ``{"size": [H, W], "counts": str}`` (JSON-ready compressed RLE)."""
+def encode(mask: npt.NDArray[np.bool_]) -> tuple[dict[str, Any], int]:
+    """bool (H, W) → (``{"size": [H, W], "counts": str}`` JSON-ready compressed RLE, mask area)."""
     rle = _mask.encode(np.asfortranarray(mask, dtype=np.uint8))
-    return {"size": [int(rle["size"][0]), int(rle["size"][1])], "counts": rle["counts"].decode("ascii")}
+    area = int(_mask.area(rle))  # from the runs: cheaper than summing the pixels again
+    return {"size": [int(rle["size"][0]), int(rle["size"][1])], "counts": rle["counts"].decode("ascii")}, area
 
 
 def decode(rle: Any, height: int, width: int) -> npt.NDArray[np.bool_]:

@@ -258,13 +258,14 @@ def to_coco(results: Iterable[SegmentationResult]) -> dict[str, Any]:
         )
         for inst in r.instances:
             x0, y0, x1, y1 = inst.box
+            segmentation, area = _rle.encode(inst.mask)
             annotations.append(
                 {
                     "id": len(annotations) + 1,
                     "image_id": image_id,
                     "category_id": categories[inst.prompt],
-                    "segmentation": _rle.encode(inst.mask),
-                    "area": inst.area,
+                    "segmentation": segmentation,
+                    "area": area,
                     "bbox": [x0, y0, x1 - x0, y1 - y0],
                     "bbox_xyxy": [x0, y0, x1, y1],
                     "score": inst.score,

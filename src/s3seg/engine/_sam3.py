@@ -349,20 +349,24 @@ class Sam3Engine:
             return []
         scale = torch.tensor([width, height, width, height], device=scores.device)
         boxes = (heads.boxes[keep].float() * scale).cpu().tolist()
-        masks = torch.cat([self._upsample(heads.mask_logits[keep[i : i + _UPSAMPLE_BATCH]], height, width,
-                                          mask_cut) for i in range(0, len(keep), _UPSAMPLE_BATCH)]).cpu().numpy()
+        masks = torch.empty((len(keep), height, width), dtype=torch.bool, device=scores.device)
+        for i in range(0, len(keep), _UPSAMPLE_BATCH):  # written in place: no concatenated copy
+            self._binarise(heads.mask_logits[keep[i : i + _UPSAMPLE_BATCH]], mask_cut, masks[i : i + _UPSAMPLE_BATCH])
+        masks_np = masks.cpu().numpy()
         kept_scores = scores[keep].cpu().tolist()
         return [Instance(prompt=prompt, score=min(max(s, 0.0), 1.0), box=(b[0], b[1], b[2], b[3]), mask=m)
-                for s, b, m in zip(kept_scores, boxes, masks, strict=True)]
+                for s, b, m in zip(kept_scores, boxes, masks_np, strict=True)]
 
-    def _upsample(self, logits: torch.Tensor, height: int, width: int, cut: float) -> torch.Tensor:
-        """(K, h, w) logits → (K, H, W) bool, on the device."""
+    def _binarise(self, logits: torch.Tensor, cut: float, out: torch.Tensor) -> None:
+        """(K, h, w) logits → ``out`` (K, H, W) bool, on the device: upsample, then threshold."""
+        height, width = out.shape[-2:]
         if self.fidelity.upsample_logits_first:
             up = F.interpolate(logits[None].float(), size=(height, width), mode="bilinear", align_corners=False)
-            return up[0] > cut
-        probs = F.interpolate(logits[None].float().sigmoid(), size=(height, width), mode="bilinear",
-                              align_corners=False)
-        return probs[0] > 1.0 / (1.0 + math.exp(-cut))
+            torch.gt(up[0], cut, out=out)
+        else:  # transformers' order: probabilities upsampled (kept to show why it is not used)
+            up = F.interpolate(logits[None].float().sigmoid(), size=(height, width), mode="bilinear",
+                               align_corners=False)
+            torch.gt(up[0], 1.0 / (1.0 + math.exp(-cut)), out=out)
 
 
 def _plan(prompts: Sequence[str], boxes: Sequence[Box]) -> list[_Prompt]:
