@@ -7,6 +7,8 @@ are read too), then a ``.env`` file in the working directory. Nothing is created
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
@@ -64,7 +66,10 @@ class Settings(BaseSettings):
     # --- s3seg serve ---------------------------------------------------------------------------
     host: str = Field(default="127.0.0.1", description="Address the server listens on.")
     port: int = Field(default=8000, ge=0, le=65535)
-    api_key: SecretStr | None = Field(default=None, description="Required X-API-Key (server); sent (client).")
+    api_key: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("api_key", "S3SEG_API_KEY", "API_SECRET_KEY"),
+        description="Required X-API-Key (server); sent (client). The seed's API_SECRET_KEY is read too.",
+    )
     allow_no_key: bool = Field(default=False, description="Allow a non-loopback server without an API key.")
     max_body_mb: float = Field(default=20.0, gt=0, description="Largest request body the server reads.")
     max_prompts: int = Field(default=16, ge=1, description="Most prompts per image in one request.")
@@ -75,6 +80,32 @@ class Settings(BaseSettings):
     max_queue: int = Field(default=64, ge=1, description="Queued images before the server answers 503.")
     url_timeout_s: float = Field(default=10.0, gt=0, description="Time limit for fetching an image URL.")
     allow_private_urls: bool = Field(default=False, description="Let image URLs reach private/loopback hosts.")
+
+    # --- storage and results (local by default; R2/S3 and Supabase when configured) --------------
+    data_dir: Path = Field(
+        default_factory=lambda: Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share") / "s3seg",
+        description="Local storage and the SQLite results database when R2/Supabase are not configured.",
+    )
+    r2_endpoint: str | None = Field(default=None, validation_alias=AliasChoices("r2_endpoint", "S3SEG_R2_ENDPOINT",
+                                                                                "R2_ENDPOINT"))
+    r2_access_key_id: str | None = Field(
+        default=None, validation_alias=AliasChoices("r2_access_key_id", "S3SEG_R2_ACCESS_KEY_ID", "R2_ACCESS_KEY_ID"))
+    r2_secret_access_key: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("r2_secret_access_key", "S3SEG_R2_SECRET_ACCESS_KEY", "R2_SECRET_ACCESS_KEY"))
+    r2_bucket: str | None = Field(default=None, validation_alias=AliasChoices("r2_bucket", "S3SEG_R2_BUCKET",
+                                                                              "R2_BUCKET"))
+    r2_region: str = Field(default="auto", description="R2 uses 'auto'; S3 needs the bucket's region.")
+    r2_path_style: bool = Field(default=True, description="Path-style addressing (R2 and most S3 servers).")
+    r2_prefix: str = Field(default="", description="Key prefix inside the bucket, e.g. 'prod/'.")
+    supabase_url: str | None = Field(default=None, validation_alias=AliasChoices("supabase_url", "S3SEG_SUPABASE_URL",
+                                                                                 "SUPABASE_URL"))
+    supabase_anon_key: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("supabase_anon_key", "S3SEG_SUPABASE_ANON_KEY", "SUPABASE_ANON_KEY"))
+    supabase_service_key: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("supabase_service_key", "S3SEG_SUPABASE_SERVICE_KEY", "SUPABASE_SERVICE_KEY"))
 
     # --- client of a remote server -------------------------------------------------------------
     server_url: str | None = Field(default=None, description="Segment on this s3seg server instead of locally.")
