@@ -8,7 +8,6 @@ its Retry-After; every error becomes one of s3seg's own errors with a hint.
 from __future__ import annotations
 
 import dataclasses
-import io
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -113,8 +112,6 @@ def _as_error(status: int, code: str, message: str, hint: str | None, url: str) 
 def _encoded(image: LoadedImage) -> bytes:
     if image.encoded is not None:
         return image.encoded
-    from PIL import Image
+    from s3seg.render import encode_png
 
-    buf = io.BytesIO()
-    Image.fromarray(image.array).save(buf, format="PNG")  # lossless: the server decodes the same pixels
-    return buf.getvalue()
+    return encode_png(image.array)  # lossless: the server decodes the same pixels

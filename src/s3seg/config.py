@@ -106,6 +106,9 @@ class Settings(BaseSettings):
     supabase_service_key: SecretStr | None = Field(
         default=None,
         validation_alias=AliasChoices("supabase_service_key", "S3SEG_SUPABASE_SERVICE_KEY", "SUPABASE_SERVICE_KEY"))
+    supabase_access_token: SecretStr | None = Field(
+        default=None, description="A signed-in user's access token (RLS applies as that user).")
+    user_id: str | None = Field(default=None, description="The user whose rows the service key writes.")
 
     # --- client of a remote server -------------------------------------------------------------
     server_url: str | None = Field(default=None, description="Segment on this s3seg server instead of locally.")

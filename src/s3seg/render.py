@@ -248,3 +248,17 @@ def _text_color(background: RGB) -> RGB:
 
 
 __all__ = ["color", "label_map", "mask_png", "overlay"]
+
+
+def encode_jpeg(image: Image.Image, quality: int = 90) -> bytes:
+    """An RGB PIL image as JPEG bytes (overlays)."""
+    buf = io.BytesIO()
+    image.save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def encode_png(array: npt.NDArray[np.uint8]) -> bytes:
+    """An RGB array as lossless PNG bytes."""
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG")
+    return buf.getvalue()

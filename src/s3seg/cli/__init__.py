@@ -9,6 +9,7 @@ import sys
 import typer
 
 from s3seg.cli._convert import convert_command
+from s3seg.cli._records import config_command, results_command, tasks_command, upload_command
 from s3seg.cli._segment import segment_command
 from s3seg.cli._serve import serve_command
 
@@ -23,6 +24,10 @@ app = typer.Typer(
 )
 app.command("segment", no_args_is_help=True)(segment_command)
 app.command("serve")(serve_command)
+app.command("upload", no_args_is_help=True)(upload_command)
+app.command("tasks")(tasks_command)
+app.command("results")(results_command)
+app.command("config")(config_command)
 app.command("convert", no_args_is_help=True)(convert_command)
 
 

@@ -83,6 +83,11 @@ def segment_command(
     api_key: Optional[str] = typer.Option(  # noqa: UP045
         None, "--api-key", help="The server's API key (env S3SEG_API_KEY).", show_default=False,
     ),
+    save: bool = typer.Option(False, "--save", help="Keep each result: a task row (SQLite or Supabase) and the "
+                              "source, mask and overlay in storage (local folder or R2). See: s3seg results."),
+    project: Optional[str] = typer.Option(  # noqa: UP045
+        None, "--project", help="With --save: file the results under this project.", show_default=False,
+    ),
 ) -> None:
     """Segment every instance of each prompt in one or more images.
 
@@ -96,6 +101,7 @@ def segment_command(
     from s3seg.config import load_settings
     from s3seg.errors import ImageError, S3SegError, UsageError
     from s3seg.images import expand_inputs
+    from s3seg.records import Recorder
     from s3seg.types import box_from_string
 
     if prompt:
@@ -129,19 +135,34 @@ def segment_command(
     if out is None and not as_json:
         out = DEFAULT_OUT
     writer = _Writer(out) if out is not None else None
+    if project and not save:
+        raise UsageError("--project needs --save")
+    recorder = Recorder.from_settings(settings) if save else None
+    saved: list[tuple[str, str]] = []  # (image, task id)
     with client, _progress(len(paths)) as advance:
         client.prepare()  # model, device, server and key problems end the command before any image work
         for batch in _batches(paths, client, settings.max_batch, failures, advance):
-            for image, result in _segment_batch(client, batch, prompts, boxes, options, failures):
+            tasks = {id(i): recorder.begin(prompts, image=i.name, project=project) for i in batch} if recorder else {}
+            done = _segment_batch(client, batch, prompts, boxes, options, failures)
+            for image, result in done:
                 if writer is not None:
                     writer.write(image, result)
+                if recorder is not None:
+                    saved.append((image.name or "?", recorder.complete(tasks.pop(id(image)), image, result).id))
                 results.append(result)
+            for image in batch:  # segmentation failed for these: their tasks say why
+                if id(image) in tasks and recorder is not None:
+                    recorder.abort(tasks.pop(id(image)), dict(failures).get(image.name or "?", "segmentation failed"))
             advance(len(batch))
 
     if as_json:
-        _print_json(results, failures)
+        _print_json(results, failures, saved)
     else:
         _print_summary(results, failures, writer)
+        for name, task_id in saved:
+            console.print(f"saved {name} as task {task_id}", highlight=False)
+        if saved:
+            console.print("see them with: s3seg results", highlight=False)
     if failures:
         if not as_json:
             for name, message in failures:
@@ -231,7 +252,7 @@ class _Writer:
         overlay = render.overlay(image.array, result)
         _atomic(self.out / f"{stem}.json", json.dumps(result.to_coco()).encode())
         _atomic(self.out / f"{stem}.mask.png", render.mask_png(result))
-        _atomic(self.out / f"{stem}.overlay.jpg", _jpeg(overlay))
+        _atomic(self.out / f"{stem}.overlay.jpg", render.encode_jpeg(overlay))
 
     def _unique(self, stem: str) -> str:
         candidate, n = stem, 1
@@ -242,25 +263,20 @@ class _Writer:
         return candidate
 
 
-def _jpeg(image: Any) -> bytes:
-    from io import BytesIO
-
-    buf = BytesIO()
-    image.save(buf, format="JPEG", quality=90)
-    return buf.getvalue()
-
-
 def _atomic(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_bytes(data)
     tmp.replace(path)
 
 
-def _print_json(results: list[SegmentationResult], failures: list[tuple[str, str]]) -> None:
+def _print_json(results: list[SegmentationResult], failures: list[tuple[str, str]],
+                saved: list[tuple[str, str]]) -> None:
     from s3seg.types import to_coco
 
     doc = to_coco(results)
     doc["errors"] = [{"image": name, "message": message} for name, message in failures]
+    if saved:
+        doc["tasks"] = [{"image": name, "task_id": task_id} for name, task_id in saved]
     sys.stdout.write(json.dumps(doc) + "\n")
 
 

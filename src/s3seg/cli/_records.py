@@ -1,0 +1,192 @@
+"""``s3seg upload``, ``tasks``, ``results`` and ``config``: stored images, tasks and results."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Optional
+
+import typer
+
+from s3seg.cli._console import console, err_console
+
+if TYPE_CHECKING:
+    from s3seg.storage import Storage
+    from s3seg.store import Task
+
+_STATUS_STYLE = {"pending": "yellow", "processing": "cyan", "done": "green", "error": "red"}
+
+
+def upload_command(
+    files: list[Path] = typer.Argument(..., help="Image files to store.", show_default=False),
+    prefix: str = typer.Option("uploads", "--prefix", help="Key prefix in the storage."),
+    expires: int = typer.Option(3600, "--expires", min=1, help="Lifetime of the printed URLs, seconds."),
+    as_json: bool = typer.Option(False, "--json", help="Print keys and URLs as JSON."),
+) -> None:
+    """Store images (local folder, or R2/S3 when configured); print each one's key and URL."""
+    import uuid
+
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+
+    from s3seg.config import load_settings
+    from s3seg.errors import ImageError
+    from s3seg.storage import guess_content_type, storage_from_settings
+
+    storage = storage_from_settings(load_settings())
+    for f in files:
+        if not f.is_file():
+            raise ImageError(f"not a file: {f}", hint="pass image files")
+    rows = []
+    with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                  console=err_console, transient=True, disable=not err_console.is_terminal) as progress:
+        for f in files:
+            bar = progress.add_task(f.name, total=f.stat().st_size)
+            key = storage.put_file(f"{prefix.strip('/')}/{uuid.uuid4().hex[:12]}/{f.name}", f,
+                                   guess_content_type(f.name), lambda n, bar=bar: progress.advance(bar, n))
+            rows.append({"file": str(f), "key": key, "url": storage.url(key, expires)})
+    if as_json:
+        sys.stdout.write(json.dumps(rows) + "\n")
+        return
+    for row in rows:
+        console.print(f"{row['file']} → [bold]{row['key']}[/]\n  {row['url']}", highlight=False, soft_wrap=True)
+
+
+def tasks_command(
+    task_id: Optional[str] = typer.Argument(None, help="One task to show.", show_default=False),  # noqa: UP045
+    watch: bool = typer.Option(False, "--watch", "-w", help="Follow the task(s) until they are done or failed."),
+    limit: int = typer.Option(20, "--limit", min=1, help="How many recent tasks."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Recent segmentation tasks and their status (pending → processing → done | error)."""
+    from s3seg.config import load_settings
+    from s3seg.store import store_from_settings
+
+    store = store_from_settings(load_settings())
+
+    def fetch() -> list[Task]:
+        return [store.get(task_id)] if task_id else store.list(limit=limit)
+
+    tasks = fetch()
+    if watch:
+        with console.status("waiting for tasks to finish") as status:
+            while any(t.status in ("pending", "processing") for t in tasks):
+                status.update(f"{sum(t.status in ('pending', 'processing') for t in tasks)} task(s) running")
+                time.sleep(1.0)
+                tasks = fetch()
+    if as_json:
+        sys.stdout.write(json.dumps([t.to_dict() for t in tasks] if not task_id else tasks[0].to_dict()) + "\n")
+    elif task_id:
+        _show(tasks[0], None)
+    else:
+        _table(tasks, f"{len(tasks)} most recent task(s)")
+
+
+def results_command(
+    task_id: Optional[str] = typer.Argument(None, help="One result to show.", show_default=False),  # noqa: UP045
+    project: Optional[str] = typer.Option(None, "--project", help="Only this project.",  # noqa: UP045
+                                          show_default=False),
+    status: Optional[str] = typer.Option(  # noqa: UP045
+        None, "--status", help="pending, processing, done or error (default: all).", show_default=False),
+    limit: int = typer.Option(20, "--limit", min=1, max=1000, help="Page size."),
+    offset: int = typer.Option(0, "--offset", min=0, help="Skip this many (newest first)."),
+    download: Optional[Path] = typer.Option(  # noqa: UP045
+        None, "--download", help="With an ID: save its source, mask, overlay and COCO JSON here.",
+        show_default=False),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Stored segmentation results: a page of them, or one with time-limited URLs (and --download)."""
+    from s3seg.config import load_settings
+    from s3seg.errors import UsageError
+    from s3seg.storage import storage_from_settings
+    from s3seg.store import STATUSES, store_from_settings
+
+    settings = load_settings()
+    store = store_from_settings(settings)
+    if task_id is None:
+        if download is not None:
+            raise UsageError("--download needs a result ID", hint="s3seg results ID --download DIR")
+        if status is not None and status not in STATUSES:
+            raise UsageError(f"unknown status {status!r}", hint=f"one of {', '.join(STATUSES)}")
+        tasks = store.list(project=project, status=status, limit=limit, offset=offset)  # type: ignore[arg-type]  # checked above
+        if as_json:
+            sys.stdout.write(json.dumps([t.to_dict() for t in tasks]) + "\n")
+        else:
+            _table(tasks, f"results {offset + 1}–{offset + len(tasks)}" if tasks else "no results")
+        return
+    task = store.get(task_id)
+    storage = storage_from_settings(settings)
+    urls = _urls(task, storage)
+    saved = _download(task, storage, download) if download is not None else []
+    if as_json:
+        sys.stdout.write(json.dumps({**task.to_dict(), "urls": urls, "downloaded": [str(p) for p in saved]}) + "\n")
+        return
+    _show(task, urls)
+    for p in saved:
+        console.print(f"saved {p}", highlight=False)
+
+
+def config_command(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """The settings in use (secrets masked) and which storage and results backends they select."""
+    from s3seg.config import load_settings
+    from s3seg.storage import storage_from_settings
+    from s3seg.store import store_from_settings
+
+    settings = load_settings()
+    values: dict[str, Any] = json.loads(settings.model_dump_json())  # SecretStr dumps as "**********"
+    backends = {"storage": storage_from_settings(settings).name, "results": store_from_settings(settings).name,
+                "inference": f"server {settings.server_url}" if settings.server_url else "local"}
+    if as_json:
+        sys.stdout.write(json.dumps({"backends": backends, "settings": values}) + "\n")
+        return
+    from rich.table import Table
+
+    table = Table(show_edge=False, header_style="bold")
+    table.add_column("setting")
+    table.add_column("value", overflow="fold")
+    for name, value in backends.items():
+        table.add_row(f"[bold]{name}[/]", f"[bold]{value}[/]")
+    for name, value in values.items():
+        table.add_row(name, "" if value is None else str(value))
+    console.print(table)
+
+
+def _table(tasks: list[Task], title: str) -> None:
+    from rich.table import Table
+
+    table = Table(title=title, show_edge=False, header_style="bold", title_justify="left")
+    for col in ("id", "status", "prompt", "project", "found", "created"):
+        table.add_column(col, overflow="fold")
+    for t in tasks:
+        table.add_row(t.id, f"[{_STATUS_STYLE[t.status]}]{t.status}[/]", t.text_prompt, t.project or "",
+                      str(t.metadata.get("instances", "")), t.created_at.strftime("%Y-%m-%d %H:%M:%S"))
+    console.print(table)
+
+
+def _show(task: Task, urls: dict[str, str] | None) -> None:
+    console.print(f"[bold]{task.id}[/]  [{_STATUS_STYLE[task.status]}]{task.status}[/]  prompt: {task.text_prompt}"
+                  f"{'  project: ' + task.project if task.project else ''}", highlight=False)
+    if task.error:
+        console.print(f"  error: {task.error}", highlight=False)
+    counts = task.metadata.get("counts")
+    if counts:
+        console.print("  found: " + ", ".join(f"{p} {n}" for p, n in counts.items()), highlight=False)
+    for name, url in (urls or {}).items():
+        console.print(f"  {name}: {url}", highlight=False, soft_wrap=True)
+
+
+def _urls(task: Task, storage: Storage) -> dict[str, str]:
+    keys = {"source": task.source_image_url, "mask": task.mask_image_url, "overlay": task.overlay_image_url,
+            "coco": task.metadata.get("coco")}
+    return {name: storage.url(key) for name, key in keys.items() if key}
+
+
+def _download(task: Task, storage: Storage, folder: Path) -> list[Path]:
+    from s3seg.errors import UsageError
+
+    if task.status != "done":
+        raise UsageError(f"task {task.id} is {task.status}; only done results can be downloaded")
+    folder.mkdir(parents=True, exist_ok=True)
+    keys = [task.source_image_url, task.mask_image_url, task.overlay_image_url, task.metadata.get("coco")]
+    return [storage.download(key, folder / key.rsplit("/", 1)[-1]) for key in keys if key]
