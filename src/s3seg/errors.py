@@ -65,6 +65,22 @@ class DeviceError(S3SegError):
     exit_code = 7
 
 
+class StorageError(S3SegError):
+    """Object storage (local folder, R2 or S3) refused or failed an operation."""
+
+    exit_code = 9
+
+
+class StoreError(S3SegError):
+    """The results store (SQLite or Supabase) refused or failed an operation."""
+
+    exit_code = 10
+
+
+class TaskNotFound(StoreError):
+    """No task with that id (or not visible to this user)."""
+
+
 class ServerError(S3SegError):
     """A remote s3seg server refused or failed a request (auth, limits, overload, unreachable)."""
 
@@ -86,5 +102,8 @@ __all__ = [
     "ResultFormatError",
     "S3SegError",
     "ServerError",
+    "StorageError",
+    "StoreError",
+    "TaskNotFound",
     "UsageError",
 ]

@@ -35,6 +35,15 @@ class Recorder:
 
         return cls(storage_from_settings(settings), store_from_settings(settings))
 
+    def close(self) -> None:
+        self.storage.close()
+
+    def __enter__(self) -> Recorder:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def begin(self, prompts: list[str], *, image: str | None, project: str | None = None) -> Task:
         task = self.store.create_task(prompts, project=project, metadata={"image": image})
         return self.store.start(task.id)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from contextlib import closing
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
@@ -13,6 +14,9 @@ import typer
 from s3seg.cli._console import console, err_console
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from s3seg.config import Settings
     from s3seg.storage import Storage
     from s3seg.store import Task
 
@@ -28,23 +32,27 @@ def upload_command(
     """Store images (local folder, or R2/S3 when configured); print each one's key and URL."""
     import uuid
 
-    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+    from rich.progress import BarColumn, DownloadColumn, Progress, TaskID, TextColumn, TransferSpeedColumn
 
     from s3seg.config import load_settings
     from s3seg.errors import ImageError
     from s3seg.storage import guess_content_type, storage_from_settings
 
-    storage = storage_from_settings(load_settings())
     for f in files:
         if not f.is_file():
             raise ImageError(f"not a file: {f}", hint="pass image files")
     rows = []
-    with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-                  console=err_console, transient=True, disable=not err_console.is_terminal) as progress:
+    bar_columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn())
+    with closing(storage_from_settings(load_settings())) as storage, Progress(
+            *bar_columns, console=err_console, transient=True, disable=not err_console.is_terminal) as progress:
         for f in files:
             bar = progress.add_task(f.name, total=f.stat().st_size)
+
+            def advance(n: int, bar: TaskID = bar) -> None:
+                progress.advance(bar, n)
+
             key = storage.put_file(f"{prefix.strip('/')}/{uuid.uuid4().hex[:12]}/{f.name}", f,
-                                   guess_content_type(f.name), lambda n, bar=bar: progress.advance(bar, n))
+                                   guess_content_type(f.name), advance)
             rows.append({"file": str(f), "key": key, "url": storage.url(key, expires)})
     if as_json:
         sys.stdout.write(json.dumps(rows) + "\n")
@@ -109,16 +117,16 @@ def results_command(
             raise UsageError("--download needs a result ID", hint="s3seg results ID --download DIR")
         if status is not None and status not in STATUSES:
             raise UsageError(f"unknown status {status!r}", hint=f"one of {', '.join(STATUSES)}")
-        tasks = store.list(project=project, status=status, limit=limit, offset=offset)  # type: ignore[arg-type]  # checked above
+        tasks = store.list(project=project, status=status, limit=limit, offset=offset)
         if as_json:
             sys.stdout.write(json.dumps([t.to_dict() for t in tasks]) + "\n")
         else:
             _table(tasks, f"results {offset + 1}–{offset + len(tasks)}" if tasks else "no results")
         return
     task = store.get(task_id)
-    storage = storage_from_settings(settings)
-    urls = _urls(task, storage)
-    saved = _download(task, storage, download) if download is not None else []
+    with closing(storage_from_settings(settings)) as storage:
+        urls = _urls(task, storage)
+        saved = _download(task, storage, download) if download is not None else []
     if as_json:
         sys.stdout.write(json.dumps({**task.to_dict(), "urls": urls, "downloaded": [str(p) for p in saved]}) + "\n")
         return
@@ -130,12 +138,12 @@ def results_command(
 def config_command(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """The settings in use (secrets masked) and which storage and results backends they select."""
     from s3seg.config import load_settings
-    from s3seg.storage import storage_from_settings
     from s3seg.store import store_from_settings
 
     settings = load_settings()
     values: dict[str, Any] = json.loads(settings.model_dump_json())  # SecretStr dumps as "**********"
-    backends = {"storage": storage_from_settings(settings).name, "results": store_from_settings(settings).name,
+    backends = {"storage": _backend(lambda: _storage_name(settings)),
+                "results": _backend(lambda: store_from_settings(settings).name),
                 "inference": f"server {settings.server_url}" if settings.server_url else "local"}
     if as_json:
         sys.stdout.write(json.dumps({"backends": backends, "settings": values}) + "\n")
@@ -152,15 +160,40 @@ def config_command(as_json: bool = typer.Option(False, "--json", help="Print JSO
     console.print(table)
 
 
+def _backend(name: Callable[[], str]) -> str:
+    """A backend's name, or why the settings do not give a working one (config shows, never fails)."""
+    from s3seg.errors import S3SegError
+
+    try:
+        return name()
+    except S3SegError as e:
+        return f"misconfigured: {e}"
+
+
+def _storage_name(settings: Settings) -> str:
+    from s3seg.storage import storage_from_settings
+
+    with closing(storage_from_settings(settings)) as storage:
+        return storage.name
+
+
 def _table(tasks: list[Task], title: str) -> None:
     from rich.table import Table
 
+    wide = console.width >= 110  # ids are never folded (they are typed back): drop detail columns instead
     table = Table(title=title, show_edge=False, header_style="bold", title_justify="left")
-    for col in ("id", "status", "prompt", "project", "found", "created"):
-        table.add_column(col, overflow="fold")
+    table.add_column("id", no_wrap=True)
+    table.add_column("status", no_wrap=True)
+    table.add_column("prompt", overflow="fold", min_width=8)
+    if wide:
+        table.add_column("project", overflow="fold")
+        table.add_column("found", justify="right")
+    table.add_column("created", no_wrap=True)
     for t in tasks:
-        table.add_row(t.id, f"[{_STATUS_STYLE[t.status]}]{t.status}[/]", t.text_prompt, t.project or "",
-                      str(t.metadata.get("instances", "")), t.created_at.strftime("%Y-%m-%d %H:%M:%S"))
+        cells = [t.id, f"[{_STATUS_STYLE[t.status]}]{t.status}[/]", t.text_prompt]
+        if wide:
+            cells += [t.project or "", str(t.metadata.get("instances", ""))]
+        table.add_row(*cells, t.created_at.strftime("%Y-%m-%d %H:%M" if wide else "%m-%d %H:%M"))
     console.print(table)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from collections.abc import Iterator
@@ -15,6 +16,7 @@ from s3seg.cli._console import console, err_console
 if TYPE_CHECKING:
     from s3seg.client import Client
     from s3seg.images import LoadedImage
+    from s3seg.records import Recorder
     from s3seg.types import Box, SegmentationResult, SegmentOptions
 
 DEFAULT_OUT = Path("s3seg-out")
@@ -139,22 +141,11 @@ def segment_command(
         raise UsageError("--project needs --save")
     recorder = Recorder.from_settings(settings) if save else None
     saved: list[tuple[str, str]] = []  # (image, task id)
-    with client, _progress(len(paths)) as advance:
-        client.prepare()  # model, device, server and key problems end the command before any image work
-        for batch in _batches(paths, client, settings.max_batch, failures, advance):
-            tasks = {id(i): recorder.begin(prompts, image=i.name, project=project) for i in batch} if recorder else {}
-            done = _segment_batch(client, batch, prompts, boxes, options, failures)
-            for image, result in done:
-                if writer is not None:
-                    writer.write(image, result)
-                if recorder is not None:
-                    saved.append((image.name or "?", recorder.complete(tasks.pop(id(image)), image, result).id))
-                results.append(result)
-            for image in batch:  # segmentation failed for these: their tasks say why
-                if id(image) in tasks and recorder is not None:
-                    recorder.abort(tasks.pop(id(image)), dict(failures).get(image.name or "?", "segmentation failed"))
-            advance(len(batch))
-
+    with contextlib.ExitStack() as cleanup:
+        if recorder is not None:
+            cleanup.enter_context(recorder)
+        _run(client, paths, prompts, boxes, options, settings.max_batch, project, writer, recorder, results,
+             failures, saved)
     if as_json:
         _print_json(results, failures, saved)
     else:
@@ -170,6 +161,26 @@ def segment_command(
         raise typer.Exit(ImageError.exit_code if not results else 1)
     if not results:
         raise S3SegError("no image was segmented")
+
+
+def _run(client: Client, paths: list[Path], prompts: list[str], boxes: list[Box], options: SegmentOptions,
+         batch_size: int, project: str | None, writer: _Writer | None, recorder: Recorder | None,
+         results: list[SegmentationResult], failures: list[tuple[str, str]], saved: list[tuple[str, str]]) -> None:
+    """Segment every path in backbone-sized batches, writing files and records as results come."""
+    with client, _progress(len(paths)) as advance:
+        client.prepare()  # model, device, server and key problems end the command before any image work
+        for batch in _batches(paths, client, batch_size, failures, advance):
+            tasks = {id(i): recorder.begin(prompts, image=i.name, project=project) for i in batch} if recorder else {}
+            for image, result in _segment_batch(client, batch, prompts, boxes, options, failures):
+                if writer is not None:
+                    writer.write(image, result)
+                if recorder is not None:
+                    saved.append((image.name or "?", recorder.complete(tasks.pop(id(image)), image, result).id))
+                results.append(result)
+            for image in batch:  # segmentation failed for these: their tasks say why
+                if id(image) in tasks and recorder is not None:
+                    recorder.abort(tasks.pop(id(image)), dict(failures).get(image.name or "?", "segmentation failed"))
+            advance(len(batch))
 
 
 def _segment_batch(client: Client, batch: list[LoadedImage], prompts: list[str], boxes: list[Box],

@@ -11,23 +11,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
-from s3seg.errors import S3SegError
+from s3seg.errors import StoreError, TaskNotFound
 
 if TYPE_CHECKING:
     from s3seg.config import Settings
 
 Status = Literal["pending", "processing", "done", "error"]
 STATUSES: tuple[Status, ...] = ("pending", "processing", "done", "error")
-
-
-class StoreError(S3SegError):
-    """The results store refused or failed an operation."""
-
-    exit_code = 10
-
-
-class TaskNotFound(StoreError):
-    """No task with that id (or not visible to this user)."""
 
 
 @dataclass(frozen=True)
