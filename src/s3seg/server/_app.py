@@ -245,7 +245,9 @@ def create_app(engine: Sam3Engine, settings: Settings | None = None) -> FastAPI:
     async def segment(items: list[tuple[PredictIn, bytes]]) -> dict[str, Any]:
         requests = [await _engine_request(item, data, settings) for item, data in items]
         results = await state["batcher"].run(requests)
-        return {"ok": True, "data": _coco(results, [item.mask_format for item, _ in items])}
+        # RLE encoding is CPU work: off the event loop, so other requests keep being parsed and queued
+        doc = await run_in_threadpool(_coco, results, [item.mask_format for item, _ in items])
+        return {"ok": True, "data": doc}
 
     @api.post("/predict", response_model=Envelope, tags=["model"], openapi_extra=_body_doc(PredictIn, "image", False))
     async def predict(request: Request) -> dict[str, Any]:

@@ -58,6 +58,7 @@ class Batcher:
         self._queue: queue.Queue[_Job | None] = queue.Queue()
         self._capacity = threading.BoundedSemaphore(max_queue)
         self.stats = Stats()
+        self._stats_lock = threading.Lock()
         self._thread = threading.Thread(target=self._loop, name="s3seg-inference", daemon=True)
         self._thread.start()
 
@@ -70,7 +71,8 @@ class Batcher:
                 raise Busy("the server is busy: its queue is full", hint="retry after a moment")
         loop = asyncio.get_running_loop()
         job = _Job(requests, loop.create_future(), loop)
-        self.stats.queued += job.size
+        with self._stats_lock:  # the worker thread updates the same counters
+            self.stats.queued += job.size
         self._queue.put(job)
         return await job.future
 
@@ -118,9 +120,10 @@ class Batcher:
         except Exception as e:  # the callers' requests fail; the worker keeps serving
             self._fail(jobs, e)
             return
-        self.stats.batches += 1
-        self.stats.images += len(requests)
-        self.stats.largest_batch = max(self.stats.largest_batch, len(requests))
+        with self._stats_lock:
+            self.stats.batches += 1
+            self.stats.images += len(requests)
+            self.stats.largest_batch = max(self.stats.largest_batch, len(requests))
         start = 0
         for j in jobs:
             self._settle(j, results[start : start + j.size], None)
@@ -133,7 +136,8 @@ class Batcher:
     def _settle(self, job: _Job, results: list[SegmentationResult] | None, error: BaseException | None) -> None:
         for _ in range(job.size):
             self._capacity.release()
-        self.stats.queued -= job.size
+        with self._stats_lock:
+            self.stats.queued -= job.size
 
         def done() -> None:
             if job.future.done():  # the client went away
