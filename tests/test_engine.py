@@ -146,3 +146,21 @@ def test_independent_requests_share_a_backbone_batch(engine: Sam3Engine, photo: 
     assert c.prompts == (VISUAL_PROMPT,)
     [b_alone] = engine.segment([photo[:300].copy()], ["tie", "medal"], [Box(10, 10, 100, 100)], options=ALL)
     np.testing.assert_allclose(b.scores, b_alone.scores, atol=1e-5)
+
+
+def test_bfloat16_path_stays_close_to_float32(engine: Sam3Engine, tiny_model_dir, photo: np.ndarray) -> None:
+    """bf16 is the CUDA default; its rounding moves scores by ~1e-3 and a few boundary pixels."""
+    bf16 = Sam3Engine.load(str(tiny_model_dir), device="cpu", dtype="bfloat16")
+    assert bf16.info.dtype == "bfloat16"
+    [want] = engine.segment([photo], ["person"], options=ALL)
+    [got] = bf16.segment([photo], ["person"], options=ALL)
+    np.testing.assert_allclose(np.sort(got.scores), np.sort(want.scores), atol=5e-3)
+    assert (got.masks == want.masks).mean() > 0.97
+
+
+def test_compiled_engine_equals_eager(engine: Sam3Engine, tiny_model_dir, photo: np.ndarray) -> None:
+    compiled = Sam3Engine.load(str(tiny_model_dir), device="cpu", compile=True)
+    [want] = engine.segment([photo], ["person", "tie"], options=ALL)
+    [got] = compiled.segment([photo], ["person", "tie"], options=ALL)
+    np.testing.assert_allclose(got.scores, want.scores, atol=1e-5)
+    assert (got.masks == want.masks).mean() > 0.9999
