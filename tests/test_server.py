@@ -166,6 +166,8 @@ def test_openapi_describes_both_body_kinds(server: Server) -> None:
     assert set(content) == {"multipart/form-data", "application/json"}
     assert "image_url" in content["application/json"]["schema"]["properties"]
     assert httpx.get(server.url + "/docs").status_code == 200
+    schemes = spec["components"]["securitySchemes"]  # /docs offers "Authorize" with the key header
+    assert any(s["type"] == "apiKey" and s["name"] == "X-API-Key" and s["in"] == "header" for s in schemes.values())
 
 
 # ----------------------------------------------------------------------------------------- errors
@@ -195,6 +197,18 @@ def test_error_paths(server: Server, photo_path: Path, tmp_path: Path) -> None:
     assert post(content=b"{", headers={"Content-Type": "application/json"}) == (422, "INVALID_REQUEST")
     assert post(content=b"x", headers={"Content-Type": "text/plain"}) == (422, "INVALID_REQUEST")
     assert envelope_error(server.http.get("/api/v1/nothing")) == (404, "NOT_FOUND")
+
+
+def test_batch_image_count_limits(serve: Callable[..., Server], photo_path: Path) -> None:
+    server = serve(max_images=2)
+    data = photo_path.read_bytes()
+    encoded = base64.b64encode(data).decode()
+    too_many = {"items": [{"image": encoded, "prompts": ["person"]}] * 3}
+    assert envelope_error(server.http.post("/api/v1/predict/batch", json=too_many)) == (422, "INVALID_REQUEST")
+    assert envelope_error(server.http.post("/api/v1/predict/batch", json={"items": []})) == (422, "INVALID_REQUEST")
+    files = [("images", (f"{i}.jpg", data)) for i in range(3)]
+    response = server.http.post("/api/v1/predict/batch", files=files, data={"prompts": "person"})
+    assert envelope_error(response) == (422, "INVALID_REQUEST") and "at most 2" in response.json()["error"]["message"]
 
 
 def test_streamed_body_over_the_limit_without_content_length(server: Server) -> None:

@@ -16,9 +16,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from contextlib import asynccontextmanager
 from typing import Any, Literal
 
-from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Request, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.security import APIKeyHeader
 from pydantic import BaseModel, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
@@ -35,6 +36,8 @@ from s3seg.server._fetch import URLFetchFailed, URLNotAllowed, fetch
 from s3seg.types import Box, SegmentationResult, box_from_string, to_coco
 
 API_KEY_HEADER = "X-API-Key"
+# Declared as a security scheme so that /docs offers "Authorize"; checked in require_key (constant time).
+_API_KEY = APIKeyHeader(name=API_KEY_HEADER, auto_error=False, description="the server's API key")
 
 
 # ------------------------------------------------------------------------------------------ schemas
@@ -213,10 +216,10 @@ def create_app(engine: Sam3Engine, settings: Settings | None = None) -> FastAPI:
 
     key = settings.api_key.get_secret_value().encode() if settings.api_key else None
 
-    def require_key(request: Request) -> None:
+    def require_key(given_key: str | None = Security(_API_KEY)) -> None:
         if key is None:
             return
-        given = request.headers.get(API_KEY_HEADER, "").encode()
+        given = (given_key or "").encode()
         if not hmac.compare_digest(given, key):
             raise Unauthorized("missing or wrong API key" if given else "this server needs an API key",
                                hint=f"send the {API_KEY_HEADER} header (s3seg: --api-key or S3SEG_API_KEY)")
@@ -275,16 +278,27 @@ async def _read_items(request: Request, settings: Settings, *, batch: bool) -> l
         except ValueError as e:
             raise UsageError(f"body is not valid JSON: {e}") from e
         items = BatchIn.model_validate(payload).items if batch else [PredictIn.model_validate(payload)]
+        _check_count(len(items), settings)
         return [(item, await _image_bytes(item, settings)) for item in items]
     if kind == "multipart/form-data":
-        async with request.form(max_files=settings.max_images, max_fields=1000) as form:  # closes temp files
+        # one file more than allowed so that too many files get our own clear error, not the parser's
+        async with request.form(max_files=settings.max_images + 1, max_fields=1000) as form:  # closes temp files
             files = [f for f in form.getlist("images" if batch else "image") if isinstance(f, UploadFile)]
             if not files:
                 raise UsageError(f"multipart body needs {'image files in `images`' if batch else 'an `image` file'}")
+            _check_count(len(files), settings)
             fields = _form_fields(form)
             return [(PredictIn.model_validate({**fields, "name": f.filename}), await f.read()) for f in files]
     raise UsageError("send multipart/form-data or application/json",
                      hint="curl -F image=@photo.jpg -F prompts=dog …")
+
+
+def _check_count(n: int, settings: Settings) -> None:
+    if n == 0:
+        raise UsageError("the batch holds no images")
+    limit = min(settings.max_images, settings.max_queue)  # more than the queue holds could never run
+    if n > limit:
+        raise UsageError(f"{n} images in one request; at most {limit}", hint="split the batch")
 
 
 def _form_fields(form: Any) -> dict[str, Any]:
