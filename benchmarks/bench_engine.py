@@ -601,14 +601,25 @@ class Run:
         self.lines.append(text)
 
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+def model_args(description: str | None) -> argparse.ArgumentParser:
+    """The options every benchmark shares: model size, device, dtype, threshold, threads, seed."""
     cuda = torch.cuda.is_available()
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    ap.add_argument("--config", choices=sorted(CONFIGS), default="full" if cuda else "tiny",
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("--config", choices=CONFIGS, default="full" if cuda else "tiny",
                     help="model size with random weights (default: full on CUDA, tiny otherwise)")
     ap.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 … (default auto)")
     ap.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
                     help="auto: bfloat16 on CUDA, float32 elsewhere")
+    ap.add_argument("--threshold", type=float, default=0.0,
+                    help="score threshold (default 0.0: every query of the random model is an instance)")
+    ap.add_argument("--threads", type=int,
+                    help="torch CPU threads (default: torch's choice, one per core); 1 is steadier on a shared machine")
+    ap.add_argument("--seed", type=int, default=0)
+    return ap
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    ap = model_args(__doc__.split("\n\n")[0] if __doc__ else None)
     ap.add_argument("--cases", default=",".join(DEFAULT_CASES),
                     help="prompts×images per call, e.g. 1x1,4x1,16x1 (each at every --sizes; PxB@WxH pins a size)")
     ap.add_argument("--sizes", default=",".join(DEFAULT_SIZES), help="image sizes WxH (default 640x480,1920x1080)")
@@ -616,13 +627,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--warmup", type=int, default=1, help="untimed calls first (default 1)")
     ap.add_argument("--budget-s", type=float, default=30.0,
                     help="stop repeating a path's case once this many seconds are spent (at least 1 call)")
-    ap.add_argument("--threshold", type=float, default=0.0,
-                    help="score threshold (default 0.0: every query of the random model is an instance)")
     ap.add_argument("--paths", default="s3seg,transformers,transformers+RLE,meta-sam3,meta-sam3+RLE",
                     help="which paths to time (s3seg is always timed: it is the baseline)")
-    ap.add_argument("--threads", type=int,
-                    help="torch CPU threads (default: torch's choice, one per core); 1 is steadier on a shared machine")
-    ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", type=Path, help="save every raw number here")
     return ap.parse_args(argv)
 

@@ -40,7 +40,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +51,7 @@ import httpx
 import numpy as np
 import torch
 import uvicorn
-from bench_engine import PROMPTS, load_average, parse_size, synthetic_image
+from bench_engine import PROMPTS, Run, load_average, model_args, parse_size, synthetic_image
 from pydantic import SecretStr
 
 from s3seg.config import Settings
@@ -61,7 +61,6 @@ from s3seg.server import API_KEY_HEADER, create_app
 from s3seg.testing import random_config, write_random_checkpoint
 from s3seg.types import SegmentationResult, from_coco
 
-CONFIGS = ("tiny", "small", "full")
 SCORE_TOLERANCE = 1e-5
 MASK_THRESHOLD = 0.5
 PREDICT = "/api/v1/predict"
@@ -426,24 +425,9 @@ def table(rows: Sequence[Row]) -> list[str]:
     return lines
 
 
-@dataclass
-class Run:
-    lines: list[str] = field(default_factory=list)
-
-    def say(self, text: str = "") -> None:
-        print(text, flush=True)
-        self.lines.append(text)
-
-
 # ------------------------------------------------------------------------------------------------- main
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    cuda = torch.cuda.is_available()
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    ap.add_argument("--config", choices=CONFIGS, default="full" if cuda else "tiny",
-                    help="model size with random weights (default: full on CUDA, tiny otherwise)")
-    ap.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 … (default auto)")
-    ap.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
-                    help="auto: bfloat16 on CUDA, float32 elsewhere")
+    ap = model_args(__doc__.split("\n\n")[0] if __doc__ else None)
     ap.add_argument("--requests", type=int, default=40, help="timed requests per setting (default 40)")
     ap.add_argument("--warmup", type=int, default=3, help="untimed requests per path and server first (default 3)")
     ap.add_argument("--concurrency", default="1,4,8",
@@ -454,11 +438,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--prompts", type=int, default=1, help=f"text prompts per request, 1..{len(PROMPTS)} (default 1)")
     ap.add_argument("--max-batch", type=int, default=8, help="most images per backbone batch (server and engine)")
     ap.add_argument("--batch-wait-ms", type=float, default=0.0, help="server: wait this long for a batch to fill")
-    ap.add_argument("--threshold", type=float, default=0.0,
-                    help="score threshold (default 0.0: every query of the random model is an instance)")
-    ap.add_argument("--threads", type=int,
-                    help="torch CPU threads (default: torch's choice, one per core); 1 is steadier on a shared machine")
-    ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", type=Path, help="save every raw number here")
     args = ap.parse_args(argv)
     if not 1 <= args.prompts <= len(PROMPTS):

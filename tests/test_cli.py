@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 from pycocotools import mask as coco_mask
 
+from _cli import run
 from s3seg.cli import main
 from s3seg.errors import ImageError, UsageError
 from s3seg.render import label_map
@@ -23,17 +24,6 @@ from s3seg.types import SegmentationResult, from_coco
 @pytest.fixture(autouse=True)
 def _in_tmp_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)  # the default --out folder lands here, not in the repo
-
-
-def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    sys.argv = ["s3seg", *args]
-    try:
-        main()
-        code = 0
-    except SystemExit as e:
-        code = int(e.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_segment_writes_coco_mask_and_overlay(capsys, tmp_path: Path, tiny_model_dir: Path, photo_path: Path) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from s3seg.cli import main
+from _cli import run
 from s3seg.config import Settings
 from s3seg.images import load_image
 from s3seg.records import Recorder
@@ -31,17 +30,6 @@ def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_model_dir: P
     monkeypatch.setenv("S3SEG_MODEL", str(tiny_model_dir))
     for name in ("R2_BUCKET", "S3SEG_R2_BUCKET", "SUPABASE_URL", "S3SEG_SUPABASE_URL"):
         monkeypatch.delenv(name, raising=False)
-
-
-def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    sys.argv = ["s3seg", *args]
-    try:
-        main()
-        code = 0
-    except SystemExit as e:
-        code = int(e.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_save_then_tasks_and_results(capsys: pytest.CaptureFixture[str], tmp_path: Path, photo_path: Path) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import json
 import socket
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -20,7 +19,7 @@ import pytest
 import uvicorn
 
 import s3seg
-from s3seg.cli import main
+from _cli import run as run_cli
 from s3seg.config import Settings
 from s3seg.engine import Sam3Engine
 from s3seg.server import create_app
@@ -356,17 +355,6 @@ def test_graceful_shutdown_finishes_in_flight_work(serve: Callable[..., Server],
 
 
 # ------------------------------------------------------------------------------- CLI and SDK
-def run_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    sys.argv = ["s3seg", *args]
-    try:
-        main()
-        code = 0
-    except SystemExit as e:
-        code = int(e.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 def test_cli_remote_equals_local(capsys: pytest.CaptureFixture[str], server: Server, tiny_model_dir: Path,
                                  photo_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
