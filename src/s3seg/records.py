@@ -9,7 +9,6 @@ half-written claims success.
 from __future__ import annotations
 
 import contextlib
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -48,17 +47,20 @@ class Recorder:
         task = self.store.create_task(prompts, project=project, metadata={"image": image})
         return self.store.start(task.id)
 
-    def complete(self, task: Task, image: LoadedImage, result: SegmentationResult) -> Task:
+    def complete(self, task: Task, image: LoadedImage, result: SegmentationResult,
+                 files: render.Outputs | None = None) -> Task:
+        """Upload everything and mark the task done (``files``: already rendered outputs, if any)."""
         prefix = f"results/{task.id}"
         written: list[str] = []
         try:
+            files = files or render.outputs(image.array, result)
             suffix = Path(image.name or "").suffix.lower() if image.encoded is not None else ".png"
             source = image.encoded if image.encoded is not None else render.encode_png(image.array)
             for name, data in (
                 (f"source{suffix or '.png'}", source),
-                ("mask.png", render.mask_png(result)),
-                ("overlay.jpg", render.encode_jpeg(render.overlay(image.array, result))),
-                ("result.json", json.dumps(result.to_coco()).encode()),
+                ("mask.png", files.mask_png),
+                ("overlay.jpg", files.overlay_jpeg),
+                ("result.json", files.coco_json),
             ):
                 written.append(self.storage.put(f"{prefix}/{name}", data))
             return self.store.finish(task.id, source=written[0], mask=written[1], overlay=written[2],

@@ -20,6 +20,7 @@ from __future__ import annotations
 import colorsys
 import io
 import math
+from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
@@ -262,3 +263,19 @@ def encode_png(array: npt.NDArray[np.uint8]) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(array).save(buf, format="PNG")
     return buf.getvalue()
+
+
+@dataclass(frozen=True)
+class Outputs:
+    """The files a result is kept as: COCO JSON, the mask PNG and the overlay JPEG (rendered once)."""
+
+    coco_json: bytes
+    mask_png: bytes
+    overlay_jpeg: bytes
+
+
+def outputs(image: npt.NDArray[np.uint8], result: SegmentationResult) -> Outputs:
+    """Render every output file of ``result`` on ``image`` (H, W, 3)."""
+    import json
+
+    return Outputs(json.dumps(result.to_coco()).encode(), mask_png(result), encode_jpeg(overlay(image, result)))

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from s3seg.client import Client
     from s3seg.images import LoadedImage
     from s3seg.records import Recorder
+    from s3seg.render import Outputs
     from s3seg.types import Box, SegmentationResult, SegmentOptions
 
 DEFAULT_OUT = Path("s3seg-out")
@@ -167,15 +168,18 @@ def _run(client: Client, paths: list[Path], prompts: list[str], boxes: list[Box]
          batch_size: int, project: str | None, writer: _Writer | None, recorder: Recorder | None,
          results: list[SegmentationResult], failures: list[tuple[str, str]], saved: list[tuple[str, str]]) -> None:
     """Segment every path in backbone-sized batches, writing files and records as results come."""
+    from s3seg import render
+
     with client, _progress(len(paths)) as advance:
         client.prepare()  # model, device, server and key problems end the command before any image work
         for batch in _batches(paths, client, batch_size, failures, advance):
             tasks = {id(i): recorder.begin(prompts, image=i.name, project=project) for i in batch} if recorder else {}
             for image, result in _segment_batch(client, batch, prompts, boxes, options, failures):
-                if writer is not None:
-                    writer.write(image, result)
+                files = render.outputs(image.array, result) if writer or recorder else None
+                if writer is not None and files is not None:
+                    writer.write(image, files)
                 if recorder is not None:
-                    saved.append((image.name or "?", recorder.complete(tasks.pop(id(image)), image, result).id))
+                    saved.append((image.name or "?", recorder.complete(tasks.pop(id(image)), image, result, files).id))
                 results.append(result)
             for image in batch:  # segmentation failed for these: their tasks say why
                 if id(image) in tasks and recorder is not None:
@@ -256,14 +260,11 @@ class _Writer:
         self.out = out
         self._stems: set[str] = set()
 
-    def write(self, image: LoadedImage, result: SegmentationResult) -> None:
-        from s3seg import render
-
+    def write(self, image: LoadedImage, files: Outputs) -> None:
         stem = self._unique(Path(image.name or "image").stem)
-        overlay = render.overlay(image.array, result)
-        _atomic(self.out / f"{stem}.json", json.dumps(result.to_coco()).encode())
-        _atomic(self.out / f"{stem}.mask.png", render.mask_png(result))
-        _atomic(self.out / f"{stem}.overlay.jpg", render.encode_jpeg(overlay))
+        _atomic(self.out / f"{stem}.json", files.coco_json)
+        _atomic(self.out / f"{stem}.mask.png", files.mask_png)
+        _atomic(self.out / f"{stem}.overlay.jpg", files.overlay_jpeg)
 
     def _unique(self, stem: str) -> str:
         candidate, n = stem, 1
