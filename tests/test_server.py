@@ -388,6 +388,9 @@ def test_sdk_remote_equals_local(server: Server, engine: Sam3Engine, photo: np.n
         assert client.is_remote
         got = client.segment(photo, ["person"])  # an in-memory array travels as lossless PNG
         assert got.instances == local(engine, photo, ["person"]).instances
+        images = [photo, photo[:200].copy(), photo[:, :100].copy()]
+        batch = client.segment_batch(images, ["person"])  # sent in flight together
+        assert [(r.width, r.height) for r in batch] == [(512, 600), (512, 200), (100, 600)]  # input order kept
         with pytest.raises(s3seg.UsageError, match="at most 4"):
             client.segment(photo, ["a", "b", "c", "d", "e"])
         with pytest.raises(s3seg.ImageError, match="too large"):

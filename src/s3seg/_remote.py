@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
@@ -19,6 +20,7 @@ from s3seg.images import LoadedImage
 from s3seg.types import Box, SegmentationResult, SegmentOptions, from_coco
 
 _BUSY_RETRIES = 3
+_CONCURRENT_REQUESTS = 4
 _MAX_RETRY_AFTER_S = 10.0
 
 
@@ -41,7 +43,7 @@ class RemoteBackend:
 
     def segment(self, images: Sequence[LoadedImage], prompts: Sequence[str], boxes: Sequence[Box],
                 options: SegmentOptions) -> list[SegmentationResult]:
-        """One request per image; the server batches concurrent requests onto its device."""
+        """One request per image, several in flight; the server batches concurrent requests onto its device."""
         fields: dict[str, Any] = {
             "prompts": list(prompts),
             "boxes": [f"{'' if b.positive else 'neg:'}{b.x0},{b.y0},{b.x1},{b.y1}" for b in boxes],
@@ -52,13 +54,17 @@ class RemoteBackend:
             fields["max_instances"] = str(options.max_instances)
         if options.nms_iou is not None:
             fields["nms_iou"] = repr(options.nms_iou)
-        results = []
-        for image in images:
+
+        def one(image: LoadedImage) -> SegmentationResult:
             files = {"image": (image.name or "image.png", _encoded(image), "application/octet-stream")}
-            doc = self._call("POST", "/api/v1/predict", data=fields, files=files)
-            [result] = from_coco(doc)
-            results.append(dataclasses.replace(result, image=image.name))
-        return results
+            [result] = from_coco(self._call("POST", "/api/v1/predict", data=fields, files=files))
+            return dataclasses.replace(result, image=image.name)
+
+        if len(images) == 1:
+            return [one(images[0])]
+        # In flight together, so the server can put them in one device batch; results keep input order.
+        with ThreadPoolExecutor(min(len(images), _CONCURRENT_REQUESTS)) as pool:
+            return list(pool.map(one, images))
 
     def _call(self, method: str, path: str, **kwargs: Any) -> Any:
         for attempt in range(_BUSY_RETRIES + 1):

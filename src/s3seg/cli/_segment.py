@@ -140,6 +140,9 @@ def segment_command(
     writer = _Writer(out) if out is not None else None
     if project and not save:
         raise UsageError("--project needs --save")
+    if settings.server_url and (model or device or dtype or revision):
+        err_console.print("note: with --server the server's model, device and dtype are used; --model, --device, "
+                          "--dtype and --revision are ignored", highlight=False)
     recorder = Recorder.from_settings(settings) if save else None
     saved: list[tuple[str, str]] = []  # (image, task id)
     with contextlib.ExitStack() as cleanup:
