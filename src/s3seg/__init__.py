@@ -17,6 +17,8 @@ if TYPE_CHECKING:
     from s3seg.client import Client, segment
     from s3seg.config import Settings
     from s3seg.errors import (
+        AuthError,
+        CreditsError,
         DependencyError,
         DeviceError,
         ImageError,
@@ -49,8 +51,8 @@ _LAZY = {
     "from_coco": "s3seg.types",
     "to_coco": "s3seg.types",
     **dict.fromkeys(
-        ["DependencyError", "DeviceError", "ImageError", "ImageTooLargeError", "ModelError", "ResultFormatError",
-         "S3SegError", "ServerError", "StorageError", "StoreError", "TaskNotFound", "UsageError"],
+        ["AuthError", "CreditsError", "DependencyError", "DeviceError", "ImageError", "ImageTooLargeError",
+         "ModelError", "ResultFormatError", "S3SegError", "ServerError", "StorageError", "StoreError", "TaskNotFound", "UsageError"],
         "s3seg.errors",
     ),
 }
@@ -69,8 +71,10 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
+    "AuthError",
     "Box",
     "Client",
+    "CreditsError",
     "DependencyError",
     "DeviceError",
     "ImageError",

@@ -7,12 +7,13 @@ are read too), then a ``.env`` file in the working directory. Nothing is created
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from s3seg.errors import UsageError
 
@@ -110,9 +111,46 @@ class Settings(BaseSettings):
         default=None, description="A signed-in user's access token (RLS applies as that user).")
     user_id: str | None = Field(default=None, description="The user whose rows the service key writes.")
 
+    database_url: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("database_url", "S3SEG_DATABASE_URL", "DATABASE_URL"),
+        description="PostgreSQL with supabase/migrations applied (e.g. Supabase's direct connection string): "
+                    "the results store of a multi-user server, used before the Supabase REST API.")
+
+    # --- the public API (s3seg serve in front of users) -----------------------------------------
+    supabase_jwt_secret: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("supabase_jwt_secret", "S3SEG_SUPABASE_JWT_SECRET", "SUPABASE_JWT_SECRET"),
+        description="Legacy HS256 secret of the Supabase project (JWKS keys are used when it is not set).")
+    jwks_url: str | None = Field(default=None, description="JWKS of the token issuer; default "
+                                 "<SUPABASE_URL>/auth/v1/.well-known/jwks.json.")
+    jwt_issuer: str | None = Field(default=None, description="Expected `iss`; default <SUPABASE_URL>/auth/v1.")
+    jwt_audience: str = Field(default="authenticated", description="Expected `aud` of access tokens.")
+    rate_limits: dict[str, int] = Field(
+        default_factory=lambda: {"free": 10, "pro": 100, "enterprise": 1000},
+        description='Work requests (upload, segment) per user per minute, by tier; JSON, e.g. {"free": 10}.')
+    segment_cost: int = Field(default=1, ge=0, description="Credits one successful segmentation costs.")
+    max_upload_mb: float = Field(default=10.0, gt=0, description="Largest image accepted by /api/v1/upload.")
+    task_timeout_s: float = Field(default=600.0, gt=0,
+                                  description="A task processing longer than this is presumed lost (crash).")
+    task_attempts: int = Field(default=2, ge=1, description="Tries per task before it is marked error.")
+    task_workers: int = Field(default=2, ge=1, description="Tasks run at once by one server.")
+    workers: Annotated[list[str], NoDecode] = Field(default_factory=list,
+                               description="Gateway: GPU worker URLs (s3seg serve) to run inference on, "
+                                           "instead of a model in this process; JSON list or comma-separated.")
+    worker_api_key: SecretStr | None = Field(default=None, description="X-API-Key for the workers "
+                                             "(default: the server's own api_key).")
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list,
+                                    description='Browser origins allowed to call the API ("*" for any).')
+    url_expires_s: int = Field(default=3600, ge=1, description="Lifetime of result URLs handed to clients.")
+
     # --- client of a remote server -------------------------------------------------------------
     server_url: str | None = Field(default=None, description="Segment on this s3seg server instead of locally.")
     request_timeout_s: float = Field(default=300.0, gt=0, description="Client time limit per request.")
+    api_url: str | None = Field(default=None, description="A public s3seg API (signed-in user): "
+                                "upload/segment/tasks/results go there.")
+    config_dir: Path = Field(
+        default_factory=lambda: Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "s3seg",
+        description="Where `s3seg login` keeps the session (private file permissions).")
 
     @field_validator("device")
     @classmethod
@@ -121,6 +159,13 @@ class Settings(BaseSettings):
         base = v.split(":", 1)[0]
         if base not in {"auto", "cpu", "cuda", "mps"}:
             raise ValueError(f"device must be auto, cpu, cuda, cuda:N or mps, not {v!r}")
+        return v
+
+    @field_validator("workers", "cors_origins", mode="before")
+    @classmethod
+    def _split_list(cls, v: Any) -> Any:
+        if isinstance(v, str):  # a JSON list, or comma-separated
+            return json.loads(v) if v.strip().startswith("[") else [p.strip() for p in v.split(",") if p.strip()]
         return v
 
     def token(self) -> str | None:

@@ -81,6 +81,18 @@ class TaskNotFound(StoreError):
     """No task with that id (or not visible to this user)."""
 
 
+class AuthError(S3SegError):
+    """Not signed in, a token that is invalid or expired, or a key that is wrong."""
+
+    exit_code = 11
+
+
+class CreditsError(S3SegError):
+    """The user has too few credits for the operation."""
+
+    exit_code = 12
+
+
 class ServerError(S3SegError):
     """A remote s3seg server refused or failed a request (auth, limits, overload, unreachable)."""
 
@@ -94,6 +106,8 @@ class ServerError(S3SegError):
 
 
 __all__ = [
+    "AuthError",
+    "CreditsError",
     "DependencyError",
     "DeviceError",
     "ImageError",

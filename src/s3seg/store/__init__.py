@@ -1,8 +1,16 @@
-"""Task and result metadata: SQLite on this machine (default) or Supabase (``segmentation_results``).
+"""Task and result metadata: SQLite on this machine (default), PostgreSQL (``S3SEG_DATABASE_URL``, e.g.
+Supabase's direct connection) or Supabase's REST API (``segmentation_results``).
 
 A task is one image segmented with one set of prompts. Its status moves
-``pending → processing → done | error``; an error keeps its reason. Object URLs are storage keys
-(resolved to time-limited URLs when read), so private R2 buckets work.
+``pending → processing → done | error``; an error keeps its reason. A task whose worker died while
+``processing`` goes back to ``pending`` (or to ``error`` after its last attempt), see ``requeue_stale``.
+Object URLs are storage keys (resolved to time-limited URLs when read), so private R2 buckets work.
+
+A store is bound to one user (``for_user``): its task operations see only that user's rows. Credits
+(PostgreSQL and Supabase; the local SQLite store does not count them): ``create_task(cost=n)`` reserves
+``n`` credits atomically — it raises :class:`CreditsError` when the user's credits minus what their
+unfinished tasks have reserved is below ``n`` — and ``finish`` deducts them (and logs the usage) in the
+same transaction that marks the task done, so a success is charged exactly once and a failure never.
 """
 
 from __future__ import annotations
@@ -11,7 +19,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
-from s3seg.errors import StoreError, TaskNotFound
+from s3seg.errors import CreditsError, StoreError, TaskNotFound
 
 if TYPE_CHECKING:
     from s3seg.config import Settings
@@ -53,13 +61,36 @@ class Task:
         }
 
 
+@dataclass(frozen=True)
+class Account:
+    """A user's profile as the server sees it. ``credits`` is None where they are not counted."""
+
+    user_id: str
+    tier: str
+    credits: int | None
+
+
 class Store(Protocol):
     name: str
+    user_id: str | None  # None: not bound to a user yet (a server's store before ``for_user``)
+
+    def for_user(self, user_id: str) -> Store:
+        """The same store (sharing connections) bound to ``user_id``."""
+        ...
+
+    def account(self) -> Account:
+        """The bound user's tier and credits (TaskNotFound-like StoreError when there is no profile)."""
+        ...
 
     def create_task(self, prompts: list[str], *, project: str | None = None,
-                    metadata: dict[str, Any] | None = None) -> Task: ...
+                    metadata: dict[str, Any] | None = None, cost: int = 0) -> Task:
+        """A ``pending`` task; ``metadata`` keeps ``prompts``, ``cost`` and ``attempts`` (0) as well."""
+        ...
 
-    def start(self, task_id: str) -> Task: ...
+    def start(self, task_id: str) -> Task:
+        """``pending → processing`` and ``attempts + 1``; StoreError when the task is not pending (another
+        worker took it)."""
+        ...
 
     def finish(self, task_id: str, *, source: str, mask: str, overlay: str, labels: list[Any],
                metadata: dict[str, Any]) -> Task: ...
@@ -71,9 +102,25 @@ class Store(Protocol):
     def list(self, *, project: str | None = None, status: Status | None = None, limit: int = 20,
              offset: int = 0) -> list[Task]: ...
 
+    # --- the server's background work, across all users -----------------------------------------
+    def runnable(self, limit: int = 100) -> list[Task]:
+        """``pending`` tasks of every user, oldest first."""
+        ...
+
+    def requeue_stale(self, *, older_than_s: float, max_attempts: int) -> list[Task]:
+        """Tasks ``processing`` without an update for ``older_than_s`` (their worker died): back to
+        ``pending`` while ``attempts < max_attempts``, else ``error`` with the reason. Returns the
+        requeued ones."""
+        ...
+
 
 def store_from_settings(settings: Settings) -> Store:
-    """Supabase when its URL and a key are set, else SQLite under the data dir."""
+    """PostgreSQL when a database URL is set, else Supabase when its URL and a key are set, else SQLite
+    under the data dir."""
+    if settings.database_url:
+        from s3seg.store._postgres import PostgresStore
+
+        return PostgresStore(settings.database_url.get_secret_value(), user_id=settings.user_id)
     if settings.supabase_url and (settings.supabase_service_key or settings.supabase_anon_key):
         from s3seg.store._supabase import SupabaseStore
 
@@ -83,4 +130,5 @@ def store_from_settings(settings: Settings) -> Store:
     return SQLiteStore(settings.data_dir / "s3seg.db")
 
 
-__all__ = ["STATUSES", "Status", "Store", "StoreError", "Task", "TaskNotFound", "store_from_settings"]
+__all__ = ["STATUSES", "Account", "CreditsError", "Status", "Store", "StoreError", "Task", "TaskNotFound",
+           "store_from_settings"]
