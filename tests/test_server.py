@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import base64
 import json
+import shutil
 import socket
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -20,6 +22,7 @@ import uvicorn
 
 import s3seg
 from _cli import run as run_cli
+from _server import LoopbackServer
 from s3seg.config import Settings
 from s3seg.engine import Sam3Engine
 from s3seg.server import create_app
@@ -29,28 +32,15 @@ KEY = "test-key-123"
 OPTIONS = SegmentOptions(threshold=0.2)
 
 
-class Server:
+class Server(LoopbackServer):
     def __init__(self, engine: Sam3Engine, **settings: Any) -> None:
-        sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))
-        self.port = sock.getsockname()[1]
-        sock.close()
+        settings.setdefault("data_dir", Path(tempfile.mkdtemp(prefix="s3seg-server-")))
         self.settings = Settings(api_key=KEY, threshold=0.2, **settings)
-        self.app = create_app(engine, self.settings)
-        self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="error"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
-        deadline = time.monotonic() + 20
-        while not self.server.started:
-            assert time.monotonic() < deadline, "server did not start"
-            time.sleep(0.02)
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.http = httpx.Client(base_url=self.url, headers={"X-API-Key": KEY}, timeout=60)
+        super().__init__(create_app(engine, self.settings), headers={"X-API-Key": KEY})
 
     def stop(self) -> None:
-        self.http.close()
-        self.server.should_exit = True
-        self.thread.join(timeout=30)
+        super().stop()
+        shutil.rmtree(self.settings.data_dir, ignore_errors=True)
 
 
 @pytest.fixture

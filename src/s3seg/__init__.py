@@ -52,7 +52,8 @@ _LAZY = {
     "to_coco": "s3seg.types",
     **dict.fromkeys(
         ["AuthError", "CreditsError", "DependencyError", "DeviceError", "ImageError", "ImageTooLargeError",
-         "ModelError", "ResultFormatError", "S3SegError", "ServerError", "StorageError", "StoreError", "TaskNotFound", "UsageError"],
+         "ModelError", "ResultFormatError", "S3SegError", "ServerError", "StorageError", "StoreError",
+         "TaskNotFound", "UsageError"],
         "s3seg.errors",
     ),
 }

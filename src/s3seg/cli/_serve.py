@@ -34,10 +34,13 @@ def serve_command(
         False, "--allow-private-urls", help="Let image_url reach loopback and private networks."),
     log_level: str = typer.Option("info", "--log-level", help="uvicorn log level."),
 ) -> None:
-    """Serve SAM3 over HTTP: /health, /api/v1/model/info, /api/v1/predict, /api/v1/predict/batch, /docs.
+    """Serve SAM3 over HTTP: the inference routes (/api/v1/predict, /predict/batch, /model/info) and the
+    public API (/api/v1/upload, /segment, /tasks, /results), docs at /docs.
 
-    The model loads before the server listens. Without an API key the server only listens on loopback
-    unless --allow-no-key is given.
+    The model loads before the server listens; with S3SEG_WORKERS set the server is a gateway and the
+    workers run the model. Users sign in with Supabase when SUPABASE_URL (or SUPABASE_JWT_SECRET) is
+    set, else the API key stands for the local user. Without an API key the server only listens on
+    loopback unless --allow-no-key is given.
     """
     from s3seg.config import load_settings
     from s3seg.errors import DependencyError, UsageError
@@ -47,7 +50,10 @@ def serve_command(
         batch_wait_ms=batch_wait_ms, max_queue=max_queue, allow_no_key=allow_no_key or None,
         allow_private_urls=allow_private_urls or None,
     )
-    if settings.api_key is None and not settings.allow_no_key and not _is_loopback(settings.host):
+    gateway_for_users = bool(settings.workers) and bool(
+        settings.supabase_url or settings.supabase_jwt_secret or settings.jwks_url)  # nothing a key would guard
+    if settings.api_key is None and not settings.allow_no_key and not _is_loopback(settings.host) \
+            and not gateway_for_users:
         raise UsageError(
             f"refusing to serve on {settings.host} without an API key",
             hint="set S3SEG_API_KEY (or --api-key), or pass --allow-no-key to serve openly",
@@ -58,11 +64,18 @@ def serve_command(
         from s3seg.server import create_app
     except ImportError as e:
         raise DependencyError(f"the server needs {e.name}", hint="pip install 's3seg[server]'") from e
-    from s3seg.engine import Sam3Engine
+    if settings.workers:
+        from s3seg.server import WorkerPool
 
-    engine = Sam3Engine.from_settings(settings)
-    uvicorn.run(create_app(engine, settings), host=settings.host, port=settings.port, log_level=log_level,
-                timeout_graceful_shutdown=30)
+        key = settings.worker_api_key or settings.api_key
+        pool = WorkerPool(settings.workers, api_key=key.get_secret_value() if key else None,
+                          timeout_s=settings.request_timeout_s)
+        app = create_app(None, settings, workers=pool)
+    else:
+        from s3seg.engine import Sam3Engine
+
+        app = create_app(Sam3Engine.from_settings(settings), settings)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level=log_level, timeout_graceful_shutdown=30)
 
 
 def _is_loopback(host: str) -> bool:

@@ -1,4 +1,5 @@
-"""The inference server (the seed's GPU backend): FastAPI app factory, routes, auth, limits, errors.
+"""The server: FastAPI app factory, the inference routes (the seed's GPU backend), errors and limits; the
+public API's routes live in _api.py, its background tasks in _tasks.py.
 
 Every response is one envelope: ``{"ok": true, "data": ...}`` or
 ``{"ok": false, "error": {"code": "...", "message": "...", "hint": "..."}}`` with a stable ``code``.
@@ -18,6 +19,7 @@ from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, FastAPI, Request, Security
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from fastapi.security import APIKeyHeader
 from pydantic import BaseModel, Field, ValidationError
@@ -29,10 +31,29 @@ from s3seg import _rle
 from s3seg.config import Settings
 from s3seg.engine import Request as EngineRequest
 from s3seg.engine import Sam3Engine, SegmentOptions
-from s3seg.errors import DeviceError, ImageError, ImageTooLargeError, S3SegError, UsageError
-from s3seg.images import load_image
+from s3seg.errors import (
+    AuthError,
+    CreditsError,
+    DeviceError,
+    ImageError,
+    ImageTooLargeError,
+    S3SegError,
+    ServerError,
+    StorageError,
+    StoreError,
+    TaskNotFound,
+    UsageError,
+)
+from s3seg.images import LoadedImage, load_image
+from s3seg.server._api import FileTooLarge, PublicAPI, public_router
+from s3seg.server._auth import TokenVerifier
 from s3seg.server._batcher import Batcher, Busy
 from s3seg.server._fetch import URLFetchFailed, URLNotAllowed, fetch
+from s3seg.server._gateway import WorkerPool
+from s3seg.server._ratelimit import RateLimited, RateLimiter
+from s3seg.server._tasks import Infer, TaskLimits, TaskRunner
+from s3seg.storage import Storage
+from s3seg.store import Store
 from s3seg.types import Box, SegmentationResult, box_from_string, to_coco
 
 API_KEY_HEADER = "X-API-Key"
@@ -101,6 +122,11 @@ def _body_doc(json_model: type[BaseModel], file_field: str, many: bool) -> dict[
 
 # ------------------------------------------------------------------------------------------- errors
 _STATUS: list[tuple[type[BaseException], int, str]] = [
+    (CreditsError, 402, "INSUFFICIENT_CREDITS"),
+    (TaskNotFound, 404, "NOT_FOUND"),
+    (FileTooLarge, 413, "FILE_TOO_LARGE"),
+    (StoreError, 503, "STORE_UNAVAILABLE"),
+    (StorageError, 503, "STORAGE_UNAVAILABLE"),
     (Busy, 503, "BUSY"),
     (DeviceError, 503, "OUT_OF_MEMORY"),
     (ImageTooLargeError, 413, "IMAGE_TOO_LARGE"),
@@ -115,8 +141,8 @@ class PayloadTooLarge(S3SegError):
     pass
 
 
-class Unauthorized(S3SegError):
-    pass
+class Unauthorized(AuthError):
+    """A missing or wrong API key."""
 
 
 def _error(status: int, code: str, message: str, hint: str | None = None,
@@ -129,8 +155,13 @@ def _s3seg_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, S3SegError)
     if isinstance(exc, PayloadTooLarge):
         return _error(413, "PAYLOAD_TOO_LARGE", exc.message, exc.hint)
-    if isinstance(exc, Unauthorized):
-        return _error(401, "UNAUTHORIZED", exc.message, exc.hint, {"WWW-Authenticate": API_KEY_HEADER})
+    if isinstance(exc, AuthError):
+        scheme = API_KEY_HEADER if isinstance(exc, Unauthorized) else "Bearer"
+        return _error(401, "UNAUTHORIZED", exc.message, exc.hint, {"WWW-Authenticate": scheme})
+    if isinstance(exc, RateLimited):
+        return _error(429, "RATE_LIMITED", exc.message, exc.hint, {"Retry-After": str(exc.retry_after_s)})
+    if isinstance(exc, ServerError) and exc.status is not None and exc.code:
+        return _error(exc.status, exc.code, exc.message, exc.hint, {"Retry-After": "5"} if exc.status == 503 else None)
     for kind, status, code in _STATUS:
         if isinstance(exc, kind):
             retry = {"Retry-After": "1"} if status == 503 else None
@@ -189,23 +220,47 @@ class _BodyLimit:
 
 
 # ---------------------------------------------------------------------------------------------- app
-def create_app(engine: Sam3Engine, settings: Settings | None = None) -> FastAPI:
-    """The server around an already loaded ``engine``. Settings give the key, limits and batching."""
+def create_app(engine: Sam3Engine | None, settings: Settings | None = None, *, storage: Storage | None = None,
+               store: Store | None = None, verifier: TokenVerifier | None = None,
+               workers: WorkerPool | None = None) -> FastAPI:
+    """The server: inference routes around an already loaded ``engine`` (none in gateway mode, where
+    ``workers`` run the model), and the public API for users. Storage, store and token verifier come
+    from the settings unless given."""
     settings = settings or Settings()
+    if engine is None and workers is None:
+        raise UsageError("the server needs a model or GPU workers", hint="set S3SEG_MODEL or S3SEG_WORKERS")
     max_bytes = int(settings.max_body_mb * 1024 * 1024)
-    state: dict[str, Batcher] = {}
+    verifier = verifier or TokenVerifier.from_settings(settings)
+    state: dict[str, Any] = {}
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        state["batcher"] = Batcher(engine, max_batch=settings.max_batch, max_queue=settings.max_queue,
-                                   wait_s=settings.batch_wait_ms / 1000)
+        from s3seg.storage import storage_from_settings
+        from s3seg.store import store_from_settings
+
+        parts_storage = storage if storage is not None else await run_in_threadpool(storage_from_settings, settings)
+        parts_store = store if store is not None else await run_in_threadpool(store_from_settings, settings)
+        if engine is not None:
+            state["batcher"] = Batcher(engine, max_batch=settings.max_batch, max_queue=settings.max_queue,
+                                       wait_s=settings.batch_wait_ms / 1000)
+        runner = TaskRunner(parts_store, parts_storage, workers or _in_process(state["batcher"]),
+                            _task_limits(settings), workers=settings.task_workers)
+        state["api"] = PublicAPI(settings, parts_store, parts_storage, runner, verifier,
+                                 RateLimiter(settings.rate_limits), check_key)
+        await runner.start()
         try:
             yield
         finally:
-            await run_in_threadpool(state["batcher"].close)  # finishes in-flight work
+            await runner.stop()  # a task cut short stays processing and is requeued after a restart
+            if "batcher" in state:
+                await run_in_threadpool(state["batcher"].close)  # finishes in-flight work
+            if verifier is not None:
+                verifier.close()
 
     app = FastAPI(title="s3seg", version=_version(), lifespan=lifespan,
-                  description="SAM3 text-prompted segmentation. Send `X-API-Key` when the server has a key.",
+                  description="SAM3 text-prompted segmentation. Inference routes need `X-API-Key` when the server "
+                              "has a key; the public API needs `Authorization: Bearer <Supabase access token>` "
+                              "(or the API key in local mode).",
                   responses={401: {"model": Envelope}, 422: {"model": Envelope}, 503: {"model": Envelope}})
     app.add_exception_handler(S3SegError, _s3seg_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
@@ -213,10 +268,14 @@ def create_app(engine: Sam3Engine, settings: Settings | None = None) -> FastAPI:
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected)
     app.add_middleware(_BodyLimit, max_bytes=max_bytes)
+    if settings.cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
+                           allow_headers=["Authorization", "Content-Type", API_KEY_HEADER],
+                           expose_headers=["Retry-After"], max_age=600)
 
     key = settings.api_key.get_secret_value().encode() if settings.api_key else None
 
-    def require_key(given_key: str | None = Security(_API_KEY)) -> None:
+    def check_key(given_key: str | None) -> None:
         if key is None:
             return
         given = (given_key or "").encode()
@@ -224,15 +283,32 @@ def create_app(engine: Sam3Engine, settings: Settings | None = None) -> FastAPI:
             raise Unauthorized("missing or wrong API key" if given else "this server needs an API key",
                                hint=f"send the {API_KEY_HEADER} header (s3seg: --api-key or S3SEG_API_KEY)")
 
+    def require_key(given_key: str | None = Security(_API_KEY)) -> None:
+        check_key(given_key)
+
     @app.get("/health", response_model=Envelope, tags=["server"])
     def health() -> dict[str, Any]:
-        """Liveness, the device, GPU memory and queue statistics. Needs no key."""
+        """Liveness, the device, GPU memory and queue statistics (or the GPU workers). Needs no key."""
         batcher = state.get("batcher")
         return {"ok": True, "data": {
-            "status": "ok", "model_loaded": True, "device": str(engine.device), "gpu_memory": _gpu_memory(engine),
+            "status": "ok", "model_loaded": engine is not None,
+            "device": str(engine.device) if engine is not None else None,
+            "gpu_memory": _gpu_memory(engine) if engine is not None else None,
             "queue": vars(batcher.stats) if batcher else None,
+            "workers": len(workers.urls) if workers is not None else None,
+            "auth": "supabase" if verifier is not None else "api-key",
         }}
 
+    app.include_router(public_router(lambda: state["api"]))
+    if engine is not None:
+        app.include_router(_inference_router(engine, settings, state, require_key))
+    return app
+
+
+def _inference_router(engine: Sam3Engine, settings: Settings, state: dict[str, Any],
+                      require_key: Callable[..., None]) -> APIRouter:
+    """The GPU backend's routes (X-API-Key): /model/info, /predict, /predict/batch."""
+    max_bytes = int(settings.max_body_mb * 1024 * 1024)
     api = APIRouter(prefix="/api/v1", dependencies=[Depends(require_key)])
 
     @api.get("/model/info", response_model=Envelope, tags=["model"])
@@ -264,8 +340,22 @@ def create_app(engine: Sam3Engine, settings: Settings | None = None) -> FastAPI:
         """Segment several images in one call (multipart ``images`` files sharing the fields, or JSON items)."""
         return await segment(await _read_items(request, settings, batch=True))
 
-    app.include_router(api)
-    return app
+    return api
+
+
+def _in_process(batcher: Batcher) -> Infer:
+    async def infer(image: LoadedImage, prompts: tuple[str, ...], boxes: tuple[Box, ...],
+                    options: SegmentOptions) -> SegmentationResult:
+        [result] = await batcher.run([EngineRequest(image.array, prompts, boxes, image.name, options)])
+        return result
+
+    return infer
+
+
+def _task_limits(settings: Settings) -> TaskLimits:
+    return TaskLimits(timeout_s=settings.task_timeout_s, attempts=settings.task_attempts,
+                      max_pixels=settings.max_pixels, max_fetch_bytes=int(settings.max_upload_mb * 1024 * 1024),
+                      url_timeout_s=settings.url_timeout_s, allow_private_urls=settings.allow_private_urls)
 
 
 # ------------------------------------------------------------------------------------------ helpers

@@ -1,0 +1,164 @@
+"""Segmentation tasks in the background: the public API's ``POST /api/v1/segment`` returns a task id at
+once; a few worker coroutines here run the tasks and record their results.
+
+Tasks live in the results store, not in memory, so none is lost when the server stops: on start-up, and
+every ``sweep_s`` after, the runner picks up ``pending`` tasks (also those created by other processes)
+and asks the store to requeue tasks left ``processing`` by a worker that died (``task_timeout_s``);
+after ``task_attempts`` tries such a task ends ``error``. Two servers sharing a store may both see a
+pending task; ``store.start`` lets exactly one of them take it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from starlette.concurrency import run_in_threadpool
+
+from s3seg.errors import S3SegError, StoreError
+from s3seg.images import LoadedImage, load_image
+from s3seg.records import Recorder
+from s3seg.server._batcher import Busy
+from s3seg.server._fetch import fetch
+from s3seg.storage import Storage
+from s3seg.store import Store, Task
+from s3seg.types import Box, SegmentationResult, SegmentOptions
+
+log = logging.getLogger("s3seg.tasks")
+
+# Runs one image through SAM3 (the in-process batcher, or a GPU worker in gateway mode).
+Infer = Callable[[LoadedImage, tuple[str, ...], tuple[Box, ...], SegmentOptions], Awaitable[SegmentationResult]]
+
+_BUSY_RETRIES = 30
+
+
+@dataclass(frozen=True)
+class TaskLimits:
+    timeout_s: float
+    attempts: int
+    max_pixels: int
+    max_fetch_bytes: int
+    url_timeout_s: float
+    allow_private_urls: bool
+
+
+class TaskRunner:
+    def __init__(self, store: Store, storage: Storage, infer: Infer, limits: TaskLimits, *, workers: int = 2,
+                 sweep_s: float | None = None) -> None:
+        self.store = store
+        self.storage = storage
+        self.infer = infer
+        self.limits = limits
+        self.workers = workers
+        self.sweep_s = sweep_s if sweep_s is not None else min(30.0, max(1.0, limits.timeout_s / 4))
+        self._queue: asyncio.Queue[Task] = asyncio.Queue()
+        self._known: set[str] = set()  # queued or running here
+        self._finished: dict[str, asyncio.Event] = {}
+        self._jobs: list[asyncio.Task[None]] = []
+
+    # --- life cycle --------------------------------------------------------------------------
+    async def start(self) -> None:
+        self._jobs = [asyncio.create_task(self._work(), name=f"s3seg-task-{i}") for i in range(self.workers)]
+        self._jobs.append(asyncio.create_task(self._sweep_forever(), name="s3seg-task-sweep"))
+
+    async def stop(self) -> None:
+        """Stop taking tasks; a task cut short stays ``processing`` and is requeued by the next sweep."""
+        for job in self._jobs:
+            job.cancel()
+        for job in self._jobs:
+            with contextlib.suppress(asyncio.CancelledError):
+                await job
+
+    def submit(self, task: Task) -> None:
+        if task.id not in self._known:
+            self._known.add(task.id)
+            self._queue.put_nowait(task)
+
+    async def wait(self, task_id: str, timeout_s: float) -> None:
+        """Return when a task run by this process ends, or after ``timeout_s`` (the caller re-reads it)."""
+        event = self._finished.setdefault(task_id, asyncio.Event())
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(event.wait(), timeout_s)
+
+    async def sweep(self) -> None:
+        """Requeue tasks whose worker died, and queue every pending task this process does not know yet."""
+        requeued = await run_in_threadpool(self.store.requeue_stale, older_than_s=self.limits.timeout_s,
+                                           max_attempts=self.limits.attempts)
+        for task in requeued:
+            log.warning("task %s: its worker stopped responding; running it again", task.id)
+        for task in await run_in_threadpool(self.store.runnable, 200):
+            self.submit(task)
+
+    # --- internals ---------------------------------------------------------------------------
+    async def _sweep_forever(self) -> None:
+        while True:
+            try:
+                await self.sweep()
+            except S3SegError as e:
+                log.error("task sweep failed: %s", e.message)
+            await asyncio.sleep(self.sweep_s)
+
+    async def _work(self) -> None:
+        while True:
+            task = await self._queue.get()
+            try:
+                await self._run(task)
+            except Exception:  # one task's bug must not stop the worker
+                log.exception("task %s: unexpected failure", task.id)
+            finally:
+                self._known.discard(task.id)
+                event = self._finished.pop(task.id, None)
+                if event is not None:
+                    event.set()
+
+    async def _run(self, queued: Task) -> None:
+        if queued.user_id is None:
+            return
+        store = self.store.for_user(queued.user_id)
+        try:
+            task = await run_in_threadpool(store.start, queued.id)
+        except StoreError:
+            return  # another worker took it, or it ended meanwhile
+        recorder = Recorder(self.storage, store)
+        try:
+            image = await run_in_threadpool(self._image, task)
+            options = SegmentOptions(**task.metadata.get("options", {}))
+            boxes = tuple(_box(b) for b in task.metadata.get("boxes", []))
+            result = await self._infer(image, tuple(task.prompts), boxes, options)
+            await run_in_threadpool(recorder.complete, task, image, result)  # marks error itself on failure
+        except S3SegError as e:
+            await self._fail(recorder, task, e.message)
+        except Exception as e:
+            await self._fail(recorder, task, f"unexpected {type(e).__name__}")
+            raise
+
+    async def _infer(self, image: LoadedImage, prompts: tuple[str, ...], boxes: tuple[Box, ...],
+                     options: SegmentOptions) -> SegmentationResult:
+        for _ in range(_BUSY_RETRIES):  # queue full with direct /predict traffic: wait, a task is not in a hurry
+            try:
+                return await self.infer(image, prompts, boxes, options)
+            except Busy:
+                await asyncio.sleep(1.0)
+        return await self.infer(image, prompts, boxes, options)
+
+    async def _fail(self, recorder: Recorder, task: Task, reason: str) -> None:
+        with contextlib.suppress(StoreError):  # already failed by the recorder, or requeued elsewhere
+            await run_in_threadpool(recorder.abort, task, reason)
+
+    def _image(self, task: Task) -> LoadedImage:
+        meta = task.metadata
+        if meta.get("image_key"):
+            data = self.storage.get(str(meta["image_key"]))
+        else:
+            data = fetch(str(meta["image_url"]), max_bytes=self.limits.max_fetch_bytes,
+                         timeout_s=self.limits.url_timeout_s, allow_private=self.limits.allow_private_urls)
+        return load_image(data, max_pixels=self.limits.max_pixels, name=str(meta.get("image") or "image"))
+
+
+def _box(saved: dict[str, Any]) -> Box:
+    x0, y0, x1, y1 = saved["box"]
+    return Box(x0, y0, x1, y1, positive=bool(saved.get("positive", True)))
