@@ -18,7 +18,6 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-import uvicorn
 
 import s3seg
 from _cli import run as run_cli

@@ -1,0 +1,487 @@
+"""The public API end to end: a real uvicorn server on loopback with the tiny model, a real PostgreSQL
+(supabase/migrations applied), a real S3 server (SeaweedFS), and access tokens minted here and verified
+against a JWKS served from a loopback HTTP server — the way Supabase Auth's keys are served. Only
+Supabase Auth itself (GoTrue, which issues the tokens) is not run: the tests sign the tokens.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import httpx
+import jwt
+import psycopg
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
+
+import _postgres
+from _s3server import S3Server
+from _server import LoopbackServer, free_port
+from s3seg.config import Settings
+from s3seg.engine import Sam3Engine
+from s3seg.server import create_app
+from s3seg.server._auth import TokenVerifier
+from s3seg.storage._s3 import S3Storage
+from s3seg.store._postgres import PostgresStore
+
+pytestmark = pytest.mark.integration
+
+ISSUER = "http://127.0.0.1/auth/v1"  # what the tokens say; the JWKS lives elsewhere, as with Supabase
+KID = "test-key-1"
+BUCKET = "s3seg-api"
+Conn = Any
+
+
+# ------------------------------------------------------------------------------------------ services
+@pytest.fixture(scope="module")
+def pg() -> Iterator[_postgres.Cluster]:
+    try:
+        _postgres.find_bindir()
+        _postgres._run_prefix()
+    except _postgres.PostgresUnavailable as e:
+        pytest.skip(str(e))
+    with _postgres.postgres_cluster() as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="module")
+def admin(pg: _postgres.Cluster) -> Iterator[Conn]:
+    with psycopg.connect(pg.dsn(_postgres.SUPERUSER), autocommit=True) as conn:
+        yield conn
+
+
+@pytest.fixture(scope="module")
+def bucket(s3_server: S3Server) -> str:
+    import boto3
+
+    client = boto3.session.Session().client(
+        "s3", endpoint_url=s3_server.endpoint_url, region_name="auto",
+        aws_access_key_id=s3_server.access_key, aws_secret_access_key=s3_server.secret_key)
+    client.create_bucket(Bucket=BUCKET)
+    client.close()
+    return BUCKET
+
+
+class Keys:
+    """The signing key, and a JWKS endpoint on loopback that publishes its public half."""
+
+    def __init__(self) -> None:
+        self.private = ec.generate_private_key(ec.SECP256R1())
+        jwk = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(self.private.public_key()))
+        body = json.dumps({"keys": [{**jwk, "kid": KID, "alg": "ES256", "use": "sig"}]}).encode()
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.http = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.http.server_address[1]}/auth/v1/.well-known/jwks.json"
+        threading.Thread(target=self.http.serve_forever, daemon=True).start()
+
+    def token(self, user: uuid.UUID | str, *, tier: str = "free", key: Any = None, kid: str = KID,
+              **claims: Any) -> str:
+        now = int(time.time())
+        payload = {"sub": str(user), "aud": "authenticated", "iss": ISSUER, "role": "authenticated",
+                   "iat": now, "exp": now + 3600, "email": f"{str(user)[:8]}@example.com",
+                   "app_metadata": {"provider": "email", "tier": tier}, **claims}
+        return jwt.encode(payload, key or self.private, algorithm="ES256", headers={"kid": kid})
+
+    def close(self) -> None:
+        self.http.shutdown()
+        self.http.server_close()
+
+
+@pytest.fixture(scope="module")
+def keys() -> Iterator[Keys]:
+    k = Keys()
+    yield k
+    k.close()
+
+
+def new_user(admin: Conn, credits: int | None = None, tier: str = "free") -> uuid.UUID:
+    """Sign up the way Supabase Auth does (the profile comes from the migration's trigger)."""
+    with admin.transaction():
+        admin.execute("set local role supabase_auth_admin")
+        row = admin.execute("insert into auth.users (email, raw_app_meta_data) values (%s, %s) returning id",
+                            (f"{uuid.uuid4().hex[:12]}@example.com",
+                             psycopg.types.json.Jsonb({"tier": tier}))).fetchone()
+    user: uuid.UUID = row[0]
+    if credits is not None:
+        admin.execute("update public.users_profile set credits = %s where id = %s", (credits, user))
+    return user
+
+
+def one(admin: Conn, query: str, *params: Any) -> Any:
+    row = admin.execute(query, params).fetchone()
+    return None if row is None else row[0]
+
+
+# ---------------------------------------------------------------------------------------------- stack
+class Stack:
+    """The public API server on loopback with its real backends."""
+
+    def __init__(self, pg: _postgres.Cluster, s3: S3Server, bucket: str, keys: Keys, engine: Sam3Engine | None,
+                 workers: Any = None, prefix: str | None = None, **settings: Any) -> None:
+        self.prefix = prefix or f"t-{uuid.uuid4().hex[:8]}"
+        self.storage = S3Storage(bucket, endpoint_url=s3.endpoint_url, access_key_id=s3.access_key,
+                                 secret_access_key=s3.secret_key, region="auto", path_style=True, prefix=self.prefix)
+        self.store = PostgresStore(pg.dsn("postgres"))
+        settings = {"threshold": 0.0, "rate_limits": {"free": 1000, "pro": 1000}, "task_timeout_s": 60, **settings}
+        self.settings = Settings(jwks_url=keys.url, jwt_issuer=ISSUER, **settings)
+        self.app = create_app(engine, self.settings, storage=self.storage, store=self.store,
+                              verifier=TokenVerifier.from_settings(self.settings), workers=workers)
+        self.server = LoopbackServer(self.app)
+        self.url = self.server.url
+        self.keys = keys
+
+    def client(self, user: uuid.UUID, tier: str = "free") -> httpx.Client:
+        token = self.keys.token(user, tier=tier)
+        return httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {token}"}, timeout=60)
+
+    def close(self) -> None:
+        self.server.stop()
+        self.store.close()
+        self.storage.close()
+
+
+@pytest.fixture
+def stack_factory(pg: _postgres.Cluster, s3_server: S3Server, bucket: str, keys: Keys,
+                  engine: Sam3Engine) -> Iterator[Callable[..., Stack]]:
+    stacks: list[Stack] = []
+
+    def make(**settings: Any) -> Stack:
+        stacks.append(Stack(pg, s3_server, bucket, keys, settings.pop("engine", engine), **settings))
+        return stacks[-1]
+
+    yield make
+    for s in stacks:
+        s.close()
+
+
+@pytest.fixture
+def stack(stack_factory: Callable[..., Stack]) -> Stack:
+    return stack_factory()
+
+
+def ok(response: httpx.Response, status: int = 200) -> Any:
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert body["ok"] is True
+    return body["data"]
+
+
+def refused(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert body["ok"] is False and body["error"]["code"] == code, body
+    error: dict[str, Any] = body["error"]
+    return error
+
+
+def upload(http: httpx.Client, path: Path) -> dict[str, Any]:
+    with path.open("rb") as f:
+        data: dict[str, Any] = ok(http.post("/api/v1/upload", files={"file": (path.name, f, "image/jpeg")}), 201)
+    return data
+
+
+def wait_done(http: httpx.Client, task_id: str, timeout_s: float = 60) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        task: dict[str, Any] = ok(http.get(f"/api/v1/tasks/{task_id}", params={"wait": 20}))
+        if task["status"] in ("done", "error") or time.monotonic() > deadline:
+            return task
+
+
+# ---------------------------------------------------------------------------------------------- tests
+def test_upload_segment_wait_and_read_results(stack: Stack, admin: Conn, photo_path: Path) -> None:
+    user = new_user(admin)
+    with stack.client(user) as http:
+        image = upload(http, photo_path)
+        assert image["image_id"].endswith(".jpg") and image["width"] > 0 and image["bytes"] == photo_path.stat().st_size
+        started = ok(http.post("/api/v1/segment", json={"image_id": image["image_id"], "text_prompt": "person",
+                                                         "project": "portraits"}), 202)
+        assert started["status"] == "pending" and started["task_id"]
+        t0 = time.monotonic()
+        task = ok(http.get(f"/api/v1/tasks/{started['task_id']}", params={"wait": 30}))
+        assert task["status"] == "done", task
+        assert time.monotonic() - t0 < 25  # the long-poll answered when the task ended, not at its deadline
+        assert task["project"] == "portraits" and task["text_prompt"] == "person"
+        assert task["labels"] and all(label["label"] == "person" for label in task["labels"])
+        assert task["metadata"]["attempts"] == 1 and task["metadata"]["cost"] == 1
+        assert "image_key" not in task["metadata"]
+
+        listed = ok(http.get("/api/v1/results", params={"status": "done", "project": "portraits"}))
+        assert [t["task_id"] for t in listed["items"]] == [task["task_id"]]
+        detail = ok(http.get(f"/api/v1/results/{task['task_id']}"))
+        mask = httpx.get(detail["mask_image_url"], timeout=30)  # a presigned S3 URL, no credentials needed
+        assert mask.status_code == 200 and mask.content.startswith(b"\x89PNG")
+        coco = http.get(detail["files"]["result"]).json()
+        assert len(coco["annotations"]) == len(task["labels"])
+        source = http.get(detail["files"]["source"])
+        assert source.content == photo_path.read_bytes()
+
+        me = ok(http.get("/api/v1/me"))
+        assert (me["credits"], me["tier"], me["user_id"]) == (99, "free", str(user))
+    assert one(admin, "select count(*) from public.usage_logs where user_id = %s and action = 'segmentation' "
+                      "and metadata->>'task_id' = %s", user, task["task_id"]) == 1
+
+
+@pytest.mark.parametrize("how", ["none", "expired", "forged", "unknown_key", "wrong_audience", "alg_none",
+                                 "garbage", "future"])
+def test_bad_tokens_are_refused(stack: Stack, admin: Conn, keys: Keys, how: str) -> None:
+    user = new_user(admin)
+    other = ec.generate_private_key(ec.SECP256R1())
+    tokens = {
+        "expired": keys.token(user, exp=int(time.time()) - 3600, iat=int(time.time()) - 7200),
+        "forged": keys.token(user, key=other),  # right kid, wrong key
+        "unknown_key": keys.token(user, key=other, kid="someone-elses"),
+        "wrong_audience": keys.token(user, aud="anon"),
+        "future": keys.token(user, nbf=int(time.time()) + 3600),
+        "alg_none": jwt.encode({"sub": str(user), "aud": "authenticated", "iss": ISSUER,
+                                "exp": int(time.time()) + 3600}, None, algorithm="none"),
+        "garbage": "not.a.token",
+    }
+    headers = {"Authorization": f"Bearer {tokens[how]}"} if how in tokens else {}
+    response = httpx.post(f"{stack.url}/api/v1/segment", headers=headers,
+                          json={"image_url": "https://example.com/a.jpg", "text_prompt": "dog"})
+    error = refused(response, 401, "UNAUTHORIZED")
+    assert response.headers["www-authenticate"] == "Bearer" and error["message"]
+    assert one(admin, "select count(*) from public.segmentation_results where user_id = %s", user) == 0
+
+
+def test_users_see_only_their_own(stack: Stack, admin: Conn, photo_path: Path) -> None:
+    alice, bob = new_user(admin), new_user(admin)
+    with stack.client(alice) as a, stack.client(bob) as b:
+        image = upload(a, photo_path)
+        task = wait_done(a, ok(a.post("/api/v1/segment", json={"image_id": image["image_id"],
+                                                               "text_prompt": "person"}), 202)["task_id"])
+        assert task["status"] == "done"
+        tid = task["task_id"]
+        refused(b.get(f"/api/v1/tasks/{tid}"), 404, "NOT_FOUND")
+        refused(b.get(f"/api/v1/results/{tid}"), 404, "NOT_FOUND")
+        refused(b.get(f"/api/v1/results/{tid}/files/mask"), 404, "NOT_FOUND")
+        assert ok(b.get("/api/v1/results"))["items"] == []
+        # Bob cannot segment Alice's upload either: image ids are per user
+        refused(b.post("/api/v1/segment", json={"image_id": image["image_id"], "text_prompt": "x"}), 404, "NOT_FOUND")
+        assert [t["task_id"] for t in ok(a.get("/api/v1/results"))["items"]] == [tid]
+
+
+def test_concurrent_segments_spend_credits_exactly_once(stack: Stack, admin: Conn, photo_path: Path) -> None:
+    user = new_user(admin, credits=5)
+    with stack.client(user) as http:
+        image_id = upload(http, photo_path)["image_id"]
+
+        def start(_: int) -> httpx.Response:
+            return http.post("/api/v1/segment", json={"image_id": image_id, "text_prompt": "person"})
+
+        with ThreadPoolExecutor(20) as pool:
+            responses = list(pool.map(start, range(20)))
+        accepted = [r.json()["data"]["task_id"] for r in responses if r.status_code == 202]
+        refusals = [r for r in responses if r.status_code != 202]
+        assert len(accepted) == 5, [r.text for r in refusals[:3]]
+        for r in refusals:
+            refused(r, 402, "INSUFFICIENT_CREDITS")
+        assert all(wait_done(http, t)["status"] == "done" for t in accepted)
+        assert ok(http.get("/api/v1/me"))["credits"] == 0
+        refused(start(0), 402, "INSUFFICIENT_CREDITS")
+    assert one(admin, "select credits from public.users_profile where id = %s", user) == 0
+    assert one(admin, "select count(*) from public.usage_logs where user_id = %s", user) == 5
+    assert one(admin, "select count(*) from public.segmentation_results where user_id = %s", user) == 5
+
+
+def test_failed_task_is_not_charged(stack: Stack, admin: Conn) -> None:
+    user = new_user(admin, credits=1)
+    with stack.client(user) as http:
+        bad = http.post("/api/v1/upload", files={"file": ("x.jpg", b"not an image", "image/jpeg")})
+        refused(bad, 415, "UNSUPPORTED_IMAGE")
+        # a URL the server may not fetch (loopback): the task fails, and the credit is not spent
+        task = ok(http.post("/api/v1/segment", json={"image_url": f"{stack.url}/health", "text_prompt": "x"}), 202)
+        done = wait_done(http, task["task_id"])
+        assert done["status"] == "error" and "non-public address" in done["error"], done
+        assert ok(http.get("/api/v1/me"))["credits"] == 1
+    assert one(admin, "select count(*) from public.usage_logs where user_id = %s", user) == 0
+
+
+def test_rate_limit_answers_429(stack_factory: Callable[..., Stack], admin: Conn, photo_path: Path) -> None:
+    stack = stack_factory(rate_limits={"free": 3, "pro": 1000})
+    free, pro = new_user(admin), new_user(admin, tier="pro")
+    with stack.client(free) as http:
+        for _ in range(3):
+            upload(http, photo_path)
+        with photo_path.open("rb") as f:
+            response = http.post("/api/v1/upload", files={"file": ("a.jpg", f, "image/jpeg")})
+        error = refused(response, 429, "RATE_LIMITED")
+        assert 1 <= int(response.headers["retry-after"]) <= 60 and "3 requests per minute" in error["message"]
+        ok(http.get("/api/v1/results"))  # reading is not limited
+    with stack.client(pro, tier="pro") as http:
+        for _ in range(4):
+            upload(http, photo_path)
+
+
+def test_upload_limits(stack_factory: Callable[..., Stack], admin: Conn, photo_path: Path) -> None:
+    stack = stack_factory(max_upload_mb=0.01)
+    with stack.client(new_user(admin)) as http:
+        with photo_path.open("rb") as f:
+            refused(http.post("/api/v1/upload", files={"file": ("a.jpg", f, "image/jpeg")}), 413, "FILE_TOO_LARGE")
+        refused(http.post("/api/v1/upload", files={"other": ("a.jpg", b"x", "image/jpeg")}), 422, "INVALID_REQUEST")
+        refused(http.post("/api/v1/segment", json={"image_id": "../../etc/passwd", "text_prompt": "x"}),
+                422, "INVALID_REQUEST")
+        refused(http.post("/api/v1/segment", json={"image_url": "https://example.com/a.jpg"}), 422, "INVALID_REQUEST")
+        refused(http.get(f"/api/v1/tasks/{uuid.uuid4()}"), 404, "NOT_FOUND")
+        refused(http.get("/api/v1/tasks/not-a-uuid"), 404, "NOT_FOUND")
+
+
+def test_cors(stack_factory: Callable[..., Stack]) -> None:
+    stack = stack_factory(cors_origins=["https://app.example.com"])
+    preflight = {"Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "authorization"}
+    allowed = httpx.options(f"{stack.url}/api/v1/segment", headers={"Origin": "https://app.example.com", **preflight})
+    assert allowed.status_code == 200
+    assert allowed.headers["access-control-allow-origin"] == "https://app.example.com"
+    other = httpx.options(f"{stack.url}/api/v1/segment", headers={"Origin": "https://evil.example", **preflight})
+    assert "access-control-allow-origin" not in other.headers
+
+
+# ------------------------------------------------------------------------------- gateway and crashes
+class GPUWorker(LoopbackServer):
+    """A GPU backend: `s3seg serve` with the model, behind its API key."""
+
+    def __init__(self, engine: Sam3Engine, data_dir: Path, key: str = "worker-key") -> None:
+        super().__init__(create_app(engine, Settings(api_key=key, data_dir=data_dir)))
+
+
+class Hanging:
+    """A worker that accepts requests and never answers: the task is mid-inference for as long as we like."""
+
+    def __init__(self) -> None:
+        self.seen = threading.Event()
+        seen = self.seen
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                seen.set()
+                time.sleep(600)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.http = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.http.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.http.server_address[1]}"
+        threading.Thread(target=self.http.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.http.shutdown()
+        self.http.server_close()
+
+
+def test_gateway_forwards_to_gpu_workers(stack_factory: Callable[..., Stack], engine: Sam3Engine, admin: Conn,
+                                         photo_path: Path, tmp_path: Path) -> None:
+    from s3seg.server import WorkerPool
+
+    worker = GPUWorker(engine, tmp_path)
+    dead = f"http://127.0.0.1:{free_port()}"  # nothing listens there: skipped
+    try:
+        pool = WorkerPool([dead, worker.url], api_key="worker-key", timeout_s=30)
+        stack = stack_factory(engine=None, workers=pool)
+        assert ok(httpx.get(f"{stack.url}/health"))["workers"] == 2
+        user = new_user(admin)
+        with stack.client(user) as http:
+            image_id = upload(http, photo_path)["image_id"]
+            task = wait_done(http, ok(http.post("/api/v1/segment", json={"image_id": image_id,
+                                                                         "text_prompt": "person"}), 202)["task_id"])
+            assert task["status"] == "done" and task["labels"], task
+            refused(http.post("/api/v1/predict"), 404, "NOT_FOUND")  # a gateway has no model routes
+        wrong_key = WorkerPool([worker.url], api_key="wrong", timeout_s=30)
+        stack = stack_factory(engine=None, workers=wrong_key)
+        with stack.client(user) as http:
+            image_id = upload(http, photo_path)["image_id"]
+            task = wait_done(http, ok(http.post("/api/v1/segment", json={"image_id": image_id,
+                                                                         "text_prompt": "person"}), 202)["task_id"])
+            assert task["status"] == "error" and "API key" in task["error"]
+    finally:
+        worker.stop()
+
+
+def test_killed_server_task_is_run_again(stack_factory: Callable[..., Stack], pg: _postgres.Cluster,
+                                         s3_server: S3Server, bucket: str, keys: Keys, admin: Conn,
+                                         photo_path: Path, tmp_path: Path) -> None:
+    """`s3seg serve` (a real process, gateway to a worker that hangs) is SIGKILLed mid-task; a new server
+    with the model finds the task stuck in `processing`, runs it again, and it ends done."""
+    hanging = Hanging()
+    prefix = f"t-{uuid.uuid4().hex[:8]}"
+    port = free_port()
+    env = {**os.environ, "S3SEG_DATABASE_URL": pg.dsn("postgres"), "S3SEG_R2_ENDPOINT": s3_server.endpoint_url,
+           "S3SEG_R2_ACCESS_KEY_ID": s3_server.access_key, "S3SEG_R2_SECRET_ACCESS_KEY": s3_server.secret_key,
+           "S3SEG_R2_BUCKET": bucket, "S3SEG_R2_PREFIX": prefix, "S3SEG_JWKS_URL": keys.url,
+           "S3SEG_JWT_ISSUER": ISSUER, "S3SEG_WORKERS": hanging.url, "S3SEG_WORKER_API_KEY": "k",
+           "S3SEG_DATA_DIR": str(tmp_path)}
+    log = tmp_path / "serve.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "s3seg", "serve", "--port", str(port), "--log-level",
+                                 "warning"], env=env, stdout=out, stderr=subprocess.STDOUT)
+    user = new_user(admin)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.2)
+        headers = {"Authorization": f"Bearer {keys.token(user)}"}
+        with httpx.Client(base_url=url, headers=headers, timeout=60) as http:
+            image_id = upload(http, photo_path)["image_id"]
+            task_id = ok(http.post("/api/v1/segment", json={"image_id": image_id, "text_prompt": "person"}), 202)[
+                "task_id"]
+        assert hanging.seen.wait(30), "the task never reached the worker"
+        assert one(admin, "select status from public.segmentation_results where id = %s", task_id) == "processing"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(30)
+        hanging.close()
+    # a new server with the model, over the same database and bucket; its sweep finds the stuck task
+    stack = stack_factory(task_timeout_s=1, prefix=prefix)
+    with stack.client(user) as http:
+        task = wait_done(http, task_id)
+    assert task["status"] == "done" and task["metadata"]["attempts"] == 2, task
+    assert one(admin, "select count(*) from public.usage_logs where user_id = %s", user) == 1
+
+
+def test_task_ends_error_after_its_last_attempt(stack_factory: Callable[..., Stack], admin: Conn,
+                                                photo_path: Path) -> None:
+    """A task whose worker keeps dying is not retried forever: after task_attempts it ends `error`."""
+    stack = stack_factory(task_timeout_s=1, task_attempts=1)
+    user = new_user(admin)
+    store = stack.store.for_user(str(user))
+    task = store.create_task(["person"], metadata={"image": "gone.jpg", "image_key": "uploads/x/gone.jpg"}, cost=1)
+    store.start(task.id)  # as if a worker took it and died: nobody will finish it
+    with stack.client(user) as http:
+        ended = wait_done(http, task.id)
+    assert ended["status"] == "error" and "stopped responding" in ended["error"], ended
+    with stack.client(user) as http:
+        assert ok(http.get("/api/v1/me"))["credits"] == 100
