@@ -485,3 +485,51 @@ def test_task_ends_error_after_its_last_attempt(stack_factory: Callable[..., Sta
     assert ended["status"] == "error" and "stopped responding" in ended["error"], ended
     with stack.client(user) as http:
         assert ok(http.get("/api/v1/me"))["credits"] == 100
+
+
+# ------------------------------------------------------------------------------- SDK and CLI as a user
+def test_sdk_and_cli_as_a_signed_in_user(stack: Stack, admin: Conn, keys: Keys, photo_path: Path, engine: Sam3Engine,
+                                         tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    import s3seg
+    from _cli import run as run_cli
+
+    user = new_user(admin)
+    token = keys.token(user)
+    monkeypatch.setenv("S3SEG_API_URL", stack.url)
+    monkeypatch.setenv("S3SEG_SUPABASE_ACCESS_TOKEN", token)
+    monkeypatch.setenv("SUPABASE_URL", "http://127.0.0.1:9")  # the project (sign-in); never contacted here
+    monkeypatch.chdir(tmp_path)
+
+    with s3seg.Client(api_url=stack.url, settings=Settings(threshold=0.0)) as client:
+        remote = client.segment(photo_path, ["person", "tie"])
+        assert client.saved and client.saved[0][0] == str(photo_path)
+    local = s3seg.Client(engine=engine, settings=Settings(threshold=0.0)).segment(photo_path, ["person", "tie"])
+    assert [i.prompt for i in remote.instances] == [i.prompt for i in local.instances]
+    assert all((a.mask == b.mask).all() for a, b in zip(remote.instances, local.instances, strict=True))
+
+    code, out, err = run_cli(capsys, "segment", str(photo_path), "person", "--api", stack.url, "--project", "cli",
+                             "--threshold", "0", "--json", "--out", str(tmp_path / "out"))
+    assert code == 0, err
+    doc = json.loads(out)
+    [saved] = doc["tasks"]
+    assert (tmp_path / "out" / f"{photo_path.stem}.mask.png").exists()
+
+    code, out, err = run_cli(capsys, "results", "--project", "cli", "--json")
+    assert code == 0, err
+    assert [t["id"] for t in json.loads(out)] == [saved["task_id"]]
+    code, out, err = run_cli(capsys, "results", saved["task_id"], "--download", str(tmp_path / "dl"), "--json")
+    assert code == 0, err
+    files = sorted(p.name for p in (tmp_path / "dl").iterdir())
+    assert files == sorted(["mask.png", "overlay.jpg", "result.json", f"source{photo_path.suffix}"]), files
+    code, out, err = run_cli(capsys, "tasks", saved["task_id"], "--watch", "--json")
+    assert code == 0 and json.loads(out)["status"] == "done", err
+    code, out, err = run_cli(capsys, "upload", str(photo_path), "--json")
+    assert code == 0 and json.loads(out)[0]["image_id"].endswith(".jpg"), err
+
+    admin.execute("update public.users_profile set credits = 0 where id = %s", (user,))
+    code, out, err = run_cli(capsys, "segment", str(photo_path), "person", "--json")
+    assert code == 12 and "credits" in err and "Traceback" not in err, err
+    monkeypatch.setenv("S3SEG_SUPABASE_ACCESS_TOKEN", keys.token(user, exp=int(time.time()) - 100))
+    code, out, err = run_cli(capsys, "results")
+    assert code == 11 and "token expired" in err, err

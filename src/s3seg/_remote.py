@@ -56,7 +56,7 @@ class RemoteBackend:
             fields["nms_iou"] = repr(options.nms_iou)
 
         def one(image: LoadedImage) -> SegmentationResult:
-            files = {"image": (image.name or "image.png", _encoded(image), "application/octet-stream")}
+            files = {"image": (image.name or "image.png", encoded(image), "application/octet-stream")}
             [result] = from_coco(self._call("POST", "/api/v1/predict", data=fields, files=files))
             return dataclasses.replace(result, image=image.name)
 
@@ -115,7 +115,7 @@ def _as_error(status: int, code: str, message: str, hint: str | None, url: str) 
     return ServerError(f"the server failed ({status} {code}): {message}", hint=hint, status=status, code=code)
 
 
-def _encoded(image: LoadedImage) -> bytes:
+def encoded(image: LoadedImage) -> bytes:
     if image.encoded is not None:
         return image.encoded
     from s3seg.render import encode_png

@@ -12,6 +12,7 @@ from s3seg.images import ImageInput, LoadedImage, load_image
 from s3seg.types import Box, SegmentationResult, SegmentOptions, ensure_prompts
 
 if TYPE_CHECKING:
+    from s3seg._public import PublicClient
     from s3seg._remote import RemoteBackend
     from s3seg.engine import Sam3Engine
 
@@ -23,17 +24,20 @@ class Client:
     >>> result = client.segment("photo.jpg", ["dog", "cat"])      # doctest: +SKIP
     >>> result.masks.shape, result.boxes, result.scores, result.labels  # doctest: +SKIP
     >>> remote = s3seg.Client(server_url="http://gpu-box:8000", api_key="...")  # doctest: +SKIP
+    >>> signed_in = s3seg.Client(api_url="https://api.example.com")  # after `s3seg login`  # doctest: +SKIP
 
     Args:
         model: Hub id, ``save_pretrained`` directory or official ``sam3.pt`` (default from settings).
         device: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps`` (default from settings).
         server_url: segment on this server instead of locally (also ``S3SEG_SERVER_URL``).
         api_key: the server's key (also ``S3SEG_API_KEY``).
+        api_url: a public s3seg API to use as the signed-in user (``s3seg login``; also ``S3SEG_API_URL``):
+            each image is uploaded, segmented as a task and kept there (see ``s3seg results``).
         settings: every other knob; defaults read the environment (``S3SEG_*``).
         engine: an already loaded engine to use instead of loading one.
 
-    Local mode loads the model on first use and keeps it; remote mode sends each image to the server
-    and returns the same result objects.
+    Local mode loads the model on first use and keeps it; the remote modes send each image to the server
+    and return the same result objects.
     """
 
     def __init__(
@@ -43,19 +47,21 @@ class Client:
         device: str | None = None,
         server_url: str | None = None,
         api_key: str | None = None,
+        api_url: str | None = None,
         settings: Settings | None = None,
         engine: Sam3Engine | None = None,
     ) -> None:
         base = settings.model_dump() if settings is not None else {}
-        given = {"model": model, "device": device, "server_url": server_url, "api_key": api_key}
+        given = {"model": model, "device": device, "server_url": server_url, "api_key": api_key, "api_url": api_url}
         self.settings = load_settings(**{**base, **{k: v for k, v in given.items() if v is not None}})
         self._engine = engine
-        self._remote: RemoteBackend | None = None
+        self._remote: RemoteBackend | PublicClient | None = None
+        self._saved: list[tuple[str, str]] = []
         self._lock = threading.Lock()
 
     @property
     def is_remote(self) -> bool:
-        return self._engine is None and self.settings.server_url is not None
+        return self._engine is None and (self.settings.server_url or self.settings.api_url) is not None
 
     @property
     def engine(self) -> Sam3Engine:
@@ -77,12 +83,24 @@ class Client:
             self.engine  # noqa: B018  (loads it)
 
     def run(self, images: Sequence[LoadedImage], prompts: Sequence[str], boxes: Sequence[Box],
-            options: SegmentOptions) -> list[SegmentationResult]:
-        """Decoded images × prompts, locally or on the server; one result per image."""
-        if self.is_remote:
-            return self._backend().segment(images, prompts, boxes, options)
+            options: SegmentOptions, *, project: str | None = None) -> list[SegmentationResult]:
+        """Decoded images × prompts, locally or on the server; one result per image. ``project`` files
+        the results under a project on a public API (elsewhere nothing is kept)."""
+        backend = self._backend() if self.is_remote else None
+        if isinstance(backend, _public_client()):
+            results = backend.segment(images, prompts, boxes, options, project=project)
+            self._saved += backend.saved
+            backend.saved.clear()
+            return results
+        if backend is not None:
+            return backend.segment(images, prompts, boxes, options)
         return self.engine.segment([i.array for i in images], prompts, boxes, names=[i.name for i in images],
                                    options=options)
+
+    @property
+    def saved(self) -> list[tuple[str, str]]:
+        """(image name, task id) of the images segmented on a public API, which keeps their results."""
+        return list(self._saved)
 
     def close(self) -> None:
         """Close the connection to the server (remote mode); the local engine stays loaded."""
@@ -97,9 +115,13 @@ class Client:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _backend(self) -> RemoteBackend:
+    def _backend(self) -> RemoteBackend | PublicClient:
         with self._lock:
-            if self._remote is None:
+            if self._remote is None and self.settings.api_url:
+                from s3seg._public import PublicClient
+
+                self._remote = PublicClient.from_settings(self.settings)
+            elif self._remote is None:
                 from s3seg._remote import RemoteBackend
 
                 url = self.settings.server_url or ""
@@ -165,6 +187,12 @@ class Client:
             max_instances=s.max_instances if max_instances is None else max_instances,
             nms_iou=s.nms_iou if nms_iou is None else nms_iou,
         )
+
+
+def _public_client() -> type[PublicClient]:
+    from s3seg._public import PublicClient
+
+    return PublicClient
 
 
 _clients: dict[tuple[str | None, str | None], Client] = {}

@@ -9,6 +9,7 @@ import sys
 import typer
 
 from s3seg.cli._convert import convert_command
+from s3seg.cli._login import login_command, logout_command, whoami_command
 from s3seg.cli._records import config_command, results_command, tasks_command, upload_command
 from s3seg.cli._segment import segment_command
 from s3seg.cli._serve import serve_command
@@ -29,6 +30,9 @@ app.command("tasks")(tasks_command)
 app.command("results")(results_command)
 app.command("config")(config_command)
 app.command("convert", no_args_is_help=True)(convert_command)
+app.command("login")(login_command)
+app.command("logout")(logout_command)
+app.command("whoami")(whoami_command)
 
 
 def _version_callback(value: bool) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import json
 import sys
 import time
@@ -16,8 +17,8 @@ from s3seg.cli._console import console, err_console
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from s3seg._public import PublicClient
     from s3seg.config import Settings
-    from s3seg.storage import Storage
     from s3seg.store import Task
 
 _STATUS_STYLE = {"pending": "yellow", "processing": "cyan", "done": "green", "error": "red"}
@@ -41,9 +42,17 @@ def upload_command(
     for f in files:
         if not f.is_file():
             raise ImageError(f"not a file: {f}", hint="pass image files")
+    settings = load_settings()
     rows = []
+    if settings.api_url:  # a public API: the server stores them for the signed-in user
+        with closing(_public(settings)) as api:
+            for f in files:
+                info = api.upload(f.read_bytes(), f.name)
+                rows.append({"file": str(f), "image_id": info["image_id"], "url": info["image_url"]})
+        _print_uploads(rows, as_json)
+        return
     bar_columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn())
-    with closing(storage_from_settings(load_settings())) as storage, Progress(
+    with closing(storage_from_settings(settings)) as storage, Progress(
             *bar_columns, console=err_console, transient=True, disable=not err_console.is_terminal) as progress:
         for f in files:
             bar = progress.add_task(f.name, total=f.stat().st_size)
@@ -54,11 +63,16 @@ def upload_command(
             key = storage.put_file(f"{prefix.strip('/')}/{uuid.uuid4().hex[:12]}/{f.name}", f,
                                    guess_content_type(f.name), advance)
             rows.append({"file": str(f), "key": key, "url": storage.url(key, expires)})
+    _print_uploads(rows, as_json)
+
+
+def _print_uploads(rows: list[dict[str, str]], as_json: bool) -> None:
     if as_json:
         sys.stdout.write(json.dumps(rows) + "\n")
         return
     for row in rows:
-        console.print(f"{row['file']} → [bold]{row['key']}[/]\n  {row['url']}", highlight=False, soft_wrap=True)
+        name = row.get("key") or row["image_id"]
+        console.print(f"{row['file']} → [bold]{name}[/]\n  {row['url']}", highlight=False, soft_wrap=True)
 
 
 def tasks_command(
@@ -69,20 +83,20 @@ def tasks_command(
 ) -> None:
     """Recent segmentation tasks and their status (pending → processing → done | error)."""
     from s3seg.config import load_settings
-    from s3seg.store import store_from_settings
 
-    store = store_from_settings(load_settings())
+    with closing(_records(load_settings())) as records:
 
-    def fetch() -> list[Task]:
-        return [store.get(task_id)] if task_id else store.list(limit=limit)
+        def fetch(wait_s: float = 0) -> list[Task]:
+            return [records.get(task_id, wait_s)] if task_id else records.list(limit=limit)
 
-    tasks = fetch()
-    if watch:
-        with console.status("waiting for tasks to finish") as status:
-            while any(t.status in ("pending", "processing") for t in tasks):
-                status.update(f"{sum(t.status in ('pending', 'processing') for t in tasks)} task(s) running")
-                time.sleep(1.0)
-                tasks = fetch()
+        tasks = fetch()
+        if watch:
+            with console.status("waiting for tasks to finish") as status:
+                while any(t.status in ("pending", "processing") for t in tasks):
+                    status.update(f"{sum(t.status in ('pending', 'processing') for t in tasks)} task(s) running")
+                    if not (task_id and records.waits):  # one task on an API: long-poll instead of sleeping
+                        time.sleep(1.0)
+                    tasks = fetch(30)
     if as_json:
         sys.stdout.write(json.dumps([t.to_dict() for t in tasks] if not task_id else tasks[0].to_dict()) + "\n")
     elif task_id:
@@ -107,26 +121,24 @@ def results_command(
     """Stored segmentation results: a page of them, or one with time-limited URLs (and --download)."""
     from s3seg.config import load_settings
     from s3seg.errors import UsageError
-    from s3seg.storage import storage_from_settings
-    from s3seg.store import STATUSES, store_from_settings
+    from s3seg.store import STATUSES
 
-    settings = load_settings()
-    store = store_from_settings(settings)
+    if task_id is None and download is not None:
+        raise UsageError("--download needs a result ID", hint="s3seg results ID --download DIR")
+    if status is not None and status not in STATUSES:
+        raise UsageError(f"unknown status {status!r}", hint=f"one of {', '.join(STATUSES)}")
+    with closing(_records(load_settings())) as records:
+        if task_id is None:
+            tasks = records.list(project=project, status=status, limit=limit, offset=offset)
+        else:
+            task, urls = records.result(task_id)
+            saved = records.download(task, download) if download is not None else []
     if task_id is None:
-        if download is not None:
-            raise UsageError("--download needs a result ID", hint="s3seg results ID --download DIR")
-        if status is not None and status not in STATUSES:
-            raise UsageError(f"unknown status {status!r}", hint=f"one of {', '.join(STATUSES)}")
-        tasks = store.list(project=project, status=status, limit=limit, offset=offset)
         if as_json:
             sys.stdout.write(json.dumps([t.to_dict() for t in tasks]) + "\n")
         else:
             _table(tasks, f"results {offset + 1}–{offset + len(tasks)}" if tasks else "no results")
         return
-    task = store.get(task_id)
-    with closing(storage_from_settings(settings)) as storage:
-        urls = _urls(task, storage)
-        saved = _download(task, storage, download) if download is not None else []
     if as_json:
         sys.stdout.write(json.dumps({**task.to_dict(), "urls": urls, "downloaded": [str(p) for p in saved]}) + "\n")
         return
@@ -209,17 +221,94 @@ def _show(task: Task, urls: dict[str, str] | None) -> None:
         console.print(f"  {name}: {url}", highlight=False, soft_wrap=True)
 
 
-def _urls(task: Task, storage: Storage) -> dict[str, str]:
+class _Local:
+    """Tasks and results in this machine's store and storage (SQLite / Supabase, local folder / R2)."""
+
+    waits = False
+
+    def __init__(self, settings: Settings) -> None:
+        from s3seg.store import store_from_settings
+
+        self.settings = settings
+        self.store = store_from_settings(settings)
+
+    def close(self) -> None:
+        close = getattr(self.store, "close", None)
+        if close is not None:
+            close()
+
+    def get(self, task_id: str, wait_s: float = 0) -> Task:
+        return self.store.get(task_id)
+
+    def list(self, **filters: Any) -> builtins.list[Task]:
+        return self.store.list(**filters)
+
+    def result(self, task_id: str) -> tuple[Task, dict[str, str]]:
+        from s3seg.storage import storage_from_settings
+
+        task = self.store.get(task_id)
+        with closing(storage_from_settings(self.settings)) as storage:
+            return task, {name: storage.url(key) for name, key in _keys(task).items()}
+
+    def download(self, task: Task, folder: Path) -> builtins.list[Path]:
+        from s3seg.storage import storage_from_settings
+
+        folder = _download_folder(task, folder)
+        with closing(storage_from_settings(self.settings)) as storage:
+            return [storage.download(key, folder / key.rsplit("/", 1)[-1]) for key in _keys(task).values()]
+
+
+class _Remote:
+    """Tasks and results of the signed-in user on a public s3seg API."""
+
+    waits = True
+
+    def __init__(self, settings: Settings) -> None:
+        self.api = _public(settings)
+
+    def close(self) -> None:
+        self.api.close()
+
+    def get(self, task_id: str, wait_s: float = 0) -> Task:
+        return self.api.task(task_id, wait_s)
+
+    def list(self, **filters: Any) -> builtins.list[Task]:
+        return self.api.results(**filters)
+
+    def result(self, task_id: str) -> tuple[Task, dict[str, str]]:
+        return self.api.result(task_id)
+
+    def download(self, task: Task, folder: Path) -> builtins.list[Path]:
+        folder = _download_folder(task, folder)
+        source = Path((task.source_image_url or "").split("?", 1)[0]).suffix
+        names = {"source": f"source{source}", "mask": "mask.png", "overlay": "overlay.jpg", "result": "result.json"}
+        saved = []
+        for name, file_name in names.items():
+            (folder / file_name).write_bytes(self.api.file(task.id, name))
+            saved.append(folder / file_name)
+        return saved
+
+
+def _records(settings: Settings) -> _Local | _Remote:
+    return _Remote(settings) if settings.api_url else _Local(settings)
+
+
+def _public(settings: Settings) -> PublicClient:
+    from s3seg._public import PublicClient
+
+    return PublicClient.from_settings(settings)
+
+
+def _keys(task: Task) -> dict[str, str]:
     keys = {"source": task.source_image_url, "mask": task.mask_image_url, "overlay": task.overlay_image_url,
             "coco": task.metadata.get("coco")}
-    return {name: storage.url(key) for name, key in keys.items() if key}
+    return {name: key for name, key in keys.items() if key}
 
 
-def _download(task: Task, storage: Storage, folder: Path) -> list[Path]:
+def _download_folder(task: Task, folder: Path) -> Path:
     from s3seg.errors import UsageError
 
     if task.status != "done":
         raise UsageError(f"task {task.id} is {task.status}; only done results can be downloaded")
     folder.mkdir(parents=True, exist_ok=True)
-    keys = [task.source_image_url, task.mask_image_url, task.overlay_image_url, task.metadata.get("coco")]
-    return [storage.download(key, folder / key.rsplit("/", 1)[-1]) for key in keys if key]
+    return folder

@@ -86,6 +86,10 @@ def segment_command(
     api_key: Optional[str] = typer.Option(  # noqa: UP045
         None, "--api-key", help="The server's API key (env S3SEG_API_KEY).", show_default=False,
     ),
+    api: Optional[str] = typer.Option(  # noqa: UP045
+        None, "--api", help="Segment on this public s3seg API as the signed-in user (s3seg login; env "
+        "S3SEG_API_URL); the results are kept there (s3seg results).", show_default=False,
+    ),
     save: bool = typer.Option(False, "--save", help="Keep each result: a task row (SQLite or Supabase) and the "
                               "source, mask and overlay in storage (local folder or R2). See: s3seg results."),
     project: Optional[str] = typer.Option(  # noqa: UP045
@@ -123,7 +127,7 @@ def segment_command(
     settings = load_settings(
         model=model, device=device, dtype=dtype, revision=revision, threshold=threshold,
         mask_threshold=mask_threshold, max_instances=max_instances, nms_iou=nms, max_pixels=max_pixels,
-        server_url=server, api_key=api_key,
+        server_url=server, api_key=api_key, api_url=api,
     )
     client = Client(settings=settings)
     options = client.options()  # validates thresholds before any model loads
@@ -138,18 +142,19 @@ def segment_command(
     if out is None and not as_json:
         out = DEFAULT_OUT
     writer = _Writer(out) if out is not None else None
-    if project and not save:
+    if project and not save and not settings.api_url:
         raise UsageError("--project needs --save")
-    if settings.server_url and (model or device or dtype or revision):
-        err_console.print("note: with --server the server's model, device and dtype are used; --model, --device, "
+    if (settings.server_url or settings.api_url) and (model or device or dtype or revision):
+        err_console.print("note: on a server the server's model, device and dtype are used; --model, --device, "
                           "--dtype and --revision are ignored", highlight=False)
-    recorder = Recorder.from_settings(settings) if save else None
+    recorder = Recorder.from_settings(settings) if save and not settings.api_url else None  # an API keeps them
     saved: list[tuple[str, str]] = []  # (image, task id)
     with contextlib.ExitStack() as cleanup:
         if recorder is not None:
             cleanup.enter_context(recorder)
         _run(client, paths, prompts, boxes, options, settings.max_batch, project, writer, recorder, results,
              failures, saved)
+        saved += client.saved
     if as_json:
         _print_json(results, failures, saved)
     else:
@@ -177,7 +182,7 @@ def _run(client: Client, paths: list[Path], prompts: list[str], boxes: list[Box]
         client.prepare()  # model, device, server and key problems end the command before any image work
         for batch in _batches(paths, client, batch_size, failures, advance):
             tasks = {id(i): recorder.begin(prompts, image=i.name, project=project) for i in batch} if recorder else {}
-            for image, result in _segment_batch(client, batch, prompts, boxes, options, failures):
+            for image, result in _segment_batch(client, batch, prompts, boxes, options, project, failures):
                 files = render.outputs(image.array, result) if writer or recorder else None
                 if writer is not None and files is not None:
                     writer.write(image, files)
@@ -191,21 +196,21 @@ def _run(client: Client, paths: list[Path], prompts: list[str], boxes: list[Box]
 
 
 def _segment_batch(client: Client, batch: list[LoadedImage], prompts: list[str], boxes: list[Box],
-                   options: SegmentOptions, failures: list[tuple[str, str]]
+                   options: SegmentOptions, project: str | None, failures: list[tuple[str, str]]
                    ) -> list[tuple[LoadedImage, SegmentationResult]]:
     """Segment a batch; if it fails as a whole (out of memory, an image the server refuses), retry its
     images one by one so that only the culprit is skipped."""
     from s3seg.errors import DeviceError, ImageError, ServerError
 
     try:
-        return list(zip(batch, client.run(batch, prompts, boxes, options), strict=True))
+        return list(zip(batch, client.run(batch, prompts, boxes, options, project=project), strict=True))
     except (DeviceError, ImageError, ServerError) as e:
-        if isinstance(e, ServerError) and e.status not in (413, 503):
+        if isinstance(e, ServerError) and e.status not in (413, 503) and e.code != "TASK_ERROR":
             raise  # auth, unreachable, server bug: every image would fail the same way
         if len(batch) == 1:
             failures.append((batch[0].name or "?", e.message))
             return []
-        return [pair for image in batch for pair in _segment_batch(client, [image], prompts, boxes, options,
+        return [pair for image in batch for pair in _segment_batch(client, [image], prompts, boxes, options, project,
                                                                      failures)]
 
 

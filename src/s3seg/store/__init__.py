@@ -51,6 +51,17 @@ class Task:
     def prompts(self) -> list[str]:
         return list(self.metadata.get("prompts") or [p for p in self.text_prompt.split(", ") if p])
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Task:
+        """The inverse of :meth:`to_dict` (also reads the public API's task objects)."""
+        return cls(
+            id=str(d.get("id") or d["task_id"]), status=d["status"], text_prompt=d.get("text_prompt") or "",
+            created_at=_time(d["created_at"]), updated_at=_time(d["updated_at"]), user_id=d.get("user_id"),
+            project_id=d.get("project_id"), project=d.get("project"), source_image_url=d.get("source_image_url"),
+            mask_image_url=d.get("mask_image_url"), overlay_image_url=d.get("overlay_image_url"),
+            labels=d.get("labels") or [], metadata=d.get("metadata") or {}, error=d.get("error"),
+        )
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "id": self.id, "status": self.status, "text_prompt": self.text_prompt, "project": self.project,
@@ -59,6 +70,10 @@ class Task:
             "overlay_image_url": self.overlay_image_url, "labels": self.labels, "metadata": self.metadata,
             "error": self.error, "created_at": self.created_at.isoformat(), "updated_at": self.updated_at.isoformat(),
         }
+
+
+def _time(value: str) -> datetime:
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
 
 
 @dataclass(frozen=True)
@@ -99,9 +114,6 @@ class Store(Protocol):
 
     def get(self, task_id: str) -> Task: ...
 
-    def list(self, *, project: str | None = None, status: Status | None = None, limit: int = 20,
-             offset: int = 0) -> list[Task]: ...
-
     # --- the server's background work, across all users -----------------------------------------
     def runnable(self, limit: int = 100) -> list[Task]:
         """``pending`` tasks of every user, oldest first."""
@@ -112,6 +124,9 @@ class Store(Protocol):
         ``pending`` while ``attempts < max_attempts``, else ``error`` with the reason. Returns the
         requeued ones."""
         ...
+
+    def list(self, *, project: str | None = None, status: Status | None = None, limit: int = 20,
+             offset: int = 0) -> list[Task]: ...
 
 
 def store_from_settings(settings: Settings) -> Store:

@@ -1,0 +1,199 @@
+"""Talking to a public s3seg API (``s3seg serve`` in front of users) as a signed-in user.
+
+Each image is uploaded, segmented as a task, waited for (long-poll, no busy polling) and its COCO
+result read back, so the SDK and CLI get the same result objects as local inference, and the results
+stay on the server (``s3seg results``). Who is calling: the ``s3seg login`` session (renewed when it
+expires) or ``S3SEG_SUPABASE_ACCESS_TOKEN``; a server in local mode takes the API key instead.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any
+
+import httpx
+
+from s3seg.errors import (
+    AuthError,
+    CreditsError,
+    ImageError,
+    ImageTooLargeError,
+    S3SegError,
+    ServerError,
+    TaskNotFound,
+    UsageError,
+)
+from s3seg.images import LoadedImage
+from s3seg.types import Box, SegmentationResult, SegmentOptions, from_coco
+
+if TYPE_CHECKING:
+    from s3seg.config import Settings
+    from s3seg.store import Task
+
+_CONCURRENT = 4
+_RETRIES = 3  # 429 and 503, after their Retry-After
+_MAX_RETRY_AFTER_S = 60.0
+_WAIT_S = 30.0  # one long-poll
+
+
+class PublicClient:
+    def __init__(self, url: str, headers: Callable[[], dict[str, str]], *, timeout_s: float,
+                 http: httpx.Client | None = None) -> None:
+        if not url.startswith(("http://", "https://")):
+            raise UsageError(f"API URL must start with http:// or https://, got {url!r}")
+        self.url = url.rstrip("/")
+        self._headers = headers
+        self.timeout_s = timeout_s
+        self._http = http or httpx.Client(base_url=self.url, timeout=timeout_s + _WAIT_S,
+                                          transport=httpx.HTTPTransport(retries=3))
+        self.saved: list[tuple[str, str]] = []  # (image name, task id) of segment() calls
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> PublicClient:
+        def headers() -> dict[str, str]:
+            if settings.supabase_url or settings.supabase_access_token:
+                from s3seg._session import access_token
+
+                return {"Authorization": f"Bearer {access_token(settings)}"}
+            key = settings.api_key.get_secret_value() if settings.api_key else None
+            return {"X-API-Key": key} if key else {}
+
+        return cls(settings.api_url or "", headers, timeout_s=settings.request_timeout_s)
+
+    def close(self) -> None:
+        self._http.close()
+
+    # --- the routes ----------------------------------------------------------------------------
+    def check(self) -> dict[str, Any]:
+        """The signed-in user (proves the URL and the sign-in work)."""
+        data: dict[str, Any] = self._call("GET", "/api/v1/me")
+        return data
+
+    def upload(self, data: bytes, name: str) -> dict[str, Any]:
+        info: dict[str, Any] = self._call("POST", "/api/v1/upload", files={"file": (name, data)})
+        return info
+
+    def start(self, image_id: str, prompts: Sequence[str], boxes: Sequence[Box], options: SegmentOptions,
+              project: str | None = None) -> Task:
+        body = {"image_id": image_id, "text_prompts": list(prompts), "project": project,
+                "boxes": [{"box": list(b.xyxy), "positive": b.positive} for b in boxes],
+                **dataclasses.asdict(options)}
+        return _task(self._call("POST", "/api/v1/segment", json=body))
+
+    def task(self, task_id: str, wait_s: float = 0) -> Task:
+        return _task(self._call("GET", f"/api/v1/tasks/{task_id}", params={"wait": wait_s}))
+
+    def wait(self, task_id: str) -> Task:
+        """Wait for a task to end (done or error), within the client's time limit."""
+        deadline = time.monotonic() + self.timeout_s
+        while True:
+            task = self.task(task_id, wait_s=min(_WAIT_S, max(0.0, deadline - time.monotonic())))
+            if task.status in ("done", "error"):
+                return task
+            if time.monotonic() >= deadline:
+                raise ServerError(f"task {task_id} is still {task.status}",
+                                  hint=f"follow it with: s3seg tasks {task_id} --watch")
+
+    def results(self, *, limit: int = 20, offset: int = 0, status: str | None = None,
+                project: str | None = None) -> list[Task]:
+        params = {k: v for k, v in {"limit": limit, "offset": offset, "status": status, "project": project}.items()
+                  if v is not None}
+        return [_task(row) for row in self._call("GET", "/api/v1/results", params=params)["items"]]
+
+    def result(self, task_id: str) -> tuple[Task, dict[str, str]]:
+        """A result and the time-limited URLs of its files."""
+        row = self._call("GET", f"/api/v1/results/{task_id}")
+        urls = {name: row[column] for name, column in (("source", "source_image_url"), ("mask", "mask_image_url"),
+                                                       ("overlay", "overlay_image_url"), ("coco", "result_url"))
+                if row.get(column)}
+        return _task(row), urls
+
+    def file(self, task_id: str, name: str) -> bytes:
+        response = self._send("GET", f"/api/v1/results/{task_id}/files/{name}")
+        if response.status_code != 200:
+            self._data(response)
+        return response.content
+
+    # --- segmentation, as a backend of s3seg.Client --------------------------------------------
+    def segment(self, images: Sequence[LoadedImage], prompts: Sequence[str], boxes: Sequence[Box],
+                options: SegmentOptions, project: str | None = None) -> list[SegmentationResult]:
+        def one(image: LoadedImage) -> SegmentationResult:
+            from s3seg._remote import encoded
+
+            name = image.name or "image.png"
+            uploaded = self.upload(encoded(image), name.rsplit("/", 1)[-1])
+            task = self.wait(self.start(uploaded["image_id"], prompts, boxes, options, project).id)
+            if task.status == "error":
+                raise ServerError(f"the server could not segment {name}: {task.error}", status=422, code="TASK_ERROR")
+            self.saved.append((name, task.id))
+            [result] = from_coco(_json(self.file(task.id, "result")))
+            return dataclasses.replace(result, image=image.name)
+
+        if len(images) == 1:
+            return [one(images[0])]
+        with ThreadPoolExecutor(min(len(images), _CONCURRENT)) as pool:
+            return list(pool.map(one, images))
+
+    # --- HTTP ----------------------------------------------------------------------------------
+    def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+        return self._data(self._send(method, path, **kwargs))
+
+    def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        for attempt in range(_RETRIES + 1):
+            try:
+                response = self._http.request(method, path, headers=self._headers(), **kwargs)
+            except httpx.TimeoutException as e:
+                raise ServerError(f"the s3seg API at {self.url} did not answer in time",
+                                  hint="raise S3SEG_REQUEST_TIMEOUT_S") from e
+            except httpx.TransportError as e:
+                raise ServerError(f"cannot reach the s3seg API at {self.url} ({type(e).__name__})",
+                                  hint="check --api / S3SEG_API_URL") from e
+            if response.status_code in (429, 503) and attempt < _RETRIES:
+                time.sleep(min(float(response.headers.get("retry-after", "1") or 1), _MAX_RETRY_AFTER_S))
+                continue
+            return response
+        raise AssertionError("unreachable")
+
+    def _data(self, response: httpx.Response) -> Any:
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+        if isinstance(body, dict) and body.get("ok") is True:
+            return body.get("data")
+        error = body.get("error", {}) if isinstance(body, dict) else {}
+        code = str(error.get("code", "HTTP_ERROR"))
+        message = str(error.get("message") or f"HTTP {response.status_code}")
+        raise _as_error(response.status_code, code, message, error.get("hint"))
+
+
+def _as_error(status: int, code: str, message: str, hint: str | None) -> S3SegError:
+    errors: dict[int, Callable[[], S3SegError]] = {
+        401: lambda: AuthError(f"the API refused the sign-in: {message}", hint or "s3seg login"),
+        402: lambda: CreditsError(message, hint or "see your credits with: s3seg whoami"),
+        404: lambda: TaskNotFound(message, hint),
+        413: lambda: ImageTooLargeError(message, hint or "resize or recompress the image"),
+        415: lambda: ImageError(message, hint),
+        422: lambda: UsageError(f"the API rejected the request: {message}", hint),
+    }
+    if status in errors:
+        return errors[status]()
+    return ServerError(f"the API failed ({status} {code}): {message}", hint=hint, status=status, code=code)
+
+
+def _task(row: dict[str, Any]) -> Task:
+    from s3seg.store import Task
+
+    return Task.from_dict(row)
+
+
+def _json(data: bytes) -> Any:
+    import json
+
+    try:
+        return json.loads(data)
+    except ValueError as e:
+        raise ServerError("the API sent a result that is not JSON") from e
