@@ -478,7 +478,8 @@ def test_task_ends_error_after_its_last_attempt(stack_factory: Callable[..., Sta
     stack = stack_factory(task_timeout_s=1, task_attempts=1)
     user = new_user(admin)
     store = stack.store.for_user(str(user))
-    task = store.create_task(["person"], metadata={"image": "gone.jpg", "image_key": "uploads/x/gone.jpg"}, cost=1)
+    task = store.create_task(["person"], metadata={"image": "gone.jpg", "image_key": "uploads/x/gone.jpg"}, cost=1,
+                             queue=True)
     store.start(task.id)  # as if a worker took it and died: nobody will finish it
     with stack.client(user) as http:
         ended = wait_done(http, task.id)

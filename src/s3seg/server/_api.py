@@ -141,7 +141,8 @@ def public_router(api: Callable[[], PublicAPI]) -> APIRouter:
         parts.limiter.hit(user.id, user.tier)
         store = parts.store.for_user(user.id)
         task = await run_in_threadpool(lambda: store.create_task(
-            prompts, project=body.project, metadata={**metadata, "boxes": boxes}, cost=parts.settings.segment_cost))
+            prompts, project=body.project, metadata={**metadata, "boxes": boxes}, cost=parts.settings.segment_cost,
+            queue=True))
         parts.runner.submit(task)
         return JSONResponse(_ok(parts.out(task)), status_code=202)
 

@@ -1,0 +1,293 @@
+"""Results in PostgreSQL with supabase/migrations applied (``S3SEG_DATABASE_URL``, e.g. Supabase's direct
+connection string) via psycopg 3 and a connection pool shared by every user's store (``for_user``).
+
+It connects as the migration owner (or another role that bypasses row-level security), so every task
+query filters by the bound user itself: another user's task is simply not found. Tasks for the server's
+workers (``create_task(queue=True)``, ``queued`` rows) reserve credits in ``public.create_segmentation_task``
+and are charged by ``public.finish_segmentation_task`` (see the migration), each in one transaction; only
+they are ``runnable`` and requeued. Other tasks (``queue=False``, e.g. results computed elsewhere) are plain
+rows that cost nothing. psycopg and pool errors become :class:`StoreError` in ``_tx``.
+"""
+
+from __future__ import annotations
+
+import copy
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+from s3seg.errors import CreditsError, DependencyError, S3SegError, UsageError
+from s3seg.store import STATUSES, Account, Status, StoreError, Task, TaskNotFound
+
+if TYPE_CHECKING:
+    import psycopg
+    from psycopg_pool import ConnectionPool
+
+    Conn = psycopg.Connection[tuple[Any, ...]]
+
+Tasks = list[Task]  # (the method named `list` below shadows the builtin inside the class)
+_HINT_URL = "check S3SEG_DATABASE_URL"
+_HINT_TASKS = "list tasks with: s3seg tasks"
+_COLUMNS = ("r.id, r.status, r.text_prompt, r.created_at, r.updated_at, r.user_id, r.project_id, p.name, "
+            "r.source_image_url, r.mask_image_url, r.overlay_image_url, r.labels, r.metadata, r.error")
+_JOIN = " r left join public.projects p on p.id = r.project_id"
+_SELECT = f"select {_COLUMNS} from public.segmentation_results" + _JOIN
+_ATTEMPTS = ("coalesce(case when jsonb_typeof(r.metadata -> 'attempts') = 'number' "
+             "then (r.metadata ->> 'attempts')::numeric::int end, 0)")
+_STALE = (f"select r.id, {_ATTEMPTS} as attempts from public.segmentation_results r where r.status = 'processing' "
+          "and r.queued and r.updated_at < now() - make_interval(secs => %(age)s) and {cond} "
+          "for update of r skip locked")
+
+
+class PostgresStore:
+    name = "postgres"
+
+    def __init__(self, dsn: str, *, user_id: str | None = None, min_size: int = 1, max_size: int = 8) -> None:
+        try:
+            import psycopg
+            from psycopg_pool import ConnectionPool
+        except ImportError as e:
+            raise DependencyError("the PostgreSQL store needs psycopg and psycopg-pool",
+                                  hint="pip install 's3seg[cloud]'") from e
+        self.user_id = _user(user_id) if user_id is not None else None
+        try:
+            params = psycopg.conninfo.conninfo_to_dict(dsn)
+        except psycopg.Error:
+            raise StoreError("the database URL is not a valid PostgreSQL connection string", hint=_HINT_URL) from None
+        self._secrets = tuple(s for s in (dsn, str(params.get("password") or "")) if s)
+        kwargs: dict[str, Any] = {"prepare_threshold": None}  # no server-side statements: poolers (Supavisor)
+        if "connect_timeout" not in params:
+            kwargs["connect_timeout"] = 10
+        try:  # fail now, with the reason (refused, wrong password…), rather than at the first query
+            psycopg.connect(dsn, **kwargs).close()
+        except psycopg.Error as e:
+            raise self._error(e) from None
+        self._pool: ConnectionPool[Conn] = ConnectionPool(
+            dsn, min_size=min_size, max_size=max_size, kwargs=kwargs, timeout=15, name="s3seg",
+            check=ConnectionPool.check_connection, open=True)
+        self._owner = True
+
+    def for_user(self, user_id: str) -> PostgresStore:
+        clone = copy.copy(self)
+        clone.user_id = _user(user_id)
+        clone._owner = False
+        return clone
+
+    def close(self) -> None:
+        if self._owner:
+            self._pool.close()
+
+    # ------------------------------------------------------------------------------------- operations
+    def account(self) -> Account:
+        uid = self._uid()
+        with self._tx() as conn:
+            row = conn.execute("select tier, credits from public.users_profile where id = %s", (uid,)).fetchone()
+        if row is None:
+            raise StoreError(f"no profile for user {uid}", hint="a profile is created when the user signs up "
+                             "(Supabase Auth); check S3SEG_USER_ID")
+        return Account(user_id=str(uid), tier=str(row[0]), credits=int(row[1]))
+
+    def create_task(self, prompts: list[str], *, project: str | None = None,
+                    metadata: dict[str, Any] | None = None, cost: int = 0, queue: bool = False) -> Task:
+        from psycopg.types.json import Jsonb
+
+        uid = self._uid()
+        if cost < 0:
+            raise UsageError(f"a task's cost must be >= 0, got {cost}")
+        if cost and not queue:
+            raise UsageError("credits are only reserved for queued tasks",
+                             hint=f"create the task with queue=True, or with cost=0 (got cost={cost})")
+        meta = {"prompts": prompts, **(metadata or {})}
+        with self._tx() as conn:
+            project_id = self._project_id(conn, uid, project) if project else None
+            if queue:
+                row = conn.execute("select public.create_segmentation_task(%s, %s, %s, %s, %s::int)",
+                                   (uid, ", ".join(prompts), project_id, Jsonb(meta), cost)).fetchone()
+            else:
+                if project_id is None and conn.execute("select 1 from public.users_profile where id = %s",
+                                                       (uid,)).fetchone() is None:
+                    raise StoreError(f"no profile for user {uid}",
+                                     hint="a profile is created when the user signs up (Supabase Auth)")
+                row = conn.execute(
+                    "insert into public.segmentation_results (user_id, project_id, text_prompt, metadata, status, "
+                    "queued) values (%s, %s, %s, %s, 'pending', false) returning id",
+                    (uid, project_id, ", ".join(prompts), Jsonb({**meta, "cost": 0, "attempts": 0}))).fetchone()
+            assert row is not None
+            return self._get(conn, row[0], uid)
+
+    def start(self, task_id: str) -> Task:
+        return self._move(task_id, "processing", ("pending",),
+                          f"metadata = jsonb_set(r.metadata, '{{attempts}}', to_jsonb({_ATTEMPTS} + 1))", ())
+
+    def finish(self, task_id: str, *, source: str, mask: str, overlay: str, labels: list[Any],
+               metadata: dict[str, Any]) -> Task:
+        from psycopg.types.json import Jsonb
+
+        tid, uid = _task_id(task_id), self._uid()
+        with self._tx() as conn:
+            found = conn.execute("select queued, status from public.segmentation_results where id = %s and "
+                                 "user_id = %s for update", (tid, uid)).fetchone()
+            if found is None:
+                raise TaskNotFound(f"no task {task_id}", hint=_HINT_TASKS)
+            if found[0]:  # a server task: done and charged in one transaction
+                conn.execute("select public.finish_segmentation_task(%s, %s, %s, %s, %s, %s)",
+                             (tid, source, mask, overlay, Jsonb(labels), Jsonb(metadata)))
+            elif found[1] != "processing":
+                raise StoreError(f"task {task_id} is {found[1]}; it cannot become done")
+            else:  # not queued: nothing reserved, nothing charged; price and attempts stay the task's own
+                conn.execute(
+                    "update public.segmentation_results set status = 'done', source_image_url = %s, "
+                    "mask_image_url = %s, overlay_image_url = %s, labels = %s, "
+                    "metadata = metadata || (%s::jsonb - 'cost' - 'attempts') "
+                    "where id = %s and status = 'processing' and not queued",
+                    (source, mask, overlay, Jsonb(labels), Jsonb(metadata), tid))
+            return self._get(conn, tid, uid)
+
+    def fail(self, task_id: str, error: str) -> Task:
+        return self._move(task_id, "error", ("pending", "processing"), "error = %s", (error or "unknown error",))
+
+    def get(self, task_id: str) -> Task:
+        tid, uid = _task_id(task_id), self._uid()
+        with self._tx() as conn:
+            return self._get(conn, tid, uid)
+
+    def list(self, *, project: str | None = None, status: Status | None = None, limit: int = 20,
+             offset: int = 0) -> list[Task]:
+        if status is not None and status not in STATUSES:
+            raise StoreError(f"unknown status {status!r}", hint=f"one of {', '.join(STATUSES)}")
+        where: list[str] = ["r.user_id = %s"]
+        args: list[Any] = [self._uid()]
+        if project is not None:
+            where.append("p.name = %s")
+            args.append(project)
+        if status is not None:
+            where.append("r.status = %s")
+            args.append(status)
+        sql = _SELECT + f" where {' and '.join(where)} order by r.created_at desc, r.id desc limit %s offset %s"
+        with self._tx() as conn:
+            return [_task(r) for r in conn.execute(sql, (*args, limit, offset)).fetchall()]
+
+    # --- the server's background work, across all users -----------------------------------------
+    def runnable(self, limit: int = 100) -> Tasks:
+        with self._tx() as conn:
+            rows = conn.execute(_SELECT + " where r.status = 'pending' and r.queued order by r.created_at, r.id "
+                                "limit %s",
+                                (limit,)).fetchall()
+        return [_task(r) for r in rows]
+
+    def requeue_stale(self, *, older_than_s: float, max_attempts: int) -> Tasks:
+        # Rows another sweep holds are skipped, and a row it has just moved no longer matches when re-read:
+        # two servers sweeping at once move each task once.
+        args = {"age": float(older_than_s), "max": int(max_attempts)}
+        with self._tx() as conn:
+            conn.execute(
+                f"with stale as ({_STALE.format(cond=_ATTEMPTS + ' >= %(max)s')}) "
+                "update public.segmentation_results r set status = 'error', error = format("
+                "'the worker running this task stopped responding (attempt %%s of %%s)', stale.attempts, %(max)s) "
+                "from stale where r.id = stale.id", args)
+            rows = conn.execute(
+                f"with stale as ({_STALE.format(cond=_ATTEMPTS + ' < %(max)s')}), moved as ("
+                "update public.segmentation_results r set status = 'pending' from stale where r.id = stale.id "
+                f"returning r.*) select {_COLUMNS} from moved{_JOIN} order by r.created_at, r.id", args).fetchall()
+        return [_task(r) for r in rows]
+
+    # ------------------------------------------------------------------------------------- internals
+    def _move(self, task_id: str, status: Status, sources: tuple[Status, ...], assignment: str,
+              args: tuple[Any, ...]) -> Task:
+        tid, uid = _task_id(task_id), self._uid()
+        with self._tx() as conn:
+            row = conn.execute(
+                f"with moved as (update public.segmentation_results r set status = %s, {assignment} "
+                f"where r.id = %s and r.user_id = %s and r.status = any(%s) returning r.*) "
+                f"select {_COLUMNS} from moved{_JOIN}", (status, *args, tid, uid, list(sources))).fetchone()
+            if row is not None:
+                return _task(row)
+            now = conn.execute("select status from public.segmentation_results where id = %s and user_id = %s",
+                               (tid, uid)).fetchone()
+        if now is None:
+            raise TaskNotFound(f"no task {task_id}", hint=_HINT_TASKS)
+        raise StoreError(f"task {task_id} is {now[0]}; it cannot become {status}")
+
+    def _get(self, conn: Conn, tid: uuid.UUID, uid: uuid.UUID) -> Task:
+        row = conn.execute(_SELECT + " where r.id = %s and r.user_id = %s", (tid, uid)).fetchone()
+        if row is None:
+            raise TaskNotFound(f"no task {tid}", hint=_HINT_TASKS)
+        return _task(row)
+
+    def _project_id(self, conn: Conn, uid: uuid.UUID, name: str) -> uuid.UUID:
+        # The profile first, as create_segmentation_task locks it: two new projects of one user cannot
+        # deadlock on the key-share locks their foreign keys take.
+        if conn.execute("select 1 from public.users_profile where id = %s for update", (uid,)).fetchone() is None:
+            raise StoreError(f"no profile for user {uid}", hint="a profile is created when the user signs up")
+        row = conn.execute("insert into public.projects (user_id, name) values (%s, %s) "
+                           "on conflict (user_id, name) do nothing returning id", (uid, name)).fetchone()
+        if row is None:  # it exists (or a concurrent call has just created it)
+            row = conn.execute("select id from public.projects where user_id = %s and name = %s",
+                               (uid, name)).fetchone()
+        assert row is not None
+        return row[0]  # type: ignore[no-any-return]
+
+    def _uid(self) -> uuid.UUID:
+        if self.user_id is None:
+            raise UsageError("the PostgreSQL store is not bound to a user",
+                             hint="set S3SEG_USER_ID to the user's Supabase auth id")
+        return uuid.UUID(self.user_id)
+
+    @contextmanager
+    def _tx(self) -> Iterator[Conn]:
+        """One pooled connection and transaction: committed when the block ends, rolled back on an error."""
+        import psycopg
+
+        try:
+            with self._pool.connection() as conn:
+                yield conn
+        except psycopg.Error as e:
+            raise self._error(e) from e
+
+    def _error(self, e: psycopg.Error) -> S3SegError:
+        import psycopg
+
+        state, primary = e.sqlstate or "", e.diag.message_primary or ""
+        detail = self._scrub(e.diag.message_detail or primary)
+        if state == "PT402":
+            return CreditsError(f"not enough credits: {detail}",
+                                hint="add credits, or wait until your unfinished tasks are done")
+        if state == "PT404" and primary == "TASK_NOT_FOUND":
+            return TaskNotFound(detail, hint=_HINT_TASKS)
+        if state == "PT404":
+            return StoreError(detail, hint="a profile is created when the user signs up (Supabase Auth)")
+        if state == "PT409":
+            return StoreError(detail)
+        message = self._scrub(" ".join(str(e).split()))
+        if isinstance(e, psycopg.OperationalError) and (not state or state.startswith("08")):
+            return StoreError(f"cannot reach the database: {message}", hint=_HINT_URL)
+        return StoreError(f"database error: {message}")
+
+    def _scrub(self, text: str) -> str:
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return text
+
+
+def _user(user_id: str) -> str:
+    try:
+        return str(uuid.UUID(str(user_id)))
+    except ValueError:
+        raise UsageError(f"not a user id: {user_id!r}", hint="PostgreSQL user ids are Supabase auth uuids") from None
+
+
+def _task_id(task_id: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(str(task_id))
+    except ValueError:
+        raise TaskNotFound(f"no task {task_id}", hint=_HINT_TASKS) from None
+
+
+def _task(row: tuple[Any, ...]) -> Task:
+    (id_, status, prompt, created, updated, user, project_id, project, source, mask, overlay, labels, metadata,
+     error) = row
+    return Task(id=str(id_), status=status, text_prompt=prompt or "", created_at=created, updated_at=updated,
+                user_id=str(user), project_id=str(project_id) if project_id else None, project=project,
+                source_image_url=source, mask_image_url=mask, overlay_image_url=overlay, labels=labels or [],
+                metadata=metadata or {}, error=error)

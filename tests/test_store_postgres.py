@@ -1,0 +1,587 @@
+"""PostgresStore (s3seg.store._postgres) and the task functions of supabase/migrations on a real, throw-away
+PostgreSQL cluster (tests/_postgres.py): credits reserved at creation and charged once at finish, user isolation,
+the server's sweep (runnable, requeue_stale) and concurrency, and that rows users write themselves (PostgREST)
+are never server tasks."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+psycopg = pytest.importorskip("psycopg")
+pytest.importorskip("psycopg_pool")
+
+import _postgres  # noqa: E402
+from _postgres import as_role, as_user  # noqa: E402
+from s3seg.errors import CreditsError, StoreError, TaskNotFound, UsageError  # noqa: E402
+from s3seg.store import Task  # noqa: E402
+from s3seg.store._postgres import PostgresStore  # noqa: E402
+
+pytestmark = pytest.mark.integration
+
+Conn = Any  # psycopg.Connection[tuple[Any, ...]]
+STALE = "the worker running this task stopped responding"
+
+
+@pytest.fixture(scope="module")
+def pg() -> Iterator[_postgres.Cluster]:
+    try:
+        _postgres.find_bindir()
+        _postgres._run_prefix()
+    except _postgres.PostgresUnavailable as e:
+        pytest.skip(str(e))
+    with _postgres.postgres_cluster() as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="module")
+def admin(pg: _postgres.Cluster) -> Iterator[Conn]:
+    """Superuser connection, for setting up and inspecting."""
+    with psycopg.connect(pg.dsn(_postgres.SUPERUSER), autocommit=True) as conn:
+        yield conn
+
+
+@pytest.fixture(scope="module")
+def store(pg: _postgres.Cluster) -> Iterator[PostgresStore]:
+    """The server's store: not bound to a user, connected as the migration owner (bypasses RLS)."""
+    s = PostgresStore(pg.dsn("postgres"), max_size=24)
+    yield s
+    s.close()
+
+
+def new_user(admin: Conn, credits: int = 100) -> str:
+    """Sign a user up as Supabase Auth does (the trigger creates the profile), then set their credits."""
+    with admin.transaction():
+        admin.execute("set local role supabase_auth_admin")
+        user = admin.execute("insert into auth.users (email) values ('u@example.com') returning id").fetchone()[0]
+    admin.execute("update public.users_profile set credits = %s where id = %s", (credits, user))
+    return str(user)
+
+
+def one(admin: Conn, query: str, *params: Any) -> Any:
+    row = admin.execute(query, params).fetchone()
+    return None if row is None else row[0]
+
+
+def credits(admin: Conn, user: str) -> int:
+    return one(admin, "select credits from public.users_profile where id = %s", user)  # type: ignore[no-any-return]
+
+
+def usage(admin: Conn, user: str) -> list[tuple[str, int, dict[str, Any]]]:
+    return admin.execute(  # type: ignore[no-any-return]
+        "select action, credits_used, metadata from public.usage_logs where user_id = %s order by created_at", (user,)
+    ).fetchall()
+
+
+def finish(s: PostgresStore, task_id: str, **metadata: Any) -> Task:
+    return s.finish(task_id, source="src.png", mask="mask.png", overlay="overlay.png", labels=["cat"],
+                    metadata=metadata)
+
+
+def backdate(admin: Conn, task_ids: list[str], seconds: int = 3600) -> None:
+    """Move updated_at into the past; the set_updated_at trigger is off for this transaction (superuser only)."""
+    with admin.transaction():
+        admin.execute("set local session_replication_role = replica")
+        admin.execute("update public.segmentation_results set updated_at = now() - make_interval(secs => %s) "
+                      "where id = any(%s)", (seconds, [uuid.UUID(t) for t in task_ids]))
+
+
+def run_together(n: int, fn: Callable[[int], Any]) -> list[tuple[str, Any]]:
+    """fn(0..n-1) in n threads released at once; ('ok', result) or ('error', exception) each, in no order."""
+    barrier = threading.Barrier(n)
+    outcomes: list[tuple[str, Any]] = []
+    lock = threading.Lock()
+
+    def worker(i: int) -> None:
+        try:
+            barrier.wait(timeout=30)
+            outcome: tuple[str, Any] = ("ok", fn(i))
+        except BaseException as e:  # surfaced by the caller's assertions, not as a thread warning
+            outcome = ("error", e)
+        with lock:
+            outcomes.append(outcome)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not any(t.is_alive() for t in threads)
+    return outcomes
+
+
+# --- life cycle and credits ---------------------------------------------------------------------------------
+
+
+def test_lifecycle_charges_once(admin: Conn, store: PostgresStore) -> None:
+    a = new_user(admin, 100)
+    s = store.for_user(a)
+    assert s.account().credits == 100
+    task = s.create_task(["cat", "dog"], project="pets", metadata={"image_key": "in/1.png"}, cost=1, queue=True)
+    assert (task.status, task.user_id, task.project, task.text_prompt) == ("pending", a, "pets", "cat, dog")
+    assert task.metadata == {"prompts": ["cat", "dog"], "image_key": "in/1.png", "cost": 1, "attempts": 0}
+    assert task.prompts == ["cat", "dog"]
+    assert credits(admin, a) == 100  # reserved, not charged
+
+    started = s.start(task.id)
+    assert (started.status, started.metadata["attempts"]) == ("processing", 1)
+    assert started.updated_at >= task.updated_at
+
+    # The caller's metadata cannot change the price or the attempt count.
+    done = finish(s, task.id, instances=1, cost=0, attempts=9)
+    assert (done.status, done.source_image_url, done.mask_image_url, done.overlay_image_url, done.labels) == (
+        "done", "src.png", "mask.png", "overlay.png", ["cat"])
+    assert done.metadata == {"prompts": ["cat", "dog"], "image_key": "in/1.png", "cost": 1, "attempts": 1,
+                             "instances": 1}
+    assert s.get(task.id) == done
+    assert s.account().credits == credits(admin, a) == 99
+    assert usage(admin, a) == [("segmentation", 1, {"task_id": task.id})]
+
+    refused: list[tuple[Callable[[], Task], str]] = [
+        (lambda: finish(s, task.id), "done"), (lambda: s.fail(task.id, "x"), "error"),
+        (lambda: s.start(task.id), "processing")]
+    for call, target in refused:
+        with pytest.raises(StoreError) as exc:
+            call()
+        assert type(exc.value) is StoreError
+        assert exc.value.message == f"task {task.id} is done; it cannot become {target}"
+    assert credits(admin, a) == 99
+    assert len(usage(admin, a)) == 1
+
+
+def test_failure_charges_nothing_and_releases_the_reservation(admin: Conn, store: PostgresStore) -> None:
+    a = new_user(admin, 1)
+    s = store.for_user(a)
+    first = s.start(s.create_task(["cat"], cost=1, queue=True).id)
+    with pytest.raises(CreditsError):
+        s.create_task(["cat"], cost=1, queue=True)
+    failed = s.fail(first.id, "CUDA out of memory")
+    assert (failed.status, failed.error) == ("error", "CUDA out of memory")
+    assert credits(admin, a) == 1
+    assert usage(admin, a) == []
+    assert s.create_task(["cat"], cost=1, queue=True).status == "pending"
+    assert s.fail(s.create_task(["cat"], queue=True).id, "").error == "unknown error"  # pending → error, a reason
+    with pytest.raises(StoreError, match=r"is error; it cannot become processing"):
+        s.start(first.id)
+
+
+def test_cost_zero_logs_a_zero_credit_usage_row(admin: Conn, store: PostgresStore) -> None:
+    a = new_user(admin, 0)
+    s = store.for_user(a)
+    task = s.create_task(["cat"], queue=True)
+    assert task.metadata["cost"] == 0
+    s.start(task.id)
+    assert finish(s, task.id).status == "done"
+    assert credits(admin, a) == 0
+    assert usage(admin, a) == [("segmentation", 0, {"task_id": task.id})]
+
+
+def test_reservation_arithmetic(admin: Conn, store: PostgresStore) -> None:
+    a = new_user(admin, 3)
+    s = store.for_user(a)
+    tasks = [s.create_task(["cat"], cost=1, queue=True) for _ in range(3)]
+    s.start(tasks[0].id)  # processing still holds its reservation
+    with pytest.raises(CreditsError) as exc:
+        s.create_task(["cat"], cost=1, queue=True)
+    assert exc.value.message == (f"not enough credits: user {a} has 3 credits, 3 reserved by unfinished tasks, "
+                                 "1 required")
+    assert exc.value.hint
+    assert s.create_task(["free"], cost=0, queue=True).status == "pending"  # free tasks are never refused
+    s.fail(tasks[1].id, "boom")
+    replacement = s.create_task(["cat"], cost=1, queue=True)
+    finish(s, tasks[0].id)  # charged: 2 credits left, 2 reserved (tasks[2] and the replacement)
+    assert credits(admin, a) == 2
+    with pytest.raises(CreditsError, match="has 2 credits, 2 reserved"):
+        s.create_task(["cat"], cost=1, queue=True)
+    s.fail(replacement.id, "boom")
+    with pytest.raises(CreditsError, match="1 reserved by unfinished tasks, 2 required"):
+        s.create_task(["cat"], cost=2, queue=True)
+    assert s.create_task(["cat"], cost=1, queue=True).metadata["cost"] == 1
+    assert [t.status for t in s.list(status="pending")] == ["pending"] * 3
+    with pytest.raises(UsageError):
+        s.create_task(["cat"], cost=-1, queue=True)
+
+
+def test_finish_rolls_back_when_the_credits_are_gone(admin: Conn, store: PostgresStore) -> None:
+    a = new_user(admin, 1)
+    s = store.for_user(a)
+    task = s.start(s.create_task(["cat"], cost=1, queue=True).id)
+    admin.execute("update public.users_profile set credits = 0 where id = %s", (a,))
+    with pytest.raises(CreditsError, match=f"not enough credits: user {a} has 0 credits, 1 required"):
+        finish(s, task.id)
+    after = s.get(task.id)
+    assert (after.status, after.source_image_url, after.labels) == ("processing", None, [])
+    assert usage(admin, a) == []
+
+
+def test_concurrent_creation_reserves_exactly_the_credits(pg: _postgres.Cluster, admin: Conn) -> None:
+    """20 callers, each on its own pooled connection, queued on the profile lock at once, race for 5 credits."""
+    a = new_user(admin, 5)
+    n = 20
+    own = PostgresStore(pg.dsn("postgres"), user_id=a, min_size=n, max_size=n)
+    try:
+        outcomes: list[tuple[str, Any]] = []
+
+        def race() -> None:
+            outcomes.extend(run_together(n, lambda i: own.create_task([f"cat {i}"], cost=1, queue=True)))
+
+        racer = threading.Thread(target=race)
+        with admin.transaction():  # hold the profile row so every caller queues on it, then let them all go
+            admin.execute("select 1 from public.users_profile where id = %s for update", (a,))
+            racer.start()
+            deadline, waiting = time.monotonic() + 30, 0
+            while time.monotonic() < deadline and waiting < n:
+                admin.execute("select pg_stat_clear_snapshot()")  # the view is a snapshot per transaction
+                waiting = one(admin, "select count(*) from pg_stat_activity where usename = 'postgres' "
+                                     "and wait_event_type = 'Lock'")
+                time.sleep(0.02)
+            assert waiting == n, f"only {waiting} of {n} callers reached the profile lock"
+        racer.join(timeout=60)
+        created = [o[1] for o in outcomes if o[0] == "ok"]
+        refused = [o[1] for o in outcomes if o[0] == "error"]
+        assert len(created) == 5
+        assert len(refused) == n - 5
+        assert all(isinstance(e, CreditsError) for e in refused), refused
+        for task in created:
+            own.start(task.id)
+            finish(own, task.id)
+        assert own.account().credits == 0
+    finally:
+        own.close()
+    assert credits(admin, a) == 0
+    assert sorted(u[2]["task_id"] for u in usage(admin, a)) == sorted(t.id for t in created)
+    assert {u[1] for u in usage(admin, a)} == {1}
+
+
+# --- users, ids, projects -----------------------------------------------------------------------------------
+
+
+def test_users_cannot_see_or_touch_each_others_tasks(admin: Conn, store: PostgresStore) -> None:
+    a, b = new_user(admin), new_user(admin)
+    sa, sb = store.for_user(a), store.for_user(b)
+    task = sa.create_task(["cat"], project="shared-name", cost=1, queue=True)
+    calls: list[Callable[[], Any]] = [lambda: sb.get(task.id), lambda: sb.start(task.id),
+                                      lambda: finish(sb, task.id), lambda: sb.fail(task.id, "x")]
+    sa.start(task.id)  # processing: finish and fail would be allowed for its owner
+    for call in calls:
+        with pytest.raises(TaskNotFound, match=f"no task {task.id}"):
+            call()
+    assert sb.list() == []
+    assert sb.list(project="shared-name") == []
+    assert sa.get(task.id).status == "processing"
+    assert (credits(admin, a), credits(admin, b)) == (100, 100)
+    assert usage(admin, a) == usage(admin, b) == []
+    assert sb.account().user_id == b
+
+
+@pytest.mark.parametrize("bad", ["not-a-uuid", "", "1; drop table public.segmentation_results", str(uuid.uuid4())])
+def test_unknown_and_malformed_task_ids_are_not_found(admin: Conn, store: PostgresStore, bad: str) -> None:
+    s = store.for_user(new_user(admin))
+    calls: list[Callable[[], Task]] = [lambda: s.get(bad), lambda: s.start(bad), lambda: finish(s, bad),
+                                       lambda: s.fail(bad, "x")]
+    for call in calls:
+        with pytest.raises(TaskNotFound):
+            call()
+
+
+def test_user_binding(admin: Conn, store: PostgresStore) -> None:
+    with pytest.raises(UsageError, match="not a user id"):
+        store.for_user("alice")
+    with pytest.raises(UsageError, match="not bound to a user"):
+        store.get(str(uuid.uuid4()))
+    with pytest.raises(UsageError, match="not bound to a user"):
+        store.create_task(["cat"])
+    a = new_user(admin)
+    assert store.for_user(a.upper()).user_id == a  # normalised
+    assert store.for_user(a).account().tier == "free"
+    nobody = store.for_user(str(uuid.uuid4()))
+    calls: list[Callable[[], Any]] = [nobody.account, lambda: nobody.create_task(["cat"]),
+                                      lambda: nobody.create_task(["c"], project="p"),
+                                      lambda: nobody.create_task(["cat"], queue=True),
+                                      lambda: nobody.create_task(["c"], project="p", cost=1, queue=True)]
+    for call in calls:
+        with pytest.raises(StoreError, match="no profile for user") as exc:
+            call()
+        assert exc.value.hint
+    assert nobody.list() == []
+    nobody.close()  # not the pool's owner: the shared pool stays open
+    assert store.for_user(a).list() == []
+
+
+def test_projects_by_name(admin: Conn, store: PostgresStore) -> None:
+    a, b = new_user(admin), new_user(admin)
+    sa, sb = store.for_user(a), store.for_user(b)
+    t1 = sa.create_task(["cat"], project="alpha", queue=True)
+    t2 = sa.create_task(["dog"], project="alpha")
+    t3 = sa.create_task(["cow"], project="beta")
+    t4 = sa.create_task(["owl"])
+    tb = sb.create_task(["cat"], project="alpha")
+    assert t1.project_id == t2.project_id != t3.project_id
+    assert tb.project_id not in (None, t1.project_id)
+    assert t4.project is None and t4.project_id is None
+    assert [t.id for t in sa.list(project="alpha")] == [t2.id, t1.id]
+    assert [t.id for t in sa.list()] == [t4.id, t3.id, t2.id, t1.id]  # newest first
+    assert [t.id for t in sa.list(limit=2, offset=1)] == [t3.id, t2.id]
+    sa.start(t1.id)
+    assert [t.id for t in sa.list(status="processing")] == [t1.id]
+    assert [t.id for t in sa.list(project="alpha", status="pending")] == [t2.id]
+    with pytest.raises(StoreError, match="unknown status"):
+        sa.list(status="bogus")  # type: ignore[arg-type]
+    # A new project created by many callers at once is created once.
+    outcomes = run_together(8, lambda i: sa.create_task([f"x{i}"], project="gamma", queue=i % 2 == 0))
+    assert {o[0] for o in outcomes} == {"ok"}, outcomes
+    assert len({o[1].project_id for o in outcomes}) == 1
+    assert one(admin, "select count(*) from public.projects where user_id = %s", a) == 3
+
+
+# --- the server's sweep -------------------------------------------------------------------------------------
+
+
+def test_runnable_is_oldest_first_across_users(admin: Conn, store: PostgresStore) -> None:
+    a, b = new_user(admin), new_user(admin)
+    sa, sb = store.for_user(a), store.for_user(b)
+    t1 = sa.create_task(["1"], queue=True)
+    t2 = sb.create_task(["2"], queue=True)
+    t3 = sa.create_task(["3"], queue=True)
+    t4 = sb.create_task(["4"], queue=True)
+    sb.start(t4.id)
+    mine = {t1.id, t2.id, t3.id, t4.id}
+    runnable = [t for t in store.runnable(10_000) if t.id in mine]
+    assert [t.id for t in runnable] == [t1.id, t2.id, t3.id]
+    assert [t.user_id for t in runnable] == [a, b, a]
+    everything = store.runnable(10_000)
+    assert [t.created_at for t in everything] == sorted(t.created_at for t in everything)
+    assert {t.status for t in everything} == {"pending"}
+    assert len(store.runnable(2)) == 2
+
+
+def test_requeue_stale_then_error_after_the_last_attempt(admin: Conn, store: PostgresStore) -> None:
+    a = new_user(admin, 1)
+    s = store.for_user(a)
+    task = s.start(s.create_task(["cat"], project="p", cost=1, queue=True).id)
+    fresh = s.start(s.create_task(["dog"], queue=True).id)
+    backdate(admin, [task.id])
+
+    requeued = [t for t in store.requeue_stale(older_than_s=60, max_attempts=2) if t.user_id == a]
+    assert [(t.id, t.status, t.project, t.metadata["attempts"]) for t in requeued] == [(task.id, "pending", "p", 1)]
+    assert requeued[0].updated_at > task.updated_at
+    assert s.get(fresh.id).status == "processing"  # not stale
+    assert store.requeue_stale(older_than_s=60, max_attempts=2) == []  # requeued ones are fresh again
+
+    assert s.start(task.id).metadata["attempts"] == 2
+    backdate(admin, [task.id, fresh.id])
+    assert [t for t in store.requeue_stale(older_than_s=60, max_attempts=2) if t.user_id == a] == [s.get(fresh.id)]
+    failed = s.get(task.id)
+    assert (failed.status, failed.error) == ("error", f"{STALE} (attempt 2 of 2)")
+    assert s.create_task(["cat"], cost=1, queue=True).status == "pending"  # its reservation is released
+    assert credits(admin, a) == 1 and usage(admin, a) == []
+
+
+def test_concurrent_requeue_moves_each_task_once(admin: Conn, store: PostgresStore) -> None:
+    a = new_user(admin, 0)
+    s = store.for_user(a)
+    for _ in range(3):  # a few rounds, to give the sweeps a chance to interleave
+        tasks = [s.start(s.create_task([f"t{i}"], queue=True).id) for i in range(30)]
+        last = [s.start(s.create_task(["last"], queue=True).id).id for _ in range(10)]
+        for task_id in last:  # already at the last attempt
+            admin.execute("update public.segmentation_results set metadata = metadata || '{\"attempts\": 3}' "
+                          "where id = %s", (task_id,))
+        backdate(admin, [t.id for t in tasks] + last)
+        outcomes = run_together(4, lambda i: store.requeue_stale(older_than_s=60, max_attempts=3))
+        assert {o[0] for o in outcomes} == {"ok"}, outcomes
+        moved = [t.id for o in outcomes for t in o[1] if t.user_id == a]
+        assert sorted(moved) == sorted(t.id for t in tasks)  # every one, none twice
+        assert {t.status for t in s.list(limit=1000) if t.id in last} == {"error"}
+        for pending in s.list(limit=1000, status="pending"):
+            s.fail(pending.id, "done with it")
+
+
+def test_requeue_skips_rows_another_sweep_holds(admin: Conn, store: PostgresStore) -> None:
+    a = new_user(admin, 0)
+    s = store.for_user(a)
+    held, free = (s.start(s.create_task(["t"], queue=True).id).id for _ in range(2))
+    backdate(admin, [held, free])
+    with admin.transaction():
+        admin.execute("select 1 from public.segmentation_results where id = %s for update", (held,))
+        assert [t.id for t in store.requeue_stale(older_than_s=60, max_attempts=3) if t.user_id == a] == [free]
+    assert [t.id for t in store.requeue_stale(older_than_s=60, max_attempts=3) if t.user_id == a] == [held]
+
+
+# --- the SQL functions themselves, and failures ---------------------------------------------------------------
+
+
+def test_task_functions_are_service_role_only(admin: Conn, pg: _postgres.Cluster) -> None:
+    a = new_user(admin)
+    calls = ["select public.create_segmentation_task(%s, 'cat', null, '{}', 0)",
+             "select public.finish_segmentation_task(%s, 's', 'm', 'o', '[]', '{}')"]
+    with psycopg.connect(pg.dsn("authenticator"), autocommit=True) as api:
+        for role in ("anon", "authenticated"):
+            for call in calls:
+                with pytest.raises(psycopg.errors.InsufficientPrivilege), as_role(api, role, {"sub": a}) as cur:
+                    cur.execute(call, (a,))
+        with as_role(api, "service_role") as cur:
+            task = cur.execute(calls[0], (a,)).fetchone()[0]  # type: ignore[index]
+            with pytest.raises(psycopg.Error) as exc:
+                cur.execute(calls[1], (task,))
+    assert (exc.value.sqlstate, exc.value.diag.message_primary) == ("PT409", "TASK_NOT_PROCESSING")
+    assert exc.value.diag.message_detail == f"task {task} is pending; it cannot become done"
+    refusals = [("select public.create_segmentation_task(%s, 'c', null, '{}', -1)", a, "22023", "INVALID_AMOUNT"),
+                ("select public.create_segmentation_task(%s, 'c', null, '{}', 1)", str(uuid.uuid4()), "PT404",
+                 "USER_NOT_FOUND"),
+                ("select public.finish_segmentation_task(%s, 's', 'm', 'o', '[]', '{}')", str(uuid.uuid4()), "PT404",
+                 "TASK_NOT_FOUND")]
+    for sql, arg, state, message in refusals:
+        with pytest.raises(psycopg.Error) as exc, admin.transaction():
+            admin.execute(sql, (arg,))
+        assert (exc.value.sqlstate, exc.value.diag.message_primary) == (state, message)
+    for fn in ["create_segmentation_task(uuid, text, uuid, jsonb, integer)",
+               "finish_segmentation_task(uuid, text, text, text, jsonb, jsonb)"]:
+        row = admin.execute("select prosecdef, proconfig from pg_proc where oid = %s::regprocedure", (f"public.{fn}",))
+        assert row.fetchone() == (True, ['search_path=""'])
+
+
+def test_reservations_count_only_queued_tasks_and_ignore_bad_costs(admin: Conn, store: PostgresStore) -> None:
+    """Queued rows whose cost is not a non-negative number reserve nothing; rows that are not queued (a user's own
+    PostgREST insert) reserve nothing whatever their metadata says."""
+    a = new_user(admin, 2)
+    for meta in ['{"cost": -100}', '{"cost": "lots"}', '{}', '{"cost": 1}']:
+        admin.execute("insert into public.segmentation_results (user_id, text_prompt, metadata, queued) "
+                      "values (%s, 'x', %s, true)", (a, meta))
+    for meta in ['{"cost": 100}', '{"cost": 2}']:
+        admin.execute("insert into public.segmentation_results (user_id, text_prompt, metadata) values (%s, 'x', %s)",
+                      (a, meta))
+    s = store.for_user(a)
+    s.create_task(["cat"], cost=1, queue=True)
+    with pytest.raises(CreditsError, match="2 reserved"):
+        s.create_task(["cat"], cost=1, queue=True)
+
+
+# --- tasks that are not queued, and rows users write themselves --------------------------------------------
+
+
+def test_unqueued_tasks_are_free_and_never_server_tasks(admin: Conn, store: PostgresStore) -> None:
+    a = new_user(admin, 1)
+    s = store.for_user(a)
+    with pytest.raises(UsageError, match="credits are only reserved for queued tasks") as exc:
+        s.create_task(["cat"], cost=1)
+    assert exc.value.hint
+    local = s.create_task(["cat"], project="p", metadata={"image_key": "k", "cost": 5, "attempts": 3})
+    assert (local.status, local.project, local.metadata) == (
+        "pending", "p", {"prompts": ["cat"], "image_key": "k", "cost": 0, "attempts": 0})
+    assert one(admin, "select queued from public.segmentation_results where id = %s", local.id) is False
+    assert local.id not in {t.id for t in store.runnable(10_000)}
+    queued = s.create_task(["dog"], cost=1, queue=True)  # the unqueued task reserved nothing
+    assert one(admin, "select queued from public.segmentation_results where id = %s", queued.id) is True
+
+    started = s.start(local.id)
+    assert (started.status, started.metadata["attempts"]) == ("processing", 1)
+    backdate(admin, [local.id])
+    assert local.id not in {t.id for t in store.requeue_stale(older_than_s=60, max_attempts=1)}
+    assert s.get(local.id).status == "processing"  # neither requeued nor failed
+
+    done = finish(s, local.id, instances=2, cost=9, attempts=7)
+    assert (done.status, done.mask_image_url, done.labels) == ("done", "mask.png", ["cat"])
+    assert done.metadata == {"prompts": ["cat"], "image_key": "k", "cost": 0, "attempts": 1, "instances": 2}
+    assert credits(admin, a) == 1
+    assert usage(admin, a) == []  # no charge, no usage row
+    with pytest.raises(StoreError, match=f"task {local.id} is done; it cannot become done"):
+        finish(s, local.id)
+    with pytest.raises(StoreError, match="is pending; it cannot become done"):
+        finish(s, s.create_task(["owl"]).id)
+
+    # The charging function refuses rows that are not server tasks.
+    other = s.start(s.create_task(["cow"]).id)
+    with pytest.raises(psycopg.Error) as err, admin.transaction():
+        admin.execute("select public.finish_segmentation_task(%s, 's', 'm', 'o', '[]', '{}')", (other.id,))
+    assert (err.value.sqlstate, err.value.diag.message_primary) == ("PT409", "TASK_NOT_QUEUED")
+    assert err.value.diag.message_detail == (
+        f"task {other.id} is not a server task (not created by create_segmentation_task); "
+        "it cannot be finished and charged here")
+    assert s.get(other.id).status == "processing"
+    assert credits(admin, a) == 1 and usage(admin, a) == []
+
+
+def test_users_cannot_queue_or_change_server_tasks_through_the_api(admin: Conn, store: PostgresStore,
+                                                                  pg: _postgres.Cluster) -> None:
+    a = new_user(admin, 2)
+    s = store.for_user(a)
+    server = s.create_task(["cat"], cost=1, queue=True)
+    results = "public.segmentation_results"
+    with psycopg.connect(pg.dsn("authenticator"), autocommit=True) as api:
+        # A plain row (as the CLI records a locally-run result): allowed, and never queued.
+        with as_user(api, a) as cur:
+            own, queued = cur.execute(
+                f"insert into {results} (user_id, text_prompt, status, metadata) "
+                "values (%s, 'free ride', 'pending', '{\"cost\": 100, \"attempts\": 0}') returning id, queued",
+                (a,)).fetchone()
+            assert queued is False
+            stuck = str(cur.execute(f"insert into {results} (user_id, text_prompt, status) "
+                                    "values (%s, 'x', 'processing') returning id", (a,)).fetchone()[0])
+            own = str(own)
+        # Setting queued is not theirs to do, on insert or update.
+        refused = [(f"insert into {results} (user_id, text_prompt, queued) values (%s, 'x', true)", (a,)),
+                   (f"update {results} set queued = true where id = %s", (own,)),
+                   (f"update {results} set queued = false where id = %s", (server.id,))]
+        for sql, params in refused:
+            with pytest.raises(psycopg.errors.InsufficientPrivilege) as exc, as_user(api, a) as cur:
+                cur.execute(sql, params)
+            assert "permission denied" in str(exc.value)
+        # A server task is visible but cannot be changed at all (RLS: 0 rows).
+        with as_user(api, a) as cur:
+            assert cur.execute(f"select status, queued from {results} where id = %s", (server.id,)).fetchone() == (
+                "pending", True)
+            for assignment in ["metadata = '{\"cost\": 0}'", "status = 'processing'",
+                               "status = 'error', error = 'x'", "text_prompt = 'dog'"]:
+                cur.execute(f"update {results} set {assignment} where id = %s", (server.id,))
+                assert cur.rowcount == 0, assignment
+            cur.execute(f"update {results} set text_prompt = 'mine' where id = %s", (own,))
+            assert cur.rowcount == 1  # their own plain rows stay theirs to edit
+        after = s.get(server.id)
+        assert (after.status, after.metadata["cost"], after.text_prompt) == ("pending", 1, "cat")
+
+        # Their rows are never run, requeued or reserved against.
+        backdate(admin, [stuck])
+        runnable = {t.id for t in store.runnable(10_000)}
+        assert server.id in runnable
+        assert own not in runnable
+        assert stuck not in {t.id for t in store.requeue_stale(older_than_s=60, max_attempts=1)}
+        assert one(admin, f"select status from {results} where id = %s", stuck) == "processing"
+        s.create_task(["dog"], cost=1, queue=True)  # the 100-credit row reserves nothing
+        with pytest.raises(CreditsError, match="has 2 credits, 2 reserved"):
+            s.create_task(["owl"], cost=1, queue=True)
+
+        # Deleting their own server task is allowed; finishing it then fails cleanly, charging nothing.
+        s.start(server.id)
+        with as_user(api, a) as cur:
+            cur.execute(f"delete from {results} where id = %s", (server.id,))
+            assert cur.rowcount == 1
+    with pytest.raises(TaskNotFound):
+        finish(s, server.id)
+    assert credits(admin, a) == 2 and usage(admin, a) == []
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_unreachable_database(admin: Conn) -> None:
+    url = f"postgresql://postgres:Sup3rS3cret@127.0.0.1:{_free_port()}/postgres?connect_timeout=5"
+    with pytest.raises(StoreError) as exc:
+        PostgresStore(url)
+    assert exc.value.message.startswith("cannot reach the database")
+    assert exc.value.hint == "check S3SEG_DATABASE_URL"
+    assert "Sup3rS3cret" not in str(exc.value)
+    assert exc.value.__cause__ is None  # the chained psycopg error is not shown either
+    for bad in ["postgresql://postgres:Sup3rS3cret@127.0.0.1:notaport/x", "host=x password=Sup3rS3cret bogus"]:
+        with pytest.raises(StoreError) as exc:
+            PostgresStore(bad)
+        assert "Sup3rS3cret" not in str(exc.value)
+        assert exc.value.hint == "check S3SEG_DATABASE_URL"
