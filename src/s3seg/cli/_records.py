@@ -156,7 +156,8 @@ def config_command(as_json: bool = typer.Option(False, "--json", help="Print JSO
     values: dict[str, Any] = json.loads(settings.model_dump_json())  # SecretStr dumps as "**********"
     backends = {"storage": _backend(lambda: _storage_name(settings)),
                 "results": _backend(lambda: store_from_settings(settings).name),
-                "inference": f"server {settings.server_url}" if settings.server_url else "local"}
+                "inference": f"API {settings.api_url}" if settings.api_url
+                else f"server {settings.server_url}" if settings.server_url else "local"}
     if as_json:
         sys.stdout.write(json.dumps({"backends": backends, "settings": values}) + "\n")
         return

@@ -32,6 +32,9 @@ def serve_command(
         None, "--max-queue", min=1, help="Queued images before answering 503 (default 64).", show_default=False),
     allow_private_urls: bool = typer.Option(
         False, "--allow-private-urls", help="Let image_url reach loopback and private networks."),
+    worker: Optional[list[str]] = typer.Option(  # noqa: UP045
+        None, "--worker", metavar="URL", show_default=False,
+        help="Gateway: a GPU worker URL (repeatable; env S3SEG_WORKERS); no model loads here."),
     log_level: str = typer.Option("info", "--log-level", help="uvicorn log level."),
 ) -> None:
     """Serve SAM3 over HTTP: the inference routes (/api/v1/predict, /predict/batch, /model/info) and the
@@ -48,7 +51,7 @@ def serve_command(
     settings = load_settings(
         host=host, port=port, model=model, device=device, api_key=api_key, max_batch=max_batch,
         batch_wait_ms=batch_wait_ms, max_queue=max_queue, allow_no_key=allow_no_key or None,
-        allow_private_urls=allow_private_urls or None,
+        allow_private_urls=allow_private_urls or None, workers=worker or None,
     )
     gateway_for_users = bool(settings.workers) and bool(
         settings.supabase_url or settings.supabase_jwt_secret or settings.jwks_url)  # nothing a key would guard
