@@ -98,8 +98,10 @@ class Store(Protocol):
         ...
 
     def create_task(self, prompts: list[str], *, project: str | None = None,
-                    metadata: dict[str, Any] | None = None, cost: int = 0) -> Task:
-        """A ``pending`` task; ``metadata`` keeps ``prompts``, ``cost`` and ``attempts`` (0) as well."""
+                    metadata: dict[str, Any] | None = None, cost: int = 0, queue: bool = False) -> Task:
+        """A ``pending`` task; ``metadata`` keeps ``prompts``, ``cost`` and ``attempts`` (0) as well.
+        ``queue=True``: a task for the server's workers (``runnable``/``requeue_stale`` see only these;
+        ``cost`` credits are reserved now and charged by ``finish``)."""
         ...
 
     def start(self, task_id: str) -> Task:

@@ -1,31 +1,54 @@
 """Results in Supabase (``segmentation_results`` and ``projects``, see supabase/migrations) via supabase-py.
 
-Two ways in: the anon key plus a signed-in user's access token (row-level security applies, the user
-is the token's ``sub``), or the service key on a server (RLS bypassed; the user id must be given).
-PostgREST and network errors become :class:`StoreError`.
+Two ways in:
+
+* the service key, on a server: RLS is bypassed, so this store filters every per-user request by
+  ``user_id`` itself. A server's store starts unbound (``user_id=None``; ``runnable`` and
+  ``requeue_stale`` work across users) and ``for_user`` binds it per request, sharing one client.
+* the anon key plus a signed-in user's access token: row-level security applies and the user is the
+  token's ``sub``.
+
+Tasks for the server's workers (``create_task(queue=True)``, ``queued`` rows) are created and finished
+through ``create_segmentation_task`` / ``finish_segmentation_task``
+(supabase/migrations/20261122010000_segmentation_tasks.sql), which reserve and charge credits; only they
+are ``runnable`` and requeued. Those functions are service_role only, and a signed-in user may neither set
+``queued`` nor change a queued row, so only the service key handles them. Other tasks (``queue=False``,
+e.g. results the CLI computed itself) are plain rows written directly, costing nothing.
+
+PostgREST and network errors become :class:`StoreError`; ``PT402`` becomes :class:`CreditsError`.
 """
 
 from __future__ import annotations
 
 import base64
+import copy
 import json
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
-from s3seg.errors import DependencyError, UsageError
-from s3seg.store import STATUSES, Status, StoreError, Task, TaskNotFound
+from s3seg.errors import CreditsError, DependencyError, UsageError
+from s3seg.store import STATUSES, Account, Status, StoreError, Task, TaskNotFound
 
 if TYPE_CHECKING:
     import httpx
+    from postgrest.exceptions import APIError
 
     from s3seg.config import Settings
 
 Rows = list[dict[str, Any]]  # (a method named `list` below shadows the builtin inside the class)
+Tasks = list[Task]
 _TABLE = "segmentation_results"
 _COLUMNS = "*, projects(name)"
 _PREVIOUS: dict[Status, list[str]] = {"processing": ["pending"], "done": ["processing"],
                                       "error": ["pending", "processing"]}
+# Kept by the store in every task's metadata; a caller's metadata does not overwrite them.
+_OWN_KEYS = ("cost", "attempts")
+# A pending task changed by someone else between reading and starting it (still pending): read it again.
+_START_TRIES = 3
+_STALE_BATCH = 500
+_NOT_FOUND_HINT = "list tasks with: s3seg tasks"
+_PROFILE_HINT = "a profile is created when the user signs up (Supabase Auth)"
 
 
 class SupabaseStore:
@@ -38,10 +61,10 @@ class SupabaseStore:
         except ImportError as e:
             raise DependencyError("the Supabase store needs supabase-py", hint="pip install 's3seg[cloud]'") from e
         headers = {"Authorization": f"Bearer {access_token}"} if access_token else {}
-        self.user_id = user_id or (_token_subject(access_token) if access_token else None)
-        if self.user_id is None:
-            raise UsageError("the Supabase store needs a user", hint="sign in (an access token) or set S3SEG_USER_ID "
-                             "together with the service key")
+        # The signed-in user (RLS applies as them), or None with the service key.
+        self._token_user = _token_subject(access_token) if access_token else None
+        # None: not bound to a user yet (a server's store); per-user operations refuse until ``for_user``.
+        self.user_id: str | None = user_id or self._token_user
         try:
             self._client = create_client(url, key, options=ClientOptions(headers=headers, httpx_client=http,
                                                                          auto_refresh_token=False,
@@ -59,41 +82,107 @@ class SupabaseStore:
         raise UsageError("Supabase needs the service key, or the anon key and a signed-in user",
                          hint="set SUPABASE_SERVICE_KEY (servers) or SUPABASE_ANON_KEY + S3SEG_SUPABASE_ACCESS_TOKEN")
 
+    def for_user(self, user_id: str) -> SupabaseStore:
+        """This store bound to ``user_id``, sharing its client (and connection pool)."""
+        if not user_id:
+            raise UsageError("a store needs a user id")
+        if self._token_user is not None and user_id != self._token_user:
+            raise UsageError(f"signed in as {self._token_user}, this store cannot act for user {user_id}",
+                             hint="a server acting for several users needs the service key")
+        bound = copy.copy(self)  # shallow: the same supabase client
+        bound.user_id = user_id
+        return bound
+
     # ------------------------------------------------------------------------------------- operations
+    def account(self) -> Account:
+        user = self._user()
+        found = self._rows(self._client.table("users_profile").select("id, tier, credits").eq("id", user)
+                           .limit(1).execute)
+        if not found:
+            raise StoreError(f"no profile for user {user}", hint=_PROFILE_HINT)
+        row = found[0]
+        credits = row.get("credits")
+        return Account(str(row["id"]), tier=str(row["tier"]), credits=None if credits is None else int(credits))
+
     def create_task(self, prompts: list[str], *, project: str | None = None,
-                    metadata: dict[str, Any] | None = None) -> Task:
-        row: dict[str, Any] = {"user_id": self.user_id, "text_prompt": ", ".join(prompts), "status": "pending",
-                               "metadata": {"prompts": prompts, **(metadata or {})}}
-        if project:
-            row["project_id"] = self._project_id(project)
-        created = self._rows(lambda: self._client.table(_TABLE).insert(row).execute())
-        return self.get(str(created[0]["id"]))
+                    metadata: dict[str, Any] | None = None, cost: int = 0, queue: bool = False) -> Task:
+        """A pending task. ``queue=True`` (service key only): a task for the server's workers, reserving
+        ``cost`` credits atomically (CreditsError when the user's credits minus what their unfinished tasks
+        reserve do not cover it). Otherwise a plain row that costs nothing."""
+        user = self._user()
+        if cost < 0:
+            raise UsageError(f"a task's cost must be >= 0, got {cost}")
+        if cost and not queue:
+            raise UsageError("credits are only reserved for queued tasks",
+                             hint=f"create the task with queue=True, or with cost=0 (got cost={cost})")
+        if queue and self._token_user is not None:
+            raise UsageError("queued tasks need the service key (create_segmentation_task is service_role only)",
+                             hint="send the image to an s3seg server, or record the result as a plain task")
+        meta = {"prompts": prompts, **(metadata or {})}
+        project_id = self._project_id(project) if project else None
+        if not queue:  # a plain row (``queued`` keeps its default, false: a signed-in user may not set it)
+            row = {"user_id": user, "text_prompt": ", ".join(prompts), "status": "pending",
+                   "metadata": {**meta, "cost": 0, "attempts": 0}, **({"project_id": project_id} if project_id else {})}
+            created = self._rows(self._client.table(_TABLE).insert(row).execute)
+            return self._get(str(created[0]["id"]), user)
+        task_id = self._call(self._client.rpc("create_segmentation_task", {
+            "p_user_id": user, "p_text_prompt": ", ".join(prompts), "p_project_id": project_id,
+            "p_metadata": meta, "p_cost": cost,
+        }).execute)
+        return self._get(str(task_id), user)
 
     def start(self, task_id: str) -> Task:
-        return self._move(task_id, "processing", {})
+        """``pending → processing`` with ``attempts + 1``. PostgREST cannot update inside a jsonb value, so
+        the row is read and written back only if it is still the row that was read (same status and
+        ``updated_at``, which the table's trigger changes on every update): of two workers starting a task
+        at once exactly one succeeds, and no concurrent change to the metadata is overwritten."""
+        user = self._user()
+        for _ in range(_START_TRIES):
+            row = self._row(task_id, user, "status, queued, metadata, updated_at")
+            if row["status"] != "pending":
+                raise StoreError(f"task {task_id} is {row['status']}; it cannot become processing")
+            self._check_writable(task_id, row)
+            meta = row.get("metadata") or {}
+            changed = self._rows(
+                self._client.table(_TABLE).update({"status": "processing",
+                                                   "metadata": {**meta, "attempts": _attempts(meta) + 1}})
+                .eq("id", task_id).eq("user_id", user).eq("status", "pending").eq("updated_at", row["updated_at"])
+                .execute)
+            if changed:
+                return self._get(task_id, user)  # with the project name joined in
+        raise StoreError(f"task {task_id} kept changing while it was being started; it was not started")
 
     def finish(self, task_id: str, *, source: str, mask: str, overlay: str, labels: list[Any],
                metadata: dict[str, Any]) -> Task:
-        old = self.get(task_id)
-        return self._move(task_id, "done", {"source_image_url": source, "mask_image_url": mask,
-                                            "overlay_image_url": overlay, "labels": labels,
-                                            "metadata": {**old.metadata, **metadata}})
+        """``processing → done``; a queued task's cost is charged (and logged) in the same transaction.
+        ``metadata`` is merged into the task's (its ``cost`` and ``attempts`` stay)."""
+        user = self._user()
+        # One of this user's tasks: finish_segmentation_task does not know the caller, so check first.
+        old = self._row(task_id, user, "status, queued, metadata")
+        new = {k: v for k, v in metadata.items() if k not in _OWN_KEYS}
+        if not old.get("queued"):  # a plain row: nothing reserved, nothing to charge
+            return self._move(task_id, "done", {"source_image_url": source, "mask_image_url": mask,
+                                                "overlay_image_url": overlay, "labels": labels,
+                                                "metadata": {**(old.get("metadata") or {}), **new}})
+        self._check_writable(task_id, old)
+        self._call(self._client.rpc("finish_segmentation_task", {
+            "p_task_id": task_id, "p_source": source, "p_mask": mask, "p_overlay": overlay, "p_labels": labels,
+            "p_metadata": new,
+        }).execute)
+        return self._get(task_id, user)
 
     def fail(self, task_id: str, error: str) -> Task:
         return self._move(task_id, "error", {"error": error or "unknown error"})
 
     def get(self, task_id: str) -> Task:
-        found = self._rows(lambda: self._client.table(_TABLE).select(_COLUMNS).eq("id", task_id).limit(1).execute())
-        if not found:
-            raise TaskNotFound(f"no task {task_id}", hint="list tasks with: s3seg tasks")
-        return _task(found[0])
+        return self._get(task_id, self._user())
 
     def list(self, *, project: str | None = None, status: Status | None = None, limit: int = 20,
              offset: int = 0) -> list[Task]:
         if status is not None and status not in STATUSES:
             raise StoreError(f"unknown status {status!r}", hint=f"one of {', '.join(STATUSES)}")
         columns = "*, projects!inner(name)" if project else _COLUMNS
-        query = self._client.table(_TABLE).select(columns).eq("user_id", self.user_id or "")
+        query = self._client.table(_TABLE).select(columns).eq("user_id", self._user())
         if project:
             query = query.eq("projects.name", project)
         if status:
@@ -101,36 +190,121 @@ class SupabaseStore:
         query = query.order("created_at", desc=True).range(offset, offset + limit - 1)
         return [_task(r) for r in self._rows(query.execute)]
 
+    # --- the server's background work, across all users ------------------------------------------
+    def runnable(self, limit: int = 100) -> Tasks:
+        """Queued ``pending`` tasks of every user (with the service key; the user's own under RLS), oldest
+        first."""
+        query = (self._client.table(_TABLE).select(_COLUMNS).eq("status", "pending").eq("queued", "true")
+                 .order("created_at").limit(limit))
+        return [_task(r) for r in self._rows(query.execute)]
+
+    def requeue_stale(self, *, older_than_s: float, max_attempts: int) -> Tasks:
+        """Queued tasks ``processing`` with ``updated_at`` older than ``older_than_s`` (by this machine's clock; the
+        database sets ``updated_at``, so keep clocks in sync): back to ``pending`` while ``attempts <
+        max_attempts``, else ``error``. Each row is updated only if it is still the row that was read
+        (status and ``updated_at``), so of several servers sweeping at once exactly one requeues a task.
+        Returns the tasks this call requeued, oldest first."""
+        cutoff = (datetime.now(timezone.utc) - timedelta(seconds=older_than_s)).isoformat()
+        stale = self._rows(self._client.table(_TABLE).select("id, metadata, updated_at").eq("status", "processing")
+                           .eq("queued", "true").lt("updated_at", cutoff).order("updated_at").limit(_STALE_BATCH)
+                           .execute)
+        requeued: list[str] = []
+        for row in stale:
+            attempts = _attempts(row.get("metadata") or {})
+            values = ({"status": "pending"} if attempts < max_attempts
+                      else {"status": "error", "error": _gave_up(attempts, max_attempts)})
+            changed = self._rows(self._client.table(_TABLE).update(values).eq("id", row["id"])
+                                 .eq("status", "processing").eq("updated_at", row["updated_at"]).execute)
+            if changed and values["status"] == "pending":
+                requeued.append(str(row["id"]))
+        if not requeued:
+            return []
+        rows = self._rows(self._client.table(_TABLE).select(_COLUMNS).in_("id", requeued).order("created_at")
+                          .execute)
+        return [_task(r) for r in rows]
+
     # -------------------------------------------------------------------------------------- internals
+    def _user(self) -> str:
+        if self.user_id is None:
+            raise UsageError("this Supabase store is not bound to a user",
+                             hint="a server binds it per request (for_user); the CLI needs S3SEG_USER_ID "
+                                  "with the service key, or a signed-in user")
+        return self.user_id
+
+    def _get(self, task_id: str, user: str) -> Task:
+        found = self._rows(self._client.table(_TABLE).select(_COLUMNS).eq("id", task_id).eq("user_id", user)
+                           .limit(1).execute)
+        if not found:
+            raise TaskNotFound(f"no task {task_id}", hint=_NOT_FOUND_HINT)
+        return _task(found[0])
+
+    def _row(self, task_id: str, user: str, columns: str) -> dict[str, Any]:
+        found = self._rows(self._client.table(_TABLE).select(columns).eq("id", task_id).eq("user_id", user)
+                           .limit(1).execute)
+        if not found:
+            raise TaskNotFound(f"no task {task_id}", hint=_NOT_FOUND_HINT)
+        return found[0]
+
     def _move(self, task_id: str, status: Status, values: dict[str, Any]) -> Task:
-        changed = self._rows(lambda: self._client.table(_TABLE).update({**values, "status": status})
-                             .eq("id", task_id).in_("status", _PREVIOUS[status]).execute())
+        user = self._user()
+        changed = self._rows(self._client.table(_TABLE).update({**values, "status": status})
+                             .eq("id", task_id).eq("user_id", user).in_("status", _PREVIOUS[status]).execute)
         if not changed:
-            current = self.get(task_id)  # raises TaskNotFound when there is no such task
-            raise StoreError(f"task {task_id} is {current.status}; it cannot become {status}")
-        return self.get(task_id)  # with the project name joined in
+            current = self._row(task_id, user, "status, queued")  # TaskNotFound when the user has no such task
+            if current["status"] in _PREVIOUS[status]:
+                self._check_writable(task_id, current)  # RLS hid the row from the update
+            raise StoreError(f"task {task_id} is {current['status']}; it cannot become {status}")
+        return self._get(task_id, user)  # with the project name joined in
+
+    def _check_writable(self, task_id: str, row: dict[str, Any]) -> None:
+        """A signed-in user may not change a server task (RLS), nor call the credit functions."""
+        if row.get("queued") and self._token_user is not None:
+            raise StoreError(f"task {task_id} is a server task; only the server can change it",
+                             hint="it runs on the s3seg server that queued it")
 
     def _project_id(self, name: str) -> str:
-        found = self._rows(lambda: self._client.table("projects").select("id").eq("user_id", self.user_id or "")
-                           .eq("name", name).limit(1).execute())
+        user = self._user()
+        found = self._rows(self._client.table("projects").select("id").eq("user_id", user).eq("name", name)
+                           .limit(1).execute)
         if found:
             return str(found[0]["id"])
-        created = self._rows(lambda: self._client.table("projects")
-                             .insert({"user_id": self.user_id, "name": name}).execute())
+        created = self._rows(self._client.table("projects").insert({"user_id": user, "name": name}).execute)
         return str(created[0]["id"])
 
     def _rows(self, call: Callable[[], Any]) -> Rows:
         """Run one PostgREST request; its rows."""
+        return list(self._call(call) or [])
+
+    def _call(self, call: Callable[[], Any]) -> Any:
+        """Run one PostgREST request; its data (rows, or what a function returned)."""
         import httpx
         from postgrest.exceptions import APIError
 
         try:
-            return list(call().data or [])
+            return call().data
         except APIError as e:
-            hint = "row-level security refused it: is this your task?" if e.code == "42501" else None
-            raise StoreError(f"Supabase refused the request: {e.message} ({e.code})", hint=hint) from e
+            raise _error(e) from e
         except httpx.HTTPError as e:
             raise StoreError(f"cannot reach Supabase: {type(e).__name__}", hint="check SUPABASE_URL") from e
+
+
+def _error(e: APIError) -> StoreError | CreditsError:
+    """Our SQL functions' error contract (supabase/migrations): PT402, PT404, PT409 carry the reason in
+    DETAIL; anything else is a refusal as PostgREST words it."""
+    detail = e.details if isinstance(e.details, str) and e.details else None
+    if e.code == "PT402":
+        return CreditsError(f"not enough credits: {detail or e.message}",
+                            hint="credits are reserved by unfinished tasks until they end")
+    if e.code == "PT404" and e.message == "TASK_NOT_FOUND":
+        return TaskNotFound(detail or "no such task", hint=_NOT_FOUND_HINT)
+    if e.code == "PT404":  # USER_NOT_FOUND
+        return StoreError(detail or f"no profile for the user ({e.message})", hint=_PROFILE_HINT)
+    if e.code == "PT409":  # TASK_NOT_PROCESSING: "task … is <status>; it cannot become done"; TASK_NOT_QUEUED
+        return StoreError(detail or f"the task cannot become done ({e.message})")
+    if e.code == "23503" and detail and "users_profile" in detail:  # a plain row for a user without a profile
+        return StoreError(f"no profile for the user ({detail})", hint=_PROFILE_HINT)
+    hint = "row-level security refused it: is this your task?" if e.code == "42501" else None
+    return StoreError(f"Supabase refused the request: {e.message} ({e.code})", hint=hint)
 
 
 def _task(row: dict[str, Any]) -> Task:
@@ -143,6 +317,16 @@ def _task(row: dict[str, Any]) -> Task:
         overlay_image_url=row.get("overlay_image_url"), labels=row.get("labels") or [],
         metadata=row.get("metadata") or {}, error=row.get("error"),
     )
+
+
+def _attempts(metadata: dict[str, Any]) -> int:
+    """How often a worker started the task (0 for rows written before attempts were counted)."""
+    value = metadata.get("attempts")
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def _gave_up(attempts: int, max_attempts: int) -> str:
+    return f"the worker running this task stopped responding (attempt {attempts} of {max_attempts})"
 
 
 def _time(value: str) -> datetime:
