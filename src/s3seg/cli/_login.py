@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+from contextlib import closing
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Optional
 
@@ -100,10 +101,18 @@ def whoami_command(as_json: bool = typer.Option(False, "--json", help="Print JSO
         info = {**_describe(session), "source": "session",
                 "session_file": str(_session.session_path(settings.config_dir)),
                 "can_refresh": settings.supabase_anon_key is not None}
+    if settings.api_url:  # what the API says about this user: tier, credits, rate limit
+        info["account"] = _account(settings)
     if as_json:
         sys.stdout.write(json.dumps(info) + "\n")
         return
     console.print(f"[bold]{info['email'] or '(no email)'}[/]  user {info['user_id']}", highlight=False)
+    account = info.get("account")
+    if account and "error" in account:
+        console.print(f"  {settings.api_url}: {account['error']}", highlight=False, soft_wrap=True)
+    elif account:
+        console.print(f"  {account['tier']} tier, {account['credits']} credits, {account['rate_limit_per_minute']} "
+                      f"requests per minute on {settings.api_url}", highlight=False, soft_wrap=True)
     expires = info["expires_at"]
     if expires is None:
         console.print("  token from S3SEG_SUPABASE_ACCESS_TOKEN (no expiry in it)", highlight=False)
@@ -123,6 +132,17 @@ def whoami_command(as_json: bool = typer.Option(False, "--json", help="Print JSO
                       soft_wrap=True)
     if info.get("session_file"):
         console.print(f"  session: {info['session_file']} ({info['supabase_url']})", highlight=False, soft_wrap=True)
+
+
+def _account(settings: Settings) -> dict[str, Any]:
+    from s3seg._public import PublicClient
+    from s3seg.errors import S3SegError
+
+    try:
+        with closing(PublicClient.from_settings(settings)) as api:
+            return api.check()
+    except S3SegError as e:  # whoami still shows the local session
+        return {"error": e.message}
 
 
 def _project(settings: Settings) -> tuple[str, str]:
