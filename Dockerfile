@@ -1,4 +1,5 @@
-# s3seg inference server for a CUDA GPU host.
+# s3seg server for a CUDA GPU host: the inference server, and the public API (or, with S3SEG_WORKERS,
+# the public API as a gateway in front of GPU workers; see docs/api.md and docs/deploy.md section 10).
 #
 # NOT BUILT OR RUN HERE: the machine this was written on has no Docker engine (and no GPU). The install
 # steps below were rehearsed outside Docker on a plain Python 3.11 virtualenv (same files, same pip
@@ -33,11 +34,11 @@ WORKDIR /opt/s3seg
 COPY pyproject.toml README.md LICENSE ./
 COPY src ./src
 
-# Install s3seg with the server and official extras, pinning torch/torchvision to the CUDA builds the
+# Install s3seg with the server, cloud (R2, Supabase, PostgreSQL) and official extras, pinning torch/torchvision to the CUDA builds the
 # base image ships so pip can never swap them for other wheels.
 RUN python -c "from importlib.metadata import version as v; print(f'torch=={v(\"torch\")}'); print(f'torchvision=={v(\"torchvision\")}')" \
         > /tmp/keep-torch.txt \
- && pip install -c /tmp/keep-torch.txt ".[server,official]" \
+ && pip install -c /tmp/keep-torch.txt ".[server,cloud,official]" \
  && rm /tmp/keep-torch.txt \
  && s3seg --version
 
