@@ -80,6 +80,9 @@ class TaskRunner:
 
     async def wait(self, task_id: str, timeout_s: float) -> None:
         """Return when a task run by this process ends, or after ``timeout_s`` (the caller re-reads it)."""
+        if task_id not in self._known:  # run elsewhere (or already over): nothing here will signal it
+            await asyncio.sleep(timeout_s)
+            return
         event = self._finished.setdefault(task_id, asyncio.Event())
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(event.wait(), timeout_s)
