@@ -86,7 +86,7 @@ def logout_command(as_json: bool = typer.Option(False, "--json", help="Print JSO
 
 
 def whoami_command(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
-    """The signed-in user, and when the access token expires (read locally; nothing is sent)."""
+    """The signed-in user and when the access token expires; with S3SEG_API_URL, also tier and credits."""
     from s3seg import _session
     from s3seg.config import load_settings
     from s3seg.errors import AuthError
