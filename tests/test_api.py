@@ -285,6 +285,37 @@ def test_users_see_only_their_own(stack: Stack, admin: Conn, photo_path: Path) -
         assert [t["task_id"] for t in ok(a.get("/api/v1/results"))["items"]] == [tid]
 
 
+def test_segment_under_a_project_id(stack: Stack, admin: Conn, photo_path: Path) -> None:
+    alice, bob = new_user(admin), new_user(admin)
+    with stack.client(alice) as a, stack.client(bob) as b:
+        image_id = upload(a, photo_path)["image_id"]
+        first = ok(a.post("/api/v1/segment", json={"image_id": image_id, "text_prompt": "person", "project": "x"}),
+                   202)
+        project_id = first["project_id"]
+        assert first["project"] == "x" and project_id
+        second = ok(a.post("/api/v1/segment", json={"image_id": image_id, "text_prompt": "person",
+                                                    "project_id": project_id}), 202)
+        assert (second["project"], second["project_id"]) == ("x", project_id)
+        error = refused(a.post("/api/v1/segment", json={"image_id": image_id, "text_prompt": "person",
+                                                        "project": "x", "project_id": project_id}),
+                        422, "INVALID_REQUEST")
+        assert "not both" in error["message"]
+        assert all(wait_done(a, t["task_id"])["status"] == "done" for t in (first, second))
+        listed = ok(a.get("/api/v1/results", params={"project": "x"}))["items"]
+        assert {t["task_id"] for t in listed} == {first["task_id"], second["task_id"]}
+
+        # Bob cannot file a task under Alice's project, nor under an id that is no project at all.
+        own_image = upload(b, photo_path)["image_id"]
+        for bad in (project_id, str(uuid.uuid4()), "not-a-project"):
+            error = refused(b.post("/api/v1/segment", json={"image_id": own_image, "text_prompt": "person",
+                                                            "project_id": bad}), 404, "NOT_FOUND")
+            assert error["message"] == f"no project {bad}"
+        assert ok(b.get("/api/v1/me"))["credits"] == ok(a.get("/api/v1/me"))["credits"] + 2  # nothing reserved
+    assert one(admin, "select count(*) from public.segmentation_results where user_id = %s", bob) == 0
+    assert one(admin, "select count(*) from public.projects where user_id = %s", bob) == 0
+    assert one(admin, "select count(*) from public.segmentation_results where user_id = %s", alice) == 2
+
+
 def test_concurrent_segments_spend_credits_exactly_once(stack: Stack, admin: Conn, photo_path: Path) -> None:
     user = new_user(admin, credits=5)
     with stack.client(user) as http:
@@ -527,6 +558,11 @@ def test_sdk_and_cli_as_a_signed_in_user(stack: Stack, admin: Conn, keys: Keys, 
     assert code == 0 and json.loads(out)["status"] == "done", err
     code, out, err = run_cli(capsys, "upload", str(photo_path), "--json")
     assert code == 0 and json.loads(out)[0]["image_id"].endswith(".jpg"), err
+
+    code, out, err = run_cli(capsys, "whoami", "--json")
+    assert code == 0, err
+    account = json.loads(out)["account"]
+    assert (account["user_id"], account["tier"], account["credits"]) == (str(user), "free", 98), account
 
     admin.execute("update public.users_profile set credits = 0 where id = %s", (user,))
     code, out, err = run_cli(capsys, "segment", str(photo_path), "person", "--json")

@@ -14,6 +14,7 @@ import json
 import multiprocessing
 import sqlite3
 import threading
+import uuid
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -134,6 +135,29 @@ def test_users_see_only_their_own_tasks(tmp_path: Path) -> None:
     assert alice.get(theirs.id).status == "pending"  # untouched by the refused calls
     assert [t.id for t in local.list()] == [mine.id] and [t.id for t in alice.list(project="pets")] == [theirs.id]
     assert SQLiteStore(tmp_path / "r.db", user_id="alice").get(theirs.id).id == theirs.id
+
+
+def test_tasks_filed_under_a_project_id(tmp_path: Path) -> None:
+    path = tmp_path / "r.db"
+    local, alice = SQLiteStore(path), SQLiteStore(path).for_user("alice")
+    first = local.create_task(["dog"], project="pets")
+    assert first.project_id
+    second = local.create_task(["cat"], project_id=first.project_id, queue=True)
+    assert (second.project, second.project_id) == ("pets", first.project_id)
+    assert [t.id for t in local.list(project="pets")] == [second.id, first.id]
+    theirs = alice.create_task(["cow"], project="farm")
+    for bad in (theirs.project_id, "no-such-project", str(uuid.uuid4()), ""):
+        assert bad is not None
+        with pytest.raises(TaskNotFound, match=f"no project {bad}") as e:
+            local.create_task(["dog"], project_id=bad, queue=True)
+        assert e.value.hint == "list your projects, or pass a project name"
+    with pytest.raises(UsageError, match="not both"):
+        local.create_task(["dog"], project="pets", project_id=first.project_id)
+    with sqlite3.connect(path) as db:  # nothing created by the refused calls, no project either
+        assert db.execute("select count(*) from segmentation_results").fetchone() == (3,)
+        assert db.execute("select count(*) from projects").fetchone() == (2,)
+    db.close()
+    assert [t.id for t in alice.list()] == [theirs.id]
 
 
 def test_local_account_has_no_credit_count(tmp_path: Path) -> None:
@@ -296,6 +320,7 @@ class PostgREST:
     def __init__(self) -> None:
         self.requests: list[httpx.Request] = []
         self.rows: dict[str, dict[str, Any]] = {}
+        self.projects: dict[str, dict[str, Any]] = {}
         self.profiles = {USER: {"id": USER, "tier": "pro", "credits": 5},
                          OTHER: {"id": OTHER, "tier": "free", "credits": 100}}
         self.clock = 0
@@ -325,8 +350,12 @@ class PostgREST:
         if path == "rpc/finish_segmentation_task":
             return self._finish(body)
         if path == "projects":
-            return httpx.Response(200 if request.method == "GET" else 201, json=[] if request.method == "GET"
-                                  else [{"id": "p1", **body}])
+            if request.method == "GET":
+                found = [p for p in self.projects.values() if _matches(p, query)]
+                return httpx.Response(200, json=found[:int(query["limit"][0])] if "limit" in query else found)
+            project = {"id": f"p{len(self.projects) + 1}", **body}
+            self.projects[project["id"]] = project
+            return httpx.Response(201, json=[project])
         if path == "users_profile":
             return httpx.Response(200, json=[p for p in self.profiles.values() if _matches(p, query)][:1])
         if request.method == "POST":
@@ -339,11 +368,18 @@ class PostgREST:
             for row in changed:
                 row.update(body, updated_at=self.now())
             return httpx.Response(200, json=changed)
-        rows = [r for r in self.rows.values() if _matches(r, query)]
+        rows = [self._embed(r, query) for r in self.rows.values() if _matches(r, query)]
         if "order" in query:
             column, _, direction = query["order"][0].partition(".")
             rows.sort(key=lambda r: r[column], reverse=direction == "desc")
         return httpx.Response(200, json=rows[:int(query["limit"][0])] if "limit" in query else rows)
+
+    def _embed(self, row: dict[str, Any], query: dict[str, list[str]]) -> dict[str, Any]:
+        """The row as read, with ``projects(name)`` joined in when the select asks for it."""
+        if "projects(name)" not in query.get("select", [""])[0]:
+            return row
+        project = self.projects.get(row.get("project_id") or "")
+        return {**row, "projects": {"name": project["name"]} if project else None}
 
     def _create(self, body: dict[str, Any]) -> httpx.Response:
         user, cost = body["p_user_id"], body["p_cost"]
@@ -558,6 +594,48 @@ def test_supabase_account(postgrest: PostgREST) -> None:
         assert q["id"] == [f"eq.{USER}"] and q["select"] == ["id,tier,credits"]
         with pytest.raises(StoreError, match="no profile for user nobody"):
             server.for_user("nobody").account()
+
+
+def test_supabase_tasks_filed_under_a_project_id(postgrest: PostgREST) -> None:
+    mine, theirs = str(uuid.uuid4()), str(uuid.uuid4())
+    postgrest.projects = {mine: {"id": mine, "user_id": USER, "name": "pets"},
+                          theirs: {"id": theirs, "user_id": OTHER, "name": "farm"}}
+    server, http = _store(postgrest, key="service-key")
+    with http:
+        store = server.for_user(USER)
+        task = store.create_task(["dog"], project_id=mine, cost=1, queue=True)
+        lookup, rpc, _ = postgrest.requests[-3:]
+        assert (lookup.method, lookup.url.path) == ("GET", "/rest/v1/projects")
+        assert _filters(lookup) == {"select": ["id"], "id": [f"eq.{mine}"], "user_id": [f"eq.{USER}"],
+                                    "limit": ["1"]}
+        assert rpc.url.path == "/rest/v1/rpc/create_segmentation_task"
+        assert json.loads(rpc.content)["p_project_id"] == mine
+        assert (task.project_id, task.project) == (mine, "pets")
+
+        before = (len(postgrest.requests), len(postgrest.rows))
+        with pytest.raises(TaskNotFound, match=f"no project {theirs}") as e:  # another user's: not found
+            store.create_task(["dog"], project_id=theirs, cost=1, queue=True)
+        assert e.value.hint == "list your projects, or pass a project name"
+        sent = postgrest.requests[before[0]:]
+        assert [(r.method, r.url.path) for r in sent] == [("GET", "/rest/v1/projects")]
+        assert _filters(sent[0])["user_id"] == [f"eq.{USER}"] and len(postgrest.rows) == before[1]
+        for bad in ("not-a-uuid", ""):  # refused before asking (PostgREST would answer 400 for a uuid column)
+            with pytest.raises(TaskNotFound, match=f"no project {bad}"):
+                store.create_task(["dog"], project_id=bad, queue=True)
+        with pytest.raises(UsageError, match="not both"):
+            store.create_task(["dog"], project="pets", project_id=mine)
+        assert len(postgrest.requests) == before[0] + 1 and len(postgrest.rows) == before[1]
+
+    user, http = _store(postgrest, access_token=_jwt(USER))
+    with http:
+        plain = user.create_task(["cat"], project_id=mine)
+        lookup, insert, _ = postgrest.requests[-3:]
+        assert _filters(lookup)["id"] == [f"eq.{mine}"] and _filters(lookup)["user_id"] == [f"eq.{USER}"]
+        assert json.loads(insert.content)["project_id"] == mine
+        assert (plain.project_id, plain.project) == (mine, "pets")
+        with pytest.raises(TaskNotFound, match=f"no project {theirs}"):
+            user.create_task(["cat"], project_id=theirs)
+        assert len(postgrest.rows) == 2 and len(postgrest.projects) == 2  # no task, no project made
 
 
 def test_supabase_credit_and_state_errors(postgrest: PostgREST) -> None:

@@ -340,6 +340,64 @@ def test_projects_by_name(admin: Conn, store: PostgresStore) -> None:
     assert one(admin, "select count(*) from public.projects where user_id = %s", a) == 3
 
 
+def test_projects_by_id(admin: Conn, store: PostgresStore) -> None:
+    a, b = new_user(admin, 10), new_user(admin, 10)
+    sa, sb = store.for_user(a), store.for_user(b)
+    first = sa.create_task(["cat"], project="alpha")
+    pid = first.project_id
+    assert pid is not None
+    queued = sa.create_task(["dog"], project_id=pid, cost=1, queue=True)
+    plain = sa.create_task(["cow"], project_id=pid.upper())  # any spelling of the uuid
+    assert {(t.project, t.project_id) for t in (queued, plain)} == {("alpha", pid)}
+    assert [t.id for t in sa.list(project="alpha")] == [plain.id, queued.id, first.id]
+
+    theirs = sb.create_task(["owl"], project="beta").project_id
+    assert theirs is not None
+    count = "select count(*) from public.segmentation_results where user_id = %s"
+    before = (one(admin, count, a), one(admin, count, b))
+    for bad in (theirs, str(uuid.uuid4()), "not-a-uuid", "", "1; drop table public.projects"):
+        for queue in (True, False):
+            with pytest.raises(TaskNotFound, match=f"no project {bad}") as exc:
+                sa.create_task(["cat"], project_id=bad, cost=int(queue), queue=queue)
+            assert exc.value.hint == "list your projects, or pass a project name"
+    with pytest.raises(UsageError, match="not both"):
+        sa.create_task(["cat"], project="alpha", project_id=pid)
+    assert (one(admin, count, a), one(admin, count, b)) == before  # nothing created
+    assert one(admin, "select count(*) from public.projects where user_id = %s", a) == 1
+    assert (credits(admin, a), credits(admin, b)) == (10, 10)
+    assert sb.list(project="beta")[0].project_id == theirs  # untouched
+    outcomes = run_together(6, lambda i: sa.create_task([f"x{i}"], project_id=pid, queue=i % 2 == 0))
+    assert {o[0] for o in outcomes} == {"ok"}, outcomes
+    assert {o[1].project for o in outcomes} == {"alpha"}
+
+
+def test_project_deleted_while_a_task_is_created_under_it(pg: _postgres.Cluster, admin: Conn,
+                                                          store: PostgresStore) -> None:
+    a = new_user(admin, 10)
+    s = store.for_user(a)
+    pid = s.create_task(["cat"], project="doomed").project_id
+    assert pid is not None
+    outcome: list[BaseException | Task] = []
+    with psycopg.connect(pg.dsn(_postgres.SUPERUSER)) as deleter:  # deleting it, not committed yet
+        deleter.execute("delete from public.projects where id = %s", (pid,))
+        creator = threading.Thread(target=lambda: outcome.append(_attempt(
+            lambda: s.create_task(["dog"], project_id=pid, cost=1, queue=True))))
+        creator.start()
+        creator.join(1)
+        assert creator.is_alive()  # the check waits for the deletion to end
+        deleter.commit()
+    creator.join(30)
+    assert len(outcome) == 1 and isinstance(outcome[0], TaskNotFound), outcome
+    assert one(admin, "select count(*) from public.segmentation_results where user_id = %s", a) == 1
+
+
+def _attempt(fn: Callable[[], Task]) -> BaseException | Task:
+    try:
+        return fn()
+    except BaseException as e:
+        return e
+
+
 # --- the server's sweep -------------------------------------------------------------------------------------
 
 

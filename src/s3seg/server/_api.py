@@ -59,6 +59,7 @@ class SegmentIn(BaseModel):
     text_prompts: list[str] = Field(default_factory=list, description="several noun phrases")
     boxes: list[BoxIn] = Field(default_factory=list, description="exemplar boxes, applied to every prompt")
     project: str | None = Field(default=None, max_length=200, description="project name (created if new)")
+    project_id: str | None = Field(default=None, description="id of one of the user's projects")
     threshold: float | None = Field(default=None, ge=0, le=1)
     mask_threshold: float | None = Field(default=None, gt=0, lt=1)
     max_instances: int | None = Field(default=None, ge=1)
@@ -141,8 +142,8 @@ def public_router(api: Callable[[], PublicAPI]) -> APIRouter:
         parts.limiter.hit(user.id, user.tier)
         store = parts.store.for_user(user.id)
         task = await run_in_threadpool(lambda: store.create_task(
-            prompts, project=body.project, metadata={**metadata, "boxes": boxes}, cost=parts.settings.segment_cost,
-            queue=True))
+            prompts, project=body.project, project_id=body.project_id, metadata={**metadata, "boxes": boxes},
+            cost=parts.settings.segment_cost, queue=True))
         parts.runner.submit(task)
         return JSONResponse(_ok(parts.out(task)), status_code=202)
 

@@ -97,11 +97,16 @@ class Store(Protocol):
         """The bound user's tier and credits (TaskNotFound-like StoreError when there is no profile)."""
         ...
 
-    def create_task(self, prompts: list[str], *, project: str | None = None,
+    def create_task(self, prompts: list[str], *, project: str | None = None, project_id: str | None = None,
                     metadata: dict[str, Any] | None = None, cost: int = 0, queue: bool = False) -> Task:
         """A ``pending`` task; ``metadata`` keeps ``prompts``, ``cost`` and ``attempts`` (0) as well.
         ``queue=True``: a task for the server's workers (``runnable``/``requeue_stale`` see only these;
-        ``cost`` credits are reserved now and charged by ``finish``)."""
+        ``cost`` credits are reserved now and charged by ``finish``).
+
+        The task's project: ``project`` by name (created if the user has none of that name), or
+        ``project_id``, the id of one of the bound user's projects — checked in the same transaction as
+        the insert; an unknown or malformed id, or another user's project, raises :class:`TaskNotFound`
+        and creates nothing. Giving both is a :class:`UsageError`."""
         ...
 
     def start(self, task_id: str) -> Task:

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 Tasks = list[Task]  # (the method named `list` below shadows the builtin inside the class)
 _HINT_URL = "check S3SEG_DATABASE_URL"
 _HINT_TASKS = "list tasks with: s3seg tasks"
+_HINT_PROJECT = "list your projects, or pass a project name"
 _COLUMNS = ("r.id, r.status, r.text_prompt, r.created_at, r.updated_at, r.user_id, r.project_id, p.name, "
             "r.source_image_url, r.mask_image_url, r.overlay_image_url, r.labels, r.metadata, r.error")
 _JOIN = " r left join public.projects p on p.id = r.project_id"
@@ -88,11 +89,16 @@ class PostgresStore:
                              "(Supabase Auth); check S3SEG_USER_ID")
         return Account(user_id=str(uid), tier=str(row[0]), credits=int(row[1]))
 
-    def create_task(self, prompts: list[str], *, project: str | None = None,
+    def create_task(self, prompts: list[str], *, project: str | None = None, project_id: str | None = None,
                     metadata: dict[str, Any] | None = None, cost: int = 0, queue: bool = False) -> Task:
+        """``project_id`` must be one of the bound user's projects, checked in the transaction that creates
+        the task (TaskNotFound otherwise, nothing created)."""
         from psycopg.types.json import Jsonb
 
+        if project is not None and project_id is not None:
+            raise UsageError("give a project name or a project id, not both")
         uid = self._uid()
+        wanted = _project(project_id) if project_id is not None else None
         if cost < 0:
             raise UsageError(f"a task's cost must be >= 0, got {cost}")
         if cost and not queue:
@@ -100,19 +106,25 @@ class PostgresStore:
                              hint=f"create the task with queue=True, or with cost=0 (got cost={cost})")
         meta = {"prompts": prompts, **(metadata or {})}
         with self._tx() as conn:
-            project_id = self._project_id(conn, uid, project) if project else None
+            pid: uuid.UUID | None = None
+            if wanted is not None:
+                pid = self._own_project(conn, uid, wanted)
+                if pid is None:
+                    raise TaskNotFound(f"no project {project_id}", hint=_HINT_PROJECT)
+            elif project:
+                pid = self._project_id(conn, uid, project)
             if queue:
                 row = conn.execute("select public.create_segmentation_task(%s, %s, %s, %s, %s::int)",
-                                   (uid, ", ".join(prompts), project_id, Jsonb(meta), cost)).fetchone()
+                                   (uid, ", ".join(prompts), pid, Jsonb(meta), cost)).fetchone()
             else:
-                if project_id is None and conn.execute("select 1 from public.users_profile where id = %s",
-                                                       (uid,)).fetchone() is None:
+                if pid is None and conn.execute("select 1 from public.users_profile where id = %s",
+                                                (uid,)).fetchone() is None:
                     raise StoreError(f"no profile for user {uid}",
                                      hint="a profile is created when the user signs up (Supabase Auth)")
                 row = conn.execute(
                     "insert into public.segmentation_results (user_id, project_id, text_prompt, metadata, status, "
                     "queued) values (%s, %s, %s, %s, 'pending', false) returning id",
-                    (uid, project_id, ", ".join(prompts), Jsonb({**meta, "cost": 0, "attempts": 0}))).fetchone()
+                    (uid, pid, ", ".join(prompts), Jsonb({**meta, "cost": 0, "attempts": 0}))).fetchone()
             assert row is not None
             return self._get(conn, row[0], uid)
 
@@ -215,11 +227,22 @@ class PostgresStore:
             raise TaskNotFound(f"no task {tid}", hint=_HINT_TASKS)
         return _task(row)
 
-    def _project_id(self, conn: Conn, uid: uuid.UUID, name: str) -> uuid.UUID:
+    def _own_project(self, conn: Conn, uid: uuid.UUID, project_id: uuid.UUID) -> uuid.UUID | None:
+        """``project_id`` if it is one of the user's projects (locked against deletion until the task is
+        inserted), else None."""
+        self._lock_profile(conn, uid)
+        row = conn.execute("select id from public.projects where id = %s and user_id = %s for key share",
+                           (project_id, uid)).fetchone()
+        return None if row is None else row[0]
+
+    def _lock_profile(self, conn: Conn, uid: uuid.UUID) -> None:
         # The profile first, as create_segmentation_task locks it: two new projects of one user cannot
         # deadlock on the key-share locks their foreign keys take.
         if conn.execute("select 1 from public.users_profile where id = %s for update", (uid,)).fetchone() is None:
             raise StoreError(f"no profile for user {uid}", hint="a profile is created when the user signs up")
+
+    def _project_id(self, conn: Conn, uid: uuid.UUID, name: str) -> uuid.UUID:
+        self._lock_profile(conn, uid)
         row = conn.execute("insert into public.projects (user_id, name) values (%s, %s) "
                            "on conflict (user_id, name) do nothing returning id", (uid, name)).fetchone()
         if row is None:  # it exists (or a concurrent call has just created it)
@@ -282,6 +305,13 @@ def _task_id(task_id: str) -> uuid.UUID:
         return uuid.UUID(str(task_id))
     except ValueError:
         raise TaskNotFound(f"no task {task_id}", hint=_HINT_TASKS) from None
+
+
+def _project(project_id: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(str(project_id))
+    except ValueError:
+        raise TaskNotFound(f"no project {project_id}", hint=_HINT_PROJECT) from None
 
 
 def _task(row: tuple[Any, ...]) -> Task:

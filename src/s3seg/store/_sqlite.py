@@ -68,6 +68,7 @@ _QUEUED_INDEX = ("create index if not exists results_queued on segmentation_resu
 _NEXT: dict[str, tuple[Status, ...]] = {"pending": ("processing", "error"), "processing": ("done", "error")}
 # Kept by the store in every task's metadata; a caller's metadata does not overwrite them.
 _OWN_KEYS = ("cost", "attempts")
+_PROJECT_HINT = "list your projects, or pass a project name"
 
 
 class SQLiteStore:
@@ -125,10 +126,13 @@ class SQLiteStore:
         """Credits are not counted locally: every user is ``enterprise`` with ``credits=None`` (unlimited)."""
         return Account(self._user, tier="enterprise", credits=None)
 
-    def create_task(self, prompts: list[str], *, project: str | None = None,
+    def create_task(self, prompts: list[str], *, project: str | None = None, project_id: str | None = None,
                     metadata: dict[str, Any] | None = None, cost: int = 0, queue: bool = False) -> Task:
         """A pending task; ``queue=True``: one for a server's workers (``runnable``). A queued task's
-        ``cost`` is recorded in its metadata but not reserved (no credits here)."""
+        ``cost`` is recorded in its metadata but not reserved (no credits here). ``project_id`` must be one
+        of the user's projects (checked in the insert's transaction; TaskNotFound otherwise)."""
+        if project is not None and project_id is not None:
+            raise UsageError("give a project name or a project id, not both")
         if cost < 0:
             raise UsageError(f"a task's cost must be >= 0, got {cost}")
         if cost and not queue:
@@ -137,7 +141,10 @@ class SQLiteStore:
         now = _now()
         task_id = str(uuid.uuid4())
         with self._tx() as db:
-            project_id = self._project_id(db, project, now) if project else None
+            if project_id is not None:
+                project_id = self._own_project(db, project_id)
+            elif project:
+                project_id = self._project_id(db, project, now)
             db.execute(
                 "insert into segmentation_results (id, project_id, user_id, text_prompt, metadata, status, "
                 "created_at, updated_at, queued) values (?, ?, ?, ?, ?, 'pending', ?, ?, ?)",
@@ -228,6 +235,12 @@ class SQLiteStore:
                     _update(db, task_id, {"status": "error", "error": _gave_up(attempts, max_attempts)})
             rows = [db.execute(_SELECT + " where r.id = ?", (i,)).fetchone() for i in requeued]
         return [_task(r) for r in rows]
+
+    def _own_project(self, db: sqlite3.Connection, project_id: str) -> str:
+        row = db.execute("select id from projects where id = ? and user_id = ?", (project_id, self._user)).fetchone()
+        if row is None:
+            raise TaskNotFound(f"no project {project_id}", hint=_PROJECT_HINT)
+        return str(row[0])
 
     def _project_id(self, db: sqlite3.Connection, name: str, now: str) -> str:
         row = db.execute("select id from projects where user_id = ? and name = ?", (self._user, name)).fetchone()

@@ -23,6 +23,7 @@ from __future__ import annotations
 import base64
 import copy
 import json
+import uuid
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
@@ -49,6 +50,7 @@ _START_TRIES = 3
 _STALE_BATCH = 500
 _NOT_FOUND_HINT = "list tasks with: s3seg tasks"
 _PROFILE_HINT = "a profile is created when the user signs up (Supabase Auth)"
+_PROJECT_HINT = "list your projects, or pass a project name"
 
 
 class SupabaseStore:
@@ -104,11 +106,15 @@ class SupabaseStore:
         credits = row.get("credits")
         return Account(str(row["id"]), tier=str(row["tier"]), credits=None if credits is None else int(credits))
 
-    def create_task(self, prompts: list[str], *, project: str | None = None,
+    def create_task(self, prompts: list[str], *, project: str | None = None, project_id: str | None = None,
                     metadata: dict[str, Any] | None = None, cost: int = 0, queue: bool = False) -> Task:
         """A pending task. ``queue=True`` (service key only): a task for the server's workers, reserving
         ``cost`` credits atomically (CreditsError when the user's credits minus what their unfinished tasks
-        reserve do not cover it). Otherwise a plain row that costs nothing."""
+        reserve do not cover it). Otherwise a plain row that costs nothing. ``project_id`` must be one of
+        the user's projects: it is looked up (by id and user) first, TaskNotFound when it is not; the
+        composite foreign key (project_id, user_id) refuses the insert should it vanish meanwhile."""
+        if project is not None and project_id is not None:
+            raise UsageError("give a project name or a project id, not both")
         user = self._user()
         if cost < 0:
             raise UsageError(f"a task's cost must be >= 0, got {cost}")
@@ -119,7 +125,10 @@ class SupabaseStore:
             raise UsageError("queued tasks need the service key (create_segmentation_task is service_role only)",
                              hint="send the image to an s3seg server, or record the result as a plain task")
         meta = {"prompts": prompts, **(metadata or {})}
-        project_id = self._project_id(project) if project else None
+        if project_id is not None:
+            project_id = self._own_project(project_id)
+        elif project:
+            project_id = self._project_id(project)
         if not queue:  # a plain row (``queued`` keeps its default, false: a signed-in user may not set it)
             row = {"user_id": user, "text_prompt": ", ".join(prompts), "status": "pending",
                    "metadata": {**meta, "cost": 0, "attempts": 0}, **({"project_id": project_id} if project_id else {})}
@@ -261,6 +270,18 @@ class SupabaseStore:
         if row.get("queued") and self._token_user is not None:
             raise StoreError(f"task {task_id} is a server task; only the server can change it",
                              hint="it runs on the s3seg server that queued it")
+
+    def _own_project(self, project_id: str) -> str:
+        """``project_id`` as stored, if it is one of the bound user's projects; else TaskNotFound."""
+        try:
+            uuid.UUID(str(project_id))  # a uuid column: PostgREST would refuse anything else with a 400
+        except ValueError:
+            raise TaskNotFound(f"no project {project_id}", hint=_PROJECT_HINT) from None
+        found = self._rows(self._client.table("projects").select("id").eq("id", project_id)
+                           .eq("user_id", self._user()).limit(1).execute)
+        if not found:
+            raise TaskNotFound(f"no project {project_id}", hint=_PROJECT_HINT)
+        return str(found[0]["id"])
 
     def _project_id(self, name: str) -> str:
         user = self._user()
