@@ -268,6 +268,13 @@ def test_bad_tokens_are_refused(stack: Stack, admin: Conn, keys: Keys, how: str)
     assert one(admin, "select count(*) from public.segmentation_results where user_id = %s", user) == 0
 
 
+def test_a_user_without_profile_is_told_so(stack: Stack, admin: Conn) -> None:
+    with stack.client(uuid.uuid4()) as http:  # a valid token, but no users_profile row
+        refused(http.get("/api/v1/me"), 403, "NO_PROFILE")
+        refused(http.post("/api/v1/segment", json={"image_url": "https://example.com/a.jpg", "text_prompt": "dog"}),
+                403, "NO_PROFILE")
+
+
 def test_users_see_only_their_own(stack: Stack, admin: Conn, photo_path: Path) -> None:
     alice, bob = new_user(admin), new_user(admin)
     with stack.client(alice) as a, stack.client(bob) as b:

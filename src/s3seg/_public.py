@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 from s3seg.errors import (
+    AccountNotFound,
     AuthError,
     CreditsError,
     ImageError,
@@ -174,6 +175,7 @@ def _as_error(status: int, code: str, message: str, hint: str | None) -> S3SegEr
     errors: dict[int, Callable[[], S3SegError]] = {
         401: lambda: AuthError(f"the API refused the sign-in: {message}", hint or "s3seg login"),
         402: lambda: CreditsError(message, hint or "see your credits with: s3seg whoami"),
+        403: lambda: AccountNotFound(message, hint),
         404: lambda: TaskNotFound(message, hint),
         413: lambda: ImageTooLargeError(message, hint or "resize or recompress the image"),
         415: lambda: ImageError(message, hint),

@@ -93,6 +93,10 @@ class CreditsError(S3SegError):
     exit_code = 12
 
 
+class AccountNotFound(StoreError):
+    """The user has no profile (``users_profile`` row), so no credits or tier."""
+
+
 class ServerError(S3SegError):
     """A remote s3seg server refused or failed a request (auth, limits, overload, unreachable)."""
 
@@ -106,6 +110,7 @@ class ServerError(S3SegError):
 
 
 __all__ = [
+    "AccountNotFound",
     "AuthError",
     "CreditsError",
     "DependencyError",

@@ -32,6 +32,7 @@ from s3seg.config import Settings
 from s3seg.engine import Request as EngineRequest
 from s3seg.engine import Sam3Engine, SegmentOptions
 from s3seg.errors import (
+    AccountNotFound,
     AuthError,
     CreditsError,
     DeviceError,
@@ -124,6 +125,7 @@ def _body_doc(json_model: type[BaseModel], file_field: str, many: bool) -> dict[
 _STATUS: list[tuple[type[BaseException], int, str]] = [
     (CreditsError, 402, "INSUFFICIENT_CREDITS"),
     (TaskNotFound, 404, "NOT_FOUND"),
+    (AccountNotFound, 403, "NO_PROFILE"),
     (FileTooLarge, 413, "FILE_TOO_LARGE"),
     (StoreError, 503, "STORE_UNAVAILABLE"),
     (StorageError, 503, "STORAGE_UNAVAILABLE"),

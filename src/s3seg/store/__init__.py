@@ -94,7 +94,7 @@ class Store(Protocol):
         ...
 
     def account(self) -> Account:
-        """The bound user's tier and credits (TaskNotFound-like StoreError when there is no profile)."""
+        """The bound user's tier and credits (:class:`AccountNotFound` when there is no profile)."""
         ...
 
     def create_task(self, prompts: list[str], *, project: str | None = None, project_id: str | None = None,

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from s3seg.errors import CreditsError, DependencyError, S3SegError, UsageError
+from s3seg.errors import AccountNotFound, CreditsError, DependencyError, S3SegError, UsageError
 from s3seg.store import STATUSES, Account, Status, StoreError, Task, TaskNotFound
 
 if TYPE_CHECKING:
@@ -85,8 +85,8 @@ class PostgresStore:
         with self._tx() as conn:
             row = conn.execute("select tier, credits from public.users_profile where id = %s", (uid,)).fetchone()
         if row is None:
-            raise StoreError(f"no profile for user {uid}", hint="a profile is created when the user signs up "
-                             "(Supabase Auth); check S3SEG_USER_ID")
+            raise AccountNotFound(f"no profile for user {uid}", hint="a profile is created when the user signs up "
+                                  "(Supabase Auth); check S3SEG_USER_ID")
         return Account(user_id=str(uid), tier=str(row[0]), credits=int(row[1]))
 
     def create_task(self, prompts: list[str], *, project: str | None = None, project_id: str | None = None,
@@ -119,8 +119,8 @@ class PostgresStore:
             else:
                 if pid is None and conn.execute("select 1 from public.users_profile where id = %s",
                                                 (uid,)).fetchone() is None:
-                    raise StoreError(f"no profile for user {uid}",
-                                     hint="a profile is created when the user signs up (Supabase Auth)")
+                    raise AccountNotFound(f"no profile for user {uid}",
+                                          hint="a profile is created when the user signs up (Supabase Auth)")
                 row = conn.execute(
                     "insert into public.segmentation_results (user_id, project_id, text_prompt, metadata, status, "
                     "queued) values (%s, %s, %s, %s, 'pending', false) returning id",
@@ -239,7 +239,7 @@ class PostgresStore:
         # The profile first, as create_segmentation_task locks it: two new projects of one user cannot
         # deadlock on the key-share locks their foreign keys take.
         if conn.execute("select 1 from public.users_profile where id = %s for update", (uid,)).fetchone() is None:
-            raise StoreError(f"no profile for user {uid}", hint="a profile is created when the user signs up")
+            raise AccountNotFound(f"no profile for user {uid}", hint="a profile is created when the user signs up")
 
     def _project_id(self, conn: Conn, uid: uuid.UUID, name: str) -> uuid.UUID:
         self._lock_profile(conn, uid)
@@ -279,7 +279,7 @@ class PostgresStore:
         if state == "PT404" and primary == "TASK_NOT_FOUND":
             return TaskNotFound(detail, hint=_HINT_TASKS)
         if state == "PT404":
-            return StoreError(detail, hint="a profile is created when the user signs up (Supabase Auth)")
+            return AccountNotFound(detail, hint="a profile is created when the user signs up (Supabase Auth)")
         if state == "PT409":
             return StoreError(detail)
         message = self._scrub(" ".join(str(e).split()))

@@ -28,7 +28,7 @@ from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
-from s3seg.errors import CreditsError, DependencyError, UsageError
+from s3seg.errors import AccountNotFound, CreditsError, DependencyError, UsageError
 from s3seg.store import STATUSES, Account, Status, StoreError, Task, TaskNotFound
 
 if TYPE_CHECKING:
@@ -101,7 +101,7 @@ class SupabaseStore:
         found = self._rows(self._client.table("users_profile").select("id, tier, credits").eq("id", user)
                            .limit(1).execute)
         if not found:
-            raise StoreError(f"no profile for user {user}", hint=_PROFILE_HINT)
+            raise AccountNotFound(f"no profile for user {user}", hint=_PROFILE_HINT)
         row = found[0]
         credits = row.get("credits")
         return Account(str(row["id"]), tier=str(row["tier"]), credits=None if credits is None else int(credits))
@@ -319,11 +319,11 @@ def _error(e: APIError) -> StoreError | CreditsError:
     if e.code == "PT404" and e.message == "TASK_NOT_FOUND":
         return TaskNotFound(detail or "no such task", hint=_NOT_FOUND_HINT)
     if e.code == "PT404":  # USER_NOT_FOUND
-        return StoreError(detail or f"no profile for the user ({e.message})", hint=_PROFILE_HINT)
+        return AccountNotFound(detail or f"no profile for the user ({e.message})", hint=_PROFILE_HINT)
     if e.code == "PT409":  # TASK_NOT_PROCESSING: "task … is <status>; it cannot become done"; TASK_NOT_QUEUED
         return StoreError(detail or f"the task cannot become done ({e.message})")
     if e.code == "23503" and detail and "users_profile" in detail:  # a plain row for a user without a profile
-        return StoreError(f"no profile for the user ({detail})", hint=_PROFILE_HINT)
+        return AccountNotFound(f"no profile for the user ({detail})", hint=_PROFILE_HINT)
     hint = "row-level security refused it: is this your task?" if e.code == "42501" else None
     return StoreError(f"Supabase refused the request: {e.message} ({e.code})", hint=hint)
 
