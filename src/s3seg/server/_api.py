@@ -101,9 +101,10 @@ def public_router(api: Callable[[], PublicAPI]) -> APIRouter:
     @router.get("/me")
     def me(user: User = Depends(current_user)) -> dict[str, Any]:
         """The signed-in user: id, tier, credits left and the rate limit."""
-        account = api().store.for_user(user.id).account()
+        parts = api()
+        account = parts.store.for_user(user.id).account()
         return _ok({"user_id": user.id, "email": user.email, "tier": user.tier, "credits": account.credits,
-                    "rate_limit_per_minute": api().limiter.limit(user.tier)})
+                    "rate_limit_per_minute": parts.limiter.limit(user.tier)})
 
     @router.post("/upload", status_code=201)
     async def upload(request: Request, user: User = Depends(current_user)) -> JSONResponse:

@@ -13,6 +13,7 @@ import base64
 import binascii
 import hmac
 import json
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from contextlib import asynccontextmanager
 from typing import Any, Literal
@@ -233,6 +234,7 @@ def create_app(engine: Sam3Engine | None, settings: Settings | None = None, *, s
         raise UsageError("the server needs a model or GPU workers", hint="set S3SEG_MODEL or S3SEG_WORKERS")
     max_bytes = int(settings.max_body_mb * 1024 * 1024)
     verifier = verifier or TokenVerifier.from_settings(settings)
+    engine_device = str(engine.device) if engine is not None else None
     state: dict[str, Any] = {}
 
     @asynccontextmanager
@@ -250,6 +252,12 @@ def create_app(engine: Sam3Engine | None, settings: Settings | None = None, *, s
         state["api"] = PublicAPI(settings, parts_store, parts_storage, runner, verifier,
                                  RateLimiter(settings.rate_limits), check_key)
         await runner.start()
+        logging.getLogger("uvicorn.error").info(
+            "s3seg: %s; users: %s; results: %s; files: %s",
+            f"gateway to {len(workers.urls)} GPU worker(s)" if workers is not None else f"model on {engine_device}",
+            "Supabase access tokens" if verifier is not None
+            else "the API key (local mode)" if settings.api_key else "anyone (local mode, no API key)",
+            parts_store.name, parts_storage.name)
         try:
             yield
         finally:
