@@ -35,7 +35,6 @@ if TYPE_CHECKING:
     from s3seg.store import Task
 
 _CONCURRENT = 4
-_RETRIES = 3  # 429 and 503, after their Retry-After
 _MAX_RETRY_AFTER_S = 60.0
 _WAIT_S = 30.0  # one long-poll
 
@@ -143,7 +142,10 @@ class PublicClient:
         return self._data(self._send(method, path, **kwargs))
 
     def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        for attempt in range(_RETRIES + 1):
+        """One request; 429 (rate limit) and 503 (busy) are waited out after their Retry-After, for as long
+        as the client's time limit allows, so a folder of images on a free tier just goes slower."""
+        deadline = time.monotonic() + self.timeout_s
+        while True:
             try:
                 response = self._http.request(method, path, headers=self._headers(), **kwargs)
             except httpx.TimeoutException as e:
@@ -152,11 +154,10 @@ class PublicClient:
             except httpx.TransportError as e:
                 raise ServerError(f"cannot reach the s3seg API at {self.url} ({type(e).__name__})",
                                   hint="check --api / S3SEG_API_URL") from e
-            if response.status_code in (429, 503) and attempt < _RETRIES:
-                time.sleep(min(float(response.headers.get("retry-after", "1") or 1), _MAX_RETRY_AFTER_S))
-                continue
-            return response
-        raise AssertionError("unreachable")
+            wait = min(_retry_after(response), _MAX_RETRY_AFTER_S)
+            if response.status_code not in (429, 503) or time.monotonic() + wait > deadline:
+                return response
+            time.sleep(wait)
 
     def _data(self, response: httpx.Response) -> Any:
         try:
@@ -184,6 +185,13 @@ def _as_error(status: int, code: str, message: str, hint: str | None) -> S3SegEr
     if status in errors:
         return errors[status]()
     return ServerError(f"the API failed ({status} {code}): {message}", hint=hint, status=status, code=code)
+
+
+def _retry_after(response: httpx.Response) -> float:
+    try:
+        return max(0.0, float(response.headers.get("retry-after", "1")))
+    except ValueError:
+        return 1.0
 
 
 def _task(row: dict[str, Any]) -> Task:
