@@ -289,10 +289,26 @@ def access_token(settings: Settings, *, http: httpx.Client | None = None) -> str
     return renewed.access_token
 
 
+def unverified_claims(token: str) -> dict[str, Any]:
+    """What a JWT says about itself, NOT verified (only the API and Supabase verify tokens); {} when the
+    token is not a JWT."""
+    import base64
+
+    parts = token.split(".")
+    if len(parts) != 3:
+        return {}
+    try:
+        claims = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
+    except ValueError:
+        return {}
+    return claims if isinstance(claims, dict) else {}
+
+
 def _check_project(session: Session, settings: Settings) -> None:
     if settings.supabase_url and _base(settings.supabase_url) != session.supabase_url:
         raise AuthError(f"signed in to {session.supabase_url}, but SUPABASE_URL is {settings.supabase_url}",
                         hint="sign in to this project: s3seg login")
 
 
-__all__ = ["Session", "access_token", "clear", "load", "login", "refresh", "revoke", "save", "session_path"]
+__all__ = ["Session", "access_token", "clear", "load", "login", "refresh", "revoke", "save", "session_path",
+           "unverified_claims"]

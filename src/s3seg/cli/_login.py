@@ -167,16 +167,9 @@ def _describe(session: Session) -> dict[str, Any]:
 
 def _token_info(token: str) -> dict[str, Any]:
     """What an access token says about itself (its claims, unverified: only the server can verify it)."""
-    import base64
+    from s3seg._session import unverified_claims
 
-    claims: dict[str, Any] = {}
-    parts = token.split(".")
-    if len(parts) == 3:
-        try:
-            payload = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
-            claims = payload if isinstance(payload, dict) else {}
-        except ValueError:
-            claims = {}
+    claims = unverified_claims(token)
     exp = claims.get("exp")
     expires_at = float(exp) if isinstance(exp, (int, float)) else None
     return {"user_id": claims.get("sub"), "email": claims.get("email"), "expires_at": expires_at,

@@ -20,9 +20,7 @@ PostgREST and network errors become :class:`StoreError`; ``PT402`` becomes :clas
 
 from __future__ import annotations
 
-import base64
 import copy
-import json
 import uuid
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
@@ -330,14 +328,7 @@ def _error(e: APIError) -> StoreError | CreditsError:
 
 def _task(row: dict[str, Any]) -> Task:
     project = row.get("projects")
-    return Task(
-        id=str(row["id"]), status=row["status"], text_prompt=row.get("text_prompt") or "",
-        created_at=_time(row["created_at"]), updated_at=_time(row["updated_at"]), user_id=row.get("user_id"),
-        project_id=row.get("project_id"), project=project.get("name") if isinstance(project, dict) else None,
-        source_image_url=row.get("source_image_url"), mask_image_url=row.get("mask_image_url"),
-        overlay_image_url=row.get("overlay_image_url"), labels=row.get("labels") or [],
-        metadata=row.get("metadata") or {}, error=row.get("error"),
-    )
+    return Task.from_dict({**row, "project": project.get("name") if isinstance(project, dict) else None})
 
 
 def _attempts(metadata: dict[str, Any]) -> int:
@@ -350,15 +341,11 @@ def _gave_up(attempts: int, max_attempts: int) -> str:
     return f"the worker running this task stopped responding (attempt {attempts} of {max_attempts})"
 
 
-def _time(value: str) -> datetime:
-    return datetime.fromisoformat(value.replace("Z", "+00:00"))
-
-
 def _token_subject(token: str) -> str:
     """The ``sub`` of a JWT, read without verifying (Supabase verifies it on every request)."""
-    try:
-        payload = token.split(".")[1]
-        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
-        return str(claims["sub"])
-    except (IndexError, ValueError, KeyError) as e:
-        raise UsageError("the Supabase access token is not a JWT with a subject", hint="sign in again") from e
+    from s3seg._session import unverified_claims
+
+    sub = unverified_claims(token).get("sub")
+    if not isinstance(sub, str) or not sub:
+        raise UsageError("the Supabase access token is not a JWT with a subject", hint="sign in again")
+    return sub
