@@ -31,6 +31,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -309,3 +310,35 @@ def as_user(conn: psycopg.Connection[Any], user_id: object, **claims: Any) -> It
         conn, "authenticated", {"sub": str(user_id), "role": "authenticated", "aud": "authenticated", **claims}
     ) as cur:
         yield cur
+
+
+# --- what the tests do with a cluster ----------------------------------------------------------------
+
+
+def sign_up(admin: psycopg.Connection[Any], *, meta: Mapping[str, Any] | None = None,
+            app_meta: Mapping[str, Any] | None = None, credits: int | None = None) -> uuid.UUID:
+    """Sign a user up the way Supabase Auth does (insert into auth.users as supabase_auth_admin; the
+    migration's trigger creates the profile). ``meta`` is the user's own metadata (signUp options.data),
+    ``app_meta`` what only admins set (e.g. the tier); ``credits`` then sets the profile's credits."""
+    import psycopg
+
+    def jsonb(d: Mapping[str, Any] | None) -> Any:
+        return psycopg.types.json.Jsonb(dict(d)) if d is not None else None
+
+    with admin.transaction():
+        admin.execute("set local role supabase_auth_admin")
+        row = admin.execute(
+            "insert into auth.users (email, raw_user_meta_data, raw_app_meta_data) values (%s, %s, %s) returning id",
+            (f"{uuid.uuid4().hex[:12]}@example.com", jsonb(meta), jsonb(app_meta)),
+        ).fetchone()
+    assert row is not None
+    user: uuid.UUID = row[0]
+    if credits is not None:
+        admin.execute("update public.users_profile set credits = %s where id = %s", (credits, user))
+    return user
+
+
+def one(admin: psycopg.Connection[Any], query: str, *params: Any) -> Any:
+    """The first column of the first row (None when there is no row)."""
+    row = admin.execute(query, params).fetchone()
+    return None if row is None else row[0]

@@ -72,3 +72,32 @@ def s3_server():  # type: ignore[no-untyped-def]
     pytest.importorskip("boto3")
     with seaweedfs() as server:
         yield server
+
+
+# --- a real PostgreSQL with Supabase's roles and supabase/migrations applied -------------------------
+
+
+@pytest.fixture(scope="module")
+def pg():  # type: ignore[no-untyped-def]
+    """A throw-away cluster per test module (see tests/_postgres.py); skips without PostgreSQL binaries."""
+    import _postgres
+
+    pytest.importorskip("psycopg")
+    try:
+        _postgres.find_bindir()
+        _postgres._run_prefix()
+    except _postgres.PostgresUnavailable as e:
+        pytest.skip(str(e))
+    with _postgres.postgres_cluster() as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="module")
+def pg_admin(pg):  # type: ignore[no-untyped-def]
+    """A superuser connection (autocommit), for setting up and inspecting; bypasses RLS."""
+    import psycopg
+
+    import _postgres
+
+    with psycopg.connect(pg.dsn(_postgres.SUPERUSER), autocommit=True) as conn:
+        yield conn

@@ -22,11 +22,11 @@ from typing import Any
 
 import httpx
 import jwt
-import psycopg
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
 import _postgres
+from _postgres import one
 from _s3server import S3Server
 from _server import LoopbackServer, free_port
 from s3seg.config import Settings
@@ -46,20 +46,8 @@ Conn = Any
 
 # ------------------------------------------------------------------------------------------ services
 @pytest.fixture(scope="module")
-def pg() -> Iterator[_postgres.Cluster]:
-    try:
-        _postgres.find_bindir()
-        _postgres._run_prefix()
-    except _postgres.PostgresUnavailable as e:
-        pytest.skip(str(e))
-    with _postgres.postgres_cluster() as cluster:
-        yield cluster
-
-
-@pytest.fixture(scope="module")
-def admin(pg: _postgres.Cluster) -> Iterator[Conn]:
-    with psycopg.connect(pg.dsn(_postgres.SUPERUSER), autocommit=True) as conn:
-        yield conn
+def admin(pg_admin: Conn) -> Conn:
+    return pg_admin
 
 
 @pytest.fixture(scope="module")
@@ -118,21 +106,7 @@ def keys() -> Iterator[Keys]:
 
 
 def new_user(admin: Conn, credits: int | None = None, tier: str = "free") -> uuid.UUID:
-    """Sign up the way Supabase Auth does (the profile comes from the migration's trigger)."""
-    with admin.transaction():
-        admin.execute("set local role supabase_auth_admin")
-        row = admin.execute("insert into auth.users (email, raw_app_meta_data) values (%s, %s) returning id",
-                            (f"{uuid.uuid4().hex[:12]}@example.com",
-                             psycopg.types.json.Jsonb({"tier": tier}))).fetchone()
-    user: uuid.UUID = row[0]
-    if credits is not None:
-        admin.execute("update public.users_profile set credits = %s where id = %s", (credits, user))
-    return user
-
-
-def one(admin: Conn, query: str, *params: Any) -> Any:
-    row = admin.execute(query, params).fetchone()
-    return None if row is None else row[0]
+    return _postgres.sign_up(admin, app_meta={"tier": tier}, credits=credits)
 
 
 # ---------------------------------------------------------------------------------------------- stack

@@ -14,7 +14,7 @@ import pytest
 psycopg = pytest.importorskip("psycopg")
 
 import _postgres  # noqa: E402
-from _postgres import as_role, as_user  # noqa: E402
+from _postgres import as_role, as_user, one  # noqa: E402
 
 pytestmark = pytest.mark.integration
 
@@ -22,21 +22,8 @@ Conn = Any  # psycopg.Connection[tuple[Any, ...]]
 
 
 @pytest.fixture(scope="module")
-def pg() -> Iterator[_postgres.Cluster]:
-    try:
-        _postgres.find_bindir()
-        _postgres._run_prefix()
-    except _postgres.PostgresUnavailable as e:
-        pytest.skip(str(e))
-    with _postgres.postgres_cluster() as cluster:
-        yield cluster
-
-
-@pytest.fixture(scope="module")
-def admin(pg: _postgres.Cluster) -> Iterator[Conn]:
-    """Superuser connection, for setting up and inspecting (bypasses RLS)."""
-    with psycopg.connect(pg.dsn(_postgres.SUPERUSER), autocommit=True) as conn:
-        yield conn
+def admin(pg_admin: Conn) -> Conn:
+    return pg_admin
 
 
 @pytest.fixture
@@ -47,24 +34,7 @@ def api(pg: _postgres.Cluster) -> Iterator[Conn]:
 
 
 def new_user(admin: Conn, meta: dict[str, Any] | None = None, app_meta: dict[str, Any] | None = None) -> uuid.UUID:
-    """Sign a user up the way Supabase Auth does: insert into auth.users as supabase_auth_admin.
-    ``meta`` is the user's own metadata (signUp options.data); ``app_meta`` is what only admins set."""
-    def jsonb(d: dict[str, Any] | None) -> Any:
-        return psycopg.types.json.Jsonb(d) if d is not None else None
-
-    with admin.transaction():
-        admin.execute("set local role supabase_auth_admin")
-        row = admin.execute(
-            "insert into auth.users (email, raw_user_meta_data, raw_app_meta_data) values (%s, %s, %s) returning id",
-            (f"{uuid.uuid4().hex[:12]}@example.com", jsonb(meta), jsonb(app_meta)),
-        ).fetchone()
-    assert row is not None
-    return row[0]  # type: ignore[no-any-return]
-
-
-def one(admin: Conn, query: str, *params: Any) -> Any:
-    row = admin.execute(query, params).fetchone()
-    return None if row is None else row[0]
+    return _postgres.sign_up(admin, meta=meta, app_meta=app_meta)
 
 
 def make_project(api: Conn, user: uuid.UUID, name: str = "p") -> uuid.UUID:

@@ -18,7 +18,7 @@ psycopg = pytest.importorskip("psycopg")
 pytest.importorskip("psycopg_pool")
 
 import _postgres  # noqa: E402
-from _postgres import as_role, as_user  # noqa: E402
+from _postgres import as_role, as_user, one  # noqa: E402
 from s3seg.errors import CreditsError, StoreError, TaskNotFound, UsageError  # noqa: E402
 from s3seg.store import Task  # noqa: E402
 from s3seg.store._postgres import PostgresStore  # noqa: E402
@@ -30,21 +30,8 @@ STALE = "the worker running this task stopped responding"
 
 
 @pytest.fixture(scope="module")
-def pg() -> Iterator[_postgres.Cluster]:
-    try:
-        _postgres.find_bindir()
-        _postgres._run_prefix()
-    except _postgres.PostgresUnavailable as e:
-        pytest.skip(str(e))
-    with _postgres.postgres_cluster() as cluster:
-        yield cluster
-
-
-@pytest.fixture(scope="module")
-def admin(pg: _postgres.Cluster) -> Iterator[Conn]:
-    """Superuser connection, for setting up and inspecting."""
-    with psycopg.connect(pg.dsn(_postgres.SUPERUSER), autocommit=True) as conn:
-        yield conn
+def admin(pg_admin: Conn) -> Conn:
+    return pg_admin
 
 
 @pytest.fixture(scope="module")
@@ -56,17 +43,7 @@ def store(pg: _postgres.Cluster) -> Iterator[PostgresStore]:
 
 
 def new_user(admin: Conn, credits: int = 100) -> str:
-    """Sign a user up as Supabase Auth does (the trigger creates the profile), then set their credits."""
-    with admin.transaction():
-        admin.execute("set local role supabase_auth_admin")
-        user = admin.execute("insert into auth.users (email) values ('u@example.com') returning id").fetchone()[0]
-    admin.execute("update public.users_profile set credits = %s where id = %s", (credits, user))
-    return str(user)
-
-
-def one(admin: Conn, query: str, *params: Any) -> Any:
-    row = admin.execute(query, params).fetchone()
-    return None if row is None else row[0]
+    return str(_postgres.sign_up(admin, credits=credits))
 
 
 def credits(admin: Conn, user: str) -> int:
