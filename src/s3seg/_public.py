@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
+from s3seg._remote import encoded, envelope_data
 from s3seg.errors import (
     AccountNotFound,
     AuthError,
@@ -121,8 +122,6 @@ class PublicClient:
     def segment(self, images: Sequence[LoadedImage], prompts: Sequence[str], boxes: Sequence[Box],
                 options: SegmentOptions, project: str | None = None) -> list[SegmentationResult]:
         def one(image: LoadedImage) -> SegmentationResult:
-            from s3seg._remote import encoded
-
             name = image.name or "image.png"
             uploaded = self.upload(encoded(image), name.rsplit("/", 1)[-1])
             task = self.wait(self.start(uploaded["image_id"], prompts, boxes, options, project).id)
@@ -160,16 +159,7 @@ class PublicClient:
             time.sleep(wait)
 
     def _data(self, response: httpx.Response) -> Any:
-        try:
-            body = response.json()
-        except ValueError:
-            body = None
-        if isinstance(body, dict) and body.get("ok") is True:
-            return body.get("data")
-        error = body.get("error", {}) if isinstance(body, dict) else {}
-        code = str(error.get("code", "HTTP_ERROR"))
-        message = str(error.get("message") or f"HTTP {response.status_code}")
-        raise _as_error(response.status_code, code, message, error.get("hint"))
+        return envelope_data(response, _as_error)
 
 
 def _as_error(status: int, code: str, message: str, hint: str | None) -> S3SegError:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -83,16 +83,22 @@ class RemoteBackend:
         raise AssertionError("unreachable")
 
     def _data(self, response: httpx.Response) -> Any:
-        try:
-            body = response.json()
-        except ValueError:
-            body = None
-        if isinstance(body, dict) and body.get("ok") is True:
-            return body.get("data")
-        error = body.get("error", {}) if isinstance(body, dict) else {}
-        code = str(error.get("code", "HTTP_ERROR"))
-        message = str(error.get("message") or f"HTTP {response.status_code}")
-        raise _as_error(response.status_code, code, message, error.get("hint"), self.url)
+        return envelope_data(response, lambda status, code, message, hint: _as_error(status, code, message, hint,
+                                                                                     self.url))
+
+
+def envelope_data(response: httpx.Response, error: Callable[[int, str, str, str | None], S3SegError]) -> Any:
+    """``data`` of an s3seg envelope; otherwise raise ``error(status, code, message, hint)``."""
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if isinstance(body, dict) and body.get("ok") is True:
+        return body.get("data")
+    details = body.get("error", {}) if isinstance(body, dict) else {}
+    code = str(details.get("code", "HTTP_ERROR"))
+    message = str(details.get("message") or f"HTTP {response.status_code}")
+    raise error(response.status_code, code, message, details.get("hint"))
 
 
 def _as_error(status: int, code: str, message: str, hint: str | None, url: str) -> S3SegError:
