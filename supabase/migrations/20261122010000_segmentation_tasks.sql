@@ -32,8 +32,7 @@
 -- requeued when a worker dies, counted in the reservations and charged by finish_segmentation_task.
 -- authenticated cannot set queued (it has column privileges on every other column, none on queued) and
 -- cannot update a queued row at all (RLS), so a row a user writes is never run, never reserves and never
--- changes a server task's price or status. A user may still delete their own queued task; finishing it then
--- fails with TASK_NOT_FOUND and nothing is charged.
+-- changes a server task's price or status. A user may delete their own queued task only once it has ended.
 
 
 alter table public.segmentation_results add column queued boolean not null default false;
@@ -57,6 +56,13 @@ grant insert (id, project_id, user_id, source_image_url, mask_image_url, overlay
       update (id, project_id, user_id, source_image_url, mask_image_url, overlay_image_url, text_prompt, labels,
               metadata, status, error, created_at, updated_at)
     on table public.segmentation_results to authenticated;
+
+-- Users may delete their own rows, but not a server task that is still pending or processing (its GPU work
+-- would be wasted; once it is done or failed, it is theirs to delete).
+drop policy "Users can delete their own results" on public.segmentation_results;
+create policy "Users can delete their own results" on public.segmentation_results
+    for delete to authenticated
+    using ((select auth.uid()) = user_id and not (queued and status in ('pending', 'processing')));
 
 -- Users may update only their own rows that are not server tasks.
 drop policy "Users can update their own results" on public.segmentation_results;
