@@ -36,6 +36,35 @@ def test_rle_round_trip_is_exact_and_pycocotools_reads_it(mask: np.ndarray) -> N
     assert SegmentationResult.from_coco(doc) == r
 
 
+def masks_to_encode() -> list[np.ndarray]:
+    """Masks of every kind the encoder must handle: both of its paths (bounding box at most half the image,
+    or more), runs across column ends, first/last pixel set, counts long enough to need 5+ groups."""
+    rng = np.random.default_rng(7)
+    masks = [np.zeros((1, 1), bool), np.ones((1, 1), bool), np.zeros((6, 4), bool), np.ones((6, 4), bool)]
+    for _ in range(400):
+        h, w = (int(v) for v in rng.integers(1, 30, 2))
+        masks.append(rng.random((h, w)) < rng.random())
+        m = np.zeros((h, w), bool)
+        (y0, y1), (x0, x1) = sorted(rng.integers(0, h + 1, 2)), sorted(rng.integers(0, w + 1, 2))
+        m[y0:y1, x0:x1] = True
+        masks.append(m)
+    big = np.zeros((3000, 4000), bool)
+    big[0, 0] = big[-1, -1] = big[1500, 2000:2100] = True
+    column_runs = np.zeros((50, 40), bool)
+    column_runs[40:, 5:9] = column_runs[:10, 6:10] = True  # runs that go on over the bottom of a column
+    return [*masks, big, column_runs, np.random.default_rng(8).random((480, 640)) > 0.3]
+
+
+def test_rle_encoding_is_pycocotools_byte_for_byte() -> None:
+    from s3seg import _rle
+
+    for mask in masks_to_encode():
+        expected = coco_mask.encode(np.asfortranarray(mask, dtype=np.uint8))
+        rle, area = _rle.encode(mask)
+        assert rle == {"size": list(mask.shape), "counts": expected["counts"].decode()}, mask.shape
+        assert area == int(coco_mask.area(expected)) == int(mask.sum())
+
+
 def test_several_images_share_categories() -> None:
     a, b = make(seed=1), make(h=20, w=10, seed=2, prompts=("cat", "bird"))
     doc = to_coco([a, b])
