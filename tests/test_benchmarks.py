@@ -18,6 +18,7 @@ BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
     ("bench_server.py", ["--requests", "2", "--warmup", "1", "--concurrency", "1,2", "--image", "160x120",
                          "--threads", "1"], "servers stopped cleanly: 2/2"),
     ("bench_api.py", ["--requests", "1", "--image", "160x120", "--threads", "1"], "servers stopped cleanly: 1/1"),
+    ("bench_encode.py", ["--repeats", "1"], "all RLE strings identical to pycocotools'"),
 ])
 def test_benchmark_runs(script: str, args: list[str], expect: str, tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, str(BENCH / script), *args, "--json", str(tmp_path / "out.json")],

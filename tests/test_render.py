@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import io
+import json
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from s3seg.render import color, label_map, mask_png, overlay
+from s3seg.render import color, encode_jpeg, label_map, mask_png, outputs, overlay
 from s3seg.types import Instance, SegmentationResult
 
 
@@ -144,6 +145,42 @@ def test_overlay_overlap_uses_winner_colour() -> None:
     arr = np.asarray(overlay(image, r, alpha=1.0))
     assert tuple(arr[60, 60]) == color(2)
     assert tuple(arr[30, 30]) == color(1)
+
+
+def test_overlay_outlines_are_solid_and_interiors_blended() -> None:
+    h, w = 60, 80
+    image = np.full((h, w, 3), 200, dtype=np.uint8)
+    # Two touching squares, their boxes (drawn on top) out of the way in the bottom-right corner: each
+    # outline in its own colour, also where they meet.
+    a, b = rect_mask(h, w, 10, 10, 40, 30), rect_mask(h, w, 10, 30, 40, 50)
+    r = result(h, w, Instance("a", 0.9, (76, 56, 79, 59), a), Instance("b", 0.8, (76, 56, 79, 59), b))
+    arr = np.asarray(overlay(image, r, alpha=0.5)).astype(int)
+    assert tuple(arr[25, 10]) == color(1) and tuple(arr[39, 20]) == color(1)  # left edge, bottom edge
+    assert tuple(arr[25, 29]) == color(1) and tuple(arr[25, 30]) == color(2)  # where a meets b
+    assert np.all(np.abs(arr[25, 40] - (np.array(color(2)) + 200) / 2) <= 1)  # inside b
+    assert tuple(arr[5, 5]) == (200, 200, 200)
+
+
+def test_overlay_beyond_255_instances() -> None:
+    h, w = 60, 400
+    image = np.zeros((h, w, 3), dtype=np.uint8)
+    # One column each; boxes and labels in the top-left corner, away from row 50.
+    r = result(h, w, *(Instance("a", 0.5, (0, 0, 1, 1), rect_mask(h, w, 20, x, h, x + 1)) for x in range(300)))
+    arr = np.asarray(overlay(image, r, alpha=1.0))
+    assert [tuple(arr[50, x]) for x in (0, 254, 255, 299)] == [color(1), color(255), color(256), color(300)]
+    assert not arr[:, 300:].any()
+
+
+def test_outputs_are_the_single_renderers_at_once() -> None:
+    rng = np.random.default_rng(3)
+    h, w = 90, 120
+    image = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    r = result(h, w, inst("a", 0.6, h, w, 5, 5, 60, 70), inst("b", 0.7, h, w, 30, 40, 90, 120),
+               Instance("b", 0.2, (0, 0, 1, 1), rng.random((h, w)) > 0.5))
+    files = outputs(image, r)
+    assert files.mask_png == mask_png(r)
+    assert files.overlay_jpeg == encode_jpeg(overlay(image, r))
+    assert json.loads(files.coco_json) == json.loads(json.dumps(r.to_coco()))
 
 
 def test_overlay_tiny_and_edge_boxes() -> None:

@@ -27,6 +27,7 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image, ImageDraw, ImageFont
 
+from s3seg import _rle
 from s3seg.types import Instance, SegmentationResult
 
 LabelMap = npt.NDArray[np.uint16]
@@ -85,23 +86,19 @@ def label_map(result: SegmentationResult) -> LabelMap:
     if n > _MAX_INSTANCES:
         raise ValueError(f"a label map holds at most {_MAX_INSTANCES} instances, got {n}")
     labels = np.zeros((result.height, result.width), dtype=np.uint16)
-    # Paint lowest priority first so that later (higher-priority) instances overwrite overlaps.
+    # Paint lowest priority first so that later (higher-priority) instances overwrite overlaps; each
+    # within its mask's bounding box only.
     for i in sorted(range(n), key=lambda i: (result.instances[i].score, -i)):
-        np.copyto(labels, np.uint16(i + 1), where=result.instances[i].mask)
+        mask = result.instances[i].mask
+        if (box := _rle.bounds(mask)) is not None:
+            within = np.s_[box[0] : box[1], box[2] : box[3]]
+            np.copyto(labels[within], np.uint16(i + 1), where=mask[within])
     return labels
 
 
 def mask_png(result: SegmentationResult) -> bytes:
     """The label map as PNG bytes (8-bit palette for ≤ 255 instances, else 16-bit gray; see module doc)."""
-    labels = label_map(result)
-    if len(result.instances) <= 255:
-        im = Image.fromarray(labels.astype(np.uint8))
-        im.putpalette(_palette_bytes())  # an "L" image with a palette becomes "P", indices unchanged
-    else:
-        im = Image.fromarray(labels)  # uint16 → "I;16", saved as 16-bit grayscale
-    buf = io.BytesIO()
-    im.save(buf, format="PNG")
-    return buf.getvalue()
+    return _label_png(label_map(result), len(result.instances))
 
 
 def overlay(image: np.ndarray, result: SegmentationResult, *, alpha: float = 0.5) -> Image.Image:
@@ -124,10 +121,7 @@ def overlay(image: np.ndarray, result: SegmentationResult, *, alpha: float = 0.5
     rgb = _check_image(image, result)
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
-    out = _blend_masks(rgb, result, alpha)
-    canvas = Image.fromarray(out)
-    _draw_boxes_and_labels(canvas, result)
-    return canvas
+    return _overlay(rgb, result, label_map(result), alpha)
 
 
 # --- helpers -------------------------------------------------------------------------------------
@@ -157,22 +151,33 @@ def _check_image(image: np.ndarray, result: SegmentationResult) -> npt.NDArray[n
     return image
 
 
-def _blend_masks(rgb: npt.NDArray[np.uint8], result: SegmentationResult, alpha: float) -> npt.NDArray[np.uint8]:
-    """(H, W, 3) → new (H, W, 3): masked pixels mixed with their colour, mask outlines solid."""
-    if not result.instances:
-        return np.array(rgb, dtype=np.uint8, order="C", copy=True)
-    labels = label_map(result)
-    colours = _lut(len(result.instances))[labels]  # (H, W, 3)
-    # Whole-image integer blend (weights out of 256) then a select: much faster than boolean gathers
-    # when masks cover most of the image, and exact at alpha 0 and 1.
-    weight = np.uint16(round(alpha * 256))
-    mixed = (
-        rgb.astype(np.uint16) * (np.uint16(256) - weight) + colours.astype(np.uint16) * weight + np.uint16(128)
-    ) >> 8
-    out: npt.NDArray[np.uint8] = np.where((labels > 0)[:, :, np.newaxis], mixed.astype(np.uint8), rgb)
-    edges = _edges(labels)
-    out[edges] = colours[edges]
-    return out
+def _label_png(labels: LabelMap, n: int) -> bytes:
+    # ≤ 255 instances: palette; more: uint16 → "I;16", saved as 16-bit grayscale.
+    im = _palette_image(labels) if n <= 255 else Image.fromarray(labels)
+    buf = io.BytesIO()
+    im.save(buf, format="PNG", compress_level=3)  # label maps are flat: 5× faster than 6, ~25 % bigger
+    return buf.getvalue()
+
+
+def _palette_image(labels: LabelMap) -> Image.Image:
+    """Labels ≤ 255 as a "P" image whose palette is the instance colours (indices unchanged)."""
+    im = Image.fromarray(labels.astype(np.uint8))
+    im.putpalette(_palette_bytes())
+    return im
+
+
+def _overlay(rgb: npt.NDArray[np.uint8], result: SegmentationResult, labels: LabelMap, alpha: float) -> Image.Image:
+    """Masked pixels mixed with their colour, mask outlines solid, then boxes and labels (all in Pillow's C
+    loops: a 1080p overlay takes milliseconds, not the ~100 ms of numpy's gathers)."""
+    canvas = Image.fromarray(rgb)
+    if result.instances:
+        n = len(result.instances)
+        colours = _palette_image(labels).convert("RGB") if n <= 255 else Image.fromarray(_lut(n)[labels])
+        canvas = canvas.copy()
+        canvas.paste(Image.blend(canvas, colours, alpha), mask=Image.fromarray(labels > 0))
+        canvas.paste(colours, mask=Image.fromarray(_edges(labels)))
+    _draw_boxes_and_labels(canvas, result)
+    return canvas
 
 
 def _edges(labels: LabelMap) -> npt.NDArray[np.bool_]:
@@ -277,5 +282,12 @@ class Outputs:
 def outputs(image: npt.NDArray[np.uint8], result: SegmentationResult) -> Outputs:
     """Render every output file of ``result`` on ``image`` (H, W, 3)."""
     import json
+    from concurrent.futures import ThreadPoolExecutor
 
-    return Outputs(json.dumps(result.to_coco()).encode(), mask_png(result), encode_jpeg(overlay(image, result)))
+    rgb = _check_image(image, result)
+    with ThreadPoolExecutor(1) as pool:
+        # COCO encoding alongside the pictures: both spend most of their time in C loops without the GIL.
+        coco = pool.submit(lambda: json.dumps(result.to_coco()).encode())
+        labels = label_map(result)
+        pictures = _label_png(labels, len(result.instances)), encode_jpeg(_overlay(rgb, result, labels, 0.5))
+        return Outputs(coco.result(), *pictures)
