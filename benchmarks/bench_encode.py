@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
               f"  {ours:6.2f} / {r['s3seg p95 ms']:5.2f}  {py / ours:5.2f}×")
 
     recording = recording_rows(max(3, args.repeats // 4), rng)
-    print("\nRecording a result (render.outputs: COCO JSON + mask PNG + overlay JPEG, COCO in a second thread)")
+    print("\nRecording a result (render.outputs: COCO JSON + mask PNG + overlay JPEG)")
     for r in recording:
         print(f"{r['image']:>10}  {r['instances']:3d} instances  {r['median ms']:7.1f} ms median  "
               f"{r['p95 ms']:7.1f} p95  (COCO alone {r['coco ms']:.1f} ms)  sizes KiB {r['KiB']}")

@@ -28,7 +28,7 @@ def encode(mask: npt.NDArray[np.bool_]) -> tuple[dict[str, Any], int]:
     r0, r1, c0, c1 = box
     if 2 * (r1 - r0) * (c1 - c0) > h * w:
         rle = _mask.encode(np.asfortranarray(mask.view(np.uint8)))
-        return {"size": [h, w], "counts": rle["counts"].decode("ascii")}, int(_mask.area(rle))
+        return {"size": [h, w], "counts": rle["counts"].decode("ascii")}, int(np.count_nonzero(mask))
     # The box's columns with a False row above and below, in column-major order: every run of True pixels
     # then starts and ends inside one column.
     padded = np.zeros((c1 - c0, r1 - r0 + 2), dtype=bool)
