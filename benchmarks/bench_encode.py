@@ -10,7 +10,7 @@ objects to whole-image ones, at 0.3 MP (640×480) and 2 MP (1920×1080):
   pycocotools' byte for byte, or the script exits with status 1.
 
 Then recording a result the way ``--save`` and the public API's tasks do (``render.outputs``: COCO JSON, mask
-PNG and overlay JPEG) for 20 and 100 instances, with each file's share.
+PNG and overlay JPEG) for 20 and 100 instances, with the size of each file.
 
     python benchmarks/bench_encode.py
     python benchmarks/bench_encode.py --repeats 50 --json bench-encode.json
@@ -38,7 +38,7 @@ from s3seg import _rle, render
 from s3seg.types import Instance, SegmentationResult
 
 SIZES = ((640, 480), (1920, 1080))
-#: name → (share of the image inside the object's box, smooth field only inside it).
+#: name → share of the image taken by the mask's box (1.0: the whole image, many scattered parts).
 SHAPES = {"small object": 0.01, "medium object": 0.1, "large object": 0.4, "scattered parts": 1.0}
 
 Mask = npt.NDArray[np.bool_]
