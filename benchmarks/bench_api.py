@@ -54,8 +54,9 @@ from s3seg.testing import write_random_checkpoint
 STEPS = ("upload", "segment", "wait", "result")
 
 
-def task_path(client: httpx.Client, upload: Upload, prompts: tuple[str, ...], threshold: float
-              ) -> tuple[dict[str, float], dict[str, Any]]:
+def task_path(
+    client: httpx.Client, upload: Upload, prompts: tuple[str, ...], threshold: float
+) -> tuple[dict[str, float], dict[str, Any]]:
     """One image through the public API; milliseconds per step, and the COCO document."""
     ms: dict[str, float] = {}
 
@@ -68,8 +69,12 @@ def task_path(client: httpx.Client, upload: Upload, prompts: tuple[str, ...], th
         return response.json()["data"] if name != "result" else response.json()
 
     image = step("upload", "POST", "/api/v1/upload", files={"file": (upload.name, upload.data, upload.mime)})
-    task = step("segment", "POST", "/api/v1/segment", json={"image_id": image["image_id"],
-                                                            "text_prompts": list(prompts), "threshold": threshold})
+    task = step(
+        "segment",
+        "POST",
+        "/api/v1/segment",
+        json={"image_id": image["image_id"], "text_prompts": list(prompts), "threshold": threshold},
+    )
     done = step("wait", "GET", f"/api/v1/tasks/{task['task_id']}", params={"wait": 60})
     if done["status"] != "done":
         raise RuntimeError(f"task ended {done['status']}: {done.get('error')}")
@@ -109,16 +114,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         model_dir = write_random_checkpoint(Path(tmp) / "model", args.config, seed=args.seed)
         engine = Sam3Engine.load(str(model_dir), device=str(device), dtype=str(dtype).removeprefix("torch."))
         settings = Settings(  # explicit values: nothing from the environment changes the run
-            api_key=SecretStr(key), threshold=args.threshold, mask_threshold=MASK_THRESHOLD,
-            max_prompts=len(PROMPTS), data_dir=Path(tmp) / "data", max_instances=None, nms_iou=None,
-            rate_limits={"enterprise": 10**9}, max_upload_mb=max(10.0, 2 * len(upload.data) / 2**20))
-        direct = Direct(engine, upload, prompts, SegmentOptions(threshold=args.threshold,
-                                                                mask_threshold=MASK_THRESHOLD))
+            api_key=SecretStr(key),
+            threshold=args.threshold,
+            mask_threshold=MASK_THRESHOLD,
+            max_prompts=len(PROMPTS),
+            data_dir=Path(tmp) / "data",
+            max_instances=None,
+            nms_iou=None,
+            rate_limits={"enterprise": 10**9},
+            max_upload_mb=max(10.0, 2 * len(upload.data) / 2**20),
+        )
+        direct = Direct(
+            engine, upload, prompts, SegmentOptions(threshold=args.threshold, mask_threshold=MASK_THRESHOLD)
+        )
         want = scores_of(direct.call()[1])
         ask = Ask(upload, prompts, args.threshold)
         stopped: list[bool] = []
-        run.say(f"request: {upload.description}; prompts {list(prompts)}; threshold {args.threshold:g}; "
-                f"{args.requests} timed requests per path after one warm-up; local-mode server (SQLite, files)")
+        run.say(
+            f"request: {upload.description}; prompts {list(prompts)}; threshold {args.threshold:g}; "
+            f"{args.requests} timed requests per path after one warm-up; local-mode server (SQLite, files)"
+        )
         with serving(engine, settings, stopped) as server, new_client(server.url, key) as client:
             ask.post(client)
             _, doc = task_path(client, upload, prompts, args.threshold)  # warm-up, and the answer checked
@@ -147,9 +162,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name in STEPS:
         run.say(line(f"  {name}", times[name], base))
     extra = statistics.median(times["task"]) - base
-    run.say(f"summary: the task path adds {extra:.1f} ms per image over direct inference "
-            f"({statistics.median(times['task']) / base:.2f}× direct); servers stopped cleanly: "
-            f"{sum(stopped)}/{len(stopped)}")
+    run.say(
+        f"summary: the task path adds {extra:.1f} ms per image over direct inference "
+        f"({statistics.median(times['task']) / base:.2f}× direct); servers stopped cleanly: "
+        f"{sum(stopped)}/{len(stopped)}"
+    )
     if args.json:
         args.json.write_text(json.dumps({"lines": run.lines, "times_ms": times}, indent=1))
     return 0 if all(stopped) else 1

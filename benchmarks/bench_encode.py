@@ -48,8 +48,9 @@ def blob(width: int, height: int, share: float, rng: np.random.Generator) -> Mas
     """A mask with SAM3-like outlines: a 16×16 random field, bilinearly upsampled, thresholded at zero,
     inside a random box covering ``share`` of the image (the whole image for 1.0: many scattered parts)."""
     bw, bh = max(2, round(width * share**0.5)), max(2, round(height * share**0.5))
-    field = torch.nn.functional.interpolate(torch.from_numpy(rng.standard_normal((1, 1, 16, 16))), size=(bh, bw),
-                                            mode="bilinear", align_corners=False)[0, 0].numpy()
+    field = torch.nn.functional.interpolate(
+        torch.from_numpy(rng.standard_normal((1, 1, 16, 16))), size=(bh, bw), mode="bilinear", align_corners=False
+    )[0, 0].numpy()
     if share < 1.0:  # one object: strongest in the middle of its box
         yy, xx = np.mgrid[-1 : 1 : bh * 1j, -1 : 1 : bw * 1j]
         field = field + 2.0 * (1.0 - np.hypot(xx, yy))
@@ -85,10 +86,15 @@ def encoding_rows(repeats: int, rng: np.random.Generator) -> tuple[list[dict[str
                 for m in masks:
                     ms["pycocotools"].append(timed(pycocotools_encode, m))
                     ms["s3seg"].append(timed(_rle.encode, m))
-            rows.append({"image": f"{width}x{height}", "mask": shape,
-                         "coverage": float(np.mean([m.mean() for m in masks])),
-                         **{f"{k} median ms": statistics.median(v) for k, v in ms.items()},
-                         **{f"{k} p95 ms": p95(v) for k, v in ms.items()}})
+            rows.append(
+                {
+                    "image": f"{width}x{height}",
+                    "mask": shape,
+                    "coverage": float(np.mean([m.mean() for m in masks])),
+                    **{f"{k} median ms": statistics.median(v) for k, v in ms.items()},
+                    **{f"{k} p95 ms": p95(v) for k, v in ms.items()},
+                }
+            )
     return rows, mismatches
 
 
@@ -98,16 +104,25 @@ def recording_rows(repeats: int, rng: np.random.Generator) -> list[dict[str, Any
         image = synthetic_image(width, height, seed=1)
         for count in (20, 100):
             shares = rng.choice([0.005, 0.02, 0.1], size=count)
-            instances = [Instance("thing", float(rng.random()), (0.0, 0.0, 10.0, 10.0), blob(width, height, s, rng))
-                         for s in shares]
+            instances = [
+                Instance("thing", float(rng.random()), (0.0, 0.0, 10.0, 10.0), blob(width, height, s, rng))
+                for s in shares
+            ]
             result = SegmentationResult(width, height, ("thing",), tuple(instances))
             total = [timed(render.outputs, image, result) for _ in range(repeats)]
             files = render.outputs(image, result)
-            rows.append({"image": f"{width}x{height}", "instances": count, "median ms": statistics.median(total),
-                         "p95 ms": p95(total), "coco ms": statistics.median(
-                             timed(result.to_coco) for _ in range(repeats)),
-                         "KiB": {k: round(len(getattr(files, k)) / 1024, 1)
-                                 for k in ("coco_json", "mask_png", "overlay_jpeg")}})
+            rows.append(
+                {
+                    "image": f"{width}x{height}",
+                    "instances": count,
+                    "median ms": statistics.median(total),
+                    "p95 ms": p95(total),
+                    "coco ms": statistics.median(timed(result.to_coco) for _ in range(repeats)),
+                    "KiB": {
+                        k: round(len(getattr(files, k)) / 1024, 1) for k in ("coco_json", "mask_png", "overlay_jpeg")
+                    },
+                }
+            )
     return rows
 
 
@@ -128,14 +143,18 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'image':>10}  {'mask':<16} {'cover':>6}  {'pycocotools':>14}  {'s3seg':>14}  {'ratio':>6}")
     for r in encoding:
         py, ours = r["pycocotools median ms"], r["s3seg median ms"]
-        print(f"{r['image']:>10}  {r['mask']:<16} {r['coverage']:6.1%}  {py:6.2f} / {r['pycocotools p95 ms']:5.2f}"
-              f"  {ours:6.2f} / {r['s3seg p95 ms']:5.2f}  {py / ours:5.2f}×")
+        print(
+            f"{r['image']:>10}  {r['mask']:<16} {r['coverage']:6.1%}  {py:6.2f} / {r['pycocotools p95 ms']:5.2f}"
+            f"  {ours:6.2f} / {r['s3seg p95 ms']:5.2f}  {py / ours:5.2f}×"
+        )
 
     recording = recording_rows(max(3, args.repeats // 4), rng)
     print("\nRecording a result (render.outputs: COCO JSON + mask PNG + overlay JPEG)")
     for r in recording:
-        print(f"{r['image']:>10}  {r['instances']:3d} instances  {r['median ms']:7.1f} ms median  "
-              f"{r['p95 ms']:7.1f} p95  (COCO alone {r['coco ms']:.1f} ms)  sizes KiB {r['KiB']}")
+        print(
+            f"{r['image']:>10}  {r['instances']:3d} instances  {r['median ms']:7.1f} ms median  "
+            f"{r['p95 ms']:7.1f} p95  (COCO alone {r['coco ms']:.1f} ms)  sizes KiB {r['KiB']}"
+        )
 
     if args.json:
         args.json.write_text(json.dumps({"encoding": encoding, "recording": recording}, indent=2))

@@ -52,8 +52,22 @@ import torch
 from s3seg.testing import random_config, write_random_checkpoint
 
 PROMPTS = (
-    "cat", "dog", "person", "red car", "bicycle", "tree", "traffic light", "chair",
-    "bottle", "a striped umbrella", "bird", "laptop", "window", "shoe", "clock", "boat",
+    "cat",
+    "dog",
+    "person",
+    "red car",
+    "bicycle",
+    "tree",
+    "traffic light",
+    "chair",
+    "bottle",
+    "a striped umbrella",
+    "bird",
+    "laptop",
+    "window",
+    "shoe",
+    "clock",
+    "boat",
 )
 DEFAULT_CASES = ("1x1", "4x1", "16x1", "1x8", "4x8", "16x8")
 DEFAULT_SIZES = ("640x480", "1920x1080")
@@ -155,14 +169,15 @@ def encode_rle(masks: torch.Tensor) -> list[dict[str, Any]]:
     array = masks.to(torch.uint8).cpu().numpy()
     rles = mask_utils.encode(np.asfortranarray(array.transpose(1, 2, 0)))
     areas = mask_utils.area(rles)
-    return [{"size": [int(v) for v in r["size"]], "counts": r["counts"].decode("ascii"), "area": int(a)}
-            for r, a in zip(rles, areas, strict=True)]
+    return [
+        {"size": [int(v) for v in r["size"]], "counts": r["counts"].decode("ascii"), "area": int(a)}
+        for r, a in zip(rles, areas, strict=True)
+    ]
 
 
 def sorted_probe(scores: torch.Tensor, masks: torch.Tensor) -> Probe:
     order = torch.argsort(scores.float().cpu(), descending=True, stable=True)
-    return Probe(scores=scores.float().cpu()[order].numpy().astype(np.float64),
-                 masks=masks.cpu()[order].bool().numpy())
+    return Probe(scores=scores.float().cpu()[order].numpy().astype(np.float64), masks=masks.cpu()[order].bool().numpy())
 
 
 class TransformersPath:
@@ -181,7 +196,9 @@ class TransformersPath:
         with torch.inference_mode():
             outputs = self.model(**inputs)
         return self.processor.post_process_instance_segmentation(  # type: ignore[no-untyped-call,no-any-return]
-            outputs, threshold=self.threshold, mask_threshold=MASK_THRESHOLD,
+            outputs,
+            threshold=self.threshold,
+            mask_threshold=MASK_THRESHOLD,
             target_sizes=inputs["original_sizes"].tolist(),
         )
 
@@ -401,8 +418,10 @@ class Agreement:
 
     def line(self) -> str:
         a, b = self.instances
-        return (f"{a} vs {b} instances, max |Δscore| {self.max_score_diff:.2e}, "
-                f"mask pixel agreement {100 * self.mask_agreement:.3f}%")
+        return (
+            f"{a} vs {b} instances, max |Δscore| {self.max_score_diff:.2e}, "
+            f"mask pixel agreement {100 * self.mask_agreement:.3f}%"
+        )
 
 
 def compare(a: Probe, b: Probe) -> Agreement:
@@ -430,8 +449,12 @@ class Parity:
 
     @property
     def ok(self) -> bool:
-        return all(a.instances[0] == a.instances[1] and a.max_score_diff <= self.score_tol
-                   and a.mask_agreement >= self.agreement_tol for a in self.agreement)
+        return all(
+            a.instances[0] == a.instances[1]
+            and a.max_score_diff <= self.score_tol
+            and a.mask_agreement >= self.agreement_tol
+            for a in self.agreement
+        )
 
 
 def plain_fidelity() -> Any:
@@ -446,13 +469,21 @@ def plain_fidelity() -> Any:
     return Fidelity(**off)
 
 
-def check_parity(model_dir: Path, tf: TransformersPath, image: Image, prompts: Sequence[str],
-                 device: str, dtype: str, threshold: float) -> Parity:
+def check_parity(
+    model_dir: Path,
+    tf: TransformersPath,
+    image: Image,
+    prompts: Sequence[str],
+    device: str,
+    dtype: str,
+    threshold: float,
+) -> Parity:
     """s3seg with its reference fixes off must compute what transformers computes."""
     from s3seg.engine import Sam3Engine
 
-    engine = S3segPath(Sam3Engine.load(str(model_dir), device=device, dtype=dtype, fidelity=plain_fidelity()),
-                       threshold)
+    engine = S3segPath(
+        Sam3Engine.load(str(model_dir), device=device, dtype=dtype, fidelity=plain_fidelity()), threshold
+    )
     try:
         agreement = [compare(engine.probe(image, p), tf.probe(image, p)) for p in prompts]
     finally:
@@ -517,8 +548,14 @@ def build_meta_and_checkpoint(model_dir: Path, seed: int) -> Any:
 def machine_lines(device: torch.device, dtype: torch.dtype, config: str, memory: MemoryProbe) -> list[str]:
     import transformers
 
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor() or "unknown")
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor() or "unknown",
+    )
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     return [
         f"command: {shlex.join([Path(sys.executable).name, *sys.argv])}",
@@ -561,15 +598,23 @@ def case_table(case: Case, rows: Sequence[Measurement]) -> list[str]:
     for m in rows:
         ips, base_ips = case.images / (m.median_ms / 1000), case.images / (base.median_ms / 1000)
         mem, base_mem = m.peak_bytes / 2**20, base.peak_bytes / 2**20
-        table.append([
-            m.path, str(len(m.times_ms)),
-            _cell(m.median_ms, base.median_ms, ".1f"), _cell(m.p95_ms, base.p95_ms, ".1f"),
-            _cell(ips, base_ips, ".2f"), _cell(mem, base_mem, ".1f"), str(m.instances),
-            "–" if m is base else _ratio_text(m.median_ms, base.median_ms),
-        ])
+        table.append(
+            [
+                m.path,
+                str(len(m.times_ms)),
+                _cell(m.median_ms, base.median_ms, ".1f"),
+                _cell(m.p95_ms, base.p95_ms, ".1f"),
+                _cell(ips, base_ips, ".2f"),
+                _cell(mem, base_mem, ".1f"),
+                str(m.instances),
+                "–" if m is base else _ratio_text(m.median_ms, base.median_ms),
+            ]
+        )
     widths = [max(len(r[k]) for r in table) for k in range(len(header))]
-    fmt = ["| " + " | ".join(_pad(c, w, left=k == 0) for k, (c, w) in enumerate(zip(r, widths, strict=True))) + " |"
-           for r in table]
+    fmt = [
+        "| " + " | ".join(_pad(c, w, left=k == 0) for k, (c, w) in enumerate(zip(r, widths, strict=True))) + " |"
+        for r in table
+    ]
     fmt.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
     return fmt
 
@@ -581,13 +626,18 @@ def _pad(text: str, width: int, *, left: bool) -> str:
 def summary_table(results: Sequence[tuple[Case, list[Measurement]]]) -> list[str]:
     """One line per case: every path's median as a multiple of s3seg's."""
     paths = [m.path for m in results[0][1] if m.path != S3SEG] if results else []
-    lines = ["| case | s3seg median ms | " + " | ".join(f"{p} / s3seg" for p in paths) + " |",
-             "|---|---:|" + "---:|" * len(paths)]
+    lines = [
+        "| case | s3seg median ms | " + " | ".join(f"{p} / s3seg" for p in paths) + " |",
+        "|---|---:|" + "---:|" * len(paths),
+    ]
     for case, rows in results:
         by = {m.path: m for m in rows}
         base = by[S3SEG].median_ms
-        lines.append(f"| {case.name} | {base:.1f} | "
-                     + " | ".join(f"{by[p].median_ms / base:.2f}×" if p in by else "–" for p in paths) + " |")
+        lines.append(
+            f"| {case.name} | {base:.1f} | "
+            + " | ".join(f"{by[p].median_ms / base:.2f}×" if p in by else "–" for p in paths)
+            + " |"
+        )
     return lines
 
 
@@ -605,30 +655,55 @@ def model_args(description: str | None) -> argparse.ArgumentParser:
     """The options every benchmark shares: model size, device, dtype, threshold, threads, seed."""
     cuda = torch.cuda.is_available()
     ap = argparse.ArgumentParser(description=description)
-    ap.add_argument("--config", choices=CONFIGS, default="full" if cuda else "tiny",
-                    help="model size with random weights (default: full on CUDA, tiny otherwise)")
+    ap.add_argument(
+        "--config",
+        choices=CONFIGS,
+        default="full" if cuda else "tiny",
+        help="model size with random weights (default: full on CUDA, tiny otherwise)",
+    )
     ap.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 … (default auto)")
-    ap.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
-                    help="auto: bfloat16 on CUDA, float32 elsewhere")
-    ap.add_argument("--threshold", type=float, default=0.0,
-                    help="score threshold (default 0.0: every query of the random model is an instance)")
-    ap.add_argument("--threads", type=int,
-                    help="torch CPU threads (default: torch's choice, one per core); 1 is steadier on a shared machine")
+    ap.add_argument(
+        "--dtype",
+        default="auto",
+        choices=["auto", "float32", "bfloat16", "float16"],
+        help="auto: bfloat16 on CUDA, float32 elsewhere",
+    )
+    ap.add_argument(
+        "--threshold",
+        type=float,
+        default=0.0,
+        help="score threshold (default 0.0: every query of the random model is an instance)",
+    )
+    ap.add_argument(
+        "--threads",
+        type=int,
+        help="torch CPU threads (default: torch's choice, one per core); 1 is steadier on a shared machine",
+    )
     ap.add_argument("--seed", type=int, default=0)
     return ap
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap = model_args(__doc__.split("\n\n")[0] if __doc__ else None)
-    ap.add_argument("--cases", default=",".join(DEFAULT_CASES),
-                    help="prompts×images per call, e.g. 1x1,4x1,16x1 (each at every --sizes; PxB@WxH pins a size)")
+    ap.add_argument(
+        "--cases",
+        default=",".join(DEFAULT_CASES),
+        help="prompts×images per call, e.g. 1x1,4x1,16x1 (each at every --sizes; PxB@WxH pins a size)",
+    )
     ap.add_argument("--sizes", default=",".join(DEFAULT_SIZES), help="image sizes WxH (default 640x480,1920x1080)")
     ap.add_argument("--repeats", type=int, default=5, help="timed calls per path and case (default 5)")
     ap.add_argument("--warmup", type=int, default=1, help="untimed calls first (default 1)")
-    ap.add_argument("--budget-s", type=float, default=30.0,
-                    help="stop repeating a path's case once this many seconds are spent (at least 1 call)")
-    ap.add_argument("--paths", default="s3seg,transformers,transformers+RLE,meta-sam3,meta-sam3+RLE",
-                    help="which paths to time (s3seg is always timed: it is the baseline)")
+    ap.add_argument(
+        "--budget-s",
+        type=float,
+        default=30.0,
+        help="stop repeating a path's case once this many seconds are spent (at least 1 call)",
+    )
+    ap.add_argument(
+        "--paths",
+        default="s3seg,transformers,transformers+RLE,meta-sam3,meta-sam3+RLE",
+        help="which paths to time (s3seg is always timed: it is the baseline)",
+    )
     ap.add_argument("--json", type=Path, help="save every raw number here")
     return ap.parse_args(argv)
 
@@ -655,8 +730,9 @@ class Paths:
         return out
 
 
-def prepare_checkpoint(args: argparse.Namespace, device: torch.device, model_dir: Path,
-                       wanted: set[str]) -> tuple[Any, str | None]:
+def prepare_checkpoint(
+    args: argparse.Namespace, device: torch.device, model_dir: Path, wanted: set[str]
+) -> tuple[Any, str | None]:
     """Write the random-weight checkpoint; with Meta's package usable, from Meta's own model."""
     meta_skip = meta_unavailable(args.config, device) if wanted & {"meta-sam3", "meta-sam3+RLE"} else "not asked"
     if meta_skip is None:
@@ -669,19 +745,25 @@ def prepare_checkpoint(args: argparse.Namespace, device: torch.device, model_dir
 
 
 def report_parity(run: Run, parity: Parity) -> None:
-    run.say(f"parity check: s3seg with {plain_fidelity()} vs transformers, one 640x480 image, 3 prompts "
-            f"(tolerance |Δscore| ≤ {parity.score_tol:g}, masks ≥ {100 * parity.agreement_tol:g}%)")
+    run.say(
+        f"parity check: s3seg with {plain_fidelity()} vs transformers, one 640x480 image, 3 prompts "
+        f"(tolerance |Δscore| ≤ {parity.score_tol:g}, masks ≥ {100 * parity.agreement_tol:g}%)"
+    )
     for prompt, a in zip(PROMPTS, parity.agreement, strict=False):
         run.say(f"  {prompt!r}: {a.line()}")
-    run.say("  OK" if parity.ok else
-            "PARITY FAILED: s3seg in transformers mode does not compute what transformers computes")
+    run.say(
+        "  OK" if parity.ok else "PARITY FAILED: s3seg in transformers mode does not compute what transformers computes"
+    )
 
 
-def report_case(run: Run, case: Case, rows: Sequence[Measurement], threshold: float, stages: dict[str, float],
-                checks: Sequence[str]) -> None:
+def report_case(
+    run: Run, case: Case, rows: Sequence[Measurement], threshold: float, stages: dict[str, float], checks: Sequence[str]
+) -> None:
     run.say()
-    run.say(f"case {case.name}: {case.prompts} prompt(s) × {case.images} image(s) of "
-            f"{case.width}x{case.height} ({case.megapixels:.1f} MP), threshold {threshold:g}")
+    run.say(
+        f"case {case.name}: {case.prompts} prompt(s) × {case.images} image(s) of "
+        f"{case.width}x{case.height} ({case.megapixels:.1f} MP), threshold {threshold:g}"
+    )
     for line in case_table(case, rows):
         run.say(line)
     run.say("  s3seg stages (last call, ms): " + ", ".join(f"{k} {v:.1f}" for k, v in stages.items()))
@@ -711,21 +793,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         model_dir = Path(tmp) / "model"
         meta_model, meta_skip = prepare_checkpoint(args, device, model_dir, wanted)
         config = random_config(args.config)
-        run.say(f"model:   {args.config} config, image size {config.image_size}, "
-                f"{config.detr_decoder_config.num_queries} queries, "  # type: ignore[union-attr]
-                f"random weights (seed {args.seed})")
+        run.say(
+            f"model:   {args.config} config, image size {config.image_size}, "
+            f"{config.detr_decoder_config.num_queries} queries, "  # type: ignore[union-attr]
+            f"random weights (seed {args.seed})"
+        )
         run.say(f"meta-sam3: {'runs' if meta_skip is None else 'skipped: ' + meta_skip}")
         tf = TransformersPath(model_dir, device, dtype, args.threshold)
         engine = Sam3Engine.load(str(model_dir), device=device_arg, dtype=dtype_arg)
         meta = MetaPath(meta_model, config.image_size, args.threshold, dtype) if meta_model is not None else None
         paths = Paths(S3segPath(engine, args.threshold), tf, meta, wanted)
-        run.say(f"parameters: {sum(p.numel() for p in tf.model.parameters()) / 1e6:.1f} M; "
-                f"attention: {tf.model.config._attn_implementation} (transformers), sdpa (s3seg)")
+        run.say(
+            f"parameters: {sum(p.numel() for p in tf.model.parameters()) / 1e6:.1f} M; "
+            f"attention: {tf.model.config._attn_implementation} (transformers), sdpa (s3seg)"
+        )
         bank = ImageBank()
 
         run.say()
-        parity = check_parity(model_dir, tf, bank.get(640, 480, 1)[0], PROMPTS[:3], device_arg, dtype_arg,
-                              args.threshold)
+        parity = check_parity(
+            model_dir, tf, bank.get(640, 480, 1)[0], PROMPTS[:3], device_arg, dtype_arg, args.threshold
+        )
         report_parity(run, parity)
         if not parity.ok:
             return 1
@@ -737,8 +824,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             images = bank.get(case.width, case.height, case.images)
             rows = measure_case(paths.plans(images, PROMPTS[: case.prompts]), timing, memory)
             results.append((case, rows))
-            report_case(run, case, rows, args.threshold, paths.s3.stages,
-                        case_checks(case, rows, paths, bank, correctness))
+            report_case(
+                run, case, rows, args.threshold, paths.s3.stages, case_checks(case, rows, paths, bank, correctness)
+            )
 
         run.say()
         run.say("summary: median latency per call as a multiple of s3seg's (> 1: slower than s3seg)")
@@ -751,8 +839,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def case_checks(case: Case, rows: Sequence[Measurement], paths: Paths, bank: ImageBank,
-                cache: dict[tuple[int, int], list[str]]) -> list[str]:
+def case_checks(
+    case: Case, rows: Sequence[Measurement], paths: Paths, bank: ImageBank, cache: dict[tuple[int, int], list[str]]
+) -> list[str]:
     """Instance counts of every path against s3seg's, and one image–prompt pair compared in full."""
     base = next(m for m in rows if m.path == S3SEG)
     lines = []
@@ -766,16 +855,26 @@ def case_checks(case: Case, rows: Sequence[Measurement], paths: Paths, bank: Ima
     if key not in cache:
         image = bank.get(case.width, case.height, 1)[0]
         ours = paths.s3.probe(image, PROMPTS[0])
-        cache[key] = [f"  correctness (image 0, {PROMPTS[0]!r}, s3seg's reference fixes on, so not expected equal): "
-                      f"transformers: {compare(ours, paths.tf.probe(image, PROMPTS[0])).line()}"]
+        cache[key] = [
+            f"  correctness (image 0, {PROMPTS[0]!r}, s3seg's reference fixes on, so not expected equal): "
+            f"transformers: {compare(ours, paths.tf.probe(image, PROMPTS[0])).line()}"
+        ]
         if paths.meta is not None:
-            cache[key].append(f"  correctness vs meta-sam3 (expected close): "
-                              f"{compare(ours, paths.meta.probe(to_pil([image])[0], PROMPTS[0])).line()}")
+            cache[key].append(
+                f"  correctness vs meta-sam3 (expected close): "
+                f"{compare(ours, paths.meta.probe(to_pil([image])[0], PROMPTS[0])).line()}"
+            )
     return lines + cache[key]
 
 
-def save_json(args: argparse.Namespace, run: Run, parity: Parity, results: Sequence[tuple[Case, list[Measurement]]],
-              memory_kind: str, meta_skip: str | None) -> None:
+def save_json(
+    args: argparse.Namespace,
+    run: Run,
+    parity: Parity,
+    results: Sequence[tuple[Case, list[Measurement]]],
+    memory_kind: str,
+    meta_skip: str | None,
+) -> None:
     doc = {
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "header": run.lines[:6],
@@ -783,10 +882,23 @@ def save_json(args: argparse.Namespace, run: Run, parity: Parity, results: Seque
         "meta_sam3": "ran" if meta_skip is None else f"skipped: {meta_skip}",
         "parity": [asdict(a) for a in parity.agreement],
         "cases": [
-            {"case": asdict(case), "name": case.name,
-             "paths": [{"path": m.path, "times_ms": m.times_ms, "median_ms": m.median_ms, "p95_ms": m.p95_ms,
-                        "images_per_s": case.images / (m.median_ms / 1000), "peak_bytes": m.peak_bytes,
-                        "instances": m.instances, "counts": m.counts} for m in rows]}
+            {
+                "case": asdict(case),
+                "name": case.name,
+                "paths": [
+                    {
+                        "path": m.path,
+                        "times_ms": m.times_ms,
+                        "median_ms": m.median_ms,
+                        "p95_ms": m.p95_ms,
+                        "images_per_s": case.images / (m.median_ms / 1000),
+                        "peak_bytes": m.peak_bytes,
+                        "instances": m.instances,
+                        "counts": m.counts,
+                    }
+                    for m in rows
+                ],
+            }
             for case, rows in results
         ],
     }

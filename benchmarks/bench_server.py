@@ -96,7 +96,8 @@ def make_upload(args: argparse.Namespace) -> Upload:
         buf = io.BytesIO()
         fmt = "JPEG" if args.format == "jpeg" else "PNG"
         PILImage.fromarray(synthetic_image(width, height, seed=width + height)).save(
-            buf, format=fmt, **({"quality": 90} if fmt == "JPEG" else {}))
+            buf, format=fmt, **({"quality": 90} if fmt == "JPEG" else {})
+        )
         data, mime, name = buf.getvalue(), f"image/{args.format}", f"synthetic.{'jpg' if fmt == 'JPEG' else 'png'}"
     # What the server does with the bytes: the direct path segments exactly these pixels.
     return Upload(name, data, mime, load_image(data, name=name).array)
@@ -116,8 +117,14 @@ class LiveServer:
     def __init__(self, engine: Sam3Engine, settings: Settings) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(create_app(engine, settings), host="127.0.0.1", port=self.port,
-                                log_level="warning", access_log=False, timeout_graceful_shutdown=30)
+        config = uvicorn.Config(
+            create_app(engine, settings),
+            host="127.0.0.1",
+            port=self.port,
+            log_level="warning",
+            access_log=False,
+            timeout_graceful_shutdown=30,
+        )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, name="uvicorn", daemon=True)
 
@@ -161,8 +168,11 @@ class Ask:
     threshold: float
 
     def post(self, client: httpx.Client) -> dict[str, Any]:
-        response = client.post(PREDICT, files={"image": (self.upload.name, self.upload.data, self.upload.mime)},
-                               data={"prompts": list(self.prompts), "threshold": repr(self.threshold)})
+        response = client.post(
+            PREDICT,
+            files={"image": (self.upload.name, self.upload.data, self.upload.mime)},
+            data={"prompts": list(self.prompts), "threshold": repr(self.threshold)},
+        )
         body: dict[str, Any] = response.json()
         if response.status_code != 200 or not body.get("ok"):
             raise RuntimeError(f"server answered {response.status_code}: {str(body)[:300]}")
@@ -244,8 +254,9 @@ class Direct:
     options: SegmentOptions
 
     def call(self) -> tuple[SegmentationResult, dict[str, Any]]:
-        [result] = self.engine.segment([self.upload.array], self.prompts, names=[self.upload.name],
-                                       options=self.options)
+        [result] = self.engine.segment(
+            [self.upload.array], self.prompts, names=[self.upload.name], options=self.options
+        )
         return result, result.to_coco()
 
     def timed(self) -> tuple[float, dict[str, Any]]:
@@ -302,9 +313,11 @@ class Validation:
         return self.direct_instances == self.server_instances and self.max_score_diff <= SCORE_TOLERANCE
 
     def line(self) -> str:
-        return (f"{self.server_instances} vs {self.direct_instances} instances, max |Δscore| "
-                f"{self.max_score_diff:.2e} (tolerance {SCORE_TOLERANCE:g}), max |Δbox| {self.max_box_diff:.2e} px, "
-                f"mask pixel agreement {100 * self.mask_agreement:.3f}%")
+        return (
+            f"{self.server_instances} vs {self.direct_instances} instances, max |Δscore| "
+            f"{self.max_score_diff:.2e} (tolerance {SCORE_TOLERANCE:g}), max |Δbox| {self.max_box_diff:.2e} px, "
+            f"mask pixel agreement {100 * self.mask_agreement:.3f}%"
+        )
 
 
 def validate(want: SegmentationResult, doc: dict[str, Any]) -> Validation:
@@ -328,8 +341,11 @@ def max_diff(runs: Sequence[Sequence[float]], want: Sequence[float]) -> float:
 
 
 def stats_delta(after: dict[str, int], before: dict[str, int]) -> dict[str, int]:
-    return {"batches": after["batches"] - before["batches"], "images": after["images"] - before["images"],
-            "largest_batch": after["largest_batch"]}
+    return {
+        "batches": after["batches"] - before["batches"],
+        "images": after["images"] - before["images"],
+        "largest_batch": after["largest_batch"],
+    }
 
 
 @dataclass
@@ -367,8 +383,10 @@ def http_stack() -> str:
 
     loop = "uvloop" if _importable("uvloop") else "asyncio"
     http = "httptools" if _importable("httptools") else "h11"
-    return (f"uvicorn {uvicorn.__version__} ({loop}, {http}), fastapi {fastapi.__version__}, "
-            f"starlette {starlette.__version__}, httpx {httpx.__version__}")
+    return (
+        f"uvicorn {uvicorn.__version__} ({loop}, {http}), fastapi {fastapi.__version__}, "
+        f"starlette {starlette.__version__}, httpx {httpx.__version__}"
+    )
 
 
 def _importable(name: str) -> bool:
@@ -380,8 +398,14 @@ def _importable(name: str) -> bool:
 def machine_lines(device: torch.device, dtype: torch.dtype, config: str) -> list[str]:
     import transformers
 
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor() or "unknown")
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor() or "unknown",
+    )
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     return [
         f"command: {shlex.join([Path(sys.executable).name, *sys.argv])}",
@@ -401,26 +425,46 @@ def _cell(value: float, base: float, fmt: str) -> str:
 
 def table(rows: Sequence[Row]) -> list[str]:
     base = rows[0]
-    header = ["path", "clients", "n", "req/s", "p50 ms", "p95 ms", "CPU ms/req", "batches", "images", "mean batch",
-              "largest batch", "max abs Δscore"]
+    header = [
+        "path",
+        "clients",
+        "n",
+        "req/s",
+        "p50 ms",
+        "p95 ms",
+        "CPU ms/req",
+        "batches",
+        "images",
+        "mean batch",
+        "largest batch",
+        "max abs Δscore",
+    ]
     out = [header]
     for r in rows:
         q = r.queue
-        out.append([
-            r.name, str(r.clients), str(len(r.times_ms)),
-            _cell(r.rps, 0 if r is base else base.rps, ".2f"),
-            _cell(r.p50_ms, 0 if r is base else base.p50_ms, ".1f"),
-            _cell(r.p95_ms, 0 if r is base else base.p95_ms, ".1f"),
-            _cell(r.cpu_per_request_ms, 0 if r is base else base.cpu_per_request_ms, ".1f"),
-            str(q["batches"]) if q else "–", str(q["images"]) if q else "–",
-            f"{r.mean_batch:.2f}" if r.mean_batch is not None else "–",
-            str(q["largest_batch"]) if q else "–",
-            "–" if r is base else f"{r.max_score_diff:.1e}",
-        ])
+        out.append(
+            [
+                r.name,
+                str(r.clients),
+                str(len(r.times_ms)),
+                _cell(r.rps, 0 if r is base else base.rps, ".2f"),
+                _cell(r.p50_ms, 0 if r is base else base.p50_ms, ".1f"),
+                _cell(r.p95_ms, 0 if r is base else base.p95_ms, ".1f"),
+                _cell(r.cpu_per_request_ms, 0 if r is base else base.cpu_per_request_ms, ".1f"),
+                str(q["batches"]) if q else "–",
+                str(q["images"]) if q else "–",
+                f"{r.mean_batch:.2f}" if r.mean_batch is not None else "–",
+                str(q["largest_batch"]) if q else "–",
+                "–" if r is base else f"{r.max_score_diff:.1e}",
+            ]
+        )
     widths = [max(len(row[k]) for row in out) for k in range(len(header))]
-    lines = ["| " + " | ".join(c.ljust(w) if k == 0 else c.rjust(w) for k, (c, w) in enumerate(zip(row, widths,
-                                                                                                   strict=True)))
-             + " |" for row in out]
+    lines = [
+        "| "
+        + " | ".join(c.ljust(w) if k == 0 else c.rjust(w) for k, (c, w) in enumerate(zip(row, widths, strict=True)))
+        + " |"
+        for row in out
+    ]
     lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
     return lines
 
@@ -430,8 +474,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap = model_args(__doc__.split("\n\n")[0] if __doc__ else None)
     ap.add_argument("--requests", type=int, default=40, help="timed requests per setting (default 40)")
     ap.add_argument("--warmup", type=int, default=3, help="untimed requests per path and server first (default 3)")
-    ap.add_argument("--concurrency", default="1,4,8",
-                    help="numbers of concurrent clients, comma-separated (1, sequential, is always run)")
+    ap.add_argument(
+        "--concurrency",
+        default="1,4,8",
+        help="numbers of concurrent clients, comma-separated (1, sequential, is always run)",
+    )
     ap.add_argument("--image", default="640x480", help="synthetic photo-like image WxH (default 640x480)")
     ap.add_argument("--format", choices=["jpeg", "png"], default="jpeg", help="encoding of the synthetic image")
     ap.add_argument("--image-file", type=Path, help="send this image file instead of a synthetic one")
@@ -470,9 +517,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     upload = make_upload(args)
     key = secrets.token_urlsafe(16)
     settings = Settings(  # explicit values: nothing from the environment or a .env file changes the run
-        api_key=SecretStr(key), threshold=args.threshold, mask_threshold=MASK_THRESHOLD, max_batch=args.max_batch,
-        batch_wait_ms=args.batch_wait_ms, max_queue=max(64, 2 * max(args.levels)), max_prompts=len(PROMPTS),
-        max_body_mb=max(20.0, 2 * len(upload.data) / 2**20), max_instances=None, nms_iou=None,
+        api_key=SecretStr(key),
+        threshold=args.threshold,
+        mask_threshold=MASK_THRESHOLD,
+        max_batch=args.max_batch,
+        batch_wait_ms=args.batch_wait_ms,
+        max_queue=max(64, 2 * max(args.levels)),
+        max_prompts=len(PROMPTS),
+        max_body_mb=max(20.0, 2 * len(upload.data) / 2**20),
+        max_instances=None,
+        nms_iou=None,
     )
     ask = Ask(upload, prompts, args.threshold)
     stopped: list[bool] = []
@@ -480,15 +534,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="s3seg-bench-") as tmp:
         model_dir = write_random_checkpoint(Path(tmp) / "model", args.config, seed=args.seed)
         config = random_config(args.config)
-        engine = Sam3Engine.load(str(model_dir), device=str(device), dtype=str(dtype).removeprefix("torch."),
-                                 max_batch=args.max_batch)
-    run.say(f"model:   {args.config} config, image size {config.image_size}, "
-            f"{config.detr_decoder_config.num_queries} queries, "  # type: ignore[union-attr]
-            f"{engine.info.parameters / 1e6:.1f} M parameters, random weights (seed {args.seed})")
-    run.say(f"request: {upload.description}; prompts {list(prompts)}; threshold {args.threshold:g}, "
-            f"mask threshold {MASK_THRESHOLD:g}; multipart POST {PREDICT}, COCO RLE answer")
-    run.say(f"batching: max_batch {args.max_batch}, batch_wait_ms {args.batch_wait_ms:g}; "
-            f"{args.requests} timed requests per setting after {args.warmup} warm-up request(s)")
+        engine = Sam3Engine.load(
+            str(model_dir), device=str(device), dtype=str(dtype).removeprefix("torch."), max_batch=args.max_batch
+        )
+    run.say(
+        f"model:   {args.config} config, image size {config.image_size}, "
+        f"{config.detr_decoder_config.num_queries} queries, "  # type: ignore[union-attr]
+        f"{engine.info.parameters / 1e6:.1f} M parameters, random weights (seed {args.seed})"
+    )
+    run.say(
+        f"request: {upload.description}; prompts {list(prompts)}; threshold {args.threshold:g}, "
+        f"mask threshold {MASK_THRESHOLD:g}; multipart POST {PREDICT}, COCO RLE answer"
+    )
+    run.say(
+        f"batching: max_batch {args.max_batch}, batch_wait_ms {args.batch_wait_ms:g}; "
+        f"{args.requests} timed requests per setting after {args.warmup} warm-up request(s)"
+    )
     run.say()
 
     direct = Direct(engine, upload, prompts, SegmentOptions(threshold=args.threshold, mask_threshold=MASK_THRESHOLD))
@@ -523,8 +584,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                 server_ms.append((time.perf_counter() - t0) * 1000)
                 direct_cpu, server_cpu = direct_cpu + (c1 - c0) * 1000, server_cpu + (time.process_time() - c1) * 1000
                 server_scores.append(scores_of(doc))
-            sequential = Row("server", 1, server_ms, sum(server_ms) / 1000, server_cpu,
-                             stats_delta(server.queue_stats(), before), max_diff(server_scores, want_scores))
+            sequential = Row(
+                "server",
+                1,
+                server_ms,
+                sum(server_ms) / 1000,
+                server_cpu,
+                stats_delta(server.queue_stats(), before),
+                max_diff(server_scores, want_scores),
+            )
             rows += [Row("direct (in-process)", 1, direct_ms, sum(direct_ms) / 1000, direct_cpu), sequential]
 
         for clients in args.levels[1:]:
@@ -535,8 +603,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                 c0 = time.process_time()
                 got = concurrent_clients(server.url, key, ask, args.requests, clients)
                 cpu = (time.process_time() - c0) * 1000
-                rows.append(Row("server", clients, got.times_ms, got.wall_s, cpu,
-                                stats_delta(server.queue_stats(), before), max_diff(got.scores, want_scores)))
+                rows.append(
+                    Row(
+                        "server",
+                        clients,
+                        got.times_ms,
+                        got.wall_s,
+                        cpu,
+                        stats_delta(server.queue_stats(), before),
+                        max_diff(got.scores, want_scores),
+                    )
+                )
     finally:
         if stopped and not all(stopped):
             run.say("SERVER DID NOT STOP within 60 s of should_exit")
@@ -549,50 +626,85 @@ def main(argv: Sequence[str] | None = None) -> int:
     base, seq = rows[0], rows[1]
     overhead = seq.p50_ms - base.p50_ms
     run.say()
-    run.say("(r×) = that figure / direct's: latency above 1 is slower, req/s below 1 is less throughput. "
-            "CPU ms/req: this process's CPU time (all threads: engine, server, clients) per request. "
-            "batches/images/largest batch: GET /health data.queue over the timed requests.")
+    run.say(
+        "(r×) = that figure / direct's: latency above 1 is slower, req/s below 1 is less throughput. "
+        "CPU ms/req: this process's CPU time (all threads: engine, server, clients) per request. "
+        "batches/images/largest batch: GET /health data.queue over the timed requests."
+    )
     paired = statistics.median(s - d for s, d in zip(seq.times_ms, base.times_ms, strict=True))
     cpu = seq.cpu_per_request_ms - base.cpu_per_request_ms
-    run.say(f"HTTP overhead (sequential, p50): {overhead:+.1f} ms = {100 * overhead / base.p50_ms:+.1f}% of direct "
-            f"engine time ({base.p50_ms:.1f} ms: segment + to_coco)")
-    run.say(f"  median of the paired differences (server − direct, alternating requests): {paired:+.1f} ms "
-            f"= {100 * paired / base.p50_ms:+.1f}%; CPU time: {cpu:+.1f} ms/request = "
-            f"{100 * cpu / base.cpu_per_request_ms:+.1f}%")
+    run.say(
+        f"HTTP overhead (sequential, p50): {overhead:+.1f} ms = {100 * overhead / base.p50_ms:+.1f}% of direct "
+        f"engine time ({base.p50_ms:.1f} ms: segment + to_coco)"
+    )
+    run.say(
+        f"  median of the paired differences (server − direct, alternating requests): {paired:+.1f} ms "
+        f"= {100 * paired / base.p50_ms:+.1f}%; CPU time: {cpu:+.1f} ms/request = "
+        f"{100 * cpu / base.cpu_per_request_ms:+.1f}%"
+    )
     cost = breakdown(upload, want_doc)
-    run.say(f"  in-process cost of steps a request adds: decode the upload {cost.decode_ms:.1f} ms, "
-            f"response {cost.response_kib:.0f} KiB: json.dumps {cost.dumps_ms:.1f} ms, "
-            f"json.loads {cost.loads_ms:.1f} ms")
+    run.say(
+        f"  in-process cost of steps a request adds: decode the upload {cost.decode_ms:.1f} ms, "
+        f"response {cost.response_kib:.0f} KiB: json.dumps {cost.dumps_ms:.1f} ms, "
+        f"json.loads {cost.loads_ms:.1f} ms"
+    )
     for r in rows[2:]:
         verdict = "beats" if r.rps > seq.rps else "does not beat"
-        run.say(f"C={r.clients}: {r.rps:.2f} req/s = {r.rps / seq.rps:.2f}× server sequential "
-                f"({seq.rps:.2f}), {r.rps / base.rps:.2f}× direct ({base.rps:.2f}); "
-                f"mean batch {r.mean_batch or 0:.2f}, largest {r.queue['largest_batch'] if r.queue else 0}: "
-                f"concurrent {verdict} sequential")
+        run.say(
+            f"C={r.clients}: {r.rps:.2f} req/s = {r.rps / seq.rps:.2f}× server sequential "
+            f"({seq.rps:.2f}), {r.rps / base.rps:.2f}× direct ({base.rps:.2f}); "
+            f"mean batch {r.mean_batch or 0:.2f}, largest {r.queue['largest_batch'] if r.queue else 0}: "
+            f"concurrent {verdict} sequential"
+        )
     worst = max(r.max_score_diff for r in rows[1:])
-    run.say(f"every timed answer vs direct: max |Δscore| {worst:.1e}"
-            + ("" if worst <= SCORE_TOLERANCE else " (above 1e-5: batched backbone passes round differently)"))
+    run.say(
+        f"every timed answer vs direct: max |Δscore| {worst:.1e}"
+        + ("" if worst <= SCORE_TOLERANCE else " (above 1e-5: batched backbone passes round differently)")
+    )
     run.say(f"servers stopped cleanly: {len(stopped)}/{len(stopped)}")
     run.say(f"total wall time {time.perf_counter() - started:.0f} s; load average at end {load_average()}")
     if args.json:
-        summary = {"overhead_p50_ms": overhead, "overhead_p50_pct": 100 * overhead / base.p50_ms,
-                   "overhead_paired_median_ms": paired, "overhead_cpu_ms_per_request": cpu}
+        summary = {
+            "overhead_p50_ms": overhead,
+            "overhead_p50_pct": 100 * overhead / base.p50_ms,
+            "overhead_paired_median_ms": paired,
+            "overhead_cpu_ms_per_request": cpu,
+        }
         save_json(args, run, rows, validation, cost, summary)
         run.say(f"raw numbers: {args.json}")
     return 0
 
 
-def save_json(args: argparse.Namespace, run: Run, rows: Sequence[Row], validation: Validation | None,
-              cost: Breakdown, summary: dict[str, float]) -> None:
+def save_json(
+    args: argparse.Namespace,
+    run: Run,
+    rows: Sequence[Row],
+    validation: Validation | None,
+    cost: Breakdown,
+    summary: dict[str, float],
+) -> None:
     doc = {
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "header": run.lines[:7],
         "validation": asdict(validation) if validation else None,
         "summary": summary,
         "breakdown": asdict(cost),
-        "rows": [{"path": r.name, "clients": r.clients, "times_ms": r.times_ms, "wall_s": r.wall_s, "cpu_ms": r.cpu_ms,
-                  "requests_per_s": r.rps, "p50_ms": r.p50_ms, "p95_ms": r.p95_ms, "queue": r.queue,
-                  "mean_batch": r.mean_batch, "max_score_diff": r.max_score_diff} for r in rows],
+        "rows": [
+            {
+                "path": r.name,
+                "clients": r.clients,
+                "times_ms": r.times_ms,
+                "wall_s": r.wall_s,
+                "cpu_ms": r.cpu_ms,
+                "requests_per_s": r.rps,
+                "p50_ms": r.p50_ms,
+                "p95_ms": r.p95_ms,
+                "queue": r.queue,
+                "mean_batch": r.mean_batch,
+                "max_score_diff": r.max_score_diff,
+            }
+            for r in rows
+        ],
     }
     args.json.write_text(json.dumps(doc, indent=1))
 

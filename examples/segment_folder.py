@@ -1,6 +1,6 @@
 """Segment every image in a folder with several prompts, keeping the model loaded, and save one COCO file.
 
-    python examples/segment_folder.py photos/ dog cat --model facebook/sam3 --out results.json
+python examples/segment_folder.py photos/ dog cat --model facebook/sam3 --out results.json
 """
 
 from __future__ import annotations

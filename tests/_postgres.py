@@ -315,8 +315,13 @@ def as_user(conn: psycopg.Connection[Any], user_id: object, **claims: Any) -> It
 # --- what the tests do with a cluster ----------------------------------------------------------------
 
 
-def sign_up(admin: psycopg.Connection[Any], *, meta: Mapping[str, Any] | None = None,
-            app_meta: Mapping[str, Any] | None = None, credits: int | None = None) -> uuid.UUID:
+def sign_up(
+    admin: psycopg.Connection[Any],
+    *,
+    meta: Mapping[str, Any] | None = None,
+    app_meta: Mapping[str, Any] | None = None,
+    credits: int | None = None,
+) -> uuid.UUID:
     """Sign a user up the way Supabase Auth does (insert into auth.users as supabase_auth_admin; the
     migration's trigger creates the profile). ``meta`` is the user's own metadata (signUp options.data),
     ``app_meta`` what only admins set (e.g. the tier); ``credits`` then sets the profile's credits."""

@@ -488,8 +488,7 @@ def build_full_size_reference_model(seed: int = 0) -> nn.Module:
 
     with _cpu_buildable_builder(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        model = build_sam3_image_model(checkpoint_path=None, load_from_HF=False, device="cpu",
-                                       bpe_path=str(bpe_path()))
+        model = build_sam3_image_model(checkpoint_path=None, load_from_HF=False, device="cpu", bpe_path=str(bpe_path()))
     randomize_(model, seed)
     model.s3seg_resolution = 1008  # read by reference_predict
     return model.eval()

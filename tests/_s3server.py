@@ -30,8 +30,16 @@ LOOPBACK = "127.0.0.1"
 # -admin.port.grpc says, so the two are chosen with that offset.
 ADMIN_GRPC_OFFSET = 10000
 # Every port `weed mini` binds, by flag (webdav, Iceberg and Lance are switched off instead).
-PORT_FLAGS = ("s3.port", "s3.port.grpc", "master.port", "master.port.grpc", "volume.port", "volume.port.grpc",
-              "filer.port", "filer.port.grpc")
+PORT_FLAGS = (
+    "s3.port",
+    "s3.port.grpc",
+    "master.port",
+    "master.port.grpc",
+    "volume.port",
+    "volume.port.grpc",
+    "filer.port",
+    "filer.port.grpc",
+)
 
 
 class S3Server(NamedTuple):
@@ -81,8 +89,11 @@ def _free_ports(n: int) -> tuple[list[int], int]:
 
 
 def _write_s3_config(path: Path, access_key: str, secret_key: str) -> None:
-    identity = {"name": "s3seg-test", "credentials": [{"accessKey": access_key, "secretKey": secret_key}],
-                "actions": ["Admin", "Read", "Write", "List", "Tagging"]}
+    identity = {
+        "name": "s3seg-test",
+        "credentials": [{"accessKey": access_key, "secretKey": secret_key}],
+        "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+    }
     path.write_text(json.dumps({"identities": [identity]}), encoding="utf-8")
 
 
@@ -90,14 +101,26 @@ def _command(weed: str, workdir: Path, config: Path) -> tuple[list[str], int]:
     ports, admin = _free_ports(len(PORT_FLAGS))
     flags = dict(zip(PORT_FLAGS, ports, strict=True))
     cmd = [
-        weed, "mini", f"-dir={workdir / 'data'}", f"-ip={LOOPBACK}", f"-ip.bind={LOOPBACK}",
-        "-master.telemetry=false", f"-s3.config={config}", "-s3.autoCreateBucket=false",
+        weed,
+        "mini",
+        f"-dir={workdir / 'data'}",
+        f"-ip={LOOPBACK}",
+        f"-ip.bind={LOOPBACK}",
+        "-master.telemetry=false",
+        f"-s3.config={config}",
+        "-s3.autoCreateBucket=false",
         *(f"-{flag}={port}" for flag, port in flags.items()),
-        "-admin.ui=false", f"-admin.port={admin}", f"-admin.port.grpc={admin + ADMIN_GRPC_OFFSET}",
-        "-webdav=false", "-s3.port.iceberg=0", "-s3.port.lance=0",
+        "-admin.ui=false",
+        f"-admin.port={admin}",
+        f"-admin.port.grpc={admin + ADMIN_GRPC_OFFSET}",
+        "-webdav=false",
+        "-s3.port.iceberg=0",
+        "-s3.port.lance=0",
         # Unix sockets default to /tmp/seaweedfs-*-<port>.sock; keep them in our folder.
-        f"-filer.localSocket={workdir / 'filer.sock'}", f"-s3.localSocket={workdir / 's3.sock'}",
-        "-master.volumeSizeLimitMB=64", "-volume.preStopSeconds=0",
+        f"-filer.localSocket={workdir / 'filer.sock'}",
+        f"-s3.localSocket={workdir / 's3.sock'}",
+        "-master.volumeSizeLimitMB=64",
+        "-volume.preStopSeconds=0",
     ]
     return cmd, flags["s3.port"]
 
@@ -108,9 +131,13 @@ def _answers(endpoint_url: str, access_key: str, secret_key: str) -> bool:
     from botocore.config import Config
 
     client = boto3.session.Session().client(
-        "s3", endpoint_url=endpoint_url, region_name="auto", aws_access_key_id=access_key,
+        "s3",
+        endpoint_url=endpoint_url,
+        region_name="auto",
+        aws_access_key_id=access_key,
         aws_secret_access_key=secret_key,
-        config=Config(retries={"max_attempts": 1}, connect_timeout=1, read_timeout=2))
+        config=Config(retries={"max_attempts": 1}, connect_timeout=1, read_timeout=2),
+    )
     try:
         client.list_buckets()
         return True
@@ -147,8 +174,9 @@ def _run_once(weed: str, workdir: Path, access_key: str, secret_key: str, timeou
     log = workdir / "weed.log"
     endpoint = f"http://{LOOPBACK}:{s3_port}"
     with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True, cwd=workdir)
+        proc = subprocess.Popen(
+            cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True, cwd=workdir
+        )
     try:
         deadline = time.monotonic() + timeout_s
         while not _answers(endpoint, access_key, secret_key):

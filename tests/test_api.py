@@ -55,8 +55,12 @@ def bucket(s3_server: S3Server) -> str:
     import boto3
 
     client = boto3.session.Session().client(
-        "s3", endpoint_url=s3_server.endpoint_url, region_name="auto",
-        aws_access_key_id=s3_server.access_key, aws_secret_access_key=s3_server.secret_key)
+        "s3",
+        endpoint_url=s3_server.endpoint_url,
+        region_name="auto",
+        aws_access_key_id=s3_server.access_key,
+        aws_secret_access_key=s3_server.secret_key,
+    )
     client.create_bucket(Bucket=BUCKET)
     client.close()
     return BUCKET
@@ -85,12 +89,21 @@ class Keys:
         self.url = f"http://127.0.0.1:{self.http.server_address[1]}/auth/v1/.well-known/jwks.json"
         threading.Thread(target=self.http.serve_forever, daemon=True).start()
 
-    def token(self, user: uuid.UUID | str, *, tier: str = "free", key: Any = None, kid: str = KID,
-              **claims: Any) -> str:
+    def token(
+        self, user: uuid.UUID | str, *, tier: str = "free", key: Any = None, kid: str = KID, **claims: Any
+    ) -> str:
         now = int(time.time())
-        payload = {"sub": str(user), "aud": "authenticated", "iss": ISSUER, "role": "authenticated",
-                   "iat": now, "exp": now + 3600, "email": f"{str(user)[:8]}@example.com",
-                   "app_metadata": {"provider": "email", "tier": tier}, **claims}
+        payload = {
+            "sub": str(user),
+            "aud": "authenticated",
+            "iss": ISSUER,
+            "role": "authenticated",
+            "iat": now,
+            "exp": now + 3600,
+            "email": f"{str(user)[:8]}@example.com",
+            "app_metadata": {"provider": "email", "tier": tier},
+            **claims,
+        }
         return jwt.encode(payload, key or self.private, algorithm="ES256", headers={"kid": kid})
 
     def close(self) -> None:
@@ -113,16 +126,38 @@ def new_user(admin: Conn, credits: int | None = None, tier: str = "free") -> uui
 class Stack:
     """The public API server on loopback with its real backends."""
 
-    def __init__(self, pg: _postgres.Cluster, s3: S3Server, bucket: str, keys: Keys, engine: Sam3Engine | None,
-                 workers: Any = None, prefix: str | None = None, **settings: Any) -> None:
+    def __init__(
+        self,
+        pg: _postgres.Cluster,
+        s3: S3Server,
+        bucket: str,
+        keys: Keys,
+        engine: Sam3Engine | None,
+        workers: Any = None,
+        prefix: str | None = None,
+        **settings: Any,
+    ) -> None:
         self.prefix = prefix or f"t-{uuid.uuid4().hex[:8]}"
-        self.storage = S3Storage(bucket, endpoint_url=s3.endpoint_url, access_key_id=s3.access_key,
-                                 secret_access_key=s3.secret_key, region="auto", path_style=True, prefix=self.prefix)
+        self.storage = S3Storage(
+            bucket,
+            endpoint_url=s3.endpoint_url,
+            access_key_id=s3.access_key,
+            secret_access_key=s3.secret_key,
+            region="auto",
+            path_style=True,
+            prefix=self.prefix,
+        )
         self.store = PostgresStore(pg.dsn("postgres"))
         settings = {"threshold": 0.0, "rate_limits": {"free": 1000, "pro": 1000}, "task_timeout_s": 60, **settings}
         self.settings = Settings(jwks_url=keys.url, jwt_issuer=ISSUER, **settings)
-        self.app = create_app(engine, self.settings, storage=self.storage, store=self.store,
-                              verifier=TokenVerifier.from_settings(self.settings), workers=workers)
+        self.app = create_app(
+            engine,
+            self.settings,
+            storage=self.storage,
+            store=self.store,
+            verifier=TokenVerifier.from_settings(self.settings),
+            workers=workers,
+        )
         self.server = LoopbackServer(self.app)
         self.url = self.server.url
         self.keys = keys
@@ -138,8 +173,9 @@ class Stack:
 
 
 @pytest.fixture
-def stack_factory(pg: _postgres.Cluster, s3_server: S3Server, bucket: str, keys: Keys,
-                  engine: Sam3Engine) -> Iterator[Callable[..., Stack]]:
+def stack_factory(
+    pg: _postgres.Cluster, s3_server: S3Server, bucket: str, keys: Keys, engine: Sam3Engine
+) -> Iterator[Callable[..., Stack]]:
     stacks: list[Stack] = []
 
     def make(**settings: Any) -> Stack:
@@ -191,8 +227,12 @@ def test_upload_segment_wait_and_read_results(stack: Stack, admin: Conn, photo_p
     with stack.client(user) as http:
         image = upload(http, photo_path)
         assert image["image_id"].endswith(".jpg") and image["width"] > 0 and image["bytes"] == photo_path.stat().st_size
-        started = ok(http.post("/api/v1/segment", json={"image_id": image["image_id"], "text_prompt": "person",
-                                                         "project": "portraits"}), 202)
+        started = ok(
+            http.post(
+                "/api/v1/segment", json={"image_id": image["image_id"], "text_prompt": "person", "project": "portraits"}
+            ),
+            202,
+        )
         assert started["status"] == "pending" and started["task_id"]
         t0 = time.monotonic()
         task = ok(http.get(f"/api/v1/tasks/{started['task_id']}", params={"wait": 30}))
@@ -215,12 +255,21 @@ def test_upload_segment_wait_and_read_results(stack: Stack, admin: Conn, photo_p
 
         me = ok(http.get("/api/v1/me"))
         assert (me["credits"], me["tier"], me["user_id"]) == (99, "free", str(user))
-    assert one(admin, "select count(*) from public.usage_logs where user_id = %s and action = 'segmentation' "
-                      "and metadata->>'task_id' = %s", user, task["task_id"]) == 1
+    assert (
+        one(
+            admin,
+            "select count(*) from public.usage_logs where user_id = %s and action = 'segmentation' "
+            "and metadata->>'task_id' = %s",
+            user,
+            task["task_id"],
+        )
+        == 1
+    )
 
 
-@pytest.mark.parametrize("how", ["none", "expired", "forged", "unknown_key", "wrong_audience", "alg_none",
-                                 "garbage", "future"])
+@pytest.mark.parametrize(
+    "how", ["none", "expired", "forged", "unknown_key", "wrong_audience", "alg_none", "garbage", "future"]
+)
 def test_bad_tokens_are_refused(stack: Stack, admin: Conn, keys: Keys, how: str) -> None:
     user = new_user(admin)
     other = ec.generate_private_key(ec.SECP256R1())
@@ -230,13 +279,19 @@ def test_bad_tokens_are_refused(stack: Stack, admin: Conn, keys: Keys, how: str)
         "unknown_key": keys.token(user, key=other, kid="someone-elses"),
         "wrong_audience": keys.token(user, aud="anon"),
         "future": keys.token(user, nbf=int(time.time()) + 3600),
-        "alg_none": jwt.encode({"sub": str(user), "aud": "authenticated", "iss": ISSUER,
-                                "exp": int(time.time()) + 3600}, None, algorithm="none"),
+        "alg_none": jwt.encode(
+            {"sub": str(user), "aud": "authenticated", "iss": ISSUER, "exp": int(time.time()) + 3600},
+            None,
+            algorithm="none",
+        ),
         "garbage": "not.a.token",
     }
     headers = {"Authorization": f"Bearer {tokens[how]}"} if how in tokens else {}
-    response = httpx.post(f"{stack.url}/api/v1/segment", headers=headers,
-                          json={"image_url": "https://example.com/a.jpg", "text_prompt": "dog"})
+    response = httpx.post(
+        f"{stack.url}/api/v1/segment",
+        headers=headers,
+        json={"image_url": "https://example.com/a.jpg", "text_prompt": "dog"},
+    )
     error = refused(response, 401, "UNAUTHORIZED")
     assert response.headers["www-authenticate"] == "Bearer" and error["message"]
     assert one(admin, "select count(*) from public.segmentation_results where user_id = %s", user) == 0
@@ -245,16 +300,23 @@ def test_bad_tokens_are_refused(stack: Stack, admin: Conn, keys: Keys, how: str)
 def test_a_user_without_profile_is_told_so(stack: Stack, admin: Conn) -> None:
     with stack.client(uuid.uuid4()) as http:  # a valid token, but no users_profile row
         refused(http.get("/api/v1/me"), 403, "NO_PROFILE")
-        refused(http.post("/api/v1/segment", json={"image_url": "https://example.com/a.jpg", "text_prompt": "dog"}),
-                403, "NO_PROFILE")
+        refused(
+            http.post("/api/v1/segment", json={"image_url": "https://example.com/a.jpg", "text_prompt": "dog"}),
+            403,
+            "NO_PROFILE",
+        )
 
 
 def test_users_see_only_their_own(stack: Stack, admin: Conn, photo_path: Path) -> None:
     alice, bob = new_user(admin), new_user(admin)
     with stack.client(alice) as a, stack.client(bob) as b:
         image = upload(a, photo_path)
-        task = wait_done(a, ok(a.post("/api/v1/segment", json={"image_id": image["image_id"],
-                                                               "text_prompt": "person"}), 202)["task_id"])
+        task = wait_done(
+            a,
+            ok(a.post("/api/v1/segment", json={"image_id": image["image_id"], "text_prompt": "person"}), 202)[
+                "task_id"
+            ],
+        )
         assert task["status"] == "done"
         tid = task["task_id"]
         refused(b.get(f"/api/v1/tasks/{tid}"), 404, "NOT_FOUND")
@@ -270,16 +332,22 @@ def test_segment_under_a_project_id(stack: Stack, admin: Conn, photo_path: Path)
     alice, bob = new_user(admin), new_user(admin)
     with stack.client(alice) as a, stack.client(bob) as b:
         image_id = upload(a, photo_path)["image_id"]
-        first = ok(a.post("/api/v1/segment", json={"image_id": image_id, "text_prompt": "person", "project": "x"}),
-                   202)
+        first = ok(a.post("/api/v1/segment", json={"image_id": image_id, "text_prompt": "person", "project": "x"}), 202)
         project_id = first["project_id"]
         assert first["project"] == "x" and project_id
-        second = ok(a.post("/api/v1/segment", json={"image_id": image_id, "text_prompt": "person",
-                                                    "project_id": project_id}), 202)
+        second = ok(
+            a.post("/api/v1/segment", json={"image_id": image_id, "text_prompt": "person", "project_id": project_id}),
+            202,
+        )
         assert (second["project"], second["project_id"]) == ("x", project_id)
-        error = refused(a.post("/api/v1/segment", json={"image_id": image_id, "text_prompt": "person",
-                                                        "project": "x", "project_id": project_id}),
-                        422, "INVALID_REQUEST")
+        error = refused(
+            a.post(
+                "/api/v1/segment",
+                json={"image_id": image_id, "text_prompt": "person", "project": "x", "project_id": project_id},
+            ),
+            422,
+            "INVALID_REQUEST",
+        )
         assert "not both" in error["message"]
         assert all(wait_done(a, t["task_id"])["status"] == "done" for t in (first, second))
         listed = ok(a.get("/api/v1/results", params={"project": "x"}))["items"]
@@ -288,8 +356,11 @@ def test_segment_under_a_project_id(stack: Stack, admin: Conn, photo_path: Path)
         # Bob cannot file a task under Alice's project, nor under an id that is no project at all.
         own_image = upload(b, photo_path)["image_id"]
         for bad in (project_id, str(uuid.uuid4()), "not-a-project"):
-            error = refused(b.post("/api/v1/segment", json={"image_id": own_image, "text_prompt": "person",
-                                                            "project_id": bad}), 404, "NOT_FOUND")
+            error = refused(
+                b.post("/api/v1/segment", json={"image_id": own_image, "text_prompt": "person", "project_id": bad}),
+                404,
+                "NOT_FOUND",
+            )
             assert error["message"] == f"no project {bad}"
         assert ok(b.get("/api/v1/me"))["credits"] == ok(a.get("/api/v1/me"))["credits"] + 2  # nothing reserved
     assert one(admin, "select count(*) from public.segmentation_results where user_id = %s", bob) == 0
@@ -355,8 +426,11 @@ def test_upload_limits(stack_factory: Callable[..., Stack], admin: Conn, photo_p
         with photo_path.open("rb") as f:
             refused(http.post("/api/v1/upload", files={"file": ("a.jpg", f, "image/jpeg")}), 413, "FILE_TOO_LARGE")
         refused(http.post("/api/v1/upload", files={"other": ("a.jpg", b"x", "image/jpeg")}), 422, "INVALID_REQUEST")
-        refused(http.post("/api/v1/segment", json={"image_id": "../../etc/passwd", "text_prompt": "x"}),
-                422, "INVALID_REQUEST")
+        refused(
+            http.post("/api/v1/segment", json={"image_id": "../../etc/passwd", "text_prompt": "x"}),
+            422,
+            "INVALID_REQUEST",
+        )
         refused(http.post("/api/v1/segment", json={"image_url": "https://example.com/a.jpg"}), 422, "INVALID_REQUEST")
         refused(http.get(f"/api/v1/tasks/{uuid.uuid4()}"), 404, "NOT_FOUND")
         refused(http.get("/api/v1/tasks/not-a-uuid"), 404, "NOT_FOUND")
@@ -405,8 +479,9 @@ class Hanging:
         self.http.server_close()
 
 
-def test_gateway_forwards_to_gpu_workers(stack_factory: Callable[..., Stack], engine: Sam3Engine, admin: Conn,
-                                         photo_path: Path, tmp_path: Path) -> None:
+def test_gateway_forwards_to_gpu_workers(
+    stack_factory: Callable[..., Stack], engine: Sam3Engine, admin: Conn, photo_path: Path, tmp_path: Path
+) -> None:
     from s3seg.server import WorkerPool
 
     worker = GPUWorker(engine, tmp_path)
@@ -418,38 +493,62 @@ def test_gateway_forwards_to_gpu_workers(stack_factory: Callable[..., Stack], en
         user = new_user(admin)
         with stack.client(user) as http:
             image_id = upload(http, photo_path)["image_id"]
-            task = wait_done(http, ok(http.post("/api/v1/segment", json={"image_id": image_id,
-                                                                         "text_prompt": "person"}), 202)["task_id"])
+            task = wait_done(
+                http,
+                ok(http.post("/api/v1/segment", json={"image_id": image_id, "text_prompt": "person"}), 202)["task_id"],
+            )
             assert task["status"] == "done" and task["labels"], task
             refused(http.post("/api/v1/predict"), 404, "NOT_FOUND")  # a gateway has no model routes
         wrong_key = WorkerPool([worker.url], api_key="wrong", timeout_s=30)
         stack = stack_factory(engine=None, workers=wrong_key)
         with stack.client(user) as http:
             image_id = upload(http, photo_path)["image_id"]
-            task = wait_done(http, ok(http.post("/api/v1/segment", json={"image_id": image_id,
-                                                                         "text_prompt": "person"}), 202)["task_id"])
+            task = wait_done(
+                http,
+                ok(http.post("/api/v1/segment", json={"image_id": image_id, "text_prompt": "person"}), 202)["task_id"],
+            )
             assert task["status"] == "error" and "API key" in task["error"]
     finally:
         worker.stop()
 
 
-def test_killed_server_task_is_run_again(stack_factory: Callable[..., Stack], pg: _postgres.Cluster,
-                                         s3_server: S3Server, bucket: str, keys: Keys, admin: Conn,
-                                         photo_path: Path, tmp_path: Path) -> None:
+def test_killed_server_task_is_run_again(
+    stack_factory: Callable[..., Stack],
+    pg: _postgres.Cluster,
+    s3_server: S3Server,
+    bucket: str,
+    keys: Keys,
+    admin: Conn,
+    photo_path: Path,
+    tmp_path: Path,
+) -> None:
     """`s3seg serve` (a real process, gateway to a worker that hangs) is SIGKILLed mid-task; a new server
     with the model finds the task stuck in `processing`, runs it again, and it ends done."""
     hanging = Hanging()
     prefix = f"t-{uuid.uuid4().hex[:8]}"
     port = free_port()
-    env = {**os.environ, "S3SEG_DATABASE_URL": pg.dsn("postgres"), "S3SEG_R2_ENDPOINT": s3_server.endpoint_url,
-           "S3SEG_R2_ACCESS_KEY_ID": s3_server.access_key, "S3SEG_R2_SECRET_ACCESS_KEY": s3_server.secret_key,
-           "S3SEG_R2_BUCKET": bucket, "S3SEG_R2_PREFIX": prefix, "S3SEG_JWKS_URL": keys.url,
-           "S3SEG_JWT_ISSUER": ISSUER, "S3SEG_WORKERS": hanging.url, "S3SEG_WORKER_API_KEY": "k",
-           "S3SEG_DATA_DIR": str(tmp_path)}
+    env = {
+        **os.environ,
+        "S3SEG_DATABASE_URL": pg.dsn("postgres"),
+        "S3SEG_R2_ENDPOINT": s3_server.endpoint_url,
+        "S3SEG_R2_ACCESS_KEY_ID": s3_server.access_key,
+        "S3SEG_R2_SECRET_ACCESS_KEY": s3_server.secret_key,
+        "S3SEG_R2_BUCKET": bucket,
+        "S3SEG_R2_PREFIX": prefix,
+        "S3SEG_JWKS_URL": keys.url,
+        "S3SEG_JWT_ISSUER": ISSUER,
+        "S3SEG_WORKERS": hanging.url,
+        "S3SEG_WORKER_API_KEY": "k",
+        "S3SEG_DATA_DIR": str(tmp_path),
+    }
     log = tmp_path / "serve.log"
     with log.open("wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "s3seg", "serve", "--port", str(port), "--log-level",
-                                 "warning"], env=env, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "s3seg", "serve", "--port", str(port), "--log-level", "warning"],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     user = new_user(admin)
     try:
         url = f"http://127.0.0.1:{port}"
@@ -466,7 +565,8 @@ def test_killed_server_task_is_run_again(stack_factory: Callable[..., Stack], pg
         with httpx.Client(base_url=url, headers=headers, timeout=60) as http:
             image_id = upload(http, photo_path)["image_id"]
             task_id = ok(http.post("/api/v1/segment", json={"image_id": image_id, "text_prompt": "person"}), 202)[
-                "task_id"]
+                "task_id"
+            ]
         assert hanging.seen.wait(30), "the task never reached the worker"
         assert one(admin, "select status from public.segmentation_results where id = %s", task_id) == "processing"
         proc.send_signal(signal.SIGKILL)
@@ -484,14 +584,16 @@ def test_killed_server_task_is_run_again(stack_factory: Callable[..., Stack], pg
     assert one(admin, "select count(*) from public.usage_logs where user_id = %s", user) == 1
 
 
-def test_task_ends_error_after_its_last_attempt(stack_factory: Callable[..., Stack], admin: Conn,
-                                                photo_path: Path) -> None:
+def test_task_ends_error_after_its_last_attempt(
+    stack_factory: Callable[..., Stack], admin: Conn, photo_path: Path
+) -> None:
     """A task whose worker keeps dying is not retried forever: after task_attempts it ends `error`."""
     stack = stack_factory(task_timeout_s=1, task_attempts=1)
     user = new_user(admin)
     store = stack.store.for_user(str(user))
-    task = store.create_task(["person"], metadata={"image": "gone.jpg", "image_key": "uploads/x/gone.jpg"}, cost=1,
-                             queue=True)
+    task = store.create_task(
+        ["person"], metadata={"image": "gone.jpg", "image_key": "uploads/x/gone.jpg"}, cost=1, queue=True
+    )
     store.start(task.id)  # as if a worker took it and died: nobody will finish it
     with stack.client(user) as http:
         ended = wait_done(http, task.id)
@@ -501,9 +603,16 @@ def test_task_ends_error_after_its_last_attempt(stack_factory: Callable[..., Sta
 
 
 # ------------------------------------------------------------------------------- SDK and CLI as a user
-def test_sdk_and_cli_as_a_signed_in_user(stack: Stack, admin: Conn, keys: Keys, photo_path: Path, engine: Sam3Engine,
-                                         tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                         monkeypatch: pytest.MonkeyPatch) -> None:
+def test_sdk_and_cli_as_a_signed_in_user(
+    stack: Stack,
+    admin: Conn,
+    keys: Keys,
+    photo_path: Path,
+    engine: Sam3Engine,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     import s3seg
     from _cli import run as run_cli
 
@@ -521,8 +630,21 @@ def test_sdk_and_cli_as_a_signed_in_user(stack: Stack, admin: Conn, keys: Keys, 
     assert [i.prompt for i in remote.instances] == [i.prompt for i in local.instances]
     assert all((a.mask == b.mask).all() for a, b in zip(remote.instances, local.instances, strict=True))
 
-    code, out, err = run_cli(capsys, "segment", str(photo_path), "person", "--api", stack.url, "--project", "cli",
-                             "--threshold", "0", "--json", "--out", str(tmp_path / "out"))
+    code, out, err = run_cli(
+        capsys,
+        "segment",
+        str(photo_path),
+        "person",
+        "--api",
+        stack.url,
+        "--project",
+        "cli",
+        "--threshold",
+        "0",
+        "--json",
+        "--out",
+        str(tmp_path / "out"),
+    )
     assert code == 0, err
     doc = json.loads(out)
     [saved] = doc["tasks"]

@@ -35,8 +35,14 @@ def test_curl_walkthrough_works(engine: Sam3Engine, photo_path: Path, tmp_path: 
     server = LoopbackServer(create_app(engine, settings))
     try:
         env = {"PATH": os.environ["PATH"], "API": server.url, "KEY": "secret"}
-        run = subprocess.run(["bash", "-euo", "pipefail", "-c", walkthrough()], cwd=tmp_path, capture_output=True,
-                             text=True, timeout=180, env=env)
+        run = subprocess.run(
+            ["bash", "-euo", "pipefail", "-c", walkthrough()],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=180,
+            env=env,
+        )
     finally:
         server.stop()
     assert run.returncode == 0, run.stderr

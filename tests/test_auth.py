@@ -41,19 +41,28 @@ def _jwk(algorithm: Any, public_key: Any, kid: str, alg: str) -> dict[str, Any]:
 
 
 def _jwks(*extra: dict[str, Any]) -> dict[str, Any]:
-    return {"keys": [
-        _jwk(ECAlgorithm, EC_KEY.public_key(), "ec1", "ES256"),
-        _jwk(RSAAlgorithm, RSA_KEY.public_key(), "rsa1", "RS256"),
-        _jwk(OKPAlgorithm, ED_KEY.public_key(), "ed1", "EdDSA"),
-        *extra,
-    ]}
+    return {
+        "keys": [
+            _jwk(ECAlgorithm, EC_KEY.public_key(), "ec1", "ES256"),
+            _jwk(RSAAlgorithm, RSA_KEY.public_key(), "rsa1", "RS256"),
+            _jwk(OKPAlgorithm, ED_KEY.public_key(), "ed1", "EdDSA"),
+            *extra,
+        ]
+    }
 
 
 def _claims(**overrides: Any) -> dict[str, Any]:
     now = int(time.time())
     claims: dict[str, Any] = {
-        "sub": SUB, "aud": AUD, "iss": ISS, "iat": now, "exp": now + 3600, "email": "ada@example.com",
-        "role": "authenticated", "app_metadata": {"provider": "email", "tier": "pro"}, "user_metadata": {},
+        "sub": SUB,
+        "aud": AUD,
+        "iss": ISS,
+        "iat": now,
+        "exp": now + 3600,
+        "email": "ada@example.com",
+        "role": "authenticated",
+        "app_metadata": {"provider": "email", "tier": "pro"},
+        "user_metadata": {},
     }
     claims.update(overrides)
     return {k: v for k, v in claims.items() if v is not None}
@@ -175,7 +184,8 @@ def test_eddsa_token(verifier: TokenVerifier) -> None:
 def test_hs256_token_with_secret(make_verifier: Any, jwks: _JWKSState) -> None:
     v = make_verifier(jwks_url=None, secret=SECRET)
     assert v.verify(_token(SECRET, "HS256", None, app_metadata={"tier": "bogus"})) == User(
-        id=SUB, tier="free", email="ada@example.com", role="authenticated")
+        id=SUB, tier="free", email="ada@example.com", role="authenticated"
+    )
     assert jwks.requests == 0
 
 
@@ -290,18 +300,29 @@ def test_hs256_with_wrong_secret(make_verifier: Any) -> None:
 
 
 def test_garbage(verifier: TokenVerifier) -> None:
-    for token in ("", "garbage", "a.b.c", "a.b", "...", "eyJhbGciOiJFUzI1NiJ9.e30", "x" * 20_000,
-                  _token() + "x", "é.é.é"):
+    for token in (
+        "",
+        "garbage",
+        "a.b.c",
+        "a.b",
+        "...",
+        "eyJhbGciOiJFUzI1NiJ9.e30",
+        "x" * 20_000,
+        _token() + "x",
+        "é.é.é",
+    ):
         _refused(verifier, token, "token")
 
 
 def test_symmetric_and_broken_keys_in_jwks_are_skipped(make_verifier: Any, jwks: _JWKSState) -> None:
-    jwks.serve(_jwks(
-        {"kty": "oct", "kid": "sym", "k": _b64(SECRET.encode())},  # never usable from a public JWKS
-        {"kty": "EC", "kid": "broken", "crv": "P-256", "x": "AAAA", "y": "AAAA"},
-        {"kty": "RSA", "kid": "weird"},
-        "not a key",
-    ))
+    jwks.serve(
+        _jwks(
+            {"kty": "oct", "kid": "sym", "k": _b64(SECRET.encode())},  # never usable from a public JWKS
+            {"kty": "EC", "kid": "broken", "crv": "P-256", "x": "AAAA", "y": "AAAA"},
+            {"kty": "RSA", "kid": "weird"},
+            "not a key",
+        )
+    )
     v = make_verifier()
     assert v.verify(_token()).id == SUB
     _refused(v, _hand_made({"alg": "HS256", "kid": "sym"}, _claims(), SECRET.encode()), "not accepted")
@@ -393,8 +414,9 @@ def test_jwks_down_with_empty_cache_is_503(make_verifier: Any, jwks: _JWKSState)
         assert (info.value.status, info.value.code) == (503, "AUTH_UNAVAILABLE")
 
 
-@pytest.mark.parametrize("body,status", [(b"{not json", 200), (b'{"keys": {}}', 200), (b"[]", 200),
-                                         (b'{"error": "boom"}', 500)])
+@pytest.mark.parametrize(
+    "body,status", [(b"{not json", 200), (b'{"keys": {}}', 200), (b"[]", 200), (b'{"error": "boom"}', 500)]
+)
 def test_bad_jwks_with_empty_cache_is_503(make_verifier: Any, jwks: _JWKSState, body: bytes, status: int) -> None:
     jwks.serve(body, status)
     v = make_verifier()
@@ -453,8 +475,15 @@ def test_constructor_checks() -> None:
 @pytest.fixture
 def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
     monkeypatch.chdir(tmp_path)  # no .env file
-    for name in ("SUPABASE_URL", "S3SEG_SUPABASE_URL", "SUPABASE_JWT_SECRET", "S3SEG_SUPABASE_JWT_SECRET",
-                 "S3SEG_JWKS_URL", "S3SEG_JWT_ISSUER", "S3SEG_JWT_AUDIENCE"):
+    for name in (
+        "SUPABASE_URL",
+        "S3SEG_SUPABASE_URL",
+        "SUPABASE_JWT_SECRET",
+        "S3SEG_SUPABASE_JWT_SECRET",
+        "S3SEG_JWKS_URL",
+        "S3SEG_JWT_ISSUER",
+        "S3SEG_JWT_AUDIENCE",
+    ):
         monkeypatch.delenv(name, raising=False)
 
 
@@ -473,8 +502,15 @@ def test_from_settings() -> None:
     assert (v.jwks_url, v.issuer, v.secret) == (None, None, SECRET)
     v.close()
 
-    v = TokenVerifier.from_settings(Settings(supabase_url="https://abc.supabase.co", jwks_url="https://k/jwks",
-                                             jwt_issuer="https://i", jwt_audience="api", supabase_jwt_secret=SECRET))
+    v = TokenVerifier.from_settings(
+        Settings(
+            supabase_url="https://abc.supabase.co",
+            jwks_url="https://k/jwks",
+            jwt_issuer="https://i",
+            jwt_audience="api",
+            supabase_jwt_secret=SECRET,
+        )
+    )
     assert v is not None
     assert (v.jwks_url, v.issuer, v.audience, v.secret) == ("https://k/jwks", "https://i", "api", SECRET)
     v.close()

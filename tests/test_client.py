@@ -39,15 +39,17 @@ def test_batch(client: s3seg.Client, photo_path: Path, photo: np.ndarray) -> Non
     assert [(r.width, r.height) for r in results] == [(512, 600), (512, 200)]
 
 
-def test_one_liner_loads_the_model_once(monkeypatch: pytest.MonkeyPatch, tiny_model_dir: Path,
-                                        photo_path: Path) -> None:
+def test_one_liner_loads_the_model_once(
+    monkeypatch: pytest.MonkeyPatch, tiny_model_dir: Path, photo_path: Path
+) -> None:
     from s3seg import client as client_module
     from s3seg.engine import Sam3Engine
 
     loads = []
     original = Sam3Engine.from_settings.__func__  # type: ignore[attr-defined]
-    monkeypatch.setattr(Sam3Engine, "from_settings",
-                        classmethod(lambda cls, s: loads.append(s.model) or original(cls, s)))
+    monkeypatch.setattr(
+        Sam3Engine, "from_settings", classmethod(lambda cls, s: loads.append(s.model) or original(cls, s))
+    )
     monkeypatch.setattr(client_module, "_clients", {})
     first = s3seg.segment(photo_path, "person", model=str(tiny_model_dir), device="cpu", threshold=0.2)
     second = s3seg.segment(photo_path, ["person"], model=str(tiny_model_dir), device="cpu", threshold=0.2)

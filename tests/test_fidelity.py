@@ -66,14 +66,16 @@ def test_raw_outputs_equal_the_reference(kind: str, image: np.ndarray, reference
 
 
 @pytest.mark.parametrize("kind", list(PROMPTS))
-def test_binary_masks_and_scores_equal_the_reference(kind: str, image: np.ndarray, reference_model,
-                                                     engine_with) -> None:
+def test_binary_masks_and_scores_equal_the_reference(
+    kind: str, image: np.ndarray, reference_model, engine_with
+) -> None:
     """What users get (thresholded, binarised) equals the reference's Sam3Processor output."""
     text, boxes = PROMPTS[kind]
     want = ref.reference_predict(reference_model, image, text, boxes)
     threshold = float(np.median(want["scores"]))
-    [result] = engine_with().segment([image], [text] if text else [], [Box(*b) for b in boxes],
-                                     options=SegmentOptions(threshold=threshold))
+    [result] = engine_with().segment(
+        [image], [text] if text else [], [Box(*b) for b in boxes], options=SegmentOptions(threshold=threshold)
+    )
     keep = np.nonzero(want["scores"] > threshold)[0]
     keep = keep[np.argsort(-want["scores"][keep], kind="stable")]
     assert len(result) == len(keep) > 0
@@ -85,13 +87,15 @@ def test_binary_masks_and_scores_equal_the_reference(kind: str, image: np.ndarra
     assert want_masks.any() and (~want_masks).any()  # not a vacuous comparison
 
 
-@pytest.mark.parametrize(("fix", "kind"), [
-    ("geometry_cls", "text"),
-    ("vit_layernorm_eps", "text"),
-    ("vit_layernorm_eps", "boxes"),
-])
-def test_removing_a_fix_breaks_raw_parity(fix: str, kind: str, photo: np.ndarray, reference_model,
-                                          engine_with) -> None:
+@pytest.mark.parametrize(
+    ("fix", "kind"),
+    [
+        ("geometry_cls", "text"),
+        ("vit_layernorm_eps", "text"),
+        ("vit_layernorm_eps", "boxes"),
+    ],
+)
+def test_removing_a_fix_breaks_raw_parity(fix: str, kind: str, photo: np.ndarray, reference_model, engine_with) -> None:
     text, boxes = PROMPTS[kind]
     want = ref.reference_predict(reference_model, photo, text, boxes)
     off = {"geometry_cls": Fidelity(geometry_cls=False), "vit_layernorm_eps": Fidelity(vit_layernorm_eps=None)}[fix]
@@ -121,13 +125,15 @@ def test_presence_logits_are_not_clamped(tmp_path: Path, photo: np.ndarray) -> N
     want = ref.reference_predict(model, photo, "red disc", [])
     fixed = Sam3Engine.load(str(path), device="cpu").predict_raw(photo, "red disc")
     clamped = Sam3Engine.load(str(path), device="cpu", fidelity=Fidelity(presence_unclamped=False)).predict_raw(
-        photo, "red disc")
+        photo, "red disc"
+    )
     assert ref.relative_l2(fixed.scores, want["scores"]) < TOL
     assert ref.relative_l2(clamped.scores, want["scores"]) > 3 * TOL  # sigmoid(10) = 0.9999546, not ~1
 
 
-def test_convert_command_writes_a_standard_folder(capsys, tmp_path: Path, official_file: Path,
-                                                  photo: np.ndarray, reference_model) -> None:
+def test_convert_command_writes_a_standard_folder(
+    capsys, tmp_path: Path, official_file: Path, photo: np.ndarray, reference_model
+) -> None:
     import sys
 
     from transformers import Sam3Model
@@ -140,7 +146,8 @@ def test_convert_command_writes_a_standard_folder(capsys, tmp_path: Path, offici
         main()
     assert e.value.code in (0, None), capsys.readouterr().err
     assert {"config.json", "model.safetensors", "processor_config.json", "tokenizer.json"} <= {
-        p.name for p in out.iterdir()}
+        p.name for p in out.iterdir()
+    }
     assert Sam3Model.from_pretrained(out).config.vision_config.backbone_config.layer_norm_eps == 1e-5
     # the converted folder goes through from_pretrained (the Hub path) and must match the reference too
     want = ref.reference_predict(reference_model, photo, "red disc", [])
@@ -171,6 +178,8 @@ def test_full_size_parity(tmp_path: Path, photo: np.ndarray) -> None:
         t2 = time.perf_counter()
         errors = _errors(got, want)
         flips = int(((got["mask_logits"] > 0) != (want["mask_logits"] > 0)).sum())
-        print(f"\nfull size, {kind}: relative L2 {errors}, mask pixels differing {flips} of "
-              f"{got['mask_logits'].size}; reference {t1 - t0:.1f} s, s3seg {t2 - t1:.1f} s")
+        print(
+            f"\nfull size, {kind}: relative L2 {errors}, mask pixels differing {flips} of "
+            f"{got['mask_logits'].size}; reference {t1 - t0:.1f} s, s3seg {t2 - t1:.1f} s"
+        )
         assert max(errors.values()) < 1e-4, errors

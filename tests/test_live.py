@@ -41,8 +41,9 @@ def test_live_r2_round_trip() -> None:
 
 
 @pytest.mark.integration
-@pytest.mark.skipif(bool(_missing(SUPABASE_VARS)),
-                    reason=f"live Supabase test: set {', '.join(SUPABASE_VARS)} (a user of that project)")
+@pytest.mark.skipif(
+    bool(_missing(SUPABASE_VARS)), reason=f"live Supabase test: set {', '.join(SUPABASE_VARS)} (a user of that project)"
+)
 def test_live_supabase_task_lifecycle() -> None:
     from s3seg.store import store_from_settings
 

@@ -64,9 +64,18 @@ def _segment(model: str, photo: Path, tmp_path: Path, **env: str) -> subprocess.
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "S3SEG_"))}
     return subprocess.run(
         [sys.executable, "-m", "s3seg", "segment", str(photo), "dog", "--model", model],
-        capture_output=True, text=True, timeout=120, cwd=tmp_path,
-        env={**clean, "HF_HUB_CACHE": str(tmp_path / "cache"), "HF_HUB_DISABLE_TELEMETRY": "1",
-             "HF_HUB_ETAG_TIMEOUT": "5", "HF_HUB_DOWNLOAD_TIMEOUT": "5", **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+        env={
+            **clean,
+            "HF_HUB_CACHE": str(tmp_path / "cache"),
+            "HF_HUB_DISABLE_TELEMETRY": "1",
+            "HF_HUB_ETAG_TIMEOUT": "5",
+            "HF_HUB_DOWNLOAD_TIMEOUT": "5",
+            **env,
+        },
     )
 
 

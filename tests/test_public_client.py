@@ -18,19 +18,22 @@ def client(answers: list[httpx.Response], timeout_s: float = 5) -> tuple[PublicC
         return answers.pop(0)
 
     http = httpx.Client(base_url="http://api.test", transport=httpx.MockTransport(handle))
-    return PublicClient("http://api.test", lambda: {"Authorization": "Bearer t"}, timeout_s=timeout_s,
-                        http=http), seen
+    return PublicClient("http://api.test", lambda: {"Authorization": "Bearer t"}, timeout_s=timeout_s, http=http), seen
 
 
 def limited(retry_after: str = "0") -> httpx.Response:
-    return httpx.Response(429, headers={"Retry-After": retry_after},
-                          json={"ok": False, "error": {"code": "RATE_LIMITED", "message": "rate limit reached"}})
+    return httpx.Response(
+        429,
+        headers={"Retry-After": retry_after},
+        json={"ok": False, "error": {"code": "RATE_LIMITED", "message": "rate limit reached"}},
+    )
 
 
 def test_rate_limits_and_busy_answers_are_waited_out() -> None:
     me = httpx.Response(200, json={"ok": True, "data": {"user_id": "u"}})
-    busy = httpx.Response(503, headers={"Retry-After": "0"}, json={"ok": False, "error": {"code": "BUSY",
-                                                                                           "message": "busy"}})
+    busy = httpx.Response(
+        503, headers={"Retry-After": "0"}, json={"ok": False, "error": {"code": "BUSY", "message": "busy"}}
+    )
     api, seen = client([limited(), busy, limited(), me])
     assert api.check() == {"user_id": "u"}
     assert len(seen) == 4 and all(r.headers["authorization"] == "Bearer t" for r in seen)

@@ -33,8 +33,9 @@ def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_model_dir: P
 
 
 def test_save_then_tasks_and_results(capsys: pytest.CaptureFixture[str], tmp_path: Path, photo_path: Path) -> None:
-    code, out, err = run(capsys, "segment", str(photo_path), "person", "tie", "-t", "0.2", "--save",
-                         "--project", "portraits", "--json")
+    code, out, err = run(
+        capsys, "segment", str(photo_path), "person", "tie", "-t", "0.2", "--save", "--project", "portraits", "--json"
+    )
     assert code == 0, err
     doc = json.loads(out)
     [saved] = doc["tasks"]
@@ -68,8 +69,9 @@ def test_save_then_tasks_and_results(capsys: pytest.CaptureFixture[str], tmp_pat
     assert code == 0 and "person 20" in out
 
 
-def test_failed_segmentation_is_recorded_as_error(capsys: pytest.CaptureFixture[str], tmp_path: Path,
-                                                  photo_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_failed_segmentation_is_recorded_as_error(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, photo_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from s3seg.engine import Sam3Engine
     from s3seg.errors import DeviceError
 
@@ -105,8 +107,9 @@ def test_storage_failure_leaves_an_error_row_and_no_objects(tmp_path: Path, engi
     assert storage.list() == []  # what was uploaded before the failure is removed
 
 
-def test_upload_and_config(capsys: pytest.CaptureFixture[str], tmp_path: Path, photo_path: Path,
-                           monkeypatch: pytest.MonkeyPatch) -> None:
+def test_upload_and_config(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, photo_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     code, out, _ = run(capsys, "upload", str(photo_path), "--json")
     assert code == 0
     [row] = json.loads(out)
@@ -142,9 +145,13 @@ def test_unknown_task_and_bad_options(capsys: pytest.CaptureFixture[str]) -> Non
 def s3_bucket(s3_server: Any) -> tuple[str, str, str, str]:
     import boto3
 
-    client = boto3.session.Session().client("s3", endpoint_url=s3_server.endpoint_url, region_name="auto",
-                                            aws_access_key_id=s3_server.access_key,
-                                            aws_secret_access_key=s3_server.secret_key)
+    client = boto3.session.Session().client(
+        "s3",
+        endpoint_url=s3_server.endpoint_url,
+        region_name="auto",
+        aws_access_key_id=s3_server.access_key,
+        aws_secret_access_key=s3_server.secret_key,
+    )
     with contextlib.suppress(client.exceptions.BucketAlreadyOwnedByYou):
         client.create_bucket(Bucket="records")
     client.close()
@@ -152,11 +159,21 @@ def s3_bucket(s3_server: Any) -> tuple[str, str, str, str]:
 
 
 @pytest.mark.integration
-def test_save_to_a_real_s3_server(capsys: pytest.CaptureFixture[str], tmp_path: Path, photo_path: Path,
-                                  s3_bucket: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_save_to_a_real_s3_server(
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    photo_path: Path,
+    s3_bucket: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     endpoint, access_key, secret_key, bucket = s3_bucket
-    for name, value in {"R2_ENDPOINT": endpoint, "R2_ACCESS_KEY_ID": access_key, "R2_SECRET_ACCESS_KEY": secret_key,
-                        "R2_BUCKET": bucket, "S3SEG_R2_PREFIX": "cli-test/"}.items():
+    for name, value in {
+        "R2_ENDPOINT": endpoint,
+        "R2_ACCESS_KEY_ID": access_key,
+        "R2_SECRET_ACCESS_KEY": secret_key,
+        "R2_BUCKET": bucket,
+        "S3SEG_R2_PREFIX": "cli-test/",
+    }.items():
         monkeypatch.setenv(name, value)
     code, out, err = run(capsys, "segment", str(photo_path), "person", "-t", "0.2", "--save", "--json")
     assert code == 0, err

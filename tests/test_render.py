@@ -175,8 +175,13 @@ def test_outputs_are_the_single_renderers_at_once() -> None:
     rng = np.random.default_rng(3)
     h, w = 90, 120
     image = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
-    r = result(h, w, inst("a", 0.6, h, w, 5, 5, 60, 70), inst("b", 0.7, h, w, 30, 40, 90, 120),
-               Instance("b", 0.2, (0, 0, 1, 1), rng.random((h, w)) > 0.5))
+    r = result(
+        h,
+        w,
+        inst("a", 0.6, h, w, 5, 5, 60, 70),
+        inst("b", 0.7, h, w, 30, 40, 90, 120),
+        Instance("b", 0.2, (0, 0, 1, 1), rng.random((h, w)) > 0.5),
+    )
     files = outputs(image, r)
     assert files.mask_png == mask_png(r)
     assert files.overlay_jpeg == encode_jpeg(overlay(image, r))

@@ -105,10 +105,14 @@ def test_api_key_is_required(server: Server, headers: dict[str, str]) -> None:
         assert envelope_error(response) == (401, "UNAUTHORIZED")
 
 
-def test_predict_multipart_equals_local(server: Server, engine: Sam3Engine, photo_path: Path,
-                                        photo: np.ndarray) -> None:
-    response = server.http.post("/api/v1/predict", files={"image": ("hopper.jpg", photo_path.read_bytes())},
-                                data={"prompts": ["person", "tie"], "threshold": "0.2"})
+def test_predict_multipart_equals_local(
+    server: Server, engine: Sam3Engine, photo_path: Path, photo: np.ndarray
+) -> None:
+    response = server.http.post(
+        "/api/v1/predict",
+        files={"image": ("hopper.jpg", photo_path.read_bytes())},
+        data={"prompts": ["person", "tie"], "threshold": "0.2"},
+    )
     assert response.status_code == 200, response.text
     [got] = from_coco(response.json()["data"])
     want = local(engine, photo, ["person", "tie"])
@@ -116,18 +120,28 @@ def test_predict_multipart_equals_local(server: Server, engine: Sam3Engine, phot
     assert got.instances == want.instances
 
 
-def test_predict_json_base64_boxes_and_png_masks(server: Server, engine: Sam3Engine, photo_path: Path,
-                                                 photo: np.ndarray) -> None:
-    body = {"image": base64.b64encode(photo_path.read_bytes()).decode(), "prompts": ["person"],
-            "boxes": [{"box": [150, 60, 350, 300]}, {"box": [20, 350, 120, 500], "positive": False}],
-            "threshold": 0.2, "max_instances": 3, "mask_format": "png"}
+def test_predict_json_base64_boxes_and_png_masks(
+    server: Server, engine: Sam3Engine, photo_path: Path, photo: np.ndarray
+) -> None:
+    body = {
+        "image": base64.b64encode(photo_path.read_bytes()).decode(),
+        "prompts": ["person"],
+        "boxes": [{"box": [150, 60, 350, 300]}, {"box": [20, 350, 120, 500], "positive": False}],
+        "threshold": 0.2,
+        "max_instances": 3,
+        "mask_format": "png",
+    }
     response = server.http.post("/api/v1/predict", json=body)
     assert response.status_code == 200, response.text
     doc = response.json()["data"]
     assert "mask_png" in doc["annotations"][0] and "segmentation" not in doc["annotations"][0]
     [got] = from_coco(doc)
-    want = engine.segment([photo], ["person"], [s3seg.Box(150, 60, 350, 300), s3seg.Box(20, 350, 120, 500, False)],
-                          options=SegmentOptions(threshold=0.2, max_instances=3))[0]
+    want = engine.segment(
+        [photo],
+        ["person"],
+        [s3seg.Box(150, 60, 350, 300), s3seg.Box(20, 350, 120, 500, False)],
+        options=SegmentOptions(threshold=0.2, max_instances=3),
+    )[0]
     assert got.instances == want.instances
 
 
@@ -141,8 +155,10 @@ def test_batch_multipart_and_json(server: Server, engine: Sam3Engine, photo_path
     want = local(engine, photo, ["person"])
     for r in results:
         np.testing.assert_allclose(r.scores, want.scores, atol=1e-5)  # batched backbone: equal to rounding
-    items = [{"image": base64.b64encode(data).decode(), "prompts": ["tie"], "name": "x"},
-             {"image": base64.b64encode(data).decode(), "prompts": ["person", "tie"], "threshold": 0.99}]
+    items = [
+        {"image": base64.b64encode(data).decode(), "prompts": ["tie"], "name": "x"},
+        {"image": base64.b64encode(data).decode(), "prompts": ["person", "tie"], "threshold": 0.99},
+    ]
     results = from_coco(server.http.post("/api/v1/predict/batch", json={"items": items}).json()["data"])
     assert [r.prompts for r in results] == [("tie",), ("person", "tie")] and len(results[1]) == 0
 
@@ -205,8 +221,9 @@ def test_streamed_body_over_the_limit_without_content_length(server: Server) -> 
         for _ in range(20):
             yield b"\0" * 100_000
 
-    response = server.http.post("/api/v1/predict", content=chunks(),
-                                headers={"Content-Type": "multipart/form-data; boundary=x"})
+    response = server.http.post(
+        "/api/v1/predict", content=chunks(), headers={"Content-Type": "multipart/form-data; boundary=x"}
+    )
     assert envelope_error(response) == (413, "PAYLOAD_TOO_LARGE")
 
 
@@ -253,9 +270,9 @@ def test_image_urls(serve: Callable[..., Server], engine: Sam3Engine, image_host
 
 
 # ----------------------------------------------------------------------------------- throughput
-def test_parallel_clients_are_batched_and_all_correct(serve: Callable[..., Server], engine: Sam3Engine,
-                                                      gate: threading.Event, photo_path: Path,
-                                                      photo: np.ndarray) -> None:
+def test_parallel_clients_are_batched_and_all_correct(
+    serve: Callable[..., Server], engine: Sam3Engine, gate: threading.Event, photo_path: Path, photo: np.ndarray
+) -> None:
     server = serve(max_batch=8)
     prompts = [["person"], ["tie"], ["person", "tie"], ["medal"], ["person"], ["tie"]]
 
@@ -279,8 +296,9 @@ def test_parallel_clients_are_batched_and_all_correct(serve: Callable[..., Serve
         np.testing.assert_allclose(got.scores, want.scores, atol=1e-5)
 
 
-def test_full_queue_answers_503_with_retry_after(serve: Callable[..., Server], gate: threading.Event,
-                                                 photo_path: Path) -> None:
+def test_full_queue_answers_503_with_retry_after(
+    serve: Callable[..., Server], gate: threading.Event, photo_path: Path
+) -> None:
     server = serve(max_queue=1)
     files = {"image": ("a.jpg", photo_path.read_bytes())}
     with ThreadPoolExecutor(1) as pool:
@@ -295,9 +313,13 @@ def test_full_queue_answers_503_with_retry_after(serve: Callable[..., Server], g
         assert first.result().status_code == 200
 
 
-def test_out_of_memory_fails_only_its_request(serve: Callable[..., Server], engine: Sam3Engine,
-                                              gate: threading.Event, photo_path: Path,
-                                              monkeypatch: pytest.MonkeyPatch) -> None:
+def test_out_of_memory_fails_only_its_request(
+    serve: Callable[..., Server],
+    engine: Sam3Engine,
+    gate: threading.Event,
+    photo_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """No GPU here: an out-of-memory error is injected into the real engine for one image size only."""
     import torch
 
@@ -313,8 +335,12 @@ def test_out_of_memory_fails_only_its_request(serve: Callable[..., Server], engi
     server = serve(max_batch=4)
     data = photo_path.read_bytes()
     with ThreadPoolExecutor(3) as pool:
-        futures = [pool.submit(server.http.post, "/api/v1/predict", files={"image": ("a.jpg", data)},
-                               data={"prompts": "person"}) for _ in range(3)]
+        futures = [
+            pool.submit(
+                server.http.post, "/api/v1/predict", files={"image": ("a.jpg", data)}, data={"prompts": "person"}
+            )
+            for _ in range(3)
+        ]
         while httpx.get(server.url + "/health").json()["data"]["queue"]["queued"] < 3:
             time.sleep(0.02)
         gate.set()  # the three form one batch, which "runs out of memory"; alone each fits
@@ -327,12 +353,17 @@ def test_out_of_memory_fails_only_its_request(serve: Callable[..., Server], engi
     assert again.status_code == 200  # the server kept serving
 
 
-def test_graceful_shutdown_finishes_in_flight_work(serve: Callable[..., Server], gate: threading.Event,
-                                                   photo_path: Path) -> None:
+def test_graceful_shutdown_finishes_in_flight_work(
+    serve: Callable[..., Server], gate: threading.Event, photo_path: Path
+) -> None:
     server = serve()
     with ThreadPoolExecutor(1) as pool:
-        pending = pool.submit(server.http.post, "/api/v1/predict", files={"image": ("a.jpg", photo_path.read_bytes())},
-                              data={"prompts": "person"})
+        pending = pool.submit(
+            server.http.post,
+            "/api/v1/predict",
+            files={"image": ("a.jpg", photo_path.read_bytes())},
+            data={"prompts": "person"},
+        )
         while httpx.get(server.url + "/health").json()["data"]["queue"]["queued"] < 1:
             time.sleep(0.02)
         server.server.should_exit = True  # what SIGTERM does
@@ -344,8 +375,14 @@ def test_graceful_shutdown_finishes_in_flight_work(serve: Callable[..., Server],
 
 
 # ------------------------------------------------------------------------------- CLI and SDK
-def test_cli_remote_equals_local(capsys: pytest.CaptureFixture[str], server: Server, tiny_model_dir: Path,
-                                 photo_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cli_remote_equals_local(
+    capsys: pytest.CaptureFixture[str],
+    server: Server,
+    tiny_model_dir: Path,
+    photo_path: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.chdir(tmp_path)
     args = ["segment", str(photo_path), "person", "tie", "-t", "0.2", "--max-instances", "5"]
     code, _, _ = run_cli(capsys, *args, "--server", server.url, "--api-key", KEY, "--out", "remote")
@@ -358,7 +395,8 @@ def test_cli_remote_equals_local(capsys: pytest.CaptureFixture[str], server: Ser
     [here] = from_coco(json.loads((tmp_path / "local" / "grace_hopper.json").read_text()))
     assert remote == here
     assert (tmp_path / "remote" / "grace_hopper.mask.png").read_bytes() == (
-        tmp_path / "local" / "grace_hopper.mask.png").read_bytes()
+        tmp_path / "local" / "grace_hopper.mask.png"
+    ).read_bytes()
 
 
 def test_cli_remote_errors(capsys: pytest.CaptureFixture[str], server: Server, photo_path: Path) -> None:
@@ -386,8 +424,9 @@ def test_sdk_remote_equals_local(server: Server, engine: Sam3Engine, photo: np.n
             client.segment(np.zeros((1500, 1500, 3), np.uint8), ["a"])
 
 
-def test_serve_refuses_public_address_without_key(capsys: pytest.CaptureFixture[str],
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_serve_refuses_public_address_without_key(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.delenv("S3SEG_API_KEY", raising=False)
     code, _, err = run_cli(capsys, "serve", "--host", "0.0.0.0")
     assert code == 2 and "refusing to serve on 0.0.0.0 without an API key" in err

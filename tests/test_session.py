@@ -84,11 +84,15 @@ class FakeGoTrue:
     def handle(self, path: str, grant: str | None, headers: Any, body: dict[str, Any]) -> tuple[int, Any]:
         apikey = headers.get("apikey")
         if not apikey:
-            return 401, {"message": "No API key found in request",
-                         "hint": "No `apikey` request header or url param was found."}
+            return 401, {
+                "message": "No API key found in request",
+                "hint": "No `apikey` request header or url param was found.",
+            }
         if apikey != self.anon_key:
-            return 401, {"message": "Invalid API key", "hint": "Double check your Supabase `anon` or `service_role` "
-                                                               "API key."}
+            return 401, {
+                "message": "Invalid API key",
+                "hint": "Double check your Supabase `anon` or `service_role` API key.",
+            }
         if path == "/auth/v1/token" and grant == "password":
             user = self.users.get(str(body.get("email", "")).lower())
             if user is None or user[0] != body.get("password"):
@@ -122,16 +126,33 @@ class FakeGoTrue:
 
     def _issue(self, email: str, user_id: str, session_id: str) -> dict[str, Any]:
         exp = int(time.time()) + self.expires_in
-        claims = {"sub": user_id, "email": email, "exp": exp, "iat": exp - self.expires_in, "aud": "authenticated",
-                  "role": "authenticated", "session_id": session_id}
-        access = ".".join(base64.urlsafe_b64encode(json.dumps(part).encode()).rstrip(b"=").decode()
-                          for part in ({"alg": "HS256", "typ": "JWT"}, claims)) + ".fake-signature"
+        claims = {
+            "sub": user_id,
+            "email": email,
+            "exp": exp,
+            "iat": exp - self.expires_in,
+            "aud": "authenticated",
+            "role": "authenticated",
+            "session_id": session_id,
+        }
+        access = (
+            ".".join(
+                base64.urlsafe_b64encode(json.dumps(part).encode()).rstrip(b"=").decode()
+                for part in ({"alg": "HS256", "typ": "JWT"}, claims)
+            )
+            + ".fake-signature"
+        )
         refresh = uuid.uuid4().hex[:12]
         self.access_tokens[access] = {"session": session_id, "exp": exp}
         self.refresh_tokens[refresh] = {"session": session_id, "used": False, "email": email, "user_id": user_id}
-        return {"access_token": access, "token_type": "bearer", "expires_in": self.expires_in, "expires_at": exp,
-                "refresh_token": refresh,
-                "user": {"id": user_id, "aud": "authenticated", "role": "authenticated", "email": email}}
+        return {
+            "access_token": access,
+            "token_type": "bearer",
+            "expires_in": self.expires_in,
+            "expires_at": exp,
+            "refresh_token": refresh,
+            "user": {"id": user_id, "aud": "authenticated", "role": "authenticated", "email": email},
+        }
 
 
 @contextlib.contextmanager
@@ -180,8 +201,13 @@ def gotrue() -> Iterator[FakeGoTrue]:
 @pytest.fixture
 def config_dir(gotrue: FakeGoTrue, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """The environment a user would set, pointing at the fake; the session folder s3seg will use."""
-    for name in ("S3SEG_SUPABASE_URL", "S3SEG_SUPABASE_ANON_KEY", "S3SEG_SUPABASE_ACCESS_TOKEN", "S3SEG_CONFIG_DIR",
-                 "S3SEG_DEBUG"):
+    for name in (
+        "S3SEG_SUPABASE_URL",
+        "S3SEG_SUPABASE_ANON_KEY",
+        "S3SEG_SUPABASE_ACCESS_TOKEN",
+        "S3SEG_CONFIG_DIR",
+        "S3SEG_DEBUG",
+    ):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("SUPABASE_URL", gotrue.url)
     monkeypatch.setenv("SUPABASE_ANON_KEY", gotrue.anon_key)
@@ -252,8 +278,9 @@ def test_missing_or_wrong_apikey(gotrue: FakeGoTrue) -> None:
     assert [status for *_, status in gotrue.log] == [401, 401] and not gotrue.access_tokens
 
 
-def test_wrong_apikey_on_refresh_does_not_end_the_session(gotrue: FakeGoTrue, config_dir: Path,
-                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+def test_wrong_apikey_on_refresh_does_not_end_the_session(
+    gotrue: FakeGoTrue, config_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     session = _signed_in(gotrue, config_dir, expires_in_s=10)
     monkeypatch.setenv("SUPABASE_ANON_KEY", "not-the-key")
     with pytest.raises(AuthError, match="Invalid API key") as e:
@@ -355,8 +382,9 @@ def test_refresh_needs_the_anon_key(gotrue: FakeGoTrue, config_dir: Path, monkey
     assert "SUPABASE_ANON_KEY" in (e.value.hint or "")
 
 
-def test_unreachable_supabase_during_refresh(gotrue: FakeGoTrue, config_dir: Path,
-                                             monkeypatch: pytest.MonkeyPatch) -> None:
+def test_unreachable_supabase_during_refresh(
+    gotrue: FakeGoTrue, config_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     session = _signed_in(gotrue, config_dir)
     dead = _closed_port_url()
     monkeypatch.setenv("SUPABASE_URL", dead)
@@ -367,8 +395,9 @@ def test_unreachable_supabase_during_refresh(gotrue: FakeGoTrue, config_dir: Pat
         _session.access_token(load_settings())
 
 
-def test_session_of_another_project_is_not_sent(gotrue: FakeGoTrue, config_dir: Path,
-                                                monkeypatch: pytest.MonkeyPatch) -> None:
+def test_session_of_another_project_is_not_sent(
+    gotrue: FakeGoTrue, config_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     _signed_in(gotrue, config_dir)
     monkeypatch.setenv("SUPABASE_URL", "https://other.supabase.co")
     with pytest.raises(AuthError, match=r"signed in to http://127\.0\.0\.1") as e:
@@ -476,8 +505,9 @@ def test_login_whoami_logout(capsys, gotrue: FakeGoTrue, config_dir: Path, monke
     assert code == 0 and out.strip() == "not signed in; nothing to remove"
 
 
-def test_login_json_and_whoami_of_an_expiring_session(capsys, gotrue: FakeGoTrue, config_dir: Path,
-                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_login_json_and_whoami_of_an_expiring_session(
+    capsys, gotrue: FakeGoTrue, config_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(sys, "stdin", io.StringIO(PASSWORD))  # no trailing newline
     code, out, err = run(capsys, "login", "--email", EMAIL, "--password-stdin", "--json")
     assert code == 0, err
@@ -492,8 +522,9 @@ def test_login_json_and_whoami_of_an_expiring_session(capsys, gotrue: FakeGoTrue
     assert code == 0 and "will be refreshed on next use" in out
 
 
-def test_login_with_wrong_password(capsys, gotrue: FakeGoTrue, config_dir: Path,
-                                   monkeypatch: pytest.MonkeyPatch) -> None:
+def test_login_with_wrong_password(
+    capsys, gotrue: FakeGoTrue, config_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(sys, "stdin", io.StringIO("wrong\n"))
     code, out, err = run(capsys, "login", "--email", EMAIL, "--password-stdin")
     assert code == 11 and out == ""
@@ -510,8 +541,9 @@ def test_login_without_supabase_url(capsys, config_dir: Path, monkeypatch: pytes
     assert "Traceback" not in err
 
 
-def test_login_without_a_terminal_or_password_stdin(capsys, gotrue: FakeGoTrue, config_dir: Path,
-                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_login_without_a_terminal_or_password_stdin(
+    capsys, gotrue: FakeGoTrue, config_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(sys, "stdin", io.StringIO(PASSWORD + "\n"))
     code, _, err = run(capsys, "login", "--email", EMAIL)
     assert code == 2 and "no terminal" in err and "--password-stdin" in err
@@ -523,14 +555,20 @@ def test_login_without_a_terminal_or_password_stdin(capsys, gotrue: FakeGoTrue, 
 
 
 def test_login_in_a_real_process_with_a_piped_password(gotrue: FakeGoTrue, config_dir: Path) -> None:
-    proc = subprocess.run([sys.executable, "-m", "s3seg", "login", "--email", EMAIL, "--password-stdin"],
-                          input=PASSWORD + "\n", capture_output=True, text=True, timeout=60,
-                          env={**os.environ, "COLUMNS": "200"})
+    proc = subprocess.run(
+        [sys.executable, "-m", "s3seg", "login", "--email", EMAIL, "--password-stdin"],
+        input=PASSWORD + "\n",
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "COLUMNS": "200"},
+    )
     assert proc.returncode == 0, proc.stderr
     assert f"signed in as {EMAIL}" in proc.stdout and PASSWORD not in proc.stdout + proc.stderr
     assert _session.load(config_dir) is not None
-    proc = subprocess.run([sys.executable, "-m", "s3seg", "whoami", "--json"], capture_output=True, text=True,
-                          timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "s3seg", "whoami", "--json"], capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode == 0 and json.loads(proc.stdout)["email"] == EMAIL
 
 
@@ -540,8 +578,14 @@ def test_login_prompts_on_a_terminal_without_echoing_the_password(gotrue: FakeGo
     import select
 
     controller, terminal = os.openpty()
-    proc = subprocess.Popen([sys.executable, "-m", "s3seg", "login"], stdin=terminal, stdout=terminal,
-                            stderr=terminal, start_new_session=True, env={**os.environ, "COLUMNS": "200"})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "s3seg", "login"],
+        stdin=terminal,
+        stdout=terminal,
+        stderr=terminal,
+        start_new_session=True,
+        env={**os.environ, "COLUMNS": "200"},
+    )
     os.close(terminal)
     transcript = b""
 

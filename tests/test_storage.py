@@ -58,8 +58,12 @@ def admin(s3_server: S3Server) -> Iterator[Any]:
     import boto3
 
     client = boto3.session.Session().client(
-        "s3", endpoint_url=s3_server.endpoint_url, region_name="auto",
-        aws_access_key_id=s3_server.access_key, aws_secret_access_key=s3_server.secret_key)
+        "s3",
+        endpoint_url=s3_server.endpoint_url,
+        region_name="auto",
+        aws_access_key_id=s3_server.access_key,
+        aws_secret_access_key=s3_server.secret_key,
+    )
     client.create_bucket(Bucket=BUCKET)
     yield client
     client.close()
@@ -69,8 +73,11 @@ def make_s3(server: S3Server, *, prefix: str | None = None, **kwargs: Any) -> S3
     """An S3Storage on the test bucket; each gets its own prefix unless one is given, so tests do not
     see each other's objects."""
     options: dict[str, Any] = {
-        "endpoint_url": server.endpoint_url, "access_key_id": server.access_key,
-        "secret_access_key": server.secret_key, "region": "auto", "path_style": True,
+        "endpoint_url": server.endpoint_url,
+        "access_key_id": server.access_key,
+        "secret_access_key": server.secret_key,
+        "region": "auto",
+        "path_style": True,
         "prefix": f"t-{uuid.uuid4().hex[:12]}" if prefix is None else prefix,
     }
     options.update(kwargs)
@@ -131,8 +138,13 @@ def test_unicode_keys_are_normalised(storage: Storage) -> None:
 
 @pytest.mark.parametrize("bad", list(BAD_KEYS.values()), ids=list(BAD_KEYS))
 def test_bad_keys_are_refused(storage: Storage, bad: str) -> None:
-    for call in (lambda: storage.put(bad, b"x"), lambda: storage.get(bad), lambda: storage.exists(bad),
-                 lambda: storage.delete(bad), lambda: storage.url(bad)):
+    for call in (
+        lambda: storage.put(bad, b"x"),
+        lambda: storage.get(bad),
+        lambda: storage.exists(bad),
+        lambda: storage.delete(bad),
+        lambda: storage.url(bad),
+    ):
         with pytest.raises(StorageError, match="invalid storage key") as info:
             call()
         assert repr(bad)[:40] in info.value.message
@@ -199,14 +211,17 @@ integration = pytest.mark.integration
 
 
 @integration
-@pytest.mark.parametrize(("key", "given", "stored"), [
-    ("a.png", None, "image/png"),
-    ("b/c.JPG", None, "image/jpeg"),
-    ("d.webp", None, "image/webp"),
-    ("e.json", None, "application/json"),
-    ("f", None, "application/octet-stream"),
-    ("g.png", "application/x-custom", "application/x-custom"),
-])
+@pytest.mark.parametrize(
+    ("key", "given", "stored"),
+    [
+        ("a.png", None, "image/png"),
+        ("b/c.JPG", None, "image/jpeg"),
+        ("d.webp", None, "image/webp"),
+        ("e.json", None, "application/json"),
+        ("f", None, "application/octet-stream"),
+        ("g.png", "application/x-custom", "application/x-custom"),
+    ],
+)
 def test_content_type_is_stored(s3: S3Storage, admin: Any, key: str, given: str | None, stored: str) -> None:
     s3.put(key, b"data", content_type=given)
     head = admin.head_object(Bucket=BUCKET, Key=f"{s3.prefix}/{key}")
@@ -263,18 +278,26 @@ def _assert_clean(error: StorageError) -> None:
 
 
 @integration
-@pytest.mark.parametrize(("key_id", "secret", "code"), [
-    (None, "wrong-secret", "SignatureDoesNotMatch"),
-    ("NOSUCHKEYID", "wrong-secret", "InvalidAccessKeyId"),
-])
-def test_wrong_credentials(s3_server: S3Server, admin: Any, tmp_path: Path, key_id: str | None, secret: str,
-                           code: str) -> None:
+@pytest.mark.parametrize(
+    ("key_id", "secret", "code"),
+    [
+        (None, "wrong-secret", "SignatureDoesNotMatch"),
+        ("NOSUCHKEYID", "wrong-secret", "InvalidAccessKeyId"),
+    ],
+)
+def test_wrong_credentials(
+    s3_server: S3Server, admin: Any, tmp_path: Path, key_id: str | None, secret: str, code: str
+) -> None:
     src = tmp_path / "f.bin"
     src.write_bytes(b"x")
     with make_s3(s3_server, access_key_id=key_id or s3_server.access_key, secret_access_key=secret) as bad:
         calls: list[Callable[[], object]] = [
-            lambda: bad.put("a.png", b"x"), lambda: bad.get("a.png"), lambda: bad.list(), lambda: bad.delete("a.png"),
-            lambda: bad.put_file("f.bin", src), lambda: bad.url("a.png") and bad.exists("a.png"),
+            lambda: bad.put("a.png", b"x"),
+            lambda: bad.get("a.png"),
+            lambda: bad.list(),
+            lambda: bad.delete("a.png"),
+            lambda: bad.put_file("f.bin", src),
+            lambda: bad.url("a.png") and bad.exists("a.png"),
         ]
         for call in calls:
             with pytest.raises(StorageError, match="refused to") as info:
@@ -291,8 +314,13 @@ def test_wrong_credentials(s3_server: S3Server, admin: Any, tmp_path: Path, key_
 def test_missing_bucket(s3_server: S3Server, admin: Any, tmp_path: Path) -> None:
     (tmp_path / "f.bin").write_bytes(b"x")
     with make_s3(s3_server, bucket="s3seg-no-such-bucket") as missing:
-        for call in (lambda: missing.put("a.png", b"x"), lambda: missing.get("a.png"), lambda: missing.list(),
-                     lambda: missing.put_file("f.bin", tmp_path / "f.bin"), lambda: missing.delete("a.png")):
+        for call in (
+            lambda: missing.put("a.png", b"x"),
+            lambda: missing.get("a.png"),
+            lambda: missing.list(),
+            lambda: missing.put_file("f.bin", tmp_path / "f.bin"),
+            lambda: missing.delete("a.png"),
+        ):
             with pytest.raises(StorageError, match="bucket 's3seg-no-such-bucket' does not exist") as info:
                 call()
             assert info.value.hint and "create it" in info.value.hint
@@ -343,8 +371,7 @@ def test_small_upload_is_single_part(s3: S3Storage, admin: Any) -> None:
 
 def test_s3_storage_name_and_endpoint() -> None:
     pytest.importorskip("boto3")
-    with S3Storage("b", endpoint_url="acct.r2.cloudflarestorage.com", access_key_id="k",
-                   secret_access_key="s") as r2:
+    with S3Storage("b", endpoint_url="acct.r2.cloudflarestorage.com", access_key_id="k", secret_access_key="s") as r2:
         assert r2.name == "r2"
         assert r2.endpoint_url == "https://acct.r2.cloudflarestorage.com"
     with S3Storage("b", endpoint_url=None, access_key_id="k", secret_access_key="s", region="eu-west-1") as aws:
@@ -376,8 +403,13 @@ def test_local_symlink_escape_is_refused(tmp_path: Path) -> None:
     store.put("ok.txt", b"ok")
     (tmp_path / "store" / "dir-link").symlink_to(outside, target_is_directory=True)
     (tmp_path / "store" / "file-link.txt").symlink_to(outside / "secret.txt")
-    calls: list[Callable[[str], object]] = [store.get, lambda k: store.put(k, b"x"), store.exists, store.delete,
-                                            store.url]
+    calls: list[Callable[[str], object]] = [
+        store.get,
+        lambda k: store.put(k, b"x"),
+        store.exists,
+        store.delete,
+        store.url,
+    ]
     for key in ("dir-link/secret.txt", "file-link.txt", "dir-link/new.txt"):
         for call in calls:
             with pytest.raises(StorageError, match="resolves outside"):
@@ -437,12 +469,21 @@ def test_safe_key() -> None:
             safe_key(bad)
 
 
-@pytest.mark.parametrize(("key", "expected"), [
-    ("a.jpg", "image/jpeg"), ("a.JPEG", "image/jpeg"), ("m/0.png", "image/png"), ("o.webp", "image/webp"),
-    ("r.json", "application/json"), ("x.tar.gz", "application/gzip"), ("noext", "application/octet-stream"),
-    (".env", "application/octet-stream"), ("a.weird", "application/octet-stream"),
-    ("dir.png/x", "application/octet-stream"),
-])
+@pytest.mark.parametrize(
+    ("key", "expected"),
+    [
+        ("a.jpg", "image/jpeg"),
+        ("a.JPEG", "image/jpeg"),
+        ("m/0.png", "image/png"),
+        ("o.webp", "image/webp"),
+        ("r.json", "application/json"),
+        ("x.tar.gz", "application/gzip"),
+        ("noext", "application/octet-stream"),
+        (".env", "application/octet-stream"),
+        ("a.weird", "application/octet-stream"),
+        ("dir.png/x", "application/octet-stream"),
+    ],
+)
 def test_guess_content_type(key: str, expected: str) -> None:
     assert guess_content_type(key) == expected
 
@@ -473,9 +514,14 @@ def test_storage_from_settings_half_configured(tmp_path: Path) -> None:
 @pytest.mark.usefixtures("no_r2_env")
 def test_storage_from_settings_s3(s3_server: S3Server, admin: Any, tmp_path: Path) -> None:
     settings = Settings(  # type: ignore[call-arg]
-        data_dir=tmp_path, r2_endpoint=s3_server.endpoint_url, r2_access_key_id=s3_server.access_key,
-        r2_secret_access_key=SecretStr(s3_server.secret_key), r2_bucket=BUCKET, r2_prefix="from-settings/",
-        _env_file=None)
+        data_dir=tmp_path,
+        r2_endpoint=s3_server.endpoint_url,
+        r2_access_key_id=s3_server.access_key,
+        r2_secret_access_key=SecretStr(s3_server.secret_key),
+        r2_bucket=BUCKET,
+        r2_prefix="from-settings/",
+        _env_file=None,
+    )
     store = storage_from_settings(settings)
     try:
         assert isinstance(store, S3Storage)

@@ -35,11 +35,21 @@ from s3seg.store._supabase import SupabaseStore
 def test_lifecycle_pending_processing_done(tmp_path: Path) -> None:
     store = SQLiteStore(tmp_path / "r.db")
     task = store.create_task(["dog", "cat"], project="pets", metadata={"image": "a.jpg"})
-    assert (task.status, task.text_prompt, task.project, task.prompts) == ("pending", "dog, cat", "pets",
-                                                                              ["dog", "cat"])
+    assert (task.status, task.text_prompt, task.project, task.prompts) == (
+        "pending",
+        "dog, cat",
+        "pets",
+        ["dog", "cat"],
+    )
     assert store.start(task.id).status == "processing"
-    done = store.finish(task.id, source="k/src.jpg", mask="k/mask.png", overlay="k/ov.jpg",
-                        labels=[{"label": "dog", "score": 0.9}], metadata={"instances": 1})
+    done = store.finish(
+        task.id,
+        source="k/src.jpg",
+        mask="k/mask.png",
+        overlay="k/ov.jpg",
+        labels=[{"label": "dog", "score": 0.9}],
+        metadata={"instances": 1},
+    )
     assert done.status == "done" and done.mask_image_url == "k/mask.png" and done.labels[0]["label"] == "dog"
     assert done.metadata == {"prompts": ["dog", "cat"], "image": "a.jpg", "instances": 1, "cost": 0, "attempts": 1}
     assert done.updated_at >= task.updated_at and done.error is None
@@ -128,8 +138,12 @@ def test_users_see_only_their_own_tasks(tmp_path: Path) -> None:
     mine = local.create_task(["cat"], project="pets")
     assert theirs.user_id == "alice" and mine.user_id == "local"
     assert theirs.project == mine.project == "pets" and theirs.project_id != mine.project_id  # one per user
-    for operation in (local.get, local.start, lambda i: local.fail(i, "x"),
-                      lambda i: local.finish(i, source="s", mask="m", overlay="o", labels=[], metadata={})):
+    for operation in (
+        local.get,
+        local.start,
+        lambda i: local.fail(i, "x"),
+        lambda i: local.finish(i, source="s", mask="m", overlay="o", labels=[], metadata={}),
+    ):
         with pytest.raises(TaskNotFound, match=f"no task {theirs.id}"):
             operation(theirs.id)
     assert alice.get(theirs.id).status == "pending"  # untouched by the refused calls
@@ -209,8 +223,11 @@ def test_requeue_stale_then_error_after_the_last_attempt(tmp_path: Path) -> None
     path = tmp_path / "r.db"
     store = SQLiteStore(path)
     alice = store.for_user("alice")
-    stale, fresh, other = (store.create_task(["a"], queue=True), store.create_task(["b"], queue=True),
-                           alice.create_task(["c"], queue=True))
+    stale, fresh, other = (
+        store.create_task(["a"], queue=True),
+        store.create_task(["b"], queue=True),
+        alice.create_task(["c"], queue=True),
+    )
     plain = store.create_task(["a CLI run that crashed"])
     for s, t in ((store, stale), (store, fresh), (alice, other), (store, plain)):
         s.start(t.id)
@@ -219,8 +236,10 @@ def test_requeue_stale_then_error_after_the_last_attempt(tmp_path: Path) -> None
     _backdate(path, plain.id)
     _backdate(path, fresh.id, seconds=5)
     requeued = store.requeue_stale(older_than_s=60, max_attempts=2)
-    assert [(t.id, t.status, t.user_id) for t in requeued] == [(stale.id, "pending", "local"),
-                                                                 (other.id, "pending", "alice")]
+    assert [(t.id, t.status, t.user_id) for t in requeued] == [
+        (stale.id, "pending", "local"),
+        (other.id, "pending", "alice"),
+    ]
     assert store.get(fresh.id).status == "processing"  # its worker is still alive
     assert store.get(plain.id).status == "processing"  # not a server task: no worker of ours to replace
     assert requeued[0].updated_at > stale.updated_at and requeued[0].error is None
@@ -300,10 +319,23 @@ def test_settings_choose_the_backend(tmp_path: Path) -> None:
 USER = "11111111-2222-3333-4444-555555555555"
 OTHER = "99999999-8888-7777-6666-555555555555"
 T0 = datetime(2026, 11, 22, 3, 0, tzinfo=timezone.utc)
-ROW = {"id": "t1", "user_id": USER, "project_id": None, "status": "pending", "text_prompt": "dog",
-       "labels": [], "metadata": {"prompts": ["dog"]}, "error": None, "source_image_url": None,
-       "mask_image_url": None, "overlay_image_url": None, "projects": None, "queued": False,
-       "created_at": "2026-11-22T03:00:00+00:00", "updated_at": "2026-11-22T03:00:00+00:00"}
+ROW = {
+    "id": "t1",
+    "user_id": USER,
+    "project_id": None,
+    "status": "pending",
+    "text_prompt": "dog",
+    "labels": [],
+    "metadata": {"prompts": ["dog"]},
+    "error": None,
+    "source_image_url": None,
+    "mask_image_url": None,
+    "overlay_image_url": None,
+    "projects": None,
+    "queued": False,
+    "created_at": "2026-11-22T03:00:00+00:00",
+    "updated_at": "2026-11-22T03:00:00+00:00",
+}
 _QUERY_PARAMS = ("select", "order", "limit", "offset")
 
 
@@ -321,8 +353,10 @@ class PostgREST:
         self.requests: list[httpx.Request] = []
         self.rows: dict[str, dict[str, Any]] = {}
         self.projects: dict[str, dict[str, Any]] = {}
-        self.profiles = {USER: {"id": USER, "tier": "pro", "credits": 5},
-                         OTHER: {"id": OTHER, "tier": "free", "credits": 100}}
+        self.profiles = {
+            USER: {"id": USER, "tier": "pro", "credits": 5},
+            OTHER: {"id": OTHER, "tier": "free", "credits": 100},
+        }
         self.clock = 0
         self.interleave: Any = None
 
@@ -352,7 +386,7 @@ class PostgREST:
         if path == "projects":
             if request.method == "GET":
                 found = [p for p in self.projects.values() if _matches(p, query)]
-                return httpx.Response(200, json=found[:int(query["limit"][0])] if "limit" in query else found)
+                return httpx.Response(200, json=found[: int(query["limit"][0])] if "limit" in query else found)
             project = {"id": f"p{len(self.projects) + 1}", **body}
             self.projects[project["id"]] = project
             return httpx.Response(201, json=[project])
@@ -372,7 +406,7 @@ class PostgREST:
         if "order" in query:
             column, _, direction = query["order"][0].partition(".")
             rows.sort(key=lambda r: r[column], reverse=direction == "desc")
-        return httpx.Response(200, json=rows[:int(query["limit"][0])] if "limit" in query else rows)
+        return httpx.Response(200, json=rows[: int(query["limit"][0])] if "limit" in query else rows)
 
     def _embed(self, row: dict[str, Any], query: dict[str, list[str]]) -> dict[str, Any]:
         """The row as read, with ``projects(name)`` joined in when the select asks for it."""
@@ -386,13 +420,26 @@ class PostgREST:
         profile = self.profiles.get(user)
         if profile is None:
             return _failure(404, "PT404", "USER_NOT_FOUND", f"no profile for user {user}")
-        reserved = sum(r["metadata"].get("cost", 0) for r in self.rows.values()
-                       if r["user_id"] == user and r["status"] in ("pending", "processing") and r["queued"])
+        reserved = sum(
+            r["metadata"].get("cost", 0)
+            for r in self.rows.values()
+            if r["user_id"] == user and r["status"] in ("pending", "processing") and r["queued"]
+        )
         if cost > 0 and profile["credits"] - reserved < cost:
-            return _failure(402, "PT402", "INSUFFICIENT_CREDITS", f"user {user} has {profile['credits']} credits, "
-                            f"{reserved} reserved by unfinished tasks, {cost} required")
-        row = self.add(user_id=user, project_id=body["p_project_id"], text_prompt=body["p_text_prompt"],
-                       metadata={**body["p_metadata"], "cost": cost, "attempts": 0}, queued=True)
+            return _failure(
+                402,
+                "PT402",
+                "INSUFFICIENT_CREDITS",
+                f"user {user} has {profile['credits']} credits, "
+                f"{reserved} reserved by unfinished tasks, {cost} required",
+            )
+        row = self.add(
+            user_id=user,
+            project_id=body["p_project_id"],
+            text_prompt=body["p_text_prompt"],
+            metadata={**body["p_metadata"], "cost": cost, "attempts": 0},
+            queued=True,
+        )
         return httpx.Response(200, json=row["id"])
 
     def _finish(self, body: dict[str, Any]) -> httpx.Response:
@@ -402,17 +449,28 @@ class PostgREST:
         if not row["queued"]:
             return _failure(409, "PT409", "TASK_NOT_QUEUED", f"task {row['id']} is not a server task")
         if row["status"] != "processing":
-            return _failure(409, "PT409", "TASK_NOT_PROCESSING",
-                            f"task {row['id']} is {row['status']}; it cannot become done")
+            return _failure(
+                409, "PT409", "TASK_NOT_PROCESSING", f"task {row['id']} is {row['status']}; it cannot become done"
+            )
         profile = self.profiles[row["user_id"]]
         if profile["credits"] < row["metadata"]["cost"]:
-            return _failure(402, "PT402", "INSUFFICIENT_CREDITS", f"user {row['user_id']} has "
-                            f"{profile['credits']} credits, {row['metadata']['cost']} required")
+            return _failure(
+                402,
+                "PT402",
+                "INSUFFICIENT_CREDITS",
+                f"user {row['user_id']} has {profile['credits']} credits, {row['metadata']['cost']} required",
+            )
         profile["credits"] -= row["metadata"]["cost"]
         extra = {k: v for k, v in body["p_metadata"].items() if k not in ("cost", "attempts")}
-        row.update(status="done", source_image_url=body["p_source"], mask_image_url=body["p_mask"],
-                   overlay_image_url=body["p_overlay"], labels=body["p_labels"],
-                   metadata={**row["metadata"], **extra}, updated_at=self.now())
+        row.update(
+            status="done",
+            source_image_url=body["p_source"],
+            mask_image_url=body["p_mask"],
+            overlay_image_url=body["p_overlay"],
+            labels=body["p_labels"],
+            metadata={**row["metadata"], **extra},
+            updated_at=self.now(),
+        )
         return httpx.Response(200, json=profile["credits"])
 
 
@@ -470,14 +528,25 @@ def test_supabase_user_token_requests(postgrest: PostgREST) -> None:
         store.start(task.id)
         read, patch, _ = postgrest.requests[-3:]
         assert read.method == "GET" and patch.method == "PATCH"
-        assert json.loads(patch.content) == {"status": "processing",
-                                             "metadata": {"prompts": ["dog"], "cost": 0, "attempts": 1}}
-        assert _filters(patch) == {"id": [f"eq.{task.id}"], "user_id": [f"eq.{USER}"], "status": ["eq.pending"],
-                                   "updated_at": [f"eq.{task.updated_at.isoformat()}"]}
-        done = store.finish(task.id, source="s", mask="m", overlay="o", labels=[{"label": "dog"}],
-                            metadata={"instances": 1, "attempts": 9})
-        assert done.status == "done" and done.metadata == {"prompts": ["dog"], "cost": 0, "attempts": 1,
-                                                           "instances": 1}
+        assert json.loads(patch.content) == {
+            "status": "processing",
+            "metadata": {"prompts": ["dog"], "cost": 0, "attempts": 1},
+        }
+        assert _filters(patch) == {
+            "id": [f"eq.{task.id}"],
+            "user_id": [f"eq.{USER}"],
+            "status": ["eq.pending"],
+            "updated_at": [f"eq.{task.updated_at.isoformat()}"],
+        }
+        done = store.finish(
+            task.id,
+            source="s",
+            mask="m",
+            overlay="o",
+            labels=[{"label": "dog"}],
+            metadata={"instances": 1, "attempts": 9},
+        )
+        assert done.status == "done" and done.metadata == {"prompts": ["dog"], "cost": 0, "attempts": 1, "instances": 1}
         with pytest.raises(StoreError, match="is done; it cannot become processing"):
             store.start(task.id)
         for r in postgrest.requests:  # RLS applies as the user: their token, plus the project's anon key
@@ -502,8 +571,12 @@ def test_supabase_service_key_creates_and_finishes_through_the_sql_functions(pos
         rpc, select = postgrest.requests[-2:]
         assert (rpc.method, rpc.url.path) == ("POST", "/rest/v1/rpc/create_segmentation_task")
         assert json.loads(rpc.content) == {  # the function adds cost and attempts
-            "p_user_id": USER, "p_text_prompt": "dog, cat", "p_project_id": "p1", "p_cost": 2,
-            "p_metadata": {"prompts": ["dog", "cat"], "image": "a.jpg"}}
+            "p_user_id": USER,
+            "p_text_prompt": "dog, cat",
+            "p_project_id": "p1",
+            "p_cost": 2,
+            "p_metadata": {"prompts": ["dog", "cat"], "image": "a.jpg"},
+        }
         assert _filters(select)["id"] == [f"eq.{task.id}"] and _filters(select)["user_id"] == [f"eq.{USER}"]
         assert task.metadata["cost"] == 2 and task.user_id == USER
         for r in postgrest.requests:
@@ -511,14 +584,25 @@ def test_supabase_service_key_creates_and_finishes_through_the_sql_functions(pos
 
         assert store.start(task.id).metadata["attempts"] == 1
         assert _filters(postgrest.requests[-2])["user_id"] == [f"eq.{USER}"]
-        done = store.finish(task.id, source="k/s.jpg", mask="k/m.png", overlay="k/o.jpg", labels=[{"label": "dog"}],
-                            metadata={"instances": 1, "cost": 0})
+        done = store.finish(
+            task.id,
+            source="k/s.jpg",
+            mask="k/m.png",
+            overlay="k/o.jpg",
+            labels=[{"label": "dog"}],
+            metadata={"instances": 1, "cost": 0},
+        )
         owner, rpc, _ = postgrest.requests[-3:]
         assert _filters(owner)["user_id"] == [f"eq.{USER}"]  # the function does not know the caller: checked first
         assert (rpc.method, rpc.url.path) == ("POST", "/rest/v1/rpc/finish_segmentation_task")
-        assert json.loads(rpc.content) == {"p_task_id": task.id, "p_source": "k/s.jpg", "p_mask": "k/m.png",
-                                           "p_overlay": "k/o.jpg", "p_labels": [{"label": "dog"}],
-                                           "p_metadata": {"instances": 1}}
+        assert json.loads(rpc.content) == {
+            "p_task_id": task.id,
+            "p_source": "k/s.jpg",
+            "p_mask": "k/m.png",
+            "p_overlay": "k/o.jpg",
+            "p_labels": [{"label": "dog"}],
+            "p_metadata": {"instances": 1},
+        }
         assert done.status == "done" and done.mask_image_url == "k/m.png" and done.metadata["cost"] == 2
         assert postgrest.profiles[USER]["credits"] == 3  # charged by the function, once
 
@@ -526,8 +610,11 @@ def test_supabase_service_key_creates_and_finishes_through_the_sql_functions(pos
         failed = store.fail(other.id, "boom")
         assert (failed.status, failed.error) == ("error", "boom")
         patch = postgrest.requests[-2]
-        assert _filters(patch) == {"id": [f"eq.{other.id}"], "user_id": [f"eq.{USER}"],
-                                   "status": ["in.(pending,processing)"]}
+        assert _filters(patch) == {
+            "id": [f"eq.{other.id}"],
+            "user_id": [f"eq.{USER}"],
+            "status": ["in.(pending,processing)"],
+        }
 
 
 def test_supabase_plain_rows_are_written_directly_and_cost_nothing(postgrest: PostgREST) -> None:
@@ -537,16 +624,24 @@ def test_supabase_plain_rows_are_written_directly_and_cost_nothing(postgrest: Po
         task = store.create_task(["dog"], metadata={"image": "a.jpg", "cost": 5})
         insert = postgrest.requests[-2]
         assert (insert.method, insert.url.path) == ("POST", "/rest/v1/segmentation_results")
-        assert json.loads(insert.content) == {"user_id": USER, "text_prompt": "dog", "status": "pending",
-                                              "metadata": {"prompts": ["dog"], "image": "a.jpg", "cost": 0,
-                                                           "attempts": 0}}
+        assert json.loads(insert.content) == {
+            "user_id": USER,
+            "text_prompt": "dog",
+            "status": "pending",
+            "metadata": {"prompts": ["dog"], "image": "a.jpg", "cost": 0, "attempts": 0},
+        }
         store.start(task.id)
         done = store.finish(task.id, source="s", mask="m", overlay="o", labels=[], metadata={"n": 1, "cost": 9})
         patch = postgrest.requests[-2]
         assert patch.method == "PATCH" and _filters(patch)["status"] == ["in.(processing)"]
         assert _filters(patch)["user_id"] == [f"eq.{USER}"]
-        assert done.status == "done" and done.metadata == {"prompts": ["dog"], "image": "a.jpg", "cost": 0,
-                                                           "attempts": 1, "n": 1}
+        assert done.status == "done" and done.metadata == {
+            "prompts": ["dog"],
+            "image": "a.jpg",
+            "cost": 0,
+            "attempts": 1,
+            "n": 1,
+        }
         assert not any(r.url.path.startswith("/rest/v1/rpc/") for r in postgrest.requests)
         assert postgrest.profiles[USER]["credits"] == 5
 
@@ -570,12 +665,17 @@ def test_supabase_signed_in_user_cannot_change_server_tasks(postgrest: PostgREST
 def test_supabase_service_key_sees_only_the_bound_users_tasks(postgrest: PostgREST) -> None:
     server, http = _store(postgrest, key="service-key")
     with http:
-        theirs = postgrest.add(user_id=OTHER, status="processing", metadata={"prompts": ["dog"], "cost": 1},
-                               queued=True)
+        theirs = postgrest.add(
+            user_id=OTHER, status="processing", metadata={"prompts": ["dog"], "cost": 1}, queued=True
+        )
         store = server.for_user(USER)
         before = len(postgrest.requests)
-        for operation in (store.get, store.start, lambda i: store.fail(i, "x"),
-                          lambda i: store.finish(i, source="s", mask="m", overlay="o", labels=[], metadata={})):
+        for operation in (
+            store.get,
+            store.start,
+            lambda i: store.fail(i, "x"),
+            lambda i: store.finish(i, source="s", mask="m", overlay="o", labels=[], metadata={}),
+        ):
             with pytest.raises(TaskNotFound, match=f"no task {theirs['id']}"):
                 operation(theirs["id"])
         sent = postgrest.requests[before:]
@@ -598,16 +698,17 @@ def test_supabase_account(postgrest: PostgREST) -> None:
 
 def test_supabase_tasks_filed_under_a_project_id(postgrest: PostgREST) -> None:
     mine, theirs = str(uuid.uuid4()), str(uuid.uuid4())
-    postgrest.projects = {mine: {"id": mine, "user_id": USER, "name": "pets"},
-                          theirs: {"id": theirs, "user_id": OTHER, "name": "farm"}}
+    postgrest.projects = {
+        mine: {"id": mine, "user_id": USER, "name": "pets"},
+        theirs: {"id": theirs, "user_id": OTHER, "name": "farm"},
+    }
     server, http = _store(postgrest, key="service-key")
     with http:
         store = server.for_user(USER)
         task = store.create_task(["dog"], project_id=mine, cost=1, queue=True)
         lookup, rpc, _ = postgrest.requests[-3:]
         assert (lookup.method, lookup.url.path) == ("GET", "/rest/v1/projects")
-        assert _filters(lookup) == {"select": ["id"], "id": [f"eq.{mine}"], "user_id": [f"eq.{USER}"],
-                                    "limit": ["1"]}
+        assert _filters(lookup) == {"select": ["id"], "id": [f"eq.{mine}"], "user_id": [f"eq.{USER}"], "limit": ["1"]}
         assert rpc.url.path == "/rest/v1/rpc/create_segmentation_task"
         assert json.loads(rpc.content)["p_project_id"] == mine
         assert (task.project_id, task.project) == (mine, "pets")
@@ -616,7 +717,7 @@ def test_supabase_tasks_filed_under_a_project_id(postgrest: PostgREST) -> None:
         with pytest.raises(TaskNotFound, match=f"no project {theirs}") as e:  # another user's: not found
             store.create_task(["dog"], project_id=theirs, cost=1, queue=True)
         assert e.value.hint == "list your projects, or pass a project name"
-        sent = postgrest.requests[before[0]:]
+        sent = postgrest.requests[before[0] :]
         assert [(r.method, r.url.path) for r in sent] == [("GET", "/rest/v1/projects")]
         assert _filters(sent[0])["user_id"] == [f"eq.{USER}"] and len(postgrest.rows) == before[1]
         for bad in ("not-a-uuid", ""):  # refused before asking (PostgREST would answer 400 for a uuid column)
@@ -679,11 +780,16 @@ def test_supabase_start_is_taken_once(postgrest: PostgREST) -> None:
         assert task["metadata"]["attempts"] == 1  # counted once, by the worker that took it
 
         again = postgrest.add(metadata={"prompts": ["dog"], "cost": 0, "attempts": 0}, queued=True)
-        postgrest.interleave = lambda: again.update(metadata={**again["metadata"], "note": "x"},
-                                                    updated_at=postgrest.now())
+        postgrest.interleave = lambda: again.update(
+            metadata={**again["metadata"], "note": "x"}, updated_at=postgrest.now()
+        )
         started = store.start(again["id"])  # still pending, changed meanwhile: read again, nothing lost
-        assert started.status == "processing" and started.metadata == {"prompts": ["dog"], "cost": 0,
-                                                                        "attempts": 1, "note": "x"}
+        assert started.status == "processing" and started.metadata == {
+            "prompts": ["dog"],
+            "cost": 0,
+            "attempts": 1,
+            "note": "x",
+        }
         assert sum(r.method == "PATCH" for r in postgrest.requests[-5:]) == 2
 
 
@@ -692,9 +798,15 @@ def test_supabase_unbound_store_works_across_users_only(postgrest: PostgREST, tm
     assert store_from_settings(s).user_id is None  # a server's store: no S3SEG_USER_ID needed any more
     server, http = _store(postgrest, key="service-key")
     with http:
-        for operation in (lambda: server.get("t1"), lambda: server.start("t1"), lambda: server.fail("t1", "x"),
-                          lambda: server.create_task(["dog"]), lambda: server.list(), server.account,
-                          lambda: server.finish("t1", source="s", mask="m", overlay="o", labels=[], metadata={})):
+        for operation in (
+            lambda: server.get("t1"),
+            lambda: server.start("t1"),
+            lambda: server.fail("t1", "x"),
+            lambda: server.create_task(["dog"]),
+            lambda: server.list(),
+            server.account,
+            lambda: server.finish("t1", source="s", mask="m", overlay="o", labels=[], metadata={}),
+        ):
             with pytest.raises(UsageError, match="not bound to a user"):
                 operation()
         assert postgrest.requests == []  # refused before asking
@@ -713,18 +825,33 @@ def test_supabase_requeue_stale(postgrest: PostgREST) -> None:
     server, http = _store(postgrest, key="service-key")
     with http:
         long_ago = "2020-01-01T00:00:00.000001+00:00"
-        retry = postgrest.add(user_id=OTHER, status="processing", updated_at=long_ago, queued=True,
-                              metadata={"prompts": ["dog"], "cost": 1, "attempts": 1})
-        last = postgrest.add(status="processing", updated_at=long_ago, queued=True,
-                             metadata={"prompts": ["dog"], "cost": 1, "attempts": 2})
-        alive = postgrest.add(status="processing", updated_at=datetime.now(timezone.utc).isoformat(), queued=True,
-                              metadata={"prompts": ["dog"], "attempts": 1})
+        retry = postgrest.add(
+            user_id=OTHER,
+            status="processing",
+            updated_at=long_ago,
+            queued=True,
+            metadata={"prompts": ["dog"], "cost": 1, "attempts": 1},
+        )
+        last = postgrest.add(
+            status="processing",
+            updated_at=long_ago,
+            queued=True,
+            metadata={"prompts": ["dog"], "cost": 1, "attempts": 2},
+        )
+        alive = postgrest.add(
+            status="processing",
+            updated_at=datetime.now(timezone.utc).isoformat(),
+            queued=True,
+            metadata={"prompts": ["dog"], "attempts": 1},
+        )
         waiting = postgrest.add(updated_at=long_ago, queued=True)
         plain = postgrest.add(status="processing", updated_at=long_ago)
         requeued = server.requeue_stale(older_than_s=600, max_attempts=2)
         assert [(t.id, t.status, t.user_id) for t in requeued] == [(retry["id"], "pending", OTHER)]
-        assert (last["status"], last["error"]) == ("error", "the worker running this task stopped responding "
-                                                            "(attempt 2 of 2)")
+        assert (last["status"], last["error"]) == (
+            "error",
+            "the worker running this task stopped responding (attempt 2 of 2)",
+        )
         assert alive["status"] == "processing" and waiting["status"] == "pending" and plain["status"] == "processing"
 
         select, patch1, patch2, reread = postgrest.requests[-4:]
@@ -732,8 +859,11 @@ def test_supabase_requeue_stale(postgrest: PostgREST) -> None:
         assert q["status"] == ["eq.processing"] and q["queued"] == ["eq.true"] and q["updated_at"][0].startswith("lt.")
         cutoff = datetime.fromisoformat(q["updated_at"][0].removeprefix("lt."))
         assert abs((datetime.now(timezone.utc) - cutoff).total_seconds() - 600) < 60
-        assert _filters(patch1) == {"id": [f"eq.{retry['id']}"], "status": ["eq.processing"],
-                                    "updated_at": [f"eq.{long_ago}"]}
+        assert _filters(patch1) == {
+            "id": [f"eq.{retry['id']}"],
+            "status": ["eq.processing"],
+            "updated_at": [f"eq.{long_ago}"],
+        }
         assert json.loads(patch1.content) == {"status": "pending"}
         assert json.loads(patch2.content)["status"] == "error"
         assert _filters(reread)["id"] == [f"in.({retry['id']})"]
@@ -743,8 +873,12 @@ def test_supabase_requeue_stale(postgrest: PostgREST) -> None:
 def test_supabase_requeue_by_another_server_is_not_repeated(postgrest: PostgREST) -> None:
     server, http = _store(postgrest, key="service-key")
     with http:
-        task = postgrest.add(status="processing", updated_at="2020-01-01T00:00:00+00:00", queued=True,
-                             metadata={"prompts": ["dog"], "attempts": 1})
+        task = postgrest.add(
+            status="processing",
+            updated_at="2020-01-01T00:00:00+00:00",
+            queued=True,
+            metadata={"prompts": ["dog"], "attempts": 1},
+        )
         postgrest.interleave = lambda: task.update(status="pending", updated_at=postgrest.now())  # the other one
         assert server.requeue_stale(older_than_s=600, max_attempts=2) == []
         assert task["status"] == "pending" and task["metadata"]["attempts"] == 1
@@ -762,8 +896,15 @@ def test_supabase_listing_query(postgrest: PostgREST) -> None:
 
 def test_supabase_errors_become_store_errors(postgrest: PostgREST) -> None:
     def refuse(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(403, json={"code": "42501", "message": "new row violates row-level security policy",
-                                         "details": None, "hint": None})
+        return httpx.Response(
+            403,
+            json={
+                "code": "42501",
+                "message": "new row violates row-level security policy",
+                "details": None,
+                "hint": None,
+            },
+        )
 
     http = httpx.Client(transport=httpx.MockTransport(refuse))
     with http:
@@ -773,11 +914,16 @@ def test_supabase_errors_become_store_errors(postgrest: PostgREST) -> None:
         assert e.value.hint and "your task" in e.value.hint
 
     def no_profile(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(409, json={
-            "code": "23503", "hint": None,
-            "message": 'insert or update on table "segmentation_results" violates foreign key constraint '
-                       '"segmentation_results_user_id_fkey"',
-            "details": f'Key (user_id)=({OTHER}) is not present in table "users_profile".'})
+        return httpx.Response(
+            409,
+            json={
+                "code": "23503",
+                "hint": None,
+                "message": 'insert or update on table "segmentation_results" violates foreign key constraint '
+                '"segmentation_results_user_id_fkey"',
+                "details": f'Key (user_id)=({OTHER}) is not present in table "users_profile".',
+            },
+        )
 
     http = httpx.Client(transport=httpx.MockTransport(no_profile))
     with http:

@@ -57,16 +57,19 @@ def usage(admin: Conn, user: str) -> list[tuple[str, int, dict[str, Any]]]:
 
 
 def finish(s: PostgresStore, task_id: str, **metadata: Any) -> Task:
-    return s.finish(task_id, source="src.png", mask="mask.png", overlay="overlay.png", labels=["cat"],
-                    metadata=metadata)
+    return s.finish(
+        task_id, source="src.png", mask="mask.png", overlay="overlay.png", labels=["cat"], metadata=metadata
+    )
 
 
 def backdate(admin: Conn, task_ids: list[str], seconds: int = 3600) -> None:
     """Move updated_at into the past; the set_updated_at trigger is off for this transaction (superuser only)."""
     with admin.transaction():
         admin.execute("set local session_replication_role = replica")
-        admin.execute("update public.segmentation_results set updated_at = now() - make_interval(secs => %s) "
-                      "where id = any(%s)", (seconds, [uuid.UUID(t) for t in task_ids]))
+        admin.execute(
+            "update public.segmentation_results set updated_at = now() - make_interval(secs => %s) where id = any(%s)",
+            (seconds, [uuid.UUID(t) for t in task_ids]),
+        )
 
 
 def run_together(n: int, fn: Callable[[int], Any]) -> list[tuple[str, Any]]:
@@ -113,16 +116,28 @@ def test_lifecycle_charges_once(admin: Conn, store: PostgresStore) -> None:
     # The caller's metadata cannot change the price or the attempt count.
     done = finish(s, task.id, instances=1, cost=0, attempts=9)
     assert (done.status, done.source_image_url, done.mask_image_url, done.overlay_image_url, done.labels) == (
-        "done", "src.png", "mask.png", "overlay.png", ["cat"])
-    assert done.metadata == {"prompts": ["cat", "dog"], "image_key": "in/1.png", "cost": 1, "attempts": 1,
-                             "instances": 1}
+        "done",
+        "src.png",
+        "mask.png",
+        "overlay.png",
+        ["cat"],
+    )
+    assert done.metadata == {
+        "prompts": ["cat", "dog"],
+        "image_key": "in/1.png",
+        "cost": 1,
+        "attempts": 1,
+        "instances": 1,
+    }
     assert s.get(task.id) == done
     assert s.account().credits == credits(admin, a) == 99
     assert usage(admin, a) == [("segmentation", 1, {"task_id": task.id})]
 
     refused: list[tuple[Callable[[], Task], str]] = [
-        (lambda: finish(s, task.id), "done"), (lambda: s.fail(task.id, "x"), "error"),
-        (lambda: s.start(task.id), "processing")]
+        (lambda: finish(s, task.id), "done"),
+        (lambda: s.fail(task.id, "x"), "error"),
+        (lambda: s.start(task.id), "processing"),
+    ]
     for call, target in refused:
         with pytest.raises(StoreError) as exc:
             call()
@@ -166,8 +181,9 @@ def test_reservation_arithmetic(admin: Conn, store: PostgresStore) -> None:
     s.start(tasks[0].id)  # processing still holds its reservation
     with pytest.raises(CreditsError) as exc:
         s.create_task(["cat"], cost=1, queue=True)
-    assert exc.value.message == (f"not enough credits: user {a} has 3 credits, 3 reserved by unfinished tasks, "
-                                 "1 required")
+    assert exc.value.message == (
+        f"not enough credits: user {a} has 3 credits, 3 reserved by unfinished tasks, 1 required"
+    )
     assert exc.value.hint
     assert s.create_task(["free"], cost=0, queue=True).status == "pending"  # free tasks are never refused
     s.fail(tasks[1].id, "boom")
@@ -215,8 +231,10 @@ def test_concurrent_creation_reserves_exactly_the_credits(pg: _postgres.Cluster,
             deadline, waiting = time.monotonic() + 30, 0
             while time.monotonic() < deadline and waiting < n:
                 admin.execute("select pg_stat_clear_snapshot()")  # the view is a snapshot per transaction
-                waiting = one(admin, "select count(*) from pg_stat_activity where usename = 'postgres' "
-                                     "and wait_event_type = 'Lock'")
+                waiting = one(
+                    admin,
+                    "select count(*) from pg_stat_activity where usename = 'postgres' and wait_event_type = 'Lock'",
+                )
                 time.sleep(0.02)
             assert waiting == n, f"only {waiting} of {n} callers reached the profile lock"
         racer.join(timeout=60)
@@ -243,8 +261,12 @@ def test_users_cannot_see_or_touch_each_others_tasks(admin: Conn, store: Postgre
     a, b = new_user(admin), new_user(admin)
     sa, sb = store.for_user(a), store.for_user(b)
     task = sa.create_task(["cat"], project="shared-name", cost=1, queue=True)
-    calls: list[Callable[[], Any]] = [lambda: sb.get(task.id), lambda: sb.start(task.id),
-                                      lambda: finish(sb, task.id), lambda: sb.fail(task.id, "x")]
+    calls: list[Callable[[], Any]] = [
+        lambda: sb.get(task.id),
+        lambda: sb.start(task.id),
+        lambda: finish(sb, task.id),
+        lambda: sb.fail(task.id, "x"),
+    ]
     sa.start(task.id)  # processing: finish and fail would be allowed for its owner
     for call in calls:
         with pytest.raises(TaskNotFound, match=f"no task {task.id}"):
@@ -260,8 +282,12 @@ def test_users_cannot_see_or_touch_each_others_tasks(admin: Conn, store: Postgre
 @pytest.mark.parametrize("bad", ["not-a-uuid", "", "1; drop table public.segmentation_results", str(uuid.uuid4())])
 def test_unknown_and_malformed_task_ids_are_not_found(admin: Conn, store: PostgresStore, bad: str) -> None:
     s = store.for_user(new_user(admin))
-    calls: list[Callable[[], Task]] = [lambda: s.get(bad), lambda: s.start(bad), lambda: finish(s, bad),
-                                       lambda: s.fail(bad, "x")]
+    calls: list[Callable[[], Task]] = [
+        lambda: s.get(bad),
+        lambda: s.start(bad),
+        lambda: finish(s, bad),
+        lambda: s.fail(bad, "x"),
+    ]
     for call in calls:
         with pytest.raises(TaskNotFound):
             call()
@@ -278,10 +304,13 @@ def test_user_binding(admin: Conn, store: PostgresStore) -> None:
     assert store.for_user(a.upper()).user_id == a  # normalised
     assert store.for_user(a).account().tier == "free"
     nobody = store.for_user(str(uuid.uuid4()))
-    calls: list[Callable[[], Any]] = [nobody.account, lambda: nobody.create_task(["cat"]),
-                                      lambda: nobody.create_task(["c"], project="p"),
-                                      lambda: nobody.create_task(["cat"], queue=True),
-                                      lambda: nobody.create_task(["c"], project="p", cost=1, queue=True)]
+    calls: list[Callable[[], Any]] = [
+        nobody.account,
+        lambda: nobody.create_task(["cat"]),
+        lambda: nobody.create_task(["c"], project="p"),
+        lambda: nobody.create_task(["cat"], queue=True),
+        lambda: nobody.create_task(["c"], project="p", cost=1, queue=True),
+    ]
     for call in calls:
         with pytest.raises(StoreError, match="no profile for user") as exc:
             call()
@@ -348,8 +377,9 @@ def test_projects_by_id(admin: Conn, store: PostgresStore) -> None:
     assert {o[1].project for o in outcomes} == {"alpha"}
 
 
-def test_project_deleted_while_a_task_is_created_under_it(pg: _postgres.Cluster, admin: Conn,
-                                                          store: PostgresStore) -> None:
+def test_project_deleted_while_a_task_is_created_under_it(
+    pg: _postgres.Cluster, admin: Conn, store: PostgresStore
+) -> None:
     a = new_user(admin, 10)
     s = store.for_user(a)
     pid = s.create_task(["cat"], project="doomed").project_id
@@ -357,8 +387,9 @@ def test_project_deleted_while_a_task_is_created_under_it(pg: _postgres.Cluster,
     outcome: list[BaseException | Task] = []
     with psycopg.connect(pg.dsn(_postgres.SUPERUSER)) as deleter:  # deleting it, not committed yet
         deleter.execute("delete from public.projects where id = %s", (pid,))
-        creator = threading.Thread(target=lambda: outcome.append(_attempt(
-            lambda: s.create_task(["dog"], project_id=pid, cost=1, queue=True))))
+        creator = threading.Thread(
+            target=lambda: outcome.append(_attempt(lambda: s.create_task(["dog"], project_id=pid, cost=1, queue=True)))
+        )
         creator.start()
         creator.join(1)
         assert creator.is_alive()  # the check waits for the deletion to end
@@ -425,8 +456,10 @@ def test_concurrent_requeue_moves_each_task_once(admin: Conn, store: PostgresSto
         tasks = [s.start(s.create_task([f"t{i}"], queue=True).id) for i in range(30)]
         last = [s.start(s.create_task(["last"], queue=True).id).id for _ in range(10)]
         for task_id in last:  # already at the last attempt
-            admin.execute("update public.segmentation_results set metadata = metadata || '{\"attempts\": 3}' "
-                          "where id = %s", (task_id,))
+            admin.execute(
+                "update public.segmentation_results set metadata = metadata || '{\"attempts\": 3}' where id = %s",
+                (task_id,),
+            )
         backdate(admin, [t.id for t in tasks] + last)
         outcomes = run_together(4, lambda i: store.requeue_stale(older_than_s=60, max_attempts=3))
         assert {o[0] for o in outcomes} == {"ok"}, outcomes
@@ -453,8 +486,10 @@ def test_requeue_skips_rows_another_sweep_holds(admin: Conn, store: PostgresStor
 
 def test_task_functions_are_service_role_only(admin: Conn, pg: _postgres.Cluster) -> None:
     a = new_user(admin)
-    calls = ["select public.create_segmentation_task(%s, 'cat', null, '{}', 0)",
-             "select public.finish_segmentation_task(%s, 's', 'm', 'o', '[]', '{}')"]
+    calls = [
+        "select public.create_segmentation_task(%s, 'cat', null, '{}', 0)",
+        "select public.finish_segmentation_task(%s, 's', 'm', 'o', '[]', '{}')",
+    ]
     with psycopg.connect(pg.dsn("authenticator"), autocommit=True) as api:
         for role in ("anon", "authenticated"):
             for call in calls:
@@ -466,17 +501,29 @@ def test_task_functions_are_service_role_only(admin: Conn, pg: _postgres.Cluster
                 cur.execute(calls[1], (task,))
     assert (exc.value.sqlstate, exc.value.diag.message_primary) == ("PT409", "TASK_NOT_PROCESSING")
     assert exc.value.diag.message_detail == f"task {task} is pending; it cannot become done"
-    refusals = [("select public.create_segmentation_task(%s, 'c', null, '{}', -1)", a, "22023", "INVALID_AMOUNT"),
-                ("select public.create_segmentation_task(%s, 'c', null, '{}', 1)", str(uuid.uuid4()), "PT404",
-                 "USER_NOT_FOUND"),
-                ("select public.finish_segmentation_task(%s, 's', 'm', 'o', '[]', '{}')", str(uuid.uuid4()), "PT404",
-                 "TASK_NOT_FOUND")]
+    refusals = [
+        ("select public.create_segmentation_task(%s, 'c', null, '{}', -1)", a, "22023", "INVALID_AMOUNT"),
+        (
+            "select public.create_segmentation_task(%s, 'c', null, '{}', 1)",
+            str(uuid.uuid4()),
+            "PT404",
+            "USER_NOT_FOUND",
+        ),
+        (
+            "select public.finish_segmentation_task(%s, 's', 'm', 'o', '[]', '{}')",
+            str(uuid.uuid4()),
+            "PT404",
+            "TASK_NOT_FOUND",
+        ),
+    ]
     for sql, arg, state, message in refusals:
         with pytest.raises(psycopg.Error) as exc, admin.transaction():
             admin.execute(sql, (arg,))
         assert (exc.value.sqlstate, exc.value.diag.message_primary) == (state, message)
-    for fn in ["create_segmentation_task(uuid, text, uuid, jsonb, integer)",
-               "finish_segmentation_task(uuid, text, text, text, jsonb, jsonb)"]:
+    for fn in [
+        "create_segmentation_task(uuid, text, uuid, jsonb, integer)",
+        "finish_segmentation_task(uuid, text, text, text, jsonb, jsonb)",
+    ]:
         row = admin.execute("select prosecdef, proconfig from pg_proc where oid = %s::regprocedure", (f"public.{fn}",))
         assert row.fetchone() == (True, ['search_path=""'])
 
@@ -485,12 +532,16 @@ def test_reservations_count_only_queued_tasks_and_ignore_bad_costs(admin: Conn, 
     """Queued rows whose cost is not a non-negative number reserve nothing; rows that are not queued (a user's own
     PostgREST insert) reserve nothing whatever their metadata says."""
     a = new_user(admin, 2)
-    for meta in ['{"cost": -100}', '{"cost": "lots"}', '{}', '{"cost": 1}']:
-        admin.execute("insert into public.segmentation_results (user_id, text_prompt, metadata, queued) "
-                      "values (%s, 'x', %s, true)", (a, meta))
+    for meta in ['{"cost": -100}', '{"cost": "lots"}', "{}", '{"cost": 1}']:
+        admin.execute(
+            "insert into public.segmentation_results (user_id, text_prompt, metadata, queued) "
+            "values (%s, 'x', %s, true)",
+            (a, meta),
+        )
     for meta in ['{"cost": 100}', '{"cost": 2}']:
-        admin.execute("insert into public.segmentation_results (user_id, text_prompt, metadata) values (%s, 'x', %s)",
-                      (a, meta))
+        admin.execute(
+            "insert into public.segmentation_results (user_id, text_prompt, metadata) values (%s, 'x', %s)", (a, meta)
+        )
     s = store.for_user(a)
     s.create_task(["cat"], cost=1, queue=True)
     with pytest.raises(CreditsError, match="2 reserved"):
@@ -508,7 +559,10 @@ def test_unqueued_tasks_are_free_and_never_server_tasks(admin: Conn, store: Post
     assert exc.value.hint
     local = s.create_task(["cat"], project="p", metadata={"image_key": "k", "cost": 5, "attempts": 3})
     assert (local.status, local.project, local.metadata) == (
-        "pending", "p", {"prompts": ["cat"], "image_key": "k", "cost": 0, "attempts": 0})
+        "pending",
+        "p",
+        {"prompts": ["cat"], "image_key": "k", "cost": 0, "attempts": 0},
+    )
     assert one(admin, "select queued from public.segmentation_results where id = %s", local.id) is False
     assert local.id not in {t.id for t in store.runnable(10_000)}
     queued = s.create_task(["dog"], cost=1, queue=True)  # the unqueued task reserved nothing
@@ -537,13 +591,15 @@ def test_unqueued_tasks_are_free_and_never_server_tasks(admin: Conn, store: Post
     assert (err.value.sqlstate, err.value.diag.message_primary) == ("PT409", "TASK_NOT_QUEUED")
     assert err.value.diag.message_detail == (
         f"task {other.id} is not a server task (not created by create_segmentation_task); "
-        "it cannot be finished and charged here")
+        "it cannot be finished and charged here"
+    )
     assert s.get(other.id).status == "processing"
     assert credits(admin, a) == 1 and usage(admin, a) == []
 
 
-def test_users_cannot_queue_or_change_server_tasks_through_the_api(admin: Conn, store: PostgresStore,
-                                                                  pg: _postgres.Cluster) -> None:
+def test_users_cannot_queue_or_change_server_tasks_through_the_api(
+    admin: Conn, store: PostgresStore, pg: _postgres.Cluster
+) -> None:
     a = new_user(admin, 2)
     s = store.for_user(a)
     server = s.create_task(["cat"], cost=1, queue=True)
@@ -554,15 +610,22 @@ def test_users_cannot_queue_or_change_server_tasks_through_the_api(admin: Conn, 
             own, queued = cur.execute(
                 f"insert into {results} (user_id, text_prompt, status, metadata) "
                 "values (%s, 'free ride', 'pending', '{\"cost\": 100, \"attempts\": 0}') returning id, queued",
-                (a,)).fetchone()
+                (a,),
+            ).fetchone()
             assert queued is False
-            stuck = str(cur.execute(f"insert into {results} (user_id, text_prompt, status) "
-                                    "values (%s, 'x', 'processing') returning id", (a,)).fetchone()[0])
+            stuck = str(
+                cur.execute(
+                    f"insert into {results} (user_id, text_prompt, status) values (%s, 'x', 'processing') returning id",
+                    (a,),
+                ).fetchone()[0]
+            )
             own = str(own)
         # Setting queued is not theirs to do, on insert or update.
-        refused = [(f"insert into {results} (user_id, text_prompt, queued) values (%s, 'x', true)", (a,)),
-                   (f"update {results} set queued = true where id = %s", (own,)),
-                   (f"update {results} set queued = false where id = %s", (server.id,))]
+        refused = [
+            (f"insert into {results} (user_id, text_prompt, queued) values (%s, 'x', true)", (a,)),
+            (f"update {results} set queued = true where id = %s", (own,)),
+            (f"update {results} set queued = false where id = %s", (server.id,)),
+        ]
         for sql, params in refused:
             with pytest.raises(psycopg.errors.InsufficientPrivilege) as exc, as_user(api, a) as cur:
                 cur.execute(sql, params)
@@ -570,9 +633,15 @@ def test_users_cannot_queue_or_change_server_tasks_through_the_api(admin: Conn, 
         # A server task is visible but cannot be changed at all (RLS: 0 rows).
         with as_user(api, a) as cur:
             assert cur.execute(f"select status, queued from {results} where id = %s", (server.id,)).fetchone() == (
-                "pending", True)
-            for assignment in ["metadata = '{\"cost\": 0}'", "status = 'processing'",
-                               "status = 'error', error = 'x'", "text_prompt = 'dog'"]:
+                "pending",
+                True,
+            )
+            for assignment in [
+                "metadata = '{\"cost\": 0}'",
+                "status = 'processing'",
+                "status = 'error', error = 'x'",
+                "text_prompt = 'dog'",
+            ]:
                 cur.execute(f"update {results} set {assignment} where id = %s", (server.id,))
                 assert cur.rowcount == 0, assignment
             cur.execute(f"update {results} set text_prompt = 'mine' where id = %s", (own,))

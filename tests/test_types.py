@@ -12,19 +12,28 @@ from s3seg.errors import ResultFormatError
 from s3seg.types import Box, Instance, SegmentationResult, Timings, box_from_string, from_coco, to_coco
 
 
-def make(h: int = 37, w: int = 53, n: int = 3, seed: int = 0, prompts: tuple[str, ...] = ("dog", "cat")
-         ) -> SegmentationResult:
+def make(
+    h: int = 37, w: int = 53, n: int = 3, seed: int = 0, prompts: tuple[str, ...] = ("dog", "cat")
+) -> SegmentationResult:
     rng = np.random.default_rng(seed)
-    instances = [Instance(prompts[i % len(prompts)], float(rng.random()), (1.5, 2.25, 30.0, 20.125),
-                          rng.random((h, w)) > 0.5) for i in range(n)]
+    instances = [
+        Instance(prompts[i % len(prompts)], float(rng.random()), (1.5, 2.25, 30.0, 20.125), rng.random((h, w)) > 0.5)
+        for i in range(n)
+    ]
     instances.sort(key=lambda i: prompts.index(i.prompt))
     return SegmentationResult(w, h, prompts, instances, image="x.jpg", timings=Timings(1.0, 2.0, 3.0), model="m")
 
 
-@pytest.mark.parametrize("mask", [
-    np.zeros((5, 7), bool), np.ones((5, 7), bool), np.eye(9, dtype=bool), np.ones((1, 300), bool),
-    np.random.default_rng(1).random((480, 640)) > 0.3,
-])
+@pytest.mark.parametrize(
+    "mask",
+    [
+        np.zeros((5, 7), bool),
+        np.ones((5, 7), bool),
+        np.eye(9, dtype=bool),
+        np.ones((1, 300), bool),
+        np.random.default_rng(1).random((480, 640)) > 0.3,
+    ],
+)
 def test_rle_round_trip_is_exact_and_pycocotools_reads_it(mask: np.ndarray) -> None:
     h, w = mask.shape
     r = SegmentationResult(w, h, ("a",), (Instance("a", 0.5, (0, 0, 1, 1), mask),))
@@ -90,14 +99,17 @@ def test_arrays_and_accessors() -> None:
         r.instances[0].mask[0, 0] = True  # results are frozen, masks included
 
 
-@pytest.mark.parametrize(("kwargs", "message"), [
-    ({"mask": np.zeros((4, 5), np.uint8)}, r"2-D bool array \(H, W\), got shape \(4, 5\) dtype uint8"),
-    ({"mask": np.zeros((2, 4, 5), bool)}, r"got shape \(2, 4, 5\)"),
-    ({"score": 1.5}, r"score must be in \[0, 1\]"),
-    ({"box": (0, 0, 1)}, "4 finite numbers"),
-    ({"box": (0, 0, float("nan"), 1)}, "4 finite numbers"),
-    ({"prompt": ""}, "non-empty"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"mask": np.zeros((4, 5), np.uint8)}, r"2-D bool array \(H, W\), got shape \(4, 5\) dtype uint8"),
+        ({"mask": np.zeros((2, 4, 5), bool)}, r"got shape \(2, 4, 5\)"),
+        ({"score": 1.5}, r"score must be in \[0, 1\]"),
+        ({"box": (0, 0, 1)}, "4 finite numbers"),
+        ({"box": (0, 0, float("nan"), 1)}, "4 finite numbers"),
+        ({"prompt": ""}, "non-empty"),
+    ],
+)
 def test_instance_validation_names_the_problem(kwargs: dict, message: str) -> None:
     base = {"prompt": "dog", "score": 0.5, "box": (0, 0, 1, 1), "mask": np.zeros((4, 5), bool)}
     with pytest.raises(ValueError, match=message):
@@ -114,40 +126,86 @@ def test_result_validation_names_shapes() -> None:
         SegmentationResult(0, 4, ("cat",))
 
 
-@pytest.mark.parametrize(("doc", "message"), [
-    ({}, "not a valid s3seg/COCO results document"),
-    ({"images": [{"id": 1, "width": 5, "height": 4}], "categories": [{"id": 1, "name": "a"}],
-      "annotations": [{"image_id": 1, "category_id": 1, "segmentation": [[0, 0, 1, 1]], "bbox": [0, 0, 1, 1]}]},
-     "polygon segmentations are not supported"),
-    ({"images": [{"id": 1, "width": 5, "height": 4}], "categories": [{"id": 1, "name": "a"}],
-      "annotations": [{"image_id": 1, "category_id": 1, "segmentation": {"size": [9, 9], "counts": "0"},
-                       "bbox": [0, 0, 1, 1]}]}, r"RLE size \[9, 9\] does not match"),
-    ({"images": [{"id": 1, "width": 5, "height": 4}], "categories": [],
-      "annotations": [{"image_id": 1, "category_id": 7, "segmentation": {"size": [4, 5], "counts": "0T0"},
-                       "bbox": [0, 0, 1, 1]}]}, "not a valid"),
-])
+@pytest.mark.parametrize(
+    ("doc", "message"),
+    [
+        ({}, "not a valid s3seg/COCO results document"),
+        (
+            {
+                "images": [{"id": 1, "width": 5, "height": 4}],
+                "categories": [{"id": 1, "name": "a"}],
+                "annotations": [
+                    {"image_id": 1, "category_id": 1, "segmentation": [[0, 0, 1, 1]], "bbox": [0, 0, 1, 1]}
+                ],
+            },
+            "polygon segmentations are not supported",
+        ),
+        (
+            {
+                "images": [{"id": 1, "width": 5, "height": 4}],
+                "categories": [{"id": 1, "name": "a"}],
+                "annotations": [
+                    {
+                        "image_id": 1,
+                        "category_id": 1,
+                        "segmentation": {"size": [9, 9], "counts": "0"},
+                        "bbox": [0, 0, 1, 1],
+                    }
+                ],
+            },
+            r"RLE size \[9, 9\] does not match",
+        ),
+        (
+            {
+                "images": [{"id": 1, "width": 5, "height": 4}],
+                "categories": [],
+                "annotations": [
+                    {
+                        "image_id": 1,
+                        "category_id": 7,
+                        "segmentation": {"size": [4, 5], "counts": "0T0"},
+                        "bbox": [0, 0, 1, 1],
+                    }
+                ],
+            },
+            "not a valid",
+        ),
+    ],
+)
 def test_malformed_documents_raise_result_format_error(doc: dict, message: str) -> None:
     with pytest.raises(ResultFormatError, match=message):
         from_coco(doc)
 
 
 def test_uncompressed_rle_from_other_tools_is_read() -> None:
-    doc = {"images": [{"id": 1, "width": 3, "height": 2, "file_name": "a.png"}],
-           "categories": [{"id": 1, "name": "a"}],
-           "annotations": [{"image_id": 1, "category_id": 1, "bbox": [0, 0, 1, 2], "score": 0.9,
-                            "segmentation": {"size": [2, 3], "counts": [2, 2, 2]}}]}
+    doc = {
+        "images": [{"id": 1, "width": 3, "height": 2, "file_name": "a.png"}],
+        "categories": [{"id": 1, "name": "a"}],
+        "annotations": [
+            {
+                "image_id": 1,
+                "category_id": 1,
+                "bbox": [0, 0, 1, 2],
+                "score": 0.9,
+                "segmentation": {"size": [2, 3], "counts": [2, 2, 2]},
+            }
+        ],
+    }
     [r] = from_coco(doc)
     # column-major runs: 2 background, 2 foreground, 2 background
     assert r.instances[0].mask.tolist() == [[False, True, False], [False, True, False]]
     assert r.instances[0].box == (0.0, 0.0, 1.0, 2.0) and r.image == "a.png"
 
 
-@pytest.mark.parametrize(("text", "box"), [
-    ("1,2,3,4", Box(1, 2, 3, 4)),
-    (" 1.5, 2 ,3,4 ", Box(1.5, 2, 3, 4)),
-    ("neg:1,2,3,4", Box(1, 2, 3, 4, positive=False)),
-    ("pos:1,2,3,4", Box(1, 2, 3, 4)),
-])
+@pytest.mark.parametrize(
+    ("text", "box"),
+    [
+        ("1,2,3,4", Box(1, 2, 3, 4)),
+        (" 1.5, 2 ,3,4 ", Box(1.5, 2, 3, 4)),
+        ("neg:1,2,3,4", Box(1, 2, 3, 4, positive=False)),
+        ("pos:1,2,3,4", Box(1, 2, 3, 4)),
+    ],
+)
 def test_box_strings(text: str, box: Box) -> None:
     assert box_from_string(text) == box
 

@@ -41,15 +41,17 @@ _WAIT_S = 30.0  # one long-poll
 
 
 class PublicClient:
-    def __init__(self, url: str, headers: Callable[[], dict[str, str]], *, timeout_s: float,
-                 http: httpx.Client | None = None) -> None:
+    def __init__(
+        self, url: str, headers: Callable[[], dict[str, str]], *, timeout_s: float, http: httpx.Client | None = None
+    ) -> None:
         if not url.startswith(("http://", "https://")):
             raise UsageError(f"API URL must start with http:// or https://, got {url!r}")
         self.url = url.rstrip("/")
         self._headers = headers
         self.timeout_s = timeout_s
-        self._http = http or httpx.Client(base_url=self.url, timeout=timeout_s + _WAIT_S,
-                                          transport=httpx.HTTPTransport(retries=3))
+        self._http = http or httpx.Client(
+            base_url=self.url, timeout=timeout_s + _WAIT_S, transport=httpx.HTTPTransport(retries=3)
+        )
         self.saved: list[tuple[str, str]] = []  # (image name, task id) of segment() calls
 
     @classmethod
@@ -77,11 +79,21 @@ class PublicClient:
         info: dict[str, Any] = self._call("POST", "/api/v1/upload", files={"file": (name, data)})
         return info
 
-    def start(self, image_id: str, prompts: Sequence[str], boxes: Sequence[Box], options: SegmentOptions,
-              project: str | None = None) -> Task:
-        body = {"image_id": image_id, "text_prompts": list(prompts), "project": project,
-                "boxes": [{"box": list(b.xyxy), "positive": b.positive} for b in boxes],
-                **dataclasses.asdict(options)}
+    def start(
+        self,
+        image_id: str,
+        prompts: Sequence[str],
+        boxes: Sequence[Box],
+        options: SegmentOptions,
+        project: str | None = None,
+    ) -> Task:
+        body = {
+            "image_id": image_id,
+            "text_prompts": list(prompts),
+            "project": project,
+            "boxes": [{"box": list(b.xyxy), "positive": b.positive} for b in boxes],
+            **dataclasses.asdict(options),
+        }
         return _task(self._call("POST", "/api/v1/segment", json=body))
 
     def task(self, task_id: str, wait_s: float = 0) -> Task:
@@ -95,21 +107,33 @@ class PublicClient:
             if task.status in ("done", "error"):
                 return task
             if time.monotonic() >= deadline:
-                raise ServerError(f"task {task_id} is still {task.status}",
-                                  hint=f"follow it with: s3seg tasks {task_id} --watch")
+                raise ServerError(
+                    f"task {task_id} is still {task.status}", hint=f"follow it with: s3seg tasks {task_id} --watch"
+                )
 
-    def results(self, *, limit: int = 20, offset: int = 0, status: str | None = None,
-                project: str | None = None) -> list[Task]:
-        params = {k: v for k, v in {"limit": limit, "offset": offset, "status": status, "project": project}.items()
-                  if v is not None}
+    def results(
+        self, *, limit: int = 20, offset: int = 0, status: str | None = None, project: str | None = None
+    ) -> list[Task]:
+        params = {
+            k: v
+            for k, v in {"limit": limit, "offset": offset, "status": status, "project": project}.items()
+            if v is not None
+        }
         return [_task(row) for row in self._call("GET", "/api/v1/results", params=params)["items"]]
 
     def result(self, task_id: str) -> tuple[Task, dict[str, str]]:
         """A result and the time-limited URLs of its files."""
         row = self._call("GET", f"/api/v1/results/{task_id}")
-        urls = {name: row[column] for name, column in (("source", "source_image_url"), ("mask", "mask_image_url"),
-                                                       ("overlay", "overlay_image_url"), ("coco", "result_url"))
-                if row.get(column)}
+        urls = {
+            name: row[column]
+            for name, column in (
+                ("source", "source_image_url"),
+                ("mask", "mask_image_url"),
+                ("overlay", "overlay_image_url"),
+                ("coco", "result_url"),
+            )
+            if row.get(column)
+        }
         return _task(row), urls
 
     def file(self, task_id: str, name: str) -> bytes:
@@ -119,8 +143,14 @@ class PublicClient:
         return response.content
 
     # --- segmentation, as a backend of s3seg.Client --------------------------------------------
-    def segment(self, images: Sequence[LoadedImage], prompts: Sequence[str], boxes: Sequence[Box],
-                options: SegmentOptions, project: str | None = None) -> list[SegmentationResult]:
+    def segment(
+        self,
+        images: Sequence[LoadedImage],
+        prompts: Sequence[str],
+        boxes: Sequence[Box],
+        options: SegmentOptions,
+        project: str | None = None,
+    ) -> list[SegmentationResult]:
         def one(image: LoadedImage) -> SegmentationResult:
             name = image.name or "image.png"
             uploaded = self.upload(encoded(image), name.rsplit("/", 1)[-1])
@@ -148,11 +178,13 @@ class PublicClient:
             try:
                 response = self._http.request(method, path, headers=self._headers(), **kwargs)
             except httpx.TimeoutException as e:
-                raise ServerError(f"the s3seg API at {self.url} did not answer in time",
-                                  hint="raise S3SEG_REQUEST_TIMEOUT_S") from e
+                raise ServerError(
+                    f"the s3seg API at {self.url} did not answer in time", hint="raise S3SEG_REQUEST_TIMEOUT_S"
+                ) from e
             except httpx.TransportError as e:
-                raise ServerError(f"cannot reach the s3seg API at {self.url} ({type(e).__name__})",
-                                  hint="check --api / S3SEG_API_URL") from e
+                raise ServerError(
+                    f"cannot reach the s3seg API at {self.url} ({type(e).__name__})", hint="check --api / S3SEG_API_URL"
+                ) from e
             wait = min(_retry_after(response), _MAX_RETRY_AFTER_S)
             if response.status_code not in (429, 503) or time.monotonic() + wait > deadline:
                 return response

@@ -30,8 +30,9 @@ class RemoteBackend:
             raise UsageError(f"server URL must start with http:// or https://, got {url!r}")
         self.url = url.rstrip("/")
         headers = {"X-API-Key": api_key} if api_key else {}
-        self._http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout_s,
-                                  transport=httpx.HTTPTransport(retries=3))  # retries connection failures
+        self._http = httpx.Client(
+            base_url=self.url, headers=headers, timeout=timeout_s, transport=httpx.HTTPTransport(retries=3)
+        )  # retries connection failures
 
     def close(self) -> None:
         self._http.close()
@@ -41,8 +42,9 @@ class RemoteBackend:
         data: dict[str, Any] = self._call("GET", "/api/v1/model/info")
         return data
 
-    def segment(self, images: Sequence[LoadedImage], prompts: Sequence[str], boxes: Sequence[Box],
-                options: SegmentOptions) -> list[SegmentationResult]:
+    def segment(
+        self, images: Sequence[LoadedImage], prompts: Sequence[str], boxes: Sequence[Box], options: SegmentOptions
+    ) -> list[SegmentationResult]:
         """One request per image, several in flight; the server batches concurrent requests onto its device."""
         fields: dict[str, Any] = {
             "prompts": list(prompts),
@@ -71,11 +73,15 @@ class RemoteBackend:
             try:
                 response = self._http.request(method, path, **kwargs)
             except httpx.TimeoutException as e:
-                raise ServerError(f"the s3seg server at {self.url} did not answer in time",
-                                  hint="raise S3SEG_REQUEST_TIMEOUT_S, or send smaller images") from e
+                raise ServerError(
+                    f"the s3seg server at {self.url} did not answer in time",
+                    hint="raise S3SEG_REQUEST_TIMEOUT_S, or send smaller images",
+                ) from e
             except httpx.TransportError as e:
-                raise ServerError(f"cannot reach the s3seg server at {self.url} ({type(e).__name__})",
-                                  hint="check --server / S3SEG_SERVER_URL and that `s3seg serve` runs there") from e
+                raise ServerError(
+                    f"cannot reach the s3seg server at {self.url} ({type(e).__name__})",
+                    hint="check --server / S3SEG_SERVER_URL and that `s3seg serve` runs there",
+                ) from e
             if response.status_code == 503 and attempt < _BUSY_RETRIES:
                 time.sleep(min(float(response.headers.get("retry-after", "1") or 1), _MAX_RETRY_AFTER_S))
                 continue
@@ -83,8 +89,9 @@ class RemoteBackend:
         raise AssertionError("unreachable")
 
     def _data(self, response: httpx.Response) -> Any:
-        return envelope_data(response, lambda status, code, message, hint: _as_error(status, code, message, hint,
-                                                                                     self.url))
+        return envelope_data(
+            response, lambda status, code, message, hint: _as_error(status, code, message, hint, self.url)
+        )
 
 
 def envelope_data(response: httpx.Response, error: Callable[[int, str, str, str | None], S3SegError]) -> Any:
@@ -103,21 +110,27 @@ def envelope_data(response: httpx.Response, error: Callable[[int, str, str, str 
 
 def _as_error(status: int, code: str, message: str, hint: str | None, url: str) -> S3SegError:
     if status == 401:
-        return ServerError(f"the server at {url} refused the request: {message}",
-                           hint="pass --api-key or set S3SEG_API_KEY to the server's key", status=status, code=code)
+        return ServerError(
+            f"the server at {url} refused the request: {message}",
+            hint="pass --api-key or set S3SEG_API_KEY to the server's key",
+            status=status,
+            code=code,
+        )
     if code == "IMAGE_TOO_LARGE":
         return ImageTooLargeError(message, hint or "resize the image")
     if status == 415:
         return ImageError(message, hint)
     if status == 413:
-        return ServerError(f"the server refused the upload as too large: {message}",
-                           hint="resize or recompress the image, or raise the server's S3SEG_MAX_BODY_MB",
-                           status=status, code=code)
+        return ServerError(
+            f"the server refused the upload as too large: {message}",
+            hint="resize or recompress the image, or raise the server's S3SEG_MAX_BODY_MB",
+            status=status,
+            code=code,
+        )
     if status == 422:
         return UsageError(f"the server rejected the request: {message}", hint)
     if status == 503:
-        return ServerError(f"the server is overloaded: {message}", hint=hint or "retry later",
-                           status=status, code=code)
+        return ServerError(f"the server is overloaded: {message}", hint=hint or "retry later", status=status, code=code)
     return ServerError(f"the server failed ({status} {code}): {message}", hint=hint, status=status, code=code)
 
 

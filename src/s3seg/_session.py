@@ -58,12 +58,12 @@ def session_path(config_dir: Path) -> Path:
 # --- GoTrue --------------------------------------------------------------------------------------
 
 
-def login(supabase_url: str, anon_key: str, email: str, password: str, *,
-          http: httpx.Client | None = None) -> Session:
+def login(supabase_url: str, anon_key: str, email: str, password: str, *, http: httpx.Client | None = None) -> Session:
     """Sign in with email and password (GoTrue's password grant)."""
     url = _base(supabase_url)
-    status, body = _post(url, "/auth/v1/token?grant_type=password", anon_key,
-                         {"email": email, "password": password}, http)
+    status, body = _post(
+        url, "/auth/v1/token?grant_type=password", anon_key, {"email": email, "password": password}, http
+    )
     if status >= 400:
         raise _auth_error(status, body, url)
     return _session_from(body, url)
@@ -72,8 +72,9 @@ def login(supabase_url: str, anon_key: str, email: str, password: str, *,
 def refresh(session: Session, anon_key: str, *, http: httpx.Client | None = None) -> Session:
     """A new session from the refresh token (which this spends: GoTrue refresh tokens are single-use)."""
     url = _base(session.supabase_url)
-    status, body = _post(url, "/auth/v1/token?grant_type=refresh_token", anon_key,
-                         {"refresh_token": session.refresh_token}, http)
+    status, body = _post(
+        url, "/auth/v1/token?grant_type=refresh_token", anon_key, {"refresh_token": session.refresh_token}, http
+    )
     if status >= 400:
         err = _auth_error(status, body, url)
         if isinstance(err, ServerError) or "SUPABASE_ANON_KEY" in (err.hint or ""):
@@ -86,8 +87,15 @@ def revoke(session: Session, anon_key: str, *, http: httpx.Client | None = None)
     """Best effort: end this session on the server too (``POST /auth/v1/logout?scope=local``), so its
     refresh token stops working. Whether the server confirmed it; never raises."""
     try:
-        status, _ = _post(_base(session.supabase_url), "/auth/v1/logout?scope=local", anon_key, None, http,
-                          bearer=session.access_token, timeout_s=10.0)
+        status, _ = _post(
+            _base(session.supabase_url),
+            "/auth/v1/logout?scope=local",
+            anon_key,
+            None,
+            http,
+            bearer=session.access_token,
+            timeout_s=10.0,
+        )
     except S3SegError:
         return False
     return status < 300
@@ -96,13 +104,23 @@ def revoke(session: Session, anon_key: str, *, http: httpx.Client | None = None)
 def _base(supabase_url: str) -> str:
     url = supabase_url.strip().rstrip("/")
     if not url.startswith(("http://", "https://")):
-        raise UsageError(f"SUPABASE_URL must start with https:// (or http://), got {supabase_url!r}",
-                         hint="the project URL, e.g. https://abcdefgh.supabase.co")
+        raise UsageError(
+            f"SUPABASE_URL must start with https:// (or http://), got {supabase_url!r}",
+            hint="the project URL, e.g. https://abcdefgh.supabase.co",
+        )
     return url
 
 
-def _post(url: str, path: str, anon_key: str, body: dict[str, Any] | None, http: httpx.Client | None, *,
-          bearer: str | None = None, timeout_s: float = _TIMEOUT_S) -> tuple[int, Any]:
+def _post(
+    url: str,
+    path: str,
+    anon_key: str,
+    body: dict[str, Any] | None,
+    http: httpx.Client | None,
+    *,
+    bearer: str | None = None,
+    timeout_s: float = _TIMEOUT_S,
+) -> tuple[int, Any]:
     headers = {"apikey": anon_key, "Accept": "application/json"}
     if bearer:
         headers["Authorization"] = f"Bearer {bearer}"
@@ -113,11 +131,15 @@ def _post(url: str, path: str, anon_key: str, body: dict[str, Any] | None, http:
         else:
             response = http.post(url + path, json=body, headers=headers)
     except httpx.TimeoutException as e:
-        raise ServerError(f"Supabase Auth at {url} did not answer in time",
-                          hint="check your network connection and SUPABASE_URL, then try again") from e
+        raise ServerError(
+            f"Supabase Auth at {url} did not answer in time",
+            hint="check your network connection and SUPABASE_URL, then try again",
+        ) from e
     except httpx.HTTPError as e:
-        raise ServerError(f"cannot reach Supabase Auth at {url} ({type(e).__name__})",
-                          hint="check SUPABASE_URL and your network connection") from e
+        raise ServerError(
+            f"cannot reach Supabase Auth at {url} ({type(e).__name__})",
+            hint="check SUPABASE_URL and your network connection",
+        ) from e
     try:
         data = response.json() if response.content else None
     except ValueError:
@@ -134,11 +156,19 @@ def _auth_error(status: int, body: Any, url: str) -> AuthError | ServerError:
         code = body.get("error_code") or body.get("error")
     text = str(message) if message else f"HTTP {status}"
     if status == 429:
-        return ServerError(f"Supabase Auth: {text}", hint="too many sign-in attempts; wait a minute and try again",
-                           status=status, code=str(code) if code else None)
+        return ServerError(
+            f"Supabase Auth: {text}",
+            hint="too many sign-in attempts; wait a minute and try again",
+            status=status,
+            code=str(code) if code else None,
+        )
     if status >= 500 or status < 400:
-        return ServerError(f"Supabase Auth at {url} failed: {text}", hint="try again later",
-                           status=status, code=str(code) if code else None)
+        return ServerError(
+            f"Supabase Auth at {url} failed: {text}",
+            hint="try again later",
+            status=status,
+            code=str(code) if code else None,
+        )
     hint = None
     if code in ("invalid_credentials", "invalid_grant") and "refresh" not in text.lower():
         hint = "check the email and password"
@@ -155,12 +185,19 @@ def _session_from(body: Any, url: str) -> Session:
         expires_at = body.get("expires_at")
         if expires_at is None:
             expires_at = time.time() + float(body["expires_in"])
-        return Session(access_token=str(body["access_token"]), refresh_token=str(body["refresh_token"]),
-                       expires_at=float(expires_at), user_id=str(user.get("id", "")),
-                       email=user.get("email") or None, supabase_url=url)
+        return Session(
+            access_token=str(body["access_token"]),
+            refresh_token=str(body["refresh_token"]),
+            expires_at=float(expires_at),
+            user_id=str(user.get("id", "")),
+            email=user.get("email") or None,
+            supabase_url=url,
+        )
     except (AttributeError, KeyError, TypeError, ValueError) as e:
-        raise ServerError(f"Supabase Auth at {url} answered without a session",
-                          hint="check SUPABASE_URL: it must be the project URL, not its API gateway path") from e
+        raise ServerError(
+            f"Supabase Auth at {url} answered without a session",
+            hint="check SUPABASE_URL: it must be the project URL, not its API gateway path",
+        ) from e
 
 
 # --- the session file ----------------------------------------------------------------------------
@@ -194,18 +231,26 @@ def load(config_dir: Path) -> Session | None:
     except FileNotFoundError:
         return None
     except OSError as e:
-        raise AuthError(f"cannot read the session file {path}: {e.strerror}",
-                        hint=f"sign in again: s3seg login (or remove {path})") from e
+        raise AuthError(
+            f"cannot read the session file {path}: {e.strerror}", hint=f"sign in again: s3seg login (or remove {path})"
+        ) from e
     with os.fdopen(fd, "rb") as f:
         if sys.platform != "win32" and os.fstat(f.fileno()).st_mode & 0o077:
-            raise AuthError(f"the session file {path} can be read by other users, so it is not used",
-                            hint=f"chmod 600 {path}, or sign in again: s3seg logout && s3seg login")
+            raise AuthError(
+                f"the session file {path} can be read by other users, so it is not used",
+                hint=f"chmod 600 {path}, or sign in again: s3seg logout && s3seg login",
+            )
         raw = f.read()
     try:
         data = json.loads(raw)
-        return Session(access_token=str(data["access_token"]), refresh_token=str(data["refresh_token"]),
-                       expires_at=float(data["expires_at"]), user_id=str(data["user_id"]),
-                       email=data.get("email"), supabase_url=str(data["supabase_url"]))
+        return Session(
+            access_token=str(data["access_token"]),
+            refresh_token=str(data["refresh_token"]),
+            expires_at=float(data["expires_at"]),
+            user_id=str(data["user_id"]),
+            email=data.get("email"),
+            supabase_url=str(data["supabase_url"]),
+        )
     except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise AuthError(f"the session file {path} is corrupt", hint="sign in again: s3seg login") from e
 
@@ -269,8 +314,10 @@ def access_token(settings: Settings, *, http: httpx.Client | None = None) -> str
     if not session.expired(REFRESH_MARGIN_S):
         return session.access_token
     if settings.supabase_anon_key is None:
-        raise UsageError("the session needs refreshing, and SUPABASE_ANON_KEY is not set",
-                         hint="set SUPABASE_ANON_KEY (or S3SEG_SUPABASE_ANON_KEY) to the project's anon key")
+        raise UsageError(
+            "the session needs refreshing, and SUPABASE_ANON_KEY is not set",
+            hint="set SUPABASE_ANON_KEY (or S3SEG_SUPABASE_ANON_KEY) to the project's anon key",
+        )
     anon_key = settings.supabase_anon_key.get_secret_value()
     with _locked(folder):
         current = load(folder)  # another process may have refreshed (or signed out) while this one waited
@@ -306,9 +353,21 @@ def unverified_claims(token: str) -> dict[str, Any]:
 
 def _check_project(session: Session, settings: Settings) -> None:
     if settings.supabase_url and _base(settings.supabase_url) != session.supabase_url:
-        raise AuthError(f"signed in to {session.supabase_url}, but SUPABASE_URL is {settings.supabase_url}",
-                        hint="sign in to this project: s3seg login")
+        raise AuthError(
+            f"signed in to {session.supabase_url}, but SUPABASE_URL is {settings.supabase_url}",
+            hint="sign in to this project: s3seg login",
+        )
 
 
-__all__ = ["Session", "access_token", "clear", "load", "login", "refresh", "revoke", "save", "session_path",
-           "unverified_claims"]
+__all__ = [
+    "Session",
+    "access_token",
+    "clear",
+    "load",
+    "login",
+    "refresh",
+    "revoke",
+    "save",
+    "session_path",
+    "unverified_claims",
+]

@@ -82,8 +82,15 @@ class Client:
         else:
             self.engine  # noqa: B018  (loads it)
 
-    def run(self, images: Sequence[LoadedImage], prompts: Sequence[str], boxes: Sequence[Box],
-            options: SegmentOptions, *, project: str | None = None) -> list[SegmentationResult]:
+    def run(
+        self,
+        images: Sequence[LoadedImage],
+        prompts: Sequence[str],
+        boxes: Sequence[Box],
+        options: SegmentOptions,
+        *,
+        project: str | None = None,
+    ) -> list[SegmentationResult]:
         """Decoded images × prompts, locally or on the server; one result per image. ``project`` files
         the results under a project on a public API (elsewhere nothing is kept)."""
         backend = self._backend() if self.is_remote else None
@@ -94,8 +101,9 @@ class Client:
             return results
         if backend is not None:
             return backend.segment(images, prompts, boxes, options)
-        return self.engine.segment([i.array for i in images], prompts, boxes, names=[i.name for i in images],
-                                   options=options)
+        return self.engine.segment(
+            [i.array for i in images], prompts, boxes, names=[i.name for i in images], options=options
+        )
 
     @property
     def saved(self) -> list[tuple[str, str]]:
@@ -149,8 +157,13 @@ class Client:
             threshold, mask_threshold, max_instances, nms_iou: override the settings for this call.
         """
         return self.segment_batch(
-            [image], prompts, boxes=boxes, threshold=threshold, mask_threshold=mask_threshold,
-            max_instances=max_instances, nms_iou=nms_iou,
+            [image],
+            prompts,
+            boxes=boxes,
+            threshold=threshold,
+            mask_threshold=mask_threshold,
+            max_instances=max_instances,
+            nms_iou=nms_iou,
         )[0]
 
     def segment_batch(
@@ -166,8 +179,12 @@ class Client:
     ) -> list[SegmentationResult]:
         """Like :meth:`segment` for several images (batched through the backbone); one result each."""
         loaded = [self.load(i) for i in images]
-        return self.run(loaded, ensure_prompts(prompts), [b if isinstance(b, Box) else Box(*b) for b in boxes],
-                        self.options(threshold, mask_threshold, max_instances, nms_iou))
+        return self.run(
+            loaded,
+            ensure_prompts(prompts),
+            [b if isinstance(b, Box) else Box(*b) for b in boxes],
+            self.options(threshold, mask_threshold, max_instances, nms_iou),
+        )
 
     def load(self, image: ImageInput | LoadedImage) -> LoadedImage:
         """Decode and check an image with this client's limits."""

@@ -68,7 +68,8 @@ class Settings(BaseSettings):
     host: str = Field(default="127.0.0.1", description="Address the server listens on.")
     port: int = Field(default=8000, ge=0, le=65535)
     api_key: SecretStr | None = Field(
-        default=None, validation_alias=AliasChoices("api_key", "S3SEG_API_KEY", "API_SECRET_KEY"),
+        default=None,
+        validation_alias=AliasChoices("api_key", "S3SEG_API_KEY", "API_SECRET_KEY"),
         description="Required X-API-Key (server); sent (client). The seed's API_SECRET_KEY is read too.",
     )
     allow_no_key: bool = Field(default=False, description="Allow a non-loopback server without an API key.")
@@ -87,70 +88,89 @@ class Settings(BaseSettings):
         default_factory=lambda: Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share") / "s3seg",
         description="Local storage and the SQLite results database when R2/Supabase are not configured.",
     )
-    r2_endpoint: str | None = Field(default=None, validation_alias=AliasChoices("r2_endpoint", "S3SEG_R2_ENDPOINT",
-                                                                                "R2_ENDPOINT"))
+    r2_endpoint: str | None = Field(
+        default=None, validation_alias=AliasChoices("r2_endpoint", "S3SEG_R2_ENDPOINT", "R2_ENDPOINT")
+    )
     r2_access_key_id: str | None = Field(
-        default=None, validation_alias=AliasChoices("r2_access_key_id", "S3SEG_R2_ACCESS_KEY_ID", "R2_ACCESS_KEY_ID"))
+        default=None, validation_alias=AliasChoices("r2_access_key_id", "S3SEG_R2_ACCESS_KEY_ID", "R2_ACCESS_KEY_ID")
+    )
     r2_secret_access_key: SecretStr | None = Field(
         default=None,
-        validation_alias=AliasChoices("r2_secret_access_key", "S3SEG_R2_SECRET_ACCESS_KEY", "R2_SECRET_ACCESS_KEY"))
-    r2_bucket: str | None = Field(default=None, validation_alias=AliasChoices("r2_bucket", "S3SEG_R2_BUCKET",
-                                                                              "R2_BUCKET"))
+        validation_alias=AliasChoices("r2_secret_access_key", "S3SEG_R2_SECRET_ACCESS_KEY", "R2_SECRET_ACCESS_KEY"),
+    )
+    r2_bucket: str | None = Field(
+        default=None, validation_alias=AliasChoices("r2_bucket", "S3SEG_R2_BUCKET", "R2_BUCKET")
+    )
     r2_region: str = Field(default="auto", description="R2 uses 'auto'; S3 needs the bucket's region.")
     r2_path_style: bool = Field(default=True, description="Path-style addressing (R2 and most S3 servers).")
     r2_prefix: str = Field(default="", description="Key prefix inside the bucket, e.g. 'prod/'.")
-    supabase_url: str | None = Field(default=None, validation_alias=AliasChoices("supabase_url", "S3SEG_SUPABASE_URL",
-                                                                                 "SUPABASE_URL"))
+    supabase_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("supabase_url", "S3SEG_SUPABASE_URL", "SUPABASE_URL")
+    )
     supabase_anon_key: SecretStr | None = Field(
-        default=None,
-        validation_alias=AliasChoices("supabase_anon_key", "S3SEG_SUPABASE_ANON_KEY", "SUPABASE_ANON_KEY"))
+        default=None, validation_alias=AliasChoices("supabase_anon_key", "S3SEG_SUPABASE_ANON_KEY", "SUPABASE_ANON_KEY")
+    )
     supabase_service_key: SecretStr | None = Field(
         default=None,
-        validation_alias=AliasChoices("supabase_service_key", "S3SEG_SUPABASE_SERVICE_KEY", "SUPABASE_SERVICE_KEY"))
+        validation_alias=AliasChoices("supabase_service_key", "S3SEG_SUPABASE_SERVICE_KEY", "SUPABASE_SERVICE_KEY"),
+    )
     supabase_access_token: SecretStr | None = Field(
-        default=None, description="A signed-in user's access token (RLS applies as that user).")
+        default=None, description="A signed-in user's access token (RLS applies as that user)."
+    )
     user_id: str | None = Field(default=None, description="The user whose rows the service key writes.")
 
     database_url: SecretStr | None = Field(
-        default=None, validation_alias=AliasChoices("database_url", "S3SEG_DATABASE_URL", "DATABASE_URL"),
+        default=None,
+        validation_alias=AliasChoices("database_url", "S3SEG_DATABASE_URL", "DATABASE_URL"),
         description="PostgreSQL with supabase/migrations applied (e.g. Supabase's direct connection string): "
-                    "the results store of a multi-user server, used before the Supabase REST API.")
+        "the results store of a multi-user server, used before the Supabase REST API.",
+    )
 
     # --- the public API (s3seg serve in front of users) -----------------------------------------
     supabase_jwt_secret: SecretStr | None = Field(
         default=None,
         validation_alias=AliasChoices("supabase_jwt_secret", "S3SEG_SUPABASE_JWT_SECRET", "SUPABASE_JWT_SECRET"),
-        description="Legacy HS256 secret of the Supabase project (JWKS keys are used when it is not set).")
-    jwks_url: str | None = Field(default=None, description="JWKS of the token issuer; default "
-                                 "<SUPABASE_URL>/auth/v1/.well-known/jwks.json.")
+        description="Legacy HS256 secret of the Supabase project (JWKS keys are used when it is not set).",
+    )
+    jwks_url: str | None = Field(
+        default=None, description="JWKS of the token issuer; default <SUPABASE_URL>/auth/v1/.well-known/jwks.json."
+    )
     jwt_issuer: str | None = Field(default=None, description="Expected `iss`; default <SUPABASE_URL>/auth/v1.")
     jwt_audience: str = Field(default="authenticated", description="Expected `aud` of access tokens.")
     rate_limits: dict[str, int] = Field(
         default_factory=lambda: {"free": 10, "pro": 100, "enterprise": 1000},
-        description='Work requests (upload, segment) per user per minute, by tier; JSON, e.g. {"free": 10}.')
+        description='Work requests (upload, segment) per user per minute, by tier; JSON, e.g. {"free": 10}.',
+    )
     segment_cost: int = Field(default=1, ge=0, description="Credits one successful segmentation costs.")
     max_upload_mb: float = Field(default=10.0, gt=0, description="Largest image accepted by /api/v1/upload.")
-    task_timeout_s: float = Field(default=600.0, gt=0,
-                                  description="A task processing longer than this is presumed lost (crash).")
+    task_timeout_s: float = Field(
+        default=600.0, gt=0, description="A task processing longer than this is presumed lost (crash)."
+    )
     task_attempts: int = Field(default=2, ge=1, description="Tries per task before it is marked error.")
     task_workers: int = Field(default=2, ge=1, description="Tasks run at once by one server.")
-    workers: Annotated[list[str], NoDecode] = Field(default_factory=list,
-                               description="Gateway: GPU worker URLs (s3seg serve) to run inference on, "
-                                           "instead of a model in this process; JSON list or comma-separated.")
-    worker_api_key: SecretStr | None = Field(default=None, description="X-API-Key for the workers "
-                                             "(default: the server's own api_key).")
-    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list,
-                                    description='Browser origins allowed to call the API ("*" for any).')
+    workers: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Gateway: GPU worker URLs (s3seg serve) to run inference on, "
+        "instead of a model in this process; JSON list or comma-separated.",
+    )
+    worker_api_key: SecretStr | None = Field(
+        default=None, description="X-API-Key for the workers (default: the server's own api_key)."
+    )
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description='Browser origins allowed to call the API ("*" for any).'
+    )
     url_expires_s: int = Field(default=3600, ge=1, description="Lifetime of result URLs handed to clients.")
 
     # --- client of a remote server -------------------------------------------------------------
     server_url: str | None = Field(default=None, description="Segment on this s3seg server instead of locally.")
     request_timeout_s: float = Field(default=300.0, gt=0, description="Client time limit per request.")
-    api_url: str | None = Field(default=None, description="A public s3seg API (signed-in user): "
-                                "upload/segment/tasks/results go there.")
+    api_url: str | None = Field(
+        default=None, description="A public s3seg API (signed-in user): upload/segment/tasks/results go there."
+    )
     config_dir: Path = Field(
         default_factory=lambda: Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "s3seg",
-        description="Where `s3seg login` keeps the session (private file permissions).")
+        description="Where `s3seg login` keeps the session (private file permissions).",
+    )
 
     @field_validator("device")
     @classmethod

@@ -102,8 +102,9 @@ class ServerError(S3SegError):
 
     exit_code = 8
 
-    def __init__(self, message: str, hint: str | None = None, *, status: int | None = None,
-                 code: str | None = None) -> None:
+    def __init__(
+        self, message: str, hint: str | None = None, *, status: int | None = None, code: str | None = None
+    ) -> None:
         super().__init__(message, hint)
         self.status = status
         self.code = code

@@ -47,8 +47,9 @@ class Recorder:
         task = self.store.create_task(prompts, project=project, metadata={"image": image})
         return self.store.start(task.id)
 
-    def complete(self, task: Task, image: LoadedImage, result: SegmentationResult,
-                 files: render.Outputs | None = None) -> Task:
+    def complete(
+        self, task: Task, image: LoadedImage, result: SegmentationResult, files: render.Outputs | None = None
+    ) -> Task:
         """Upload everything and mark the task done (``files``: already rendered outputs, if any)."""
         prefix = f"results/{task.id}"
         written: list[str] = []
@@ -63,8 +64,14 @@ class Recorder:
                 ("result.json", files.coco_json),
             ):
                 written.append(self.storage.put(f"{prefix}/{name}", data))
-            return self.store.finish(task.id, source=written[0], mask=written[1], overlay=written[2],
-                                     labels=_labels(result), metadata=_metadata(result, written[3]))
+            return self.store.finish(
+                task.id,
+                source=written[0],
+                mask=written[1],
+                overlay=written[2],
+                labels=_labels(result),
+                metadata=_metadata(result, written[3]),
+            )
         except Exception as e:
             for key in written:  # best effort: the row says error either way, and the first error matters
                 with contextlib.suppress(Exception):
@@ -77,13 +84,19 @@ class Recorder:
 
 
 def _labels(result: SegmentationResult) -> list[dict[str, Any]]:
-    return [{"label": i.prompt, "score": round(i.score, 6), "box": [round(c, 2) for c in i.box], "area": i.area}
-            for i in result.instances]
+    return [
+        {"label": i.prompt, "score": round(i.score, 6), "box": [round(c, 2) for c in i.box], "area": i.area}
+        for i in result.instances
+    ]
 
 
 def _metadata(result: SegmentationResult, coco_key: str) -> dict[str, Any]:
     return {
-        "width": result.width, "height": result.height, "model": result.model, "instances": len(result),
+        "width": result.width,
+        "height": result.height,
+        "model": result.model,
+        "instances": len(result),
         "counts": {p: len(result.for_prompt(p)) for p in result.prompts},
-        "timings": result.timings.to_dict(), "coco": coco_key,
+        "timings": result.timings.to_dict(),
+        "coco": coco_key,
     }

@@ -285,5 +285,8 @@ def outputs(image: npt.NDArray[np.uint8], result: SegmentationResult) -> Outputs
 
     rgb = _check_image(image, result)
     labels = label_map(result)
-    return Outputs(json.dumps(result.to_coco()).encode(), _label_png(labels, len(result.instances)),
-                   encode_jpeg(_overlay(rgb, result, labels, 0.5)))
+    return Outputs(
+        json.dumps(result.to_coco()).encode(),
+        _label_png(labels, len(result.instances)),
+        encode_jpeg(_overlay(rgb, result, labels, 0.5)),
+    )

@@ -33,25 +33,49 @@ def random_config(size: Size = "tiny") -> Sam3Config:
     return Sam3Config(
         vision_config=dict(
             backbone_config=dict(
-                model_type="sam3_vit_model", hidden_size=vit, intermediate_size=64 if tiny else 1184,
-                num_hidden_layers=2 if tiny else 8, num_attention_heads=2 if tiny else 8, image_size=image,
-                patch_size=14, window_size=4 if tiny else 8, global_attn_indexes=[1] if tiny else [3, 7],
+                model_type="sam3_vit_model",
+                hidden_size=vit,
+                intermediate_size=64 if tiny else 1184,
+                num_hidden_layers=2 if tiny else 8,
+                num_attention_heads=2 if tiny else 8,
+                image_size=image,
+                patch_size=14,
+                window_size=4 if tiny else 8,
+                global_attn_indexes=[1] if tiny else [3, 7],
                 pretrain_image_size=image // 2,
             ),
             fpn_hidden_size=d,
             backbone_feature_sizes=[[4 * p, 4 * p], [2 * p, 2 * p], [p, p]],
         ),
         text_config=dict(
-            model_type="clip_text_model", vocab_size=49408, hidden_size=vit,
-            intermediate_size=vit * 2 if tiny else 1024, projection_dim=vit,
-            num_hidden_layers=1 if tiny else 4, num_attention_heads=heads, max_position_embeddings=32,
+            model_type="clip_text_model",
+            vocab_size=49408,
+            hidden_size=vit,
+            intermediate_size=vit * 2 if tiny else 1024,
+            projection_dim=vit,
+            num_hidden_layers=1 if tiny else 4,
+            num_attention_heads=heads,
+            max_position_embeddings=32,
         ),
-        geometry_encoder_config=dict(hidden_size=d, num_layers=1 if tiny else 2, num_attention_heads=heads,
-                                     intermediate_size=d * 2 if tiny else 512),
-        detr_encoder_config=dict(hidden_size=d, num_layers=1 if tiny else 3, num_attention_heads=heads,
-                                 intermediate_size=d * 2 if tiny else 512),
-        detr_decoder_config=dict(hidden_size=d, num_layers=1 if tiny else 3, num_attention_heads=heads,
-                                 intermediate_size=d * 2 if tiny else 512, num_queries=20 if tiny else 100),
+        geometry_encoder_config=dict(
+            hidden_size=d,
+            num_layers=1 if tiny else 2,
+            num_attention_heads=heads,
+            intermediate_size=d * 2 if tiny else 512,
+        ),
+        detr_encoder_config=dict(
+            hidden_size=d,
+            num_layers=1 if tiny else 3,
+            num_attention_heads=heads,
+            intermediate_size=d * 2 if tiny else 512,
+        ),
+        detr_decoder_config=dict(
+            hidden_size=d,
+            num_layers=1 if tiny else 3,
+            num_attention_heads=heads,
+            intermediate_size=d * 2 if tiny else 512,
+            num_queries=20 if tiny else 100,
+        ),
         mask_decoder_config=dict(hidden_size=d, num_attention_heads=heads),
     )
 
@@ -95,8 +119,12 @@ def main(argv: list[str] | None = None) -> None:
     import sys
 
     args = sys.argv[1:] if argv is None else argv
-    if not args or args[0] in {"-h", "--help"} or len(args) > 2 or (len(args) == 2 and args[1] not in
-                                                                     ("tiny", "small", "full")):
+    if (
+        not args
+        or args[0] in {"-h", "--help"}
+        or len(args) > 2
+        or (len(args) == 2 and args[1] not in ("tiny", "small", "full"))
+    ):
         print("usage: python -m s3seg.testing OUT_DIR [tiny|small|full]  (random weights, for trying s3seg)")
         raise SystemExit(0 if args and args[0] in {"-h", "--help"} else 2)
     size: Size = args[1] if len(args) == 2 else "tiny"  # type: ignore[assignment]

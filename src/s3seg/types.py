@@ -70,7 +70,6 @@ class SegmentOptions:
             raise UsageError(f"NMS IoU must be in (0, 1], got {self.nms_iou}")
 
 
-
 @dataclass(frozen=True)
 class Timings:
     """Milliseconds spent per stage for one image (batched stages are shared out evenly)."""
@@ -180,11 +179,13 @@ class SegmentationResult:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, SegmentationResult):
             return NotImplemented
-        return (
-            (self.width, self.height, self.prompts, self.image, self.model)
-            == (other.width, other.height, other.prompts, other.image, other.model)
-            and self.instances == other.instances
-        )
+        return (self.width, self.height, self.prompts, self.image, self.model) == (
+            other.width,
+            other.height,
+            other.prompts,
+            other.image,
+            other.model,
+        ) and self.instances == other.instances
 
     __hash__ = None  # type: ignore[assignment]
 

@@ -16,7 +16,7 @@ from s3seg.cli._serve import serve_command
 
 app = typer.Typer(
     name="s3seg",
-    help="Segment every instance of a concept in images with Meta's SAM3: s3seg segment photo.jpg \"dog\"",
+    help='Segment every instance of a concept in images with Meta\'s SAM3: s3seg segment photo.jpg "dog"',
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -45,8 +45,9 @@ def _version_callback(value: bool) -> None:
 
 @app.callback()
 def _root(
-    version: bool = typer.Option(False, "--version", callback=_version_callback, is_eager=True,
-                                 help="Print the version and exit."),
+    version: bool = typer.Option(
+        False, "--version", callback=_version_callback, is_eager=True, help="Print the version and exit."
+    ),
 ) -> None:
     """s3seg: SAM3 text-prompted segmentation from the terminal, Python, or a GPU server."""
 

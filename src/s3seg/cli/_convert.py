@@ -11,8 +11,9 @@ from s3seg.cli._console import console
 
 def convert_command(
     checkpoint: Path = typer.Argument(..., help="Meta's official checkpoint file (sam3.pt).", show_default=False),
-    out_dir: Path = typer.Argument(..., help="Folder to write (config, safetensors weights, processor, tokenizer).",
-                                   show_default=False),
+    out_dir: Path = typer.Argument(
+        ..., help="Folder to write (config, safetensors weights, processor, tokenizer).", show_default=False
+    ),
     force: bool = typer.Option(False, "--force", "-f", help="Replace OUT_DIR if it exists and is not empty."),
 ) -> None:
     """Convert an official SAM3 checkpoint into a folder that --model, transformers and the Hub load.

@@ -22,10 +22,15 @@ if TYPE_CHECKING:
 
 
 def login_command(
-    email: Optional[str] = typer.Option(None, "--email", help="Account email (asked for when not given).",  # noqa: UP045
-                                        show_default=False),
-    password_stdin: bool = typer.Option(False, "--password-stdin",
-                                        help="Read the password from standard input (first line)."),
+    email: Optional[str] = typer.Option(
+        None,
+        "--email",
+        help="Account email (asked for when not given).",  # noqa: UP045
+        show_default=False,
+    ),
+    password_stdin: bool = typer.Option(
+        False, "--password-stdin", help="Read the password from standard input (first line)."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the signed-in user as JSON."),
 ) -> None:
     """Sign in to Supabase (SUPABASE_URL, SUPABASE_ANON_KEY) and save the session for later commands."""
@@ -41,8 +46,10 @@ def login_command(
     if password_stdin and not email:
         raise UsageError("--password-stdin needs --email", hint="s3seg login --email you@example.com --password-stdin")
     if not terminal and not password_stdin:
-        raise UsageError("no terminal to ask for the email and password on",
-                         hint="pipe the password instead: ... | s3seg login --email you@example.com --password-stdin")
+        raise UsageError(
+            "no terminal to ask for the email and password on",
+            hint="pipe the password instead: ... | s3seg login --email you@example.com --password-stdin",
+        )
     if not email:
         email = str(click.prompt("email", err=True)).strip()
     if password_stdin and not terminal:
@@ -56,8 +63,9 @@ def login_command(
     if as_json:
         sys.stdout.write(json.dumps({**_describe(session), "session_file": str(path)}) + "\n")
         return
-    console.print(f"signed in as [bold]{session.email or email}[/] (session saved to {path})",
-                  highlight=False, soft_wrap=True)
+    console.print(
+        f"signed in as [bold]{session.email or email}[/] (session saved to {path})", highlight=False, soft_wrap=True
+    )
 
 
 def logout_command(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
@@ -79,8 +87,11 @@ def logout_command(as_json: bool = typer.Option(False, "--json", help="Print JSO
     if as_json:
         sys.stdout.write(json.dumps({"signed_out": removed, "revoked": revoked, "session_file": str(path)}) + "\n")
     elif removed:
-        console.print(f"signed out (removed {path}{'; session ended on the server' if revoked else ''})",
-                      highlight=False, soft_wrap=True)
+        console.print(
+            f"signed out (removed {path}{'; session ended on the server' if revoked else ''})",
+            highlight=False,
+            soft_wrap=True,
+        )
     else:
         console.print("not signed in; nothing to remove", highlight=False)
 
@@ -98,9 +109,12 @@ def whoami_command(as_json: bool = typer.Option(False, "--json", help="Print JSO
         session = _session.load(settings.config_dir)
         if session is None:
             raise AuthError("not signed in", hint="s3seg login")
-        info = {**_describe(session), "source": "session",
-                "session_file": str(_session.session_path(settings.config_dir)),
-                "can_refresh": settings.supabase_anon_key is not None}
+        info = {
+            **_describe(session),
+            "source": "session",
+            "session_file": str(_session.session_path(settings.config_dir)),
+            "can_refresh": settings.supabase_anon_key is not None,
+        }
     if settings.api_url:  # what the API says about this user: tier, credits, rate limit
         info["account"] = _account(settings)
     if as_json:
@@ -111,8 +125,12 @@ def whoami_command(as_json: bool = typer.Option(False, "--json", help="Print JSO
     if account and "error" in account:
         console.print(f"  {settings.api_url}: {account['error']}", highlight=False, soft_wrap=True)
     elif account:
-        console.print(f"  {account['tier']} tier, {account['credits']} credits, {account['rate_limit_per_minute']} "
-                      f"requests per minute on {settings.api_url}", highlight=False, soft_wrap=True)
+        console.print(
+            f"  {account['tier']} tier, {account['credits']} credits, {account['rate_limit_per_minute']} "
+            f"requests per minute on {settings.api_url}",
+            highlight=False,
+            soft_wrap=True,
+        )
     expires = info["expires_at"]
     if expires is None:
         console.print("  token from S3SEG_SUPABASE_ACCESS_TOKEN (no expiry in it)", highlight=False)
@@ -121,15 +139,18 @@ def whoami_command(as_json: bool = typer.Option(False, "--json", help="Print JSO
     left = info["expires_in_s"]
     state = f"expires {when} (in {_duration(left)})" if left > 0 else f"expired {when}"
     if info["source"] == "env":
-        console.print(f"  token from S3SEG_SUPABASE_ACCESS_TOKEN, {state}; it is used as is (never refreshed)",
-                      highlight=False, soft_wrap=True)
+        console.print(
+            f"  token from S3SEG_SUPABASE_ACCESS_TOKEN, {state}; it is used as is (never refreshed)",
+            highlight=False,
+            soft_wrap=True,
+        )
     elif info["will_refresh"]:
         how = "" if info["can_refresh"] else " once SUPABASE_ANON_KEY is set"
-        console.print(f"  access token {state}; it will be refreshed on next use{how}", highlight=False,
-                      soft_wrap=True)
+        console.print(f"  access token {state}; it will be refreshed on next use{how}", highlight=False, soft_wrap=True)
     else:
-        console.print(f"  access token {state}; it is refreshed automatically near expiry", highlight=False,
-                      soft_wrap=True)
+        console.print(
+            f"  access token {state}; it is refreshed automatically near expiry", highlight=False, soft_wrap=True
+        )
     if info.get("session_file"):
         console.print(f"  session: {info['session_file']} ({info['supabase_url']})", highlight=False, soft_wrap=True)
 
@@ -149,20 +170,28 @@ def _project(settings: Settings) -> tuple[str, str]:
     from s3seg.errors import UsageError
 
     if not settings.supabase_url:
-        raise UsageError("SUPABASE_URL is not set", hint="set SUPABASE_URL to the project URL, "
-                         "e.g. export SUPABASE_URL=https://abcdefgh.supabase.co")
+        raise UsageError(
+            "SUPABASE_URL is not set",
+            hint="set SUPABASE_URL to the project URL, e.g. export SUPABASE_URL=https://abcdefgh.supabase.co",
+        )
     if settings.supabase_anon_key is None:
-        raise UsageError("SUPABASE_ANON_KEY is not set",
-                         hint="set SUPABASE_ANON_KEY to the project's anon (publishable) key")
+        raise UsageError(
+            "SUPABASE_ANON_KEY is not set", hint="set SUPABASE_ANON_KEY to the project's anon (publishable) key"
+        )
     return settings.supabase_url, settings.supabase_anon_key.get_secret_value()
 
 
 def _describe(session: Session) -> dict[str, Any]:
     from s3seg._session import REFRESH_MARGIN_S
 
-    return {"user_id": session.user_id, "email": session.email, "expires_at": session.expires_at,
-            "expires_in_s": round(session.expires_at - _now()), "will_refresh": session.expired(REFRESH_MARGIN_S),
-            "supabase_url": session.supabase_url}
+    return {
+        "user_id": session.user_id,
+        "email": session.email,
+        "expires_at": session.expires_at,
+        "expires_in_s": round(session.expires_at - _now()),
+        "will_refresh": session.expired(REFRESH_MARGIN_S),
+        "supabase_url": session.supabase_url,
+    }
 
 
 def _token_info(token: str) -> dict[str, Any]:
@@ -172,9 +201,14 @@ def _token_info(token: str) -> dict[str, Any]:
     claims = unverified_claims(token)
     exp = claims.get("exp")
     expires_at = float(exp) if isinstance(exp, (int, float)) else None
-    return {"user_id": claims.get("sub"), "email": claims.get("email"), "expires_at": expires_at,
-            "expires_in_s": round(expires_at - _now()) if expires_at is not None else None,
-            "will_refresh": False, "source": "env"}
+    return {
+        "user_id": claims.get("sub"),
+        "email": claims.get("email"),
+        "expires_at": expires_at,
+        "expires_in_s": round(expires_at - _now()) if expires_at is not None else None,
+        "will_refresh": False,
+        "source": "env",
+    }
 
 
 def _now() -> float:

@@ -52,16 +52,19 @@ def upload_command(
         _print_uploads(rows, as_json)
         return
     bar_columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn())
-    with closing(storage_from_settings(settings)) as storage, Progress(
-            *bar_columns, console=err_console, transient=True, disable=not err_console.is_terminal) as progress:
+    with (
+        closing(storage_from_settings(settings)) as storage,
+        Progress(*bar_columns, console=err_console, transient=True, disable=not err_console.is_terminal) as progress,
+    ):
         for f in files:
             bar = progress.add_task(f.name, total=f.stat().st_size)
 
             def advance(n: int, bar: TaskID = bar) -> None:
                 progress.advance(bar, n)
 
-            key = storage.put_file(f"{prefix.strip('/')}/{uuid.uuid4().hex[:12]}/{f.name}", f,
-                                   guess_content_type(f.name), advance)
+            key = storage.put_file(
+                f"{prefix.strip('/')}/{uuid.uuid4().hex[:12]}/{f.name}", f, guess_content_type(f.name), advance
+            )
             rows.append({"file": str(f), "key": key, "url": storage.url(key, expires)})
     _print_uploads(rows, as_json)
 
@@ -107,15 +110,20 @@ def tasks_command(
 
 def results_command(
     task_id: Optional[str] = typer.Argument(None, help="One result to show.", show_default=False),  # noqa: UP045
-    project: Optional[str] = typer.Option(None, "--project", help="Only this project.",  # noqa: UP045
-                                          show_default=False),
+    project: Optional[str] = typer.Option(
+        None,
+        "--project",
+        help="Only this project.",  # noqa: UP045
+        show_default=False,
+    ),
     status: Optional[str] = typer.Option(  # noqa: UP045
-        None, "--status", help="pending, processing, done or error (default: all).", show_default=False),
+        None, "--status", help="pending, processing, done or error (default: all).", show_default=False
+    ),
     limit: int = typer.Option(20, "--limit", min=1, max=1000, help="Page size."),
     offset: int = typer.Option(0, "--offset", min=0, help="Skip this many (newest first)."),
     download: Optional[Path] = typer.Option(  # noqa: UP045
-        None, "--download", help="With an ID: save its source, mask, overlay and COCO JSON here.",
-        show_default=False),
+        None, "--download", help="With an ID: save its source, mask, overlay and COCO JSON here.", show_default=False
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Stored segmentation results: a page of them, or one with time-limited URLs (and --download)."""
@@ -154,10 +162,15 @@ def config_command(as_json: bool = typer.Option(False, "--json", help="Print JSO
 
     settings = load_settings()
     values: dict[str, Any] = json.loads(settings.model_dump_json())  # SecretStr dumps as "**********"
-    backends = {"storage": _backend(lambda: _storage_name(settings)),
-                "results": _backend(lambda: store_from_settings(settings).name),
-                "inference": f"API {settings.api_url}" if settings.api_url
-                else f"server {settings.server_url}" if settings.server_url else "local"}
+    backends = {
+        "storage": _backend(lambda: _storage_name(settings)),
+        "results": _backend(lambda: store_from_settings(settings).name),
+        "inference": f"API {settings.api_url}"
+        if settings.api_url
+        else f"server {settings.server_url}"
+        if settings.server_url
+        else "local",
+    }
     if as_json:
         sys.stdout.write(json.dumps({"backends": backends, "settings": values}) + "\n")
         return
@@ -211,8 +224,11 @@ def _table(tasks: list[Task], title: str) -> None:
 
 
 def _show(task: Task, urls: dict[str, str] | None) -> None:
-    console.print(f"[bold]{task.id}[/]  [{_STATUS_STYLE[task.status]}]{task.status}[/]  prompt: {task.text_prompt}"
-                  f"{'  project: ' + task.project if task.project else ''}", highlight=False)
+    console.print(
+        f"[bold]{task.id}[/]  [{_STATUS_STYLE[task.status]}]{task.status}[/]  prompt: {task.text_prompt}"
+        f"{'  project: ' + task.project if task.project else ''}",
+        highlight=False,
+    )
     if task.error:
         console.print(f"  error: {task.error}", highlight=False)
     counts = task.metadata.get("counts")
@@ -301,8 +317,12 @@ def _public(settings: Settings) -> PublicClient:
 
 
 def _keys(task: Task) -> dict[str, str]:
-    keys = {"source": task.source_image_url, "mask": task.mask_image_url, "overlay": task.overlay_image_url,
-            "coco": task.metadata.get("coco")}
+    keys = {
+        "source": task.source_image_url,
+        "mask": task.mask_image_url,
+        "overlay": task.overlay_image_url,
+        "coco": task.metadata.get("coco"),
+    }
     return {name: key for name, key in keys.items() if key}
 
 

@@ -32,68 +32,124 @@ def segment_command(
         show_default=False,
     ),
     prompt: Optional[list[str]] = typer.Option(  # noqa: UP045  (typer needs Optional here)
-        None, "--prompt", "-p", help="A text prompt (repeatable). Makes every argument an image.",
+        None,
+        "--prompt",
+        "-p",
+        help="A text prompt (repeatable). Makes every argument an image.",
         show_default=False,
     ),
     box: Optional[list[str]] = typer.Option(  # noqa: UP045
-        None, "--box", "-b", metavar="X0,Y0,X1,Y1",
+        None,
+        "--box",
+        "-b",
+        metavar="X0,Y0,X1,Y1",
         help="An exemplar box in pixels (repeatable); prefix 'neg:' for a negative exemplar. "
-        "Boxes alone segment 'things like this'.", show_default=False,
+        "Boxes alone segment 'things like this'.",
+        show_default=False,
     ),
     out: Optional[Path] = typer.Option(  # noqa: UP045
-        None, "--out", "-o", help=f"Folder for per-image COCO JSON, mask PNG and overlay (default: {DEFAULT_OUT}/, "
-        "or none with --json).", show_default=False,
+        None,
+        "--out",
+        "-o",
+        help=f"Folder for per-image COCO JSON, mask PNG and overlay (default: {DEFAULT_OUT}/, or none with --json).",
+        show_default=False,
     ),
     as_json: bool = typer.Option(False, "--json", help="Print results as one COCO JSON document on stdout."),
     model: Optional[str] = typer.Option(  # noqa: UP045
-        None, "--model", "-m", help="Hub id, save_pretrained folder or sam3.pt (env S3SEG_MODEL; default "
-        "facebook/sam3).", show_default=False,
+        None,
+        "--model",
+        "-m",
+        help="Hub id, save_pretrained folder or sam3.pt (env S3SEG_MODEL; default facebook/sam3).",
+        show_default=False,
     ),
     device: Optional[str] = typer.Option(  # noqa: UP045
-        None, "--device", "-d", help="auto, cpu, cuda, cuda:N or mps (env S3SEG_DEVICE; default auto).",
+        None,
+        "--device",
+        "-d",
+        help="auto, cpu, cuda, cuda:N or mps (env S3SEG_DEVICE; default auto).",
         show_default=False,
     ),
     dtype: Optional[str] = typer.Option(  # noqa: UP045
-        None, "--dtype", help="auto (bfloat16 on CUDA, else float32), float32, bfloat16 or float16.",
+        None,
+        "--dtype",
+        help="auto (bfloat16 on CUDA, else float32), float32, bfloat16 or float16.",
         show_default=False,
     ),
     revision: Optional[str] = typer.Option(  # noqa: UP045
-        None, "--revision", help="Hub branch, tag or commit of the model.", show_default=False,
+        None,
+        "--revision",
+        help="Hub branch, tag or commit of the model.",
+        show_default=False,
     ),
     threshold: Optional[float] = typer.Option(  # noqa: UP045
-        None, "--threshold", "-t", min=0.0, max=1.0, help="Minimum instance score (default 0.5).",
+        None,
+        "--threshold",
+        "-t",
+        min=0.0,
+        max=1.0,
+        help="Minimum instance score (default 0.5).",
         show_default=False,
     ),
     mask_threshold: Optional[float] = typer.Option(  # noqa: UP045
-        None, "--mask-threshold", min=0.0, max=1.0, help="Mask probability cut-off (default 0.5).",
+        None,
+        "--mask-threshold",
+        min=0.0,
+        max=1.0,
+        help="Mask probability cut-off (default 0.5).",
         show_default=False,
     ),
     max_instances: Optional[int] = typer.Option(  # noqa: UP045
-        None, "--max-instances", min=1, help="Keep at most N instances per prompt.", show_default=False,
+        None,
+        "--max-instances",
+        min=1,
+        help="Keep at most N instances per prompt.",
+        show_default=False,
     ),
     nms: Optional[float] = typer.Option(  # noqa: UP045
-        None, "--nms", min=0.0, max=1.0, help="Drop instances whose mask IoU with a better one exceeds this.",
+        None,
+        "--nms",
+        min=0.0,
+        max=1.0,
+        help="Drop instances whose mask IoU with a better one exceeds this.",
         show_default=False,
     ),
     max_pixels: Optional[int] = typer.Option(  # noqa: UP045
-        None, "--max-pixels", min=1, help="Refuse images with more pixels (default 100000000).",
+        None,
+        "--max-pixels",
+        min=1,
+        help="Refuse images with more pixels (default 100000000).",
         show_default=False,
     ),
     server: Optional[str] = typer.Option(  # noqa: UP045
-        None, "--server", help="Segment on this s3seg server (env S3SEG_SERVER_URL) instead of locally.",
+        None,
+        "--server",
+        help="Segment on this s3seg server (env S3SEG_SERVER_URL) instead of locally.",
         show_default=False,
     ),
     api_key: Optional[str] = typer.Option(  # noqa: UP045
-        None, "--api-key", help="The server's API key (env S3SEG_API_KEY).", show_default=False,
+        None,
+        "--api-key",
+        help="The server's API key (env S3SEG_API_KEY).",
+        show_default=False,
     ),
     api: Optional[str] = typer.Option(  # noqa: UP045
-        None, "--api", help="Segment on this public s3seg API as the signed-in user (s3seg login; env "
-        "S3SEG_API_URL); the results are kept there (s3seg results).", show_default=False,
+        None,
+        "--api",
+        help="Segment on this public s3seg API as the signed-in user (s3seg login; env "
+        "S3SEG_API_URL); the results are kept there (s3seg results).",
+        show_default=False,
     ),
-    save: bool = typer.Option(False, "--save", help="Keep each result: a task row (SQLite or Supabase) and the "
-                              "source, mask and overlay in storage (local folder or R2). See: s3seg results."),
+    save: bool = typer.Option(
+        False,
+        "--save",
+        help="Keep each result: a task row (SQLite or Supabase) and the "
+        "source, mask and overlay in storage (local folder or R2). See: s3seg results.",
+    ),
     project: Optional[str] = typer.Option(  # noqa: UP045
-        None, "--project", help="With --save: file the results under this project.", show_default=False,
+        None,
+        "--project",
+        help="With --save: file the results under this project.",
+        show_default=False,
     ),
 ) -> None:
     """Segment every instance of each prompt in one or more images.
@@ -125,9 +181,18 @@ def segment_command(
     except ValueError as e:
         raise UsageError(str(e), hint="example: --box 10,20,200,240 or --box neg:10,20,200,240") from e
     settings = load_settings(
-        model=model, device=device, dtype=dtype, revision=revision, threshold=threshold,
-        mask_threshold=mask_threshold, max_instances=max_instances, nms_iou=nms, max_pixels=max_pixels,
-        server_url=server, api_key=api_key, api_url=api,
+        model=model,
+        device=device,
+        dtype=dtype,
+        revision=revision,
+        threshold=threshold,
+        mask_threshold=mask_threshold,
+        max_instances=max_instances,
+        nms_iou=nms,
+        max_pixels=max_pixels,
+        server_url=server,
+        api_key=api_key,
+        api_url=api,
     )
     client = Client(settings=settings)
     options = client.options()  # validates thresholds before any model loads
@@ -145,15 +210,30 @@ def segment_command(
     if project and not save and not settings.api_url:
         raise UsageError("--project needs --save")
     if (settings.server_url or settings.api_url) and (model or device or dtype or revision):
-        err_console.print("note: on a server the server's model, device and dtype are used; --model, --device, "
-                          "--dtype and --revision are ignored", highlight=False)
+        err_console.print(
+            "note: on a server the server's model, device and dtype are used; --model, --device, "
+            "--dtype and --revision are ignored",
+            highlight=False,
+        )
     recorder = Recorder.from_settings(settings) if save and not settings.api_url else None  # an API keeps them
     saved: list[tuple[str, str]] = []  # (image, task id)
     with contextlib.ExitStack() as cleanup:
         if recorder is not None:
             cleanup.enter_context(recorder)
-        _run(client, paths, prompts, boxes, options, settings.max_batch, project, writer, recorder, results,
-             failures, saved)
+        _run(
+            client,
+            paths,
+            prompts,
+            boxes,
+            options,
+            settings.max_batch,
+            project,
+            writer,
+            recorder,
+            results,
+            failures,
+            saved,
+        )
         saved += client.saved
     if as_json:
         _print_json(results, failures, saved)
@@ -172,9 +252,20 @@ def segment_command(
         raise S3SegError("no image was segmented")
 
 
-def _run(client: Client, paths: list[Path], prompts: list[str], boxes: list[Box], options: SegmentOptions,
-         batch_size: int, project: str | None, writer: _Writer | None, recorder: Recorder | None,
-         results: list[SegmentationResult], failures: list[tuple[str, str]], saved: list[tuple[str, str]]) -> None:
+def _run(
+    client: Client,
+    paths: list[Path],
+    prompts: list[str],
+    boxes: list[Box],
+    options: SegmentOptions,
+    batch_size: int,
+    project: str | None,
+    writer: _Writer | None,
+    recorder: Recorder | None,
+    results: list[SegmentationResult],
+    failures: list[tuple[str, str]],
+    saved: list[tuple[str, str]],
+) -> None:
     """Segment every path in backbone-sized batches, writing files and records as results come."""
     from s3seg import render
 
@@ -195,9 +286,15 @@ def _run(client: Client, paths: list[Path], prompts: list[str], boxes: list[Box]
             advance(len(batch))
 
 
-def _segment_batch(client: Client, batch: list[LoadedImage], prompts: list[str], boxes: list[Box],
-                   options: SegmentOptions, project: str | None, failures: list[tuple[str, str]]
-                   ) -> list[tuple[LoadedImage, SegmentationResult]]:
+def _segment_batch(
+    client: Client,
+    batch: list[LoadedImage],
+    prompts: list[str],
+    boxes: list[Box],
+    options: SegmentOptions,
+    project: str | None,
+    failures: list[tuple[str, str]],
+) -> list[tuple[LoadedImage, SegmentationResult]]:
     """Segment a batch; if it fails as a whole (out of memory, an image the server refuses), retry its
     images one by one so that only the culprit is skipped."""
     from s3seg.errors import DeviceError, ImageError, ServerError
@@ -210,8 +307,11 @@ def _segment_batch(client: Client, batch: list[LoadedImage], prompts: list[str],
         if len(batch) == 1:
             failures.append((batch[0].name or "?", e.message))
             return []
-        return [pair for image in batch for pair in _segment_batch(client, [image], prompts, boxes, options, project,
-                                                                     failures)]
+        return [
+            pair
+            for image in batch
+            for pair in _segment_batch(client, [image], prompts, boxes, options, project, failures)
+        ]
 
 
 def _batches(
@@ -242,8 +342,13 @@ class _progress:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
         self._bar = Progress(
-            TextColumn("segmenting"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-            console=err_console, transient=True, disable=total < 2 or not err_console.is_terminal,
+            TextColumn("segmenting"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
+            console=err_console,
+            transient=True,
+            disable=total < 2 or not err_console.is_terminal,
         )
         self._total = total
 
@@ -289,8 +394,9 @@ def _atomic(path: Path, data: bytes) -> None:
     tmp.replace(path)
 
 
-def _print_json(results: list[SegmentationResult], failures: list[tuple[str, str]],
-                saved: list[tuple[str, str]]) -> None:
+def _print_json(
+    results: list[SegmentationResult], failures: list[tuple[str, str]], saved: list[tuple[str, str]]
+) -> None:
     from s3seg.types import to_coco
 
     doc = to_coco(results)
@@ -313,8 +419,11 @@ def _print_summary(results: list[SegmentationResult], failures: list[tuple[str, 
         for i, p in enumerate(r.prompts):
             found = r.for_prompt(p)
             table.add_row(
-                (r.image or "-") if i == 0 else "", f"{r.width}×{r.height}" if i == 0 else "", p,
-                str(len(found)), f"{found[0].score:.3f}" if found else "-",
+                (r.image or "-") if i == 0 else "",
+                f"{r.width}×{r.height}" if i == 0 else "",
+                p,
+                str(len(found)),
+                f"{found[0].score:.3f}" if found else "-",
                 f"{r.timings.total_ms:.0f}" if i == 0 else "",
             )
     console.print(table)

@@ -73,8 +73,9 @@ def resolve(model: str, *, revision: str | None, token: str | None, offline: boo
     if path.exists():
         return path
     if not _HUB_ID.fullmatch(model) or model.endswith((".pt", ".pth")):
-        raise ModelError(f"model path not found: {model}",
-                         hint="pass an existing directory or sam3.pt file, or a Hub id")
+        raise ModelError(
+            f"model path not found: {model}", hint="pass an existing directory or sam3.pt file, or a Hub id"
+        )
     return _download(model, revision=revision, token=token, offline=offline)
 
 

@@ -107,8 +107,16 @@ class Sam3Engine:
     >>> [result] = engine.segment([image], ["dog", "cat"])  # doctest: +SKIP
     """
 
-    def __init__(self, loaded: _load.LoadedModel, *, device: torch.device, dtype: torch.dtype,
-                 fidelity: Fidelity = Fidelity(), compile: bool = False, max_batch: int = 8) -> None:
+    def __init__(
+        self,
+        loaded: _load.LoadedModel,
+        *,
+        device: torch.device,
+        dtype: torch.dtype,
+        fidelity: Fidelity = Fidelity(),
+        compile: bool = False,
+        max_batch: int = 8,
+    ) -> None:
         self._m = loaded.model
         self._tokenizer = loaded.tokenizer
         self._source = loaded.source
@@ -156,8 +164,14 @@ class Sam3Engine:
     @classmethod
     def from_settings(cls, s: Settings) -> Sam3Engine:
         return cls.load(
-            s.model, device=s.device, dtype=s.dtype, revision=s.revision, token=s.token(),
-            offline=s.offline, compile=s.compile, max_batch=s.max_batch,
+            s.model,
+            device=s.device,
+            dtype=s.dtype,
+            revision=s.revision,
+            token=s.token(),
+            offline=s.offline,
+            compile=s.compile,
+            max_batch=s.max_batch,
         )
 
     @property
@@ -192,8 +206,12 @@ class Sam3Engine:
         names = list(names) if names is not None else [None] * len(images)
         if len(names) != len(images):
             raise UsageError(f"got {len(images)} images but {len(names)} names")
-        return self.run([Request(image, tuple(prompts), tuple(boxes), name, options)
-                         for image, name in zip(images, names, strict=True)])
+        return self.run(
+            [
+                Request(image, tuple(prompts), tuple(boxes), name, options)
+                for image, name in zip(images, names, strict=True)
+            ]
+        )
 
     def run(self, requests: Sequence[Request]) -> list[SegmentationResult]:
         """Independent requests (each its own image, prompts and options); images share backbone batches
@@ -212,8 +230,9 @@ class Sam3Engine:
         with self._lock, torch.inference_mode(), _oom_guard():
             vision = self._vision(self._preprocess([image]))
             heads = self._heads(vision, 0, prompt, (width, height))
-            logits = F.interpolate(heads.mask_logits[None].float(), size=(height, width), mode="bilinear",
-                                   align_corners=False)
+            logits = F.interpolate(
+                heads.mask_logits[None].float(), size=(height, width), mode="bilinear", align_corners=False
+            )
             scale = torch.tensor([width, height, width, height], device=self.device, dtype=torch.float32)
             return RawPrediction(
                 scores=heads.scores.float().cpu().numpy(),
@@ -234,17 +253,27 @@ class Sam3Engine:
             results = []
             for b, (request, plan, (width, height)) in enumerate(zip(requests, plans, sizes, strict=True)):
                 t3 = time.perf_counter()
-                instances = [inst for p, h in zip(plan, heads[b], strict=True)
-                             for inst in self._postprocess(h, p.text, width, height, request.options)]
+                instances = [
+                    inst
+                    for p, h in zip(plan, heads[b], strict=True)
+                    for inst in self._postprocess(h, p.text, width, height, request.options)
+                ]
                 timings = Timings(
                     preprocess_ms=(t1 - t0) * 1000 / len(requests),
                     inference_ms=(t2 - t1) * 1000 / len(requests),
                     postprocess_ms=(time.perf_counter() - t3) * 1000,
                 )
-                results.append(SegmentationResult(
-                    width=width, height=height, prompts=tuple(p.text for p in plan), instances=tuple(instances),
-                    image=request.name, timings=timings, model=self._source,
-                ))
+                results.append(
+                    SegmentationResult(
+                        width=width,
+                        height=height,
+                        prompts=tuple(p.text for p in plan),
+                        instances=tuple(instances),
+                        image=request.name,
+                        timings=timings,
+                        model=self._source,
+                    )
+                )
         return results
 
     def _preprocess(self, images: Sequence[npt.NDArray[np.uint8]]) -> torch.Tensor:
@@ -268,10 +297,12 @@ class Sam3Engine:
     def _text(self, text: str) -> tuple[torch.Tensor, torch.Tensor]:
         """A prompt → features (1, L, D) and valid-token mask (1, L); cached per text (LRU)."""
         if text not in self._text_cache:
-            tokens = self._tokenizer([text], padding="max_length", max_length=32, truncation=True,
-                                     return_tensors="pt").to(self.device)
-            feats = self._m.get_text_features(input_ids=tokens["input_ids"],
-                                              attention_mask=tokens["attention_mask"]).pooler_output
+            tokens = self._tokenizer(
+                [text], padding="max_length", max_length=32, truncation=True, return_tensors="pt"
+            ).to(self.device)
+            feats = self._m.get_text_features(
+                input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"]
+            ).pooler_output
             self._text_cache[text] = (feats, tokens["attention_mask"].bool())
             if len(self._text_cache) > _TEXT_CACHE:
                 self._text_cache.popitem(last=False)
@@ -304,21 +335,31 @@ class Sam3Engine:
             text = torch.cat([text, geo.last_hidden_state], dim=1)
             text_mask = torch.cat([text_mask, geo.attention_mask.bool()], dim=1)
 
-        enc = m.detr_encoder(vision_features=[fpn[-1]], text_features=text, vision_pos_embeds=[fpn_pos[-1]],
-                             text_mask=text_mask)
-        dec = m.detr_decoder(vision_features=enc.last_hidden_state, text_features=enc.text_features,
-                             vision_pos_encoding=enc.pos_embeds_flattened, text_mask=text_mask,
-                             spatial_shapes=enc.spatial_shapes)
+        enc = m.detr_encoder(
+            vision_features=[fpn[-1]], text_features=text, vision_pos_embeds=[fpn_pos[-1]], text_mask=text_mask
+        )
+        dec = m.detr_decoder(
+            vision_features=enc.last_hidden_state,
+            text_features=enc.text_features,
+            vision_pos_encoding=enc.pos_embeds_flattened,
+            text_mask=text_mask,
+            spatial_shapes=enc.spatial_shapes,
+        )
         queries = dec.intermediate_hidden_states[-1]  # (1, Q, D): only the last decoder layer is used
         boxes_cxcywh = (inverse_sigmoid(dec.reference_boxes[-1]) + m.detr_decoder.box_head(queries)).sigmoid()
         cx, cy, w, h = boxes_cxcywh.unbind(-1)
         boxes = torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], dim=-1)
-        logits = m.dot_product_scoring(decoder_hidden_states=queries[None], text_features=enc.text_features,
-                                       text_mask=text_mask)[0, ..., 0]
+        logits = m.dot_product_scoring(
+            decoder_hidden_states=queries[None], text_features=enc.text_features, text_mask=text_mask
+        )[0, ..., 0]
         scores = logits.sigmoid() * dec.presence_logits[-1].sigmoid()
-        masks = m.mask_decoder(decoder_queries=queries, backbone_features=fpn,
-                               encoder_hidden_states=enc.last_hidden_state, prompt_features=text,
-                               prompt_mask=text_mask).pred_masks
+        masks = m.mask_decoder(
+            decoder_queries=queries,
+            backbone_features=fpn,
+            encoder_hidden_states=enc.last_hidden_state,
+            prompt_features=text,
+            prompt_mask=text_mask,
+        ).pred_masks
         return _Heads(scores=scores[0], boxes=boxes[0], mask_logits=masks[0])
 
     def _box_tensors(self, boxes: tuple[Box, ...], size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -329,13 +370,15 @@ class Sam3Engine:
         for j, b in enumerate(boxes):
             x0, x1 = (min(max(x, 0.0), width) for x in (b.x0, b.x1))
             y0, y1 = (min(max(y, 0.0), height) for y in (b.y0, b.y1))
-            coords[0, j] = torch.tensor([(x0 + x1) / 2 / width, (y0 + y1) / 2 / height,
-                                         (x1 - x0) / width, (y1 - y0) / height])
+            coords[0, j] = torch.tensor(
+                [(x0 + x1) / 2 / width, (y0 + y1) / 2 / height, (x1 - x0) / width, (y1 - y0) / height]
+            )
             labels[0, j] = int(b.positive)
         return coords.to(self.device, self.dtype), labels.to(self.device)
 
-    def _postprocess(self, heads: _Heads, prompt: str, width: int, height: int,
-                     options: SegmentOptions) -> list[Instance]:
+    def _postprocess(
+        self, heads: _Heads, prompt: str, width: int, height: int, options: SegmentOptions
+    ) -> list[Instance]:
         """Threshold, NMS, cap, upsample and binarise the masks of one image–prompt pair."""
         scores = heads.scores.float()
         keep = torch.nonzero(scores > options.threshold).flatten()
@@ -354,8 +397,10 @@ class Sam3Engine:
             self._binarise(heads.mask_logits[keep[i : i + _UPSAMPLE_BATCH]], mask_cut, masks[i : i + _UPSAMPLE_BATCH])
         masks_np = masks.cpu().numpy()
         kept_scores = scores[keep].cpu().tolist()
-        return [Instance(prompt=prompt, score=min(max(s, 0.0), 1.0), box=(b[0], b[1], b[2], b[3]), mask=m)
-                for s, b, m in zip(kept_scores, boxes, masks_np, strict=True)]
+        return [
+            Instance(prompt=prompt, score=min(max(s, 0.0), 1.0), box=(b[0], b[1], b[2], b[3]), mask=m)
+            for s, b, m in zip(kept_scores, boxes, masks_np, strict=True)
+        ]
 
     def _binarise(self, logits: torch.Tensor, cut: float, out: torch.Tensor) -> None:
         """(K, h, w) logits → ``out`` (K, H, W) bool, on the device: upsample, then threshold."""
@@ -364,8 +409,9 @@ class Sam3Engine:
             up = F.interpolate(logits[None].float(), size=(height, width), mode="bilinear", align_corners=False)
             torch.gt(up[0], cut, out=out)
         else:  # transformers' order: probabilities upsampled (kept to show why it is not used)
-            up = F.interpolate(logits[None].float().sigmoid(), size=(height, width), mode="bilinear",
-                               align_corners=False)
+            up = F.interpolate(
+                logits[None].float().sigmoid(), size=(height, width), mode="bilinear", align_corners=False
+            )
             torch.gt(up[0], 1.0 / (1.0 + math.exp(-cut)), out=out)
 
 

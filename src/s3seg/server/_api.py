@@ -34,8 +34,15 @@ from s3seg.store import Status, Store, Task
 from s3seg.types import Box
 
 _IMAGE_ID = re.compile(r"^[0-9a-f]{32}\.(jpg|png|webp|bmp|tif|gif)$")
-_EXTENSIONS = {"JPEG": ".jpg", "MPO": ".jpg", "PNG": ".png", "WEBP": ".webp", "BMP": ".bmp", "TIFF": ".tif",
-               "GIF": ".gif"}
+_EXTENSIONS = {
+    "JPEG": ".jpg",
+    "MPO": ".jpg",
+    "PNG": ".png",
+    "WEBP": ".webp",
+    "BMP": ".bmp",
+    "TIFF": ".tif",
+    "GIF": ".gif",
+}
 _FILES = {"source": "source_image_url", "mask": "mask_image_url", "overlay": "overlay_image_url"}
 _MAX_WAIT_S = 60.0
 _POLL_S = 1.0  # how often a long-poll re-reads the store (tasks run by another process)
@@ -55,7 +62,7 @@ class SegmentIn(BaseModel):
 
     image_id: str | None = Field(default=None, description="from POST /api/v1/upload")
     image_url: str | None = Field(default=None, description="http(s) URL of an image (public hosts)")
-    text_prompt: str | None = Field(default=None, description="one noun phrase, e.g. \"dog\"")
+    text_prompt: str | None = Field(default=None, description='one noun phrase, e.g. "dog"')
     text_prompts: list[str] = Field(default_factory=list, description="several noun phrases")
     boxes: list[BoxIn] = Field(default_factory=list, description="exemplar boxes, applied to every prompt")
     project: str | None = Field(default=None, max_length=200, description="project name (created if new)")
@@ -90,12 +97,18 @@ def public_router(api: Callable[[], PublicAPI]) -> APIRouter:
         parts = api()
         if parts.verifier is None:  # local mode: the API key (if any) stands for the local user
             parts.check_key(request.headers.get("x-api-key"))
-            return User(id=parts.store.user_id or parts.settings.user_id or "local", tier="enterprise",
-                        email=None, role="service")
+            return User(
+                id=parts.store.user_id or parts.settings.user_id or "local",
+                tier="enterprise",
+                email=None,
+                role="service",
+            )
         token = bearer_token(request.headers.get("authorization"))
         if token is None:
-            raise AuthError("sign in first: send Authorization: Bearer <access token>",
-                            hint="s3seg login, then use the CLI or SDK; or pass a Supabase access token")
+            raise AuthError(
+                "sign in first: send Authorization: Bearer <access token>",
+                hint="s3seg login, then use the CLI or SDK; or pass a Supabase access token",
+            )
         return parts.verifier.verify(token)
 
     @router.get("/me")
@@ -103,8 +116,15 @@ def public_router(api: Callable[[], PublicAPI]) -> APIRouter:
         """The signed-in user: id, tier, credits left and the rate limit."""
         parts = api()
         account = parts.store.for_user(user.id).account()
-        return _ok({"user_id": user.id, "email": user.email, "tier": user.tier, "credits": account.credits,
-                    "rate_limit_per_minute": parts.limiter.limit(user.tier)})
+        return _ok(
+            {
+                "user_id": user.id,
+                "email": user.email,
+                "tier": user.tier,
+                "credits": account.credits,
+                "rate_limit_per_minute": parts.limiter.limit(user.tier),
+            }
+        )
 
     @router.post("/upload", status_code=201)
     async def upload(request: Request, user: User = Depends(current_user)) -> JSONResponse:
@@ -119,39 +139,60 @@ def public_router(api: Callable[[], PublicAPI]) -> APIRouter:
             data = await file.read(limit + 1)
             name = file.filename or "upload"
         if len(data) > limit:
-            raise FileTooLarge(f"{name} is larger than {parts.settings.max_upload_mb:g} MB",
-                               hint="resize or recompress the image")
+            raise FileTooLarge(
+                f"{name} is larger than {parts.settings.max_upload_mb:g} MB", hint="resize or recompress the image"
+            )
         image = await run_in_threadpool(load_image, data, max_pixels=parts.settings.max_pixels, name=name)
         image_id = uuid.uuid4().hex + _extension(data)
         key = _upload_key(user.id, image_id)
         await run_in_threadpool(parts.storage.put, key, data, guess_content_type(image_id))
         height, width = image.array.shape[:2]
-        return JSONResponse(_ok({
-            "image_id": image_id, "image_url": parts.storage.url(key, parts.settings.url_expires_s),
-            "expires_in": parts.settings.url_expires_s, "width": width, "height": height, "bytes": len(data),
-            "content_type": guess_content_type(image_id), "file_name": name,
-        }), status_code=201)
+        return JSONResponse(
+            _ok(
+                {
+                    "image_id": image_id,
+                    "image_url": parts.storage.url(key, parts.settings.url_expires_s),
+                    "expires_in": parts.settings.url_expires_s,
+                    "width": width,
+                    "height": height,
+                    "bytes": len(data),
+                    "content_type": guess_content_type(image_id),
+                    "file_name": name,
+                }
+            ),
+            status_code=201,
+        )
 
     @router.post("/segment", status_code=202)
     async def segment(body: SegmentIn, user: User = Depends(current_user)) -> JSONResponse:
         """Start segmenting an image; answers the task at once (``pending``). Wait with GET /tasks/{id}?wait=30."""
         parts = api()
         prompts, boxes, metadata = _task_input(body, user, parts.settings)
-        if body.image_id is not None and not await run_in_threadpool(parts.storage.exists,
-                                                                     metadata["image_key"]):
+        if body.image_id is not None and not await run_in_threadpool(parts.storage.exists, metadata["image_key"]):
             raise TaskNotFound(f"no uploaded image {body.image_id}", hint="upload it first: POST /api/v1/upload")
         parts.limiter.hit(user.id, user.tier)
         store = parts.store.for_user(user.id)
-        task = await run_in_threadpool(lambda: store.create_task(
-            prompts, project=body.project, project_id=body.project_id, metadata={**metadata, "boxes": boxes},
-            cost=parts.settings.segment_cost, queue=True))
+        task = await run_in_threadpool(
+            lambda: store.create_task(
+                prompts,
+                project=body.project,
+                project_id=body.project_id,
+                metadata={**metadata, "boxes": boxes},
+                cost=parts.settings.segment_cost,
+                queue=True,
+            )
+        )
         parts.runner.submit(task)
         return JSONResponse(_ok(parts.out(task)), status_code=202)
 
     @router.get("/tasks/{task_id}")
-    async def task(task_id: str, wait: float = Query(0, ge=0, le=_MAX_WAIT_S, description="long-poll: wait up to "
-                                                     "this many seconds for the task to finish"),
-                   user: User = Depends(current_user)) -> dict[str, Any]:
+    async def task(
+        task_id: str,
+        wait: float = Query(
+            0, ge=0, le=_MAX_WAIT_S, description="long-poll: wait up to this many seconds for the task to finish"
+        ),
+        user: User = Depends(current_user),
+    ) -> dict[str, Any]:
         """A task's status; with ``wait`` the answer comes when the task ends (or the wait is over)."""
         parts = api()
         store = parts.store.for_user(user.id)
@@ -163,16 +204,26 @@ def public_router(api: Callable[[], PublicAPI]) -> APIRouter:
         return _ok(parts.out(found))
 
     @router.get("/results")
-    async def results(limit: int = Query(20, ge=1, le=100), offset: int = Query(0, ge=0),
-                      status: Literal["pending", "processing", "done", "error"] | None = None,
-                      project: str | None = None, user: User = Depends(current_user)) -> dict[str, Any]:
+    async def results(
+        limit: int = Query(20, ge=1, le=100),
+        offset: int = Query(0, ge=0),
+        status: Literal["pending", "processing", "done", "error"] | None = None,
+        project: str | None = None,
+        user: User = Depends(current_user),
+    ) -> dict[str, Any]:
         """The user's results, newest first (``limit``/``offset`` pages; filter by ``status`` and ``project``)."""
         parts = api()
         store = parts.store.for_user(user.id)
         wanted: Status | None = status
         rows = await run_in_threadpool(lambda: store.list(project=project, status=wanted, limit=limit, offset=offset))
-        return _ok({"items": [parts.out(t) for t in rows], "limit": limit, "offset": offset,
-                    "next_offset": offset + limit if len(rows) == limit else None})
+        return _ok(
+            {
+                "items": [parts.out(t) for t in rows],
+                "limit": limit,
+                "offset": offset,
+                "next_offset": offset + limit if len(rows) == limit else None,
+            }
+        )
 
     @router.get("/results/{task_id}")
     async def result(task_id: str, user: User = Depends(current_user)) -> dict[str, Any]:
@@ -181,17 +232,23 @@ def public_router(api: Callable[[], PublicAPI]) -> APIRouter:
         found = await run_in_threadpool(parts.store.for_user(user.id).get, task_id)
         return _ok(parts.out(found))
 
-    @router.get("/results/{task_id}/files/{name}", response_class=Response,
-                responses={200: {"content": {"image/png": {}, "image/jpeg": {}, "application/json": {}}}})
-    async def result_file(task_id: str, name: Literal["source", "mask", "overlay", "result"],
-                          user: User = Depends(current_user)) -> Response:
+    @router.get(
+        "/results/{task_id}/files/{name}",
+        response_class=Response,
+        responses={200: {"content": {"image/png": {}, "image/jpeg": {}, "application/json": {}}}},
+    )
+    async def result_file(
+        task_id: str, name: Literal["source", "mask", "overlay", "result"], user: User = Depends(current_user)
+    ) -> Response:
         """Download one of a result's files through the API (works with every storage backend)."""
         parts = api()
         found = await run_in_threadpool(parts.store.for_user(user.id).get, task_id)
         key = _keys(found).get(name)
         if key is None:
-            raise TaskNotFound(f"task {task_id} has no {name} file (status {found.status})",
-                               hint="wait for it: GET /api/v1/tasks/{id}?wait=30")
+            raise TaskNotFound(
+                f"task {task_id} has no {name} file (status {found.status})",
+                hint="wait for it: GET /api/v1/tasks/{id}?wait=30",
+            )
         data = await run_in_threadpool(parts.storage.get, key)
         return Response(data, media_type=guess_content_type(key))
 
@@ -220,14 +277,15 @@ def _extension(data: bytes) -> str:
     return _EXTENSIONS[fmt]
 
 
-def _task_input(body: SegmentIn, user: User, settings: Settings) -> tuple[list[str], list[dict[str, Any]],
-                                                                            dict[str, Any]]:
+def _task_input(
+    body: SegmentIn, user: User, settings: Settings
+) -> tuple[list[str], list[dict[str, Any]], dict[str, Any]]:
     """Validated prompts, boxes and the task metadata (where the image is, the options)."""
     if (body.image_id is None) == (body.image_url is None):
         raise UsageError("give exactly one of image_id (from /api/v1/upload) and image_url")
     prompts = [p.strip() for p in ([body.text_prompt] if body.text_prompt else []) + body.text_prompts]
     if any(not p for p in prompts) or (not prompts and not body.boxes):
-        raise UsageError("give a text_prompt (a noun phrase such as \"dog\") or exemplar boxes")
+        raise UsageError('give a text_prompt (a noun phrase such as "dog") or exemplar boxes')
     if len(prompts) > settings.max_prompts:
         raise UsageError(f"{len(prompts)} prompts; at most {settings.max_prompts} per task")
     if any(len(p) > settings.max_prompt_chars for p in prompts):

@@ -115,11 +115,21 @@ def _body_doc(json_model: type[BaseModel], file_field: str, many: bool) -> dict[
     file_schema: dict[str, Any] = {"type": "string", "format": "binary"}
     if many:
         file_schema = {"type": "array", "items": file_schema}
-    return {"requestBody": {"required": True, "content": {
-        "multipart/form-data": {"schema": {"type": "object", "required": [file_field],
-                                           "properties": {file_field: file_schema, **_MULTIPART_FIELDS}}},
-        "application/json": {"schema": json_model.model_json_schema()},
-    }}}
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "multipart/form-data": {
+                    "schema": {
+                        "type": "object",
+                        "required": [file_field],
+                        "properties": {file_field: file_schema, **_MULTIPART_FIELDS},
+                    }
+                },
+                "application/json": {"schema": json_model.model_json_schema()},
+            },
+        }
+    }
 
 
 # ------------------------------------------------------------------------------------------- errors
@@ -148,8 +158,9 @@ class Unauthorized(AuthError):
     """A missing or wrong API key."""
 
 
-def _error(status: int, code: str, message: str, hint: str | None = None,
-           headers: dict[str, str] | None = None) -> JSONResponse:
+def _error(
+    status: int, code: str, message: str, hint: str | None = None, headers: dict[str, str] | None = None
+) -> JSONResponse:
     body = {"ok": False, "error": {"code": code, "message": message, **({"hint": hint} if hint else {})}}
     return JSONResponse(body, status_code=status, headers=headers)
 
@@ -196,8 +207,12 @@ class _BodyLimit:
         self.app = app
         self.max_bytes = max_bytes
 
-    async def __call__(self, scope: MutableMapping[str, Any], receive: Callable[[], Awaitable[dict[str, Any]]],
-                       send: Callable[[MutableMapping[str, Any]], Awaitable[None]]) -> None:
+    async def __call__(
+        self,
+        scope: MutableMapping[str, Any],
+        receive: Callable[[], Awaitable[dict[str, Any]]],
+        send: Callable[[MutableMapping[str, Any]], Awaitable[None]],
+    ) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
@@ -223,9 +238,15 @@ class _BodyLimit:
 
 
 # ---------------------------------------------------------------------------------------------- app
-def create_app(engine: Sam3Engine | None, settings: Settings | None = None, *, storage: Storage | None = None,
-               store: Store | None = None, verifier: TokenVerifier | None = None,
-               workers: WorkerPool | None = None) -> FastAPI:
+def create_app(
+    engine: Sam3Engine | None,
+    settings: Settings | None = None,
+    *,
+    storage: Storage | None = None,
+    store: Store | None = None,
+    verifier: TokenVerifier | None = None,
+    workers: WorkerPool | None = None,
+) -> FastAPI:
     """The server: inference routes around an already loaded ``engine`` (none in gateway mode, where
     ``workers`` run the model), and the public API for users. Storage, store and token verifier come
     from the settings unless given."""
@@ -245,19 +266,31 @@ def create_app(engine: Sam3Engine | None, settings: Settings | None = None, *, s
         parts_storage = storage if storage is not None else await run_in_threadpool(storage_from_settings, settings)
         parts_store = store if store is not None else await run_in_threadpool(store_from_settings, settings)
         if engine is not None:
-            state["batcher"] = Batcher(engine, max_batch=settings.max_batch, max_queue=settings.max_queue,
-                                       wait_s=settings.batch_wait_ms / 1000)
-        runner = TaskRunner(parts_store, parts_storage, workers or _in_process(state["batcher"]),
-                            _task_limits(settings), workers=settings.task_workers)
-        state["api"] = PublicAPI(settings, parts_store, parts_storage, runner, verifier,
-                                 RateLimiter(settings.rate_limits), check_key)
+            state["batcher"] = Batcher(
+                engine, max_batch=settings.max_batch, max_queue=settings.max_queue, wait_s=settings.batch_wait_ms / 1000
+            )
+        runner = TaskRunner(
+            parts_store,
+            parts_storage,
+            workers or _in_process(state["batcher"]),
+            _task_limits(settings),
+            workers=settings.task_workers,
+        )
+        state["api"] = PublicAPI(
+            settings, parts_store, parts_storage, runner, verifier, RateLimiter(settings.rate_limits), check_key
+        )
         await runner.start()
         logging.getLogger("uvicorn.error").info(
             "s3seg: %s; users: %s; results: %s; files: %s",
             f"gateway to {len(workers.urls)} GPU worker(s)" if workers is not None else f"model on {engine_device}",
-            "Supabase access tokens" if verifier is not None
-            else "the API key (local mode)" if settings.api_key else "anyone (local mode, no API key)",
-            parts_store.name, parts_storage.name)
+            "Supabase access tokens"
+            if verifier is not None
+            else "the API key (local mode)"
+            if settings.api_key
+            else "anyone (local mode, no API key)",
+            parts_store.name,
+            parts_storage.name,
+        )
         try:
             yield
         finally:
@@ -267,11 +300,15 @@ def create_app(engine: Sam3Engine | None, settings: Settings | None = None, *, s
             if verifier is not None:
                 verifier.close()
 
-    app = FastAPI(title="s3seg", version=_version(), lifespan=lifespan,
-                  description="SAM3 text-prompted segmentation. Inference routes need `X-API-Key` when the server "
-                              "has a key; the public API needs `Authorization: Bearer <Supabase access token>` "
-                              "(or the API key in local mode).",
-                  responses={401: {"model": Envelope}, 422: {"model": Envelope}, 503: {"model": Envelope}})
+    app = FastAPI(
+        title="s3seg",
+        version=_version(),
+        lifespan=lifespan,
+        description="SAM3 text-prompted segmentation. Inference routes need `X-API-Key` when the server "
+        "has a key; the public API needs `Authorization: Bearer <Supabase access token>` "
+        "(or the API key in local mode).",
+        responses={401: {"model": Envelope}, 422: {"model": Envelope}, 503: {"model": Envelope}},
+    )
     app.add_exception_handler(S3SegError, _s3seg_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(ValidationError, _validation_error)
@@ -279,9 +316,14 @@ def create_app(engine: Sam3Engine | None, settings: Settings | None = None, *, s
     app.add_exception_handler(Exception, _unexpected)
     app.add_middleware(_BodyLimit, max_bytes=max_bytes)
     if settings.cors_origins:
-        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
-                           allow_headers=["Authorization", "Content-Type", API_KEY_HEADER],
-                           expose_headers=["Retry-After"], max_age=600)
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type", API_KEY_HEADER],
+            expose_headers=["Retry-After"],
+            max_age=600,
+        )
 
     key = settings.api_key.get_secret_value().encode() if settings.api_key else None
 
@@ -290,8 +332,10 @@ def create_app(engine: Sam3Engine | None, settings: Settings | None = None, *, s
             return
         given = (given_key or "").encode()
         if not hmac.compare_digest(given, key):
-            raise Unauthorized("missing or wrong API key" if given else "this server needs an API key",
-                               hint=f"send the {API_KEY_HEADER} header (s3seg: --api-key or S3SEG_API_KEY)")
+            raise Unauthorized(
+                "missing or wrong API key" if given else "this server needs an API key",
+                hint=f"send the {API_KEY_HEADER} header (s3seg: --api-key or S3SEG_API_KEY)",
+            )
 
     def require_key(given_key: str | None = Security(_API_KEY)) -> None:
         check_key(given_key)
@@ -300,14 +344,18 @@ def create_app(engine: Sam3Engine | None, settings: Settings | None = None, *, s
     def health() -> dict[str, Any]:
         """Liveness, the device, GPU memory and queue statistics (or the GPU workers). Needs no key."""
         batcher = state.get("batcher")
-        return {"ok": True, "data": {
-            "status": "ok", "model_loaded": engine is not None,
-            "device": str(engine.device) if engine is not None else None,
-            "gpu_memory": _gpu_memory(engine) if engine is not None else None,
-            "queue": vars(batcher.stats) if batcher else None,
-            "workers": len(workers.urls) if workers is not None else None,
-            "auth": "supabase" if verifier is not None else "api-key",
-        }}
+        return {
+            "ok": True,
+            "data": {
+                "status": "ok",
+                "model_loaded": engine is not None,
+                "device": str(engine.device) if engine is not None else None,
+                "gpu_memory": _gpu_memory(engine) if engine is not None else None,
+                "queue": vars(batcher.stats) if batcher else None,
+                "workers": len(workers.urls) if workers is not None else None,
+                "auth": "supabase" if verifier is not None else "api-key",
+            },
+        }
 
     app.include_router(public_router(lambda: state["api"]))
     if engine is not None:
@@ -315,8 +363,9 @@ def create_app(engine: Sam3Engine | None, settings: Settings | None = None, *, s
     return app
 
 
-def _inference_router(engine: Sam3Engine, settings: Settings, state: dict[str, Any],
-                      require_key: Callable[..., None]) -> APIRouter:
+def _inference_router(
+    engine: Sam3Engine, settings: Settings, state: dict[str, Any], require_key: Callable[..., None]
+) -> APIRouter:
     """The GPU backend's routes (X-API-Key): /model/info, /predict, /predict/batch."""
     max_bytes = int(settings.max_body_mb * 1024 * 1024)
     api = APIRouter(prefix="/api/v1", dependencies=[Depends(require_key)])
@@ -325,11 +374,20 @@ def _inference_router(engine: Sam3Engine, settings: Settings, state: dict[str, A
     def model_info() -> dict[str, Any]:
         """The model, its device and dtype, and this server's request limits."""
         info = engine.info
-        return {"ok": True, "data": {**vars(info), "limits": {
-            "max_body_bytes": max_bytes, "max_prompts": settings.max_prompts,
-            "max_prompt_chars": settings.max_prompt_chars, "max_boxes": settings.max_boxes,
-            "max_images": settings.max_images, "max_pixels": settings.max_pixels,
-        }}}
+        return {
+            "ok": True,
+            "data": {
+                **vars(info),
+                "limits": {
+                    "max_body_bytes": max_bytes,
+                    "max_prompts": settings.max_prompts,
+                    "max_prompt_chars": settings.max_prompt_chars,
+                    "max_boxes": settings.max_boxes,
+                    "max_images": settings.max_images,
+                    "max_pixels": settings.max_pixels,
+                },
+            },
+        }
 
     async def segment(items: list[tuple[PredictIn, bytes]]) -> dict[str, Any]:
         requests = [await _engine_request(item, data, settings) for item, data in items]
@@ -344,8 +402,9 @@ def _inference_router(engine: Sam3Engine, settings: Settings, state: dict[str, A
         [item] = await _read_items(request, settings, batch=False)
         return await segment([item])
 
-    @api.post("/predict/batch", response_model=Envelope, tags=["model"],
-              openapi_extra=_body_doc(BatchIn, "images", True))
+    @api.post(
+        "/predict/batch", response_model=Envelope, tags=["model"], openapi_extra=_body_doc(BatchIn, "images", True)
+    )
     async def predict_batch(request: Request) -> dict[str, Any]:
         """Segment several images in one call (multipart ``images`` files sharing the fields, or JSON items)."""
         return await segment(await _read_items(request, settings, batch=True))
@@ -354,8 +413,9 @@ def _inference_router(engine: Sam3Engine, settings: Settings, state: dict[str, A
 
 
 def _in_process(batcher: Batcher) -> Infer:
-    async def infer(image: LoadedImage, prompts: tuple[str, ...], boxes: tuple[Box, ...],
-                    options: SegmentOptions) -> SegmentationResult:
+    async def infer(
+        image: LoadedImage, prompts: tuple[str, ...], boxes: tuple[Box, ...], options: SegmentOptions
+    ) -> SegmentationResult:
         [result] = await batcher.run([EngineRequest(image.array, prompts, boxes, image.name, options)])
         return result
 
@@ -363,9 +423,14 @@ def _in_process(batcher: Batcher) -> Infer:
 
 
 def _task_limits(settings: Settings) -> TaskLimits:
-    return TaskLimits(timeout_s=settings.task_timeout_s, attempts=settings.task_attempts,
-                      max_pixels=settings.max_pixels, max_fetch_bytes=int(settings.max_upload_mb * 1024 * 1024),
-                      url_timeout_s=settings.url_timeout_s, allow_private_urls=settings.allow_private_urls)
+    return TaskLimits(
+        timeout_s=settings.task_timeout_s,
+        attempts=settings.task_attempts,
+        max_pixels=settings.max_pixels,
+        max_fetch_bytes=int(settings.max_upload_mb * 1024 * 1024),
+        url_timeout_s=settings.url_timeout_s,
+        allow_private_urls=settings.allow_private_urls,
+    )
 
 
 # ------------------------------------------------------------------------------------------ helpers
@@ -389,8 +454,7 @@ async def _read_items(request: Request, settings: Settings, *, batch: bool) -> l
             _check_count(len(files), settings)
             fields = _form_fields(form)
             return [(PredictIn.model_validate({**fields, "name": f.filename}), await f.read()) for f in files]
-    raise UsageError("send multipart/form-data or application/json",
-                     hint="curl -F image=@photo.jpg -F prompts=dog …")
+    raise UsageError("send multipart/form-data or application/json", hint="curl -F image=@photo.jpg -F prompts=dog …")
 
 
 def _check_count(n: int, settings: Settings) -> None:
@@ -404,8 +468,10 @@ def _check_count(n: int, settings: Settings) -> None:
 def _form_fields(form: Any) -> dict[str, Any]:
     fields: dict[str, Any] = {"prompts": [p for p in form.getlist("prompts") if isinstance(p, str)]}
     try:
-        fields["boxes"] = [{"box": b.xyxy, "positive": b.positive}
-                           for b in (box_from_string(v) for v in form.getlist("boxes") if isinstance(v, str))]
+        fields["boxes"] = [
+            {"box": b.xyxy, "positive": b.positive}
+            for b in (box_from_string(v) for v in form.getlist("boxes") if isinstance(v, str))
+        ]
     except ValueError as e:
         raise UsageError(str(e)) from e
     for name in ("threshold", "mask_threshold", "max_instances", "nms_iou", "mask_format"):
@@ -419,8 +485,13 @@ async def _image_bytes(item: PredictIn, settings: Settings) -> bytes:
     if (item.image is None) == (item.image_url is None):
         raise UsageError("give exactly one of `image` (base64) and `image_url`")
     if item.image_url is not None:
-        return await run_in_threadpool(fetch, item.image_url, max_bytes=int(settings.max_body_mb * 1024 * 1024),
-                                       timeout_s=settings.url_timeout_s, allow_private=settings.allow_private_urls)
+        return await run_in_threadpool(
+            fetch,
+            item.image_url,
+            max_bytes=int(settings.max_body_mb * 1024 * 1024),
+            timeout_s=settings.url_timeout_s,
+            allow_private=settings.allow_private_urls,
+        )
     try:
         return base64.b64decode(item.image or "", validate=True)
     except (binascii.Error, ValueError) as e:
@@ -469,9 +540,12 @@ def _gpu_memory(engine: Sam3Engine) -> dict[str, float] | None:
         return None
     mb = 1024 * 1024
     free, total = torch.cuda.mem_get_info(engine.device)
-    return {"allocated_mb": torch.cuda.memory_allocated(engine.device) / mb,
-            "reserved_mb": torch.cuda.memory_reserved(engine.device) / mb,
-            "free_mb": free / mb, "total_mb": total / mb}
+    return {
+        "allocated_mb": torch.cuda.memory_allocated(engine.device) / mb,
+        "reserved_mb": torch.cuda.memory_reserved(engine.device) / mb,
+        "free_mb": free / mb,
+        "total_mb": total / mb,
+    }
 
 
 def _version() -> str:

@@ -71,15 +71,29 @@ def bearer_token(header_value: str | None) -> str | None:
 class TokenVerifier:
     """Verifies access tokens against an HS256 secret and/or the keys of a JWKS URL. Thread-safe."""
 
-    def __init__(self, *, jwks_url: str | None = None, secret: str | None = None, issuer: str | None,
-                 audience: str | None = "authenticated", leeway_s: float = 30, cache_s: float = 600,
-                 timeout_s: float = 5, min_refetch_s: float = 30, http: httpx.Client | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        jwks_url: str | None = None,
+        secret: str | None = None,
+        issuer: str | None,
+        audience: str | None = "authenticated",
+        leeway_s: float = 30,
+        cache_s: float = 600,
+        timeout_s: float = 5,
+        min_refetch_s: float = 30,
+        http: httpx.Client | None = None,
+    ) -> None:
         if not jwks_url and not secret:
-            raise UsageError("token verification needs a JWKS URL or a JWT secret",
-                             hint="set S3SEG_SUPABASE_URL, S3SEG_JWKS_URL or S3SEG_SUPABASE_JWT_SECRET")
+            raise UsageError(
+                "token verification needs a JWKS URL or a JWT secret",
+                hint="set S3SEG_SUPABASE_URL, S3SEG_JWKS_URL or S3SEG_SUPABASE_JWT_SECRET",
+            )
         if secret and len(secret.encode()) < 32:
-            raise UsageError("the JWT secret is too short (fewer than 32 bytes)",
-                             hint="use the project's JWT secret from the Supabase dashboard")
+            raise UsageError(
+                "the JWT secret is too short (fewer than 32 bytes)",
+                hint="use the project's JWT secret from the Supabase dashboard",
+            )
         self.jwks_url, self.secret, self.issuer, self.audience = jwks_url or None, secret or None, issuer, audience
         self.leeway_s, self.cache_s, self.timeout_s, self.min_refetch_s = leeway_s, cache_s, timeout_s, min_refetch_s
         self._own_http = http is None
@@ -98,8 +112,9 @@ class TokenVerifier:
         jwks_url = settings.jwks_url or (f"{base}/.well-known/jwks.json" if base else None)
         if not secret and not jwks_url:
             return None
-        return cls(jwks_url=jwks_url, secret=secret, issuer=settings.jwt_issuer or base,
-                   audience=settings.jwt_audience or None)
+        return cls(
+            jwks_url=jwks_url, secret=secret, issuer=settings.jwt_issuer or base, audience=settings.jwt_audience or None
+        )
 
     def verify(self, token: str) -> User:
         """The user a valid token belongs to; AuthError for any token that is not valid."""
@@ -121,9 +136,18 @@ class TokenVerifier:
             raise AuthError(f"token algorithm {str(alg)[:20]!r} is not accepted", hint=_HINT)
         try:
             claims: dict[str, Any] = jwt.decode(
-                token, key, algorithms=[alg], audience=self.audience, issuer=self.issuer, leeway=self.leeway_s,
-                options={"require": ["exp", "sub"], "verify_aud": self.audience is not None,
-                         "enforce_minimum_key_length": True})
+                token,
+                key,
+                algorithms=[alg],
+                audience=self.audience,
+                issuer=self.issuer,
+                leeway=self.leeway_s,
+                options={
+                    "require": ["exp", "sub"],
+                    "verify_aud": self.audience is not None,
+                    "enforce_minimum_key_length": True,
+                },
+            )
         except jwt.MissingRequiredClaimError as e:
             raise AuthError(f"token has no {e.claim!r} claim", hint=_HINT) from None
         except jwt.PyJWTError as e:
@@ -137,9 +161,12 @@ class TokenVerifier:
         app_metadata = claims.get("app_metadata")
         tier = app_metadata.get("tier") if isinstance(app_metadata, dict) else None
         email, role = claims.get("email"), claims.get("role")
-        return User(id=sub, tier=tier if tier in TIERS else "free",
-                    email=email if isinstance(email, str) and email else None,
-                    role=role if isinstance(role, str) else "")
+        return User(
+            id=sub,
+            tier=tier if tier in TIERS else "free",
+            email=email if isinstance(email, str) and email else None,
+            role=role if isinstance(role, str) else "",
+        )
 
     def close(self) -> None:
         if self._own_http:
@@ -159,8 +186,12 @@ class TokenVerifier:
                     self._missed_at = now  # a new key (rotation), or a forged kid: one refetch, then wait
                     self._refresh(now)
             if self._fetched_at is None:
-                raise ServerError("the token signing keys cannot be fetched", hint="try again later",
-                                  status=503, code="AUTH_UNAVAILABLE")
+                raise ServerError(
+                    "the token signing keys cannot be fetched",
+                    hint="try again later",
+                    status=503,
+                    code="AUTH_UNAVAILABLE",
+                )
             key = self._keys.get(kid)
         if key is None:
             raise AuthError("unknown signing key", hint=_HINT)

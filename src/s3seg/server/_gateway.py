@@ -32,12 +32,14 @@ class WorkerPool:
         for backend in self._backends:
             backend.close()
 
-    async def __call__(self, image: LoadedImage, prompts: tuple[str, ...], boxes: tuple[Box, ...],
-                       options: SegmentOptions) -> SegmentationResult:
+    async def __call__(
+        self, image: LoadedImage, prompts: tuple[str, ...], boxes: tuple[Box, ...], options: SegmentOptions
+    ) -> SegmentationResult:
         return await run_in_threadpool(self.segment, image, prompts, boxes, options)
 
-    def segment(self, image: LoadedImage, prompts: tuple[str, ...], boxes: tuple[Box, ...],
-                options: SegmentOptions) -> SegmentationResult:
+    def segment(
+        self, image: LoadedImage, prompts: tuple[str, ...], boxes: tuple[Box, ...], options: SegmentOptions
+    ) -> SegmentationResult:
         failures: list[str] = []
         for i in self._order():
             with self._lock:
@@ -52,9 +54,12 @@ class WorkerPool:
             finally:
                 with self._lock:
                     self._in_flight[i] -= 1
-        raise ServerError(f"no GPU worker could run the task ({'; '.join(failures)})",
-                          hint="check that the workers in S3SEG_WORKERS run `s3seg serve` and accept the key",
-                          status=503, code="WORKERS_UNAVAILABLE")
+        raise ServerError(
+            f"no GPU worker could run the task ({'; '.join(failures)})",
+            hint="check that the workers in S3SEG_WORKERS run `s3seg serve` and accept the key",
+            status=503,
+            code="WORKERS_UNAVAILABLE",
+        )
 
     def _order(self) -> list[int]:
         turn = next(self._turn)

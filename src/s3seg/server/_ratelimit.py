@@ -24,8 +24,9 @@ class RateLimited(S3SegError):
 class RateLimiter:
     """``limits`` maps a tier to requests per ``window_s``; tiers not listed use the ``free`` limit."""
 
-    def __init__(self, limits: dict[str, int], window_s: float = 60.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, limits: dict[str, int], window_s: float = 60.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.limits = dict(limits)
         self.window_s = window_s
         self._clock = clock
@@ -45,8 +46,9 @@ class RateLimiter:
                 seen.popleft()
             if len(seen) >= limit:
                 wait = max(1, math.ceil(seen[0] + self.window_s - now))
-                raise RateLimited(f"rate limit reached: {limit} requests per minute for the {tier} tier",
-                                  f"retry in {wait} s", wait)
+                raise RateLimited(
+                    f"rate limit reached: {limit} requests per minute for the {tier} tier", f"retry in {wait} s", wait
+                )
             seen.append(now)
             if len(self._seen) > 10_000:  # forget idle users so the table cannot grow without bound
                 for user in [u for u, q in self._seen.items() if not q or q[-1] <= now - self.window_s]:

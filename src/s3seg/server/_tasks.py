@@ -47,8 +47,16 @@ class TaskLimits:
 
 
 class TaskRunner:
-    def __init__(self, store: Store, storage: Storage, infer: Infer, limits: TaskLimits, *, workers: int = 2,
-                 sweep_s: float | None = None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        storage: Storage,
+        infer: Infer,
+        limits: TaskLimits,
+        *,
+        workers: int = 2,
+        sweep_s: float | None = None,
+    ) -> None:
         self.store = store
         self.storage = storage
         self.infer = infer
@@ -89,8 +97,9 @@ class TaskRunner:
 
     async def sweep(self) -> None:
         """Requeue tasks whose worker died, and queue every pending task this process does not know yet."""
-        requeued = await run_in_threadpool(self.store.requeue_stale, older_than_s=self.limits.timeout_s,
-                                           max_attempts=self.limits.attempts)
+        requeued = await run_in_threadpool(
+            self.store.requeue_stale, older_than_s=self.limits.timeout_s, max_attempts=self.limits.attempts
+        )
         for task in requeued:
             log.warning("task %s: its worker stopped responding; running it again", task.id)
         for task in await run_in_threadpool(self.store.runnable, 200):
@@ -139,8 +148,9 @@ class TaskRunner:
             await self._fail(recorder, task, f"unexpected {type(e).__name__}")
             raise
 
-    async def _infer(self, image: LoadedImage, prompts: tuple[str, ...], boxes: tuple[Box, ...],
-                     options: SegmentOptions) -> SegmentationResult:
+    async def _infer(
+        self, image: LoadedImage, prompts: tuple[str, ...], boxes: tuple[Box, ...], options: SegmentOptions
+    ) -> SegmentationResult:
         for _ in range(_BUSY_RETRIES):  # queue full with direct /predict traffic: wait, a task is not in a hurry
             try:
                 return await self.infer(image, prompts, boxes, options)
@@ -157,8 +167,12 @@ class TaskRunner:
         if meta.get("image_key"):
             data = self.storage.get(str(meta["image_key"]))
         else:
-            data = fetch(str(meta["image_url"]), max_bytes=self.limits.max_fetch_bytes,
-                         timeout_s=self.limits.url_timeout_s, allow_private=self.limits.allow_private_urls)
+            data = fetch(
+                str(meta["image_url"]),
+                max_bytes=self.limits.max_fetch_bytes,
+                timeout_s=self.limits.url_timeout_s,
+                allow_private=self.limits.allow_private_urls,
+            )
         return load_image(data, max_pixels=self.limits.max_pixels, name=str(meta.get("image") or "image"))
 
 

@@ -37,8 +37,9 @@ class Storage(Protocol):
         validated key, which ``get``/``url``/``delete`` accept as is."""
         ...
 
-    def put_file(self, key: str, path: Path, content_type: str | None = None,
-                 progress: Callable[[int], None] | None = None) -> str:
+    def put_file(
+        self, key: str, path: Path, content_type: str | None = None, progress: Callable[[int], None] | None = None
+    ) -> str:
         """Stream a file under ``key`` (multipart on S3 above the threshold); ``progress`` receives the
         byte count of each chunk sent (on S3 from boto3's worker threads). Returns the validated key."""
         ...
@@ -82,15 +83,30 @@ def storage_from_settings(settings: Settings) -> Storage:
     key_id = settings.r2_access_key_id or None
     secret = settings.r2_secret_access_key.get_secret_value() if settings.r2_secret_access_key else None
     if settings.r2_bucket and key_id and secret:
-        return S3Storage(settings.r2_bucket, endpoint_url=settings.r2_endpoint, access_key_id=key_id,
-                         secret_access_key=secret, region=settings.r2_region, path_style=settings.r2_path_style,
-                         prefix=settings.r2_prefix)
+        return S3Storage(
+            settings.r2_bucket,
+            endpoint_url=settings.r2_endpoint,
+            access_key_id=key_id,
+            secret_access_key=secret,
+            region=settings.r2_region,
+            path_style=settings.r2_path_style,
+            prefix=settings.r2_prefix,
+        )
     if settings.r2_bucket or key_id or secret:
-        missing = [name for name, value in (("R2_BUCKET", settings.r2_bucket), ("R2_ACCESS_KEY_ID", key_id),
-                                            ("R2_SECRET_ACCESS_KEY", secret)) if not value]
-        raise StorageError(f"R2/S3 storage is half configured: {', '.join(missing)} not set",
-                           hint="set all of R2_BUCKET, R2_ACCESS_KEY_ID and R2_SECRET_ACCESS_KEY (and R2_ENDPOINT "
-                                "for R2), or none of them for local storage")
+        missing = [
+            name
+            for name, value in (
+                ("R2_BUCKET", settings.r2_bucket),
+                ("R2_ACCESS_KEY_ID", key_id),
+                ("R2_SECRET_ACCESS_KEY", secret),
+            )
+            if not value
+        ]
+        raise StorageError(
+            f"R2/S3 storage is half configured: {', '.join(missing)} not set",
+            hint="set all of R2_BUCKET, R2_ACCESS_KEY_ID and R2_SECRET_ACCESS_KEY (and R2_ENDPOINT "
+            "for R2), or none of them for local storage",
+        )
     return LocalStorage(Path(settings.data_dir) / "storage")
 
 

@@ -16,15 +16,15 @@ from s3seg.errors import StorageError
 MAX_KEY_BYTES = 1024
 
 
-
-
 class ObjectNotFoundError(StorageError):
     """No object is stored under the key (a missing bucket is a plain :class:`StorageError`)."""
 
 
 def _refuse(key: str, why: str) -> StorageError:
-    return StorageError(f"invalid storage key {key!r}: {why}",
-                        hint="use a relative key made of '/'-separated names, e.g. 'masks/photo/0.png'")
+    return StorageError(
+        f"invalid storage key {key!r}: {why}",
+        hint="use a relative key made of '/'-separated names, e.g. 'masks/photo/0.png'",
+    )
 
 
 def _check_chars(key: str) -> None:

@@ -26,13 +26,16 @@ CHUNK_BYTES = 1024 * 1024
 
 
 def _missing(key: str, root: Path) -> ObjectNotFoundError:
-    return ObjectNotFoundError(f"no object {key!r} in local storage {root}",
-                        hint="check the key with `list()`; keys are case-sensitive")
+    return ObjectNotFoundError(
+        f"no object {key!r} in local storage {root}", hint="check the key with `list()`; keys are case-sensitive"
+    )
 
 
 def _os_error(action: str, target: object, e: OSError) -> StorageError:
-    return StorageError(f"cannot {action} {target}: {e.strerror or e}",
-                        hint="check that the folder exists, is writable and the disk is not full")
+    return StorageError(
+        f"cannot {action} {target}: {e.strerror or e}",
+        hint="check that the folder exists, is writable and the disk is not full",
+    )
 
 
 def _copy_chunks(src: BinaryIO, dst: BinaryIO, progress: Callable[[int], None] | None) -> None:
@@ -78,8 +81,9 @@ class LocalStorage:
     def __enter__(self) -> LocalStorage:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.close()
 
     def close(self) -> None:
@@ -99,8 +103,10 @@ class LocalStorage:
         root = self._root()
         path = root / key
         if not path.resolve().is_relative_to(root):
-            raise StorageError(f"storage key {key!r} resolves outside the local storage folder {root}",
-                               hint="a symlink under the storage folder points elsewhere; remove it")
+            raise StorageError(
+                f"storage key {key!r} resolves outside the local storage folder {root}",
+                hint="a symlink under the storage folder points elsewhere; remove it",
+            )
         return key, path
 
     # --- Storage protocol ------------------------------------------------------------------------
@@ -114,8 +120,9 @@ class LocalStorage:
             raise _os_error("write", path, e) from e
         return key
 
-    def put_file(self, key: str, path: Path, content_type: str | None = None,
-                 progress: Callable[[int], None] | None = None) -> str:
+    def put_file(
+        self, key: str, path: Path, content_type: str | None = None, progress: Callable[[int], None] | None = None
+    ) -> str:
         """Copy the file at ``path`` under ``key`` in chunks, calling ``progress(n_bytes)`` per chunk."""
         key, dest = self._path(key)
         try:

@@ -34,12 +34,28 @@ MIN_PART_BYTES = 5 * MiB
 # S3 presigned URLs (SigV4) are valid for at most 7 days.
 MAX_URL_SECONDS = 7 * 24 * 3600
 
-_CREDENTIAL_CODES = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken",
-                     "ExpiredToken", "InvalidSecurity", "Unauthorized", "403", "401"}
+_CREDENTIAL_CODES = {
+    "AccessDenied",
+    "InvalidAccessKeyId",
+    "SignatureDoesNotMatch",
+    "InvalidToken",
+    "ExpiredToken",
+    "InvalidSecurity",
+    "Unauthorized",
+    "403",
+    "401",
+}
 _MISSING_KEY_CODES = {"NoSuchKey", "404", "NotFound"}
-_UNREACHABLE_ERRORS = {"EndpointConnectionError", "ConnectTimeoutError", "ConnectionClosedError",
-                       "ReadTimeoutError", "ProxyConnectionError", "SSLError", "ConnectionError",
-                       "HTTPClientError"}
+_UNREACHABLE_ERRORS = {
+    "EndpointConnectionError",
+    "ConnectTimeoutError",
+    "ConnectionClosedError",
+    "ReadTimeoutError",
+    "ProxyConnectionError",
+    "SSLError",
+    "ConnectionError",
+    "HTTPClientError",
+}
 _NO_CREDENTIALS_ERRORS = {"NoCredentialsError", "PartialCredentialsError"}
 
 
@@ -112,9 +128,19 @@ def _error_code(e: BaseException) -> tuple[str, str]:
 class S3Storage:
     """Objects in an R2/S3 bucket, optionally under a key prefix (``prefix/key``)."""
 
-    def __init__(self, bucket: str, *, endpoint_url: str | None, access_key_id: str | None,
-                 secret_access_key: str | None, region: str = "auto", path_style: bool = True,
-                 prefix: str = "", multipart_threshold: int = 8 * MiB, client: Any = None) -> None:
+    def __init__(
+        self,
+        bucket: str,
+        *,
+        endpoint_url: str | None,
+        access_key_id: str | None,
+        secret_access_key: str | None,
+        region: str = "auto",
+        path_style: bool = True,
+        prefix: str = "",
+        multipart_threshold: int = 8 * MiB,
+        client: Any = None,
+    ) -> None:
         if not bucket:
             raise StorageError("no bucket given", hint="set R2_BUCKET")
         if multipart_threshold < 1:
@@ -126,8 +152,9 @@ class S3Storage:
         self.name = _display_name(self.endpoint_url)
         self._label = self.name.upper()
         self._transfer_config = self._make_transfer_config()
-        self._client = client if client is not None else self._make_client(
-            access_key_id, secret_access_key, region, path_style)
+        self._client = (
+            client if client is not None else self._make_client(access_key_id, secret_access_key, region, path_style)
+        )
 
     def __repr__(self) -> str:
         where = f"{self.bucket}/{self.prefix}" if self.prefix else self.bucket
@@ -136,8 +163,9 @@ class S3Storage:
     def __enter__(self) -> S3Storage:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.close()
 
     def close(self) -> None:
@@ -146,12 +174,15 @@ class S3Storage:
 
     # --- construction ----------------------------------------------------------------------------
 
-    def _make_client(self, access_key_id: str | None, secret_access_key: str | None, region: str,
-                     path_style: bool) -> Any:
+    def _make_client(
+        self, access_key_id: str | None, secret_access_key: str | None, region: str, path_style: bool
+    ) -> Any:
         if self.endpoint_url is None and region == "auto":
             # "auto" is R2's region; against AWS it would build the endpoint s3.auto.amazonaws.com.
-            raise StorageError("region 'auto' needs an endpoint (it is Cloudflare R2's region)",
-                               hint="set R2_ENDPOINT for R2, or S3SEG_R2_REGION to the bucket's AWS region")
+            raise StorageError(
+                "region 'auto' needs an endpoint (it is Cloudflare R2's region)",
+                hint="set R2_ENDPOINT for R2, or S3SEG_R2_REGION to the bucket's AWS region",
+            )
         config = _import("botocore.config").Config(
             signature_version="s3v4",
             s3={"addressing_style": "path" if path_style else "virtual"},
@@ -166,11 +197,17 @@ class S3Storage:
         try:
             with self._errors("connect to"):
                 return _new_client(
-                    endpoint_url=self.endpoint_url, region_name=region, config=config,
-                    aws_access_key_id=access_key_id, aws_secret_access_key=secret_access_key)
+                    endpoint_url=self.endpoint_url,
+                    region_name=region,
+                    config=config,
+                    aws_access_key_id=access_key_id,
+                    aws_secret_access_key=secret_access_key,
+                )
         except ValueError as e:  # botocore refuses a malformed endpoint with a plain ValueError
-            raise StorageError(f"invalid R2_ENDPOINT {self.endpoint_url!r}: {e}",
-                               hint="use https://<account_id>.r2.cloudflarestorage.com") from e
+            raise StorageError(
+                f"invalid R2_ENDPOINT {self.endpoint_url!r}: {e}",
+                hint="use https://<account_id>.r2.cloudflarestorage.com",
+            ) from e
 
     def _make_transfer_config(self) -> Any:
         # Parts as large as the threshold, so a small threshold (tests) also gives small parts, but never
@@ -198,25 +235,33 @@ class S3Storage:
         code, message = _error_code(e)
         what = f"{key!r} in bucket {self.bucket!r}" if key is not None else f"bucket {self.bucket!r}"
         if code == "NoSuchBucket" or (code in _MISSING_KEY_CODES and key is None):
-            return StorageError(f"{self._label} bucket {self.bucket!r} does not exist",
-                                hint="create it (Cloudflare dashboard, `wrangler r2 bucket create`, "
-                                     "`aws s3 mb`) or fix R2_BUCKET")
+            return StorageError(
+                f"{self._label} bucket {self.bucket!r} does not exist",
+                hint="create it (Cloudflare dashboard, `wrangler r2 bucket create`, `aws s3 mb`) or fix R2_BUCKET",
+            )
         if code in _MISSING_KEY_CODES:
-            return ObjectNotFoundError(f"no object {key!r} in {self._label} bucket {self.bucket!r}",
-                                hint="check the key with `list()`; keys are case-sensitive")
+            return ObjectNotFoundError(
+                f"no object {key!r} in {self._label} bucket {self.bucket!r}",
+                hint="check the key with `list()`; keys are case-sensitive",
+            )
         if code in _CREDENTIAL_CODES:
-            return StorageError(f"{self._label} refused to {action} {what}: {code}",
-                                hint=f"check R2_ACCESS_KEY_ID / R2_SECRET_ACCESS_KEY and that the token may "
-                                     f"use bucket {self.bucket!r}")
+            return StorageError(
+                f"{self._label} refused to {action} {what}: {code}",
+                hint=f"check R2_ACCESS_KEY_ID / R2_SECRET_ACCESS_KEY and that the token may use bucket {self.bucket!r}",
+            )
         if kind in _NO_CREDENTIALS_ERRORS:
-            return StorageError(f"no {self._label} credentials to {action} {what}",
-                                hint="set R2_ACCESS_KEY_ID and R2_SECRET_ACCESS_KEY")
+            return StorageError(
+                f"no {self._label} credentials to {action} {what}", hint="set R2_ACCESS_KEY_ID and R2_SECRET_ACCESS_KEY"
+            )
         if kind in _UNREACHABLE_ERRORS:
-            return StorageError(f"cannot reach {self._label} at {self.endpoint_url or 'the AWS endpoint'}",
-                                hint="check R2_ENDPOINT and the network")
+            return StorageError(
+                f"cannot reach {self._label} at {self.endpoint_url or 'the AWS endpoint'}",
+                hint="check R2_ENDPOINT and the network",
+            )
         detail = f"{code}: {message}" if code else str(e)
-        return StorageError(f"{self._label} failed to {action} {what}: {detail}",
-                            hint="retry; S3SEG_DEBUG=1 shows the underlying error")
+        return StorageError(
+            f"{self._label} failed to {action} {what}: {detail}", hint="retry; S3SEG_DEBUG=1 shows the underlying error"
+        )
 
     # --- keys ------------------------------------------------------------------------------------
 
@@ -233,14 +278,16 @@ class S3Storage:
         extra = {"ContentType": content_type or guess_content_type(key)}
         with self._errors("upload", key):
             if len(data) >= self.multipart_threshold:
-                self._client.upload_fileobj(io.BytesIO(data), self.bucket, full, ExtraArgs=extra,
-                                            Config=self._transfer_config)
+                self._client.upload_fileobj(
+                    io.BytesIO(data), self.bucket, full, ExtraArgs=extra, Config=self._transfer_config
+                )
             else:
                 self._client.put_object(Bucket=self.bucket, Key=full, Body=data, **extra)
         return key
 
-    def put_file(self, key: str, path: Path, content_type: str | None = None,
-                 progress: Callable[[int], None] | None = None) -> str:
+    def put_file(
+        self, key: str, path: Path, content_type: str | None = None, progress: Callable[[int], None] | None = None
+    ) -> str:
         """Stream the file at ``path`` (multipart above the threshold); ``progress(n_bytes)`` is called
         as parts go out. Returns the key."""
         key, full = self._full(key)
@@ -248,8 +295,9 @@ class S3Storage:
             raise StorageError(f"cannot read {path}: not a file")
         extra = {"ContentType": content_type or guess_content_type(key)}
         with self._errors("upload", key):
-            self._client.upload_file(os.fspath(path), self.bucket, full, ExtraArgs=extra,
-                                     Callback=progress, Config=self._transfer_config)
+            self._client.upload_file(
+                os.fspath(path), self.bucket, full, ExtraArgs=extra, Callback=progress, Config=self._transfer_config
+            )
         return key
 
     def get(self, key: str) -> bytes:
@@ -297,10 +345,9 @@ class S3Storage:
         base = f"{self.prefix}/" if self.prefix else ""
         keys: list[str] = []
         with self._errors("list"):
-            pages = self._client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket,
-                                                                            Prefix=base + prefix)
+            pages = self._client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=base + prefix)
             for page in pages:
-                keys.extend(item["Key"][len(base):] for item in page.get("Contents", []))
+                keys.extend(item["Key"][len(base) :] for item in page.get("Contents", []))
         return sorted(keys)
 
     def url(self, key: str, expires_s: int = 3600) -> str:
@@ -310,5 +357,6 @@ class S3Storage:
             raise UsageError(f"expires_s must be between 1 and {MAX_URL_SECONDS} seconds, not {expires_s}")
         with self._errors("sign a URL for", key):
             url: str = self._client.generate_presigned_url(
-                "get_object", Params={"Bucket": self.bucket, "Key": full}, ExpiresIn=expires_s)
+                "get_object", Params={"Bucket": self.bucket, "Key": full}, ExpiresIn=expires_s
+            )
         return url

@@ -55,20 +55,38 @@ class Task:
     def from_dict(cls, d: dict[str, Any]) -> Task:
         """The inverse of :meth:`to_dict` (also reads the public API's task objects)."""
         return cls(
-            id=str(d.get("id") or d["task_id"]), status=d["status"], text_prompt=d.get("text_prompt") or "",
-            created_at=_time(d["created_at"]), updated_at=_time(d["updated_at"]), user_id=d.get("user_id"),
-            project_id=d.get("project_id"), project=d.get("project"), source_image_url=d.get("source_image_url"),
-            mask_image_url=d.get("mask_image_url"), overlay_image_url=d.get("overlay_image_url"),
-            labels=d.get("labels") or [], metadata=d.get("metadata") or {}, error=d.get("error"),
+            id=str(d.get("id") or d["task_id"]),
+            status=d["status"],
+            text_prompt=d.get("text_prompt") or "",
+            created_at=_time(d["created_at"]),
+            updated_at=_time(d["updated_at"]),
+            user_id=d.get("user_id"),
+            project_id=d.get("project_id"),
+            project=d.get("project"),
+            source_image_url=d.get("source_image_url"),
+            mask_image_url=d.get("mask_image_url"),
+            overlay_image_url=d.get("overlay_image_url"),
+            labels=d.get("labels") or [],
+            metadata=d.get("metadata") or {},
+            error=d.get("error"),
         )
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "id": self.id, "status": self.status, "text_prompt": self.text_prompt, "project": self.project,
-            "project_id": self.project_id, "user_id": self.user_id,
-            "source_image_url": self.source_image_url, "mask_image_url": self.mask_image_url,
-            "overlay_image_url": self.overlay_image_url, "labels": self.labels, "metadata": self.metadata,
-            "error": self.error, "created_at": self.created_at.isoformat(), "updated_at": self.updated_at.isoformat(),
+            "id": self.id,
+            "status": self.status,
+            "text_prompt": self.text_prompt,
+            "project": self.project,
+            "project_id": self.project_id,
+            "user_id": self.user_id,
+            "source_image_url": self.source_image_url,
+            "mask_image_url": self.mask_image_url,
+            "overlay_image_url": self.overlay_image_url,
+            "labels": self.labels,
+            "metadata": self.metadata,
+            "error": self.error,
+            "created_at": self.created_at.isoformat(),
+            "updated_at": self.updated_at.isoformat(),
         }
 
 
@@ -97,8 +115,16 @@ class Store(Protocol):
         """The bound user's tier and credits (:class:`AccountNotFound` when there is no profile)."""
         ...
 
-    def create_task(self, prompts: list[str], *, project: str | None = None, project_id: str | None = None,
-                    metadata: dict[str, Any] | None = None, cost: int = 0, queue: bool = False) -> Task:
+    def create_task(
+        self,
+        prompts: list[str],
+        *,
+        project: str | None = None,
+        project_id: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        cost: int = 0,
+        queue: bool = False,
+    ) -> Task:
         """A ``pending`` task; ``metadata`` keeps ``prompts``, ``cost`` and ``attempts`` (0) as well.
         ``queue=True``: a task for the server's workers (``runnable``/``requeue_stale`` see only these;
         ``cost`` credits are reserved now and charged by ``finish``).
@@ -114,8 +140,9 @@ class Store(Protocol):
         worker took it)."""
         ...
 
-    def finish(self, task_id: str, *, source: str, mask: str, overlay: str, labels: list[Any],
-               metadata: dict[str, Any]) -> Task: ...
+    def finish(
+        self, task_id: str, *, source: str, mask: str, overlay: str, labels: list[Any], metadata: dict[str, Any]
+    ) -> Task: ...
 
     def fail(self, task_id: str, error: str) -> Task: ...
 
@@ -132,8 +159,9 @@ class Store(Protocol):
         requeued ones."""
         ...
 
-    def list(self, *, project: str | None = None, status: Status | None = None, limit: int = 20,
-             offset: int = 0) -> list[Task]: ...
+    def list(
+        self, *, project: str | None = None, status: Status | None = None, limit: int = 20, offset: int = 0
+    ) -> list[Task]: ...
 
 
 def store_from_settings(settings: Settings) -> Store:
@@ -152,5 +180,14 @@ def store_from_settings(settings: Settings) -> Store:
     return SQLiteStore(settings.data_dir / "s3seg.db")
 
 
-__all__ = ["STATUSES", "Account", "CreditsError", "Status", "Store", "StoreError", "Task", "TaskNotFound",
-           "store_from_settings"]
+__all__ = [
+    "STATUSES",
+    "Account",
+    "CreditsError",
+    "Status",
+    "Store",
+    "StoreError",
+    "Task",
+    "TaskNotFound",
+    "store_from_settings",
+]

@@ -30,15 +30,21 @@ Tasks = list[Task]  # (the method named `list` below shadows the builtin inside 
 _HINT_URL = "check S3SEG_DATABASE_URL"
 _HINT_TASKS = "list tasks with: s3seg tasks"
 _HINT_PROJECT = "list your projects, or pass a project name"
-_COLUMNS = ("r.id, r.status, r.text_prompt, r.created_at, r.updated_at, r.user_id, r.project_id, p.name, "
-            "r.source_image_url, r.mask_image_url, r.overlay_image_url, r.labels, r.metadata, r.error")
+_COLUMNS = (
+    "r.id, r.status, r.text_prompt, r.created_at, r.updated_at, r.user_id, r.project_id, p.name, "
+    "r.source_image_url, r.mask_image_url, r.overlay_image_url, r.labels, r.metadata, r.error"
+)
 _JOIN = " r left join public.projects p on p.id = r.project_id"
 _SELECT = f"select {_COLUMNS} from public.segmentation_results" + _JOIN
-_ATTEMPTS = ("coalesce(case when jsonb_typeof(r.metadata -> 'attempts') = 'number' "
-             "then (r.metadata ->> 'attempts')::numeric::int end, 0)")
-_STALE = (f"select r.id, {_ATTEMPTS} as attempts from public.segmentation_results r where r.status = 'processing' "
-          "and r.queued and r.updated_at < now() - make_interval(secs => %(age)s) and {cond} "
-          "for update of r skip locked")
+_ATTEMPTS = (
+    "coalesce(case when jsonb_typeof(r.metadata -> 'attempts') = 'number' "
+    "then (r.metadata ->> 'attempts')::numeric::int end, 0)"
+)
+_STALE = (
+    f"select r.id, {_ATTEMPTS} as attempts from public.segmentation_results r where r.status = 'processing' "
+    "and r.queued and r.updated_at < now() - make_interval(secs => %(age)s) and {cond} "
+    "for update of r skip locked"
+)
 
 
 class PostgresStore:
@@ -49,8 +55,9 @@ class PostgresStore:
             import psycopg
             from psycopg_pool import ConnectionPool
         except ImportError as e:
-            raise DependencyError("the PostgreSQL store needs psycopg and psycopg-pool",
-                                  hint="pip install 's3seg[cloud]'") from e
+            raise DependencyError(
+                "the PostgreSQL store needs psycopg and psycopg-pool", hint="pip install 's3seg[cloud]'"
+            ) from e
         self.user_id = _user(user_id) if user_id is not None else None
         try:
             params = psycopg.conninfo.conninfo_to_dict(dsn)
@@ -65,8 +72,15 @@ class PostgresStore:
         except psycopg.Error as e:
             raise self._error(e) from None
         self._pool: ConnectionPool[Conn] = ConnectionPool(
-            dsn, min_size=min_size, max_size=max_size, kwargs=kwargs, timeout=15, name="s3seg",
-            check=ConnectionPool.check_connection, open=True)
+            dsn,
+            min_size=min_size,
+            max_size=max_size,
+            kwargs=kwargs,
+            timeout=15,
+            name="s3seg",
+            check=ConnectionPool.check_connection,
+            open=True,
+        )
         self._owner = True
 
     def for_user(self, user_id: str) -> PostgresStore:
@@ -85,12 +99,22 @@ class PostgresStore:
         with self._tx() as conn:
             row = conn.execute("select tier, credits from public.users_profile where id = %s", (uid,)).fetchone()
         if row is None:
-            raise AccountNotFound(f"no profile for user {uid}", hint="a profile is created when the user signs up "
-                                  "(Supabase Auth); check S3SEG_USER_ID")
+            raise AccountNotFound(
+                f"no profile for user {uid}",
+                hint="a profile is created when the user signs up (Supabase Auth); check S3SEG_USER_ID",
+            )
         return Account(user_id=str(uid), tier=str(row[0]), credits=int(row[1]))
 
-    def create_task(self, prompts: list[str], *, project: str | None = None, project_id: str | None = None,
-                    metadata: dict[str, Any] | None = None, cost: int = 0, queue: bool = False) -> Task:
+    def create_task(
+        self,
+        prompts: list[str],
+        *,
+        project: str | None = None,
+        project_id: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        cost: int = 0,
+        queue: bool = False,
+    ) -> Task:
         """``project_id`` must be one of the bound user's projects, checked in the transaction that creates
         the task (TaskNotFound otherwise, nothing created)."""
         from psycopg.types.json import Jsonb
@@ -102,8 +126,10 @@ class PostgresStore:
         if cost < 0:
             raise UsageError(f"a task's cost must be >= 0, got {cost}")
         if cost and not queue:
-            raise UsageError("credits are only reserved for queued tasks",
-                             hint=f"create the task with queue=True, or with cost=0 (got cost={cost})")
+            raise UsageError(
+                "credits are only reserved for queued tasks",
+                hint=f"create the task with queue=True, or with cost=0 (got cost={cost})",
+            )
         meta = {"prompts": prompts, **(metadata or {})}
         with self._tx() as conn:
             pid: uuid.UUID | None = None
@@ -114,37 +140,53 @@ class PostgresStore:
             elif project:
                 pid = self._project_id(conn, uid, project)
             if queue:
-                row = conn.execute("select public.create_segmentation_task(%s, %s, %s, %s, %s::int)",
-                                   (uid, ", ".join(prompts), pid, Jsonb(meta), cost)).fetchone()
+                row = conn.execute(
+                    "select public.create_segmentation_task(%s, %s, %s, %s, %s::int)",
+                    (uid, ", ".join(prompts), pid, Jsonb(meta), cost),
+                ).fetchone()
             else:
-                if pid is None and conn.execute("select 1 from public.users_profile where id = %s",
-                                                (uid,)).fetchone() is None:
-                    raise AccountNotFound(f"no profile for user {uid}",
-                                          hint="a profile is created when the user signs up (Supabase Auth)")
+                if (
+                    pid is None
+                    and conn.execute("select 1 from public.users_profile where id = %s", (uid,)).fetchone() is None
+                ):
+                    raise AccountNotFound(
+                        f"no profile for user {uid}", hint="a profile is created when the user signs up (Supabase Auth)"
+                    )
                 row = conn.execute(
                     "insert into public.segmentation_results (user_id, project_id, text_prompt, metadata, status, "
                     "queued) values (%s, %s, %s, %s, 'pending', false) returning id",
-                    (uid, pid, ", ".join(prompts), Jsonb({**meta, "cost": 0, "attempts": 0}))).fetchone()
+                    (uid, pid, ", ".join(prompts), Jsonb({**meta, "cost": 0, "attempts": 0})),
+                ).fetchone()
             assert row is not None
             return self._get(conn, row[0], uid)
 
     def start(self, task_id: str) -> Task:
-        return self._move(task_id, "processing", ("pending",),
-                          f"metadata = jsonb_set(r.metadata, '{{attempts}}', to_jsonb({_ATTEMPTS} + 1))", ())
+        return self._move(
+            task_id,
+            "processing",
+            ("pending",),
+            f"metadata = jsonb_set(r.metadata, '{{attempts}}', to_jsonb({_ATTEMPTS} + 1))",
+            (),
+        )
 
-    def finish(self, task_id: str, *, source: str, mask: str, overlay: str, labels: list[Any],
-               metadata: dict[str, Any]) -> Task:
+    def finish(
+        self, task_id: str, *, source: str, mask: str, overlay: str, labels: list[Any], metadata: dict[str, Any]
+    ) -> Task:
         from psycopg.types.json import Jsonb
 
         tid, uid = _task_id(task_id), self._uid()
         with self._tx() as conn:
-            found = conn.execute("select queued, status from public.segmentation_results where id = %s and "
-                                 "user_id = %s for update", (tid, uid)).fetchone()
+            found = conn.execute(
+                "select queued, status from public.segmentation_results where id = %s and user_id = %s for update",
+                (tid, uid),
+            ).fetchone()
             if found is None:
                 raise TaskNotFound(f"no task {task_id}", hint=_HINT_TASKS)
             if found[0]:  # a server task: done and charged in one transaction
-                conn.execute("select public.finish_segmentation_task(%s, %s, %s, %s, %s, %s)",
-                             (tid, source, mask, overlay, Jsonb(labels), Jsonb(metadata)))
+                conn.execute(
+                    "select public.finish_segmentation_task(%s, %s, %s, %s, %s, %s)",
+                    (tid, source, mask, overlay, Jsonb(labels), Jsonb(metadata)),
+                )
             elif found[1] != "processing":
                 raise StoreError(f"task {task_id} is {found[1]}; it cannot become done")
             else:  # not queued: nothing reserved, nothing charged; price and attempts stay the task's own
@@ -153,7 +195,8 @@ class PostgresStore:
                     "mask_image_url = %s, overlay_image_url = %s, labels = %s, "
                     "metadata = metadata || (%s::jsonb - 'cost' - 'attempts') "
                     "where id = %s and status = 'processing' and not queued",
-                    (source, mask, overlay, Jsonb(labels), Jsonb(metadata), tid))
+                    (source, mask, overlay, Jsonb(labels), Jsonb(metadata), tid),
+                )
             return self._get(conn, tid, uid)
 
     def fail(self, task_id: str, error: str) -> Task:
@@ -164,8 +207,9 @@ class PostgresStore:
         with self._tx() as conn:
             return self._get(conn, tid, uid)
 
-    def list(self, *, project: str | None = None, status: Status | None = None, limit: int = 20,
-             offset: int = 0) -> list[Task]:
+    def list(
+        self, *, project: str | None = None, status: Status | None = None, limit: int = 20, offset: int = 0
+    ) -> list[Task]:
         if status is not None and status not in STATUSES:
             raise StoreError(f"unknown status {status!r}", hint=f"one of {', '.join(STATUSES)}")
         where: list[str] = ["r.user_id = %s"]
@@ -183,9 +227,9 @@ class PostgresStore:
     # --- the server's background work, across all users -----------------------------------------
     def runnable(self, limit: int = 100) -> Tasks:
         with self._tx() as conn:
-            rows = conn.execute(_SELECT + " where r.status = 'pending' and r.queued order by r.created_at, r.id "
-                                "limit %s",
-                                (limit,)).fetchall()
+            rows = conn.execute(
+                _SELECT + " where r.status = 'pending' and r.queued order by r.created_at, r.id limit %s", (limit,)
+            ).fetchall()
         return [_task(r) for r in rows]
 
     def requeue_stale(self, *, older_than_s: float, max_attempts: int) -> Tasks:
@@ -197,26 +241,34 @@ class PostgresStore:
                 f"with stale as ({_STALE.format(cond=_ATTEMPTS + ' >= %(max)s')}) "
                 "update public.segmentation_results r set status = 'error', error = format("
                 "'the worker running this task stopped responding (attempt %%s of %%s)', stale.attempts, %(max)s) "
-                "from stale where r.id = stale.id", args)
+                "from stale where r.id = stale.id",
+                args,
+            )
             rows = conn.execute(
                 f"with stale as ({_STALE.format(cond=_ATTEMPTS + ' < %(max)s')}), moved as ("
                 "update public.segmentation_results r set status = 'pending' from stale where r.id = stale.id "
-                f"returning r.*) select {_COLUMNS} from moved{_JOIN} order by r.created_at, r.id", args).fetchall()
+                f"returning r.*) select {_COLUMNS} from moved{_JOIN} order by r.created_at, r.id",
+                args,
+            ).fetchall()
         return [_task(r) for r in rows]
 
     # ------------------------------------------------------------------------------------- internals
-    def _move(self, task_id: str, status: Status, sources: tuple[Status, ...], assignment: str,
-              args: tuple[Any, ...]) -> Task:
+    def _move(
+        self, task_id: str, status: Status, sources: tuple[Status, ...], assignment: str, args: tuple[Any, ...]
+    ) -> Task:
         tid, uid = _task_id(task_id), self._uid()
         with self._tx() as conn:
             row = conn.execute(
                 f"with moved as (update public.segmentation_results r set status = %s, {assignment} "
                 f"where r.id = %s and r.user_id = %s and r.status = any(%s) returning r.*) "
-                f"select {_COLUMNS} from moved{_JOIN}", (status, *args, tid, uid, list(sources))).fetchone()
+                f"select {_COLUMNS} from moved{_JOIN}",
+                (status, *args, tid, uid, list(sources)),
+            ).fetchone()
             if row is not None:
                 return _task(row)
-            now = conn.execute("select status from public.segmentation_results where id = %s and user_id = %s",
-                               (tid, uid)).fetchone()
+            now = conn.execute(
+                "select status from public.segmentation_results where id = %s and user_id = %s", (tid, uid)
+            ).fetchone()
         if now is None:
             raise TaskNotFound(f"no task {task_id}", hint=_HINT_TASKS)
         raise StoreError(f"task {task_id} is {now[0]}; it cannot become {status}")
@@ -231,8 +283,9 @@ class PostgresStore:
         """``project_id`` if it is one of the user's projects (locked against deletion until the task is
         inserted), else None."""
         self._lock_profile(conn, uid)
-        row = conn.execute("select id from public.projects where id = %s and user_id = %s for key share",
-                           (project_id, uid)).fetchone()
+        row = conn.execute(
+            "select id from public.projects where id = %s and user_id = %s for key share", (project_id, uid)
+        ).fetchone()
         return None if row is None else row[0]
 
     def _lock_profile(self, conn: Conn, uid: uuid.UUID) -> None:
@@ -243,18 +296,23 @@ class PostgresStore:
 
     def _project_id(self, conn: Conn, uid: uuid.UUID, name: str) -> uuid.UUID:
         self._lock_profile(conn, uid)
-        row = conn.execute("insert into public.projects (user_id, name) values (%s, %s) "
-                           "on conflict (user_id, name) do nothing returning id", (uid, name)).fetchone()
+        row = conn.execute(
+            "insert into public.projects (user_id, name) values (%s, %s) "
+            "on conflict (user_id, name) do nothing returning id",
+            (uid, name),
+        ).fetchone()
         if row is None:  # it exists (or a concurrent call has just created it)
-            row = conn.execute("select id from public.projects where user_id = %s and name = %s",
-                               (uid, name)).fetchone()
+            row = conn.execute(
+                "select id from public.projects where user_id = %s and name = %s", (uid, name)
+            ).fetchone()
         assert row is not None
         return row[0]  # type: ignore[no-any-return]
 
     def _uid(self) -> uuid.UUID:
         if self.user_id is None:
-            raise UsageError("the PostgreSQL store is not bound to a user",
-                             hint="set S3SEG_USER_ID to the user's Supabase auth id")
+            raise UsageError(
+                "the PostgreSQL store is not bound to a user", hint="set S3SEG_USER_ID to the user's Supabase auth id"
+            )
         return uuid.UUID(self.user_id)
 
     @contextmanager
@@ -274,8 +332,9 @@ class PostgresStore:
         state, primary = e.sqlstate or "", e.diag.message_primary or ""
         detail = self._scrub(e.diag.message_detail or primary)
         if state == "PT402":
-            return CreditsError(f"not enough credits: {detail}",
-                                hint="add credits, or wait until your unfinished tasks are done")
+            return CreditsError(
+                f"not enough credits: {detail}", hint="add credits, or wait until your unfinished tasks are done"
+            )
         if state == "PT404" and primary == "TASK_NOT_FOUND":
             return TaskNotFound(detail, hint=_HINT_TASKS)
         if state == "PT404":
@@ -315,9 +374,35 @@ def _project(project_id: str) -> uuid.UUID:
 
 
 def _task(row: tuple[Any, ...]) -> Task:
-    (id_, status, prompt, created, updated, user, project_id, project, source, mask, overlay, labels, metadata,
-     error) = row
-    return Task(id=str(id_), status=status, text_prompt=prompt or "", created_at=created, updated_at=updated,
-                user_id=str(user), project_id=str(project_id) if project_id else None, project=project,
-                source_image_url=source, mask_image_url=mask, overlay_image_url=overlay, labels=labels or [],
-                metadata=metadata or {}, error=error)
+    (
+        id_,
+        status,
+        prompt,
+        created,
+        updated,
+        user,
+        project_id,
+        project,
+        source,
+        mask,
+        overlay,
+        labels,
+        metadata,
+        error,
+    ) = row
+    return Task(
+        id=str(id_),
+        status=status,
+        text_prompt=prompt or "",
+        created_at=created,
+        updated_at=updated,
+        user_id=str(user),
+        project_id=str(project_id) if project_id else None,
+        project=project,
+        source_image_url=source,
+        mask_image_url=mask,
+        overlay_image_url=overlay,
+        labels=labels or [],
+        metadata=metadata or {},
+        error=error,
+    )

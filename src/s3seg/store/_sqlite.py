@@ -61,8 +61,9 @@ create index if not exists results_by_project on segmentation_results (project_i
 """
 # Files written before tasks were queued lack the column (their rows are plain, not the server's).
 _QUEUED = "alter table segmentation_results add column queued integer not null default 0"
-_QUEUED_INDEX = ("create index if not exists results_queued on segmentation_results (status, created_at) "
-                 "where queued = 1")
+_QUEUED_INDEX = (
+    "create index if not exists results_queued on segmentation_results (status, created_at) where queued = 1"
+)
 # Allowed moves of the public methods (``_move``); anything else is a bug in the caller and is refused.
 # ``requeue_stale`` alone also moves a task back, ``processing → pending``, with its own guarded update.
 _NEXT: dict[str, tuple[Status, ...]] = {"pending": ("processing", "error"), "processing": ("done", "error")}
@@ -94,8 +95,9 @@ class SQLiteStore:
             finally:
                 db.close()
         except (OSError, sqlite3.Error) as e:
-            raise StoreError(f"cannot open the results database {self.path}: {e}",
-                             hint="check S3SEG_DATA_DIR and its permissions") from e
+            raise StoreError(
+                f"cannot open the results database {self.path}: {e}", hint="check S3SEG_DATA_DIR and its permissions"
+            ) from e
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
@@ -126,8 +128,16 @@ class SQLiteStore:
         """Credits are not counted locally: every user is ``enterprise`` with ``credits=None`` (unlimited)."""
         return Account(self._user, tier="enterprise", credits=None)
 
-    def create_task(self, prompts: list[str], *, project: str | None = None, project_id: str | None = None,
-                    metadata: dict[str, Any] | None = None, cost: int = 0, queue: bool = False) -> Task:
+    def create_task(
+        self,
+        prompts: list[str],
+        *,
+        project: str | None = None,
+        project_id: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        cost: int = 0,
+        queue: bool = False,
+    ) -> Task:
         """A pending task; ``queue=True``: one for a server's workers (``runnable``). A queued task's
         ``cost`` is recorded in its metadata but not reserved (no credits here). ``project_id`` must be one
         of the user's projects (checked in the insert's transaction; TaskNotFound otherwise)."""
@@ -136,8 +146,10 @@ class SQLiteStore:
         if cost < 0:
             raise UsageError(f"a task's cost must be >= 0, got {cost}")
         if cost and not queue:
-            raise UsageError("credits are only reserved for queued tasks",
-                             hint=f"create the task with queue=True, or with cost=0 (got cost={cost})")
+            raise UsageError(
+                "credits are only reserved for queued tasks",
+                hint=f"create the task with queue=True, or with cost=0 (got cost={cost})",
+            )
         now = _now()
         task_id = str(uuid.uuid4())
         with self._tx() as db:
@@ -148,9 +160,16 @@ class SQLiteStore:
             db.execute(
                 "insert into segmentation_results (id, project_id, user_id, text_prompt, metadata, status, "
                 "created_at, updated_at, queued) values (?, ?, ?, ?, ?, 'pending', ?, ?, ?)",
-                (task_id, project_id, self._user, ", ".join(prompts),
-                 json.dumps({"prompts": prompts, **(metadata or {}), "cost": cost, "attempts": 0}), now, now,
-                 int(queue)),
+                (
+                    task_id,
+                    project_id,
+                    self._user,
+                    ", ".join(prompts),
+                    json.dumps({"prompts": prompts, **(metadata or {}), "cost": cost, "attempts": 0}),
+                    now,
+                    now,
+                    int(queue),
+                ),
             )
         return self.get(task_id)
 
@@ -160,12 +179,18 @@ class SQLiteStore:
 
         return self._move(task_id, "processing", attempt)
 
-    def finish(self, task_id: str, *, source: str, mask: str, overlay: str, labels: list[Any],
-               metadata: dict[str, Any]) -> Task:
+    def finish(
+        self, task_id: str, *, source: str, mask: str, overlay: str, labels: list[Any], metadata: dict[str, Any]
+    ) -> Task:
         def done(meta: dict[str, Any]) -> dict[str, Any]:
             new = {k: v for k, v in metadata.items() if k not in _OWN_KEYS}  # as finish_segmentation_task
-            return {"source_image_url": source, "mask_image_url": mask, "overlay_image_url": overlay,
-                    "labels": json.dumps(labels), "metadata": json.dumps({**meta, **new})}
+            return {
+                "source_image_url": source,
+                "mask_image_url": mask,
+                "overlay_image_url": overlay,
+                "labels": json.dumps(labels),
+                "metadata": json.dumps({**meta, **new}),
+            }
 
         return self._move(task_id, "done", done)
 
@@ -176,8 +201,9 @@ class SQLiteStore:
         """Move one of the user's tasks along ``_NEXT``; ``values`` gives the other columns to write from
         the task's current metadata (read in the same transaction)."""
         with self._tx() as db:
-            row = db.execute("select status, metadata from segmentation_results where id = ? and user_id = ?",
-                             (task_id, self._user)).fetchone()
+            row = db.execute(
+                "select status, metadata from segmentation_results where id = ? and user_id = ?", (task_id, self._user)
+            ).fetchone()
             if row is None:
                 raise TaskNotFound(f"no task {task_id}", hint="list tasks with: s3seg tasks")
             if status not in _NEXT.get(row[0], ()):
@@ -192,8 +218,9 @@ class SQLiteStore:
             raise TaskNotFound(f"no task {task_id}", hint="list tasks with: s3seg tasks")
         return _task(row)
 
-    def list(self, *, project: str | None = None, status: Status | None = None, limit: int = 20,
-             offset: int = 0) -> list[Task]:
+    def list(
+        self, *, project: str | None = None, status: Status | None = None, limit: int = 20, offset: int = 0
+    ) -> list[Task]:
         if status is not None and status not in STATUSES:
             raise StoreError(f"unknown status {status!r}", hint=f"one of {', '.join(STATUSES)}")
         where, args = ["r.user_id = ?"], [self._user]
@@ -212,8 +239,10 @@ class SQLiteStore:
     def runnable(self, limit: int = 100) -> Tasks:
         """Queued ``pending`` tasks of every user, oldest first."""
         with self._tx() as db:
-            rows = db.execute(_SELECT + " where r.status = 'pending' and r.queued = 1 order by r.created_at, r.rowid "
-                              "limit ?", (limit,)).fetchall()
+            rows = db.execute(
+                _SELECT + " where r.status = 'pending' and r.queued = 1 order by r.created_at, r.rowid limit ?",
+                (limit,),
+            ).fetchall()
         return [_task(r) for r in rows]
 
     def requeue_stale(self, *, older_than_s: float, max_attempts: int) -> Tasks:
@@ -223,8 +252,11 @@ class SQLiteStore:
         requeued tasks, oldest first."""
         cutoff = (datetime.now(timezone.utc) - timedelta(seconds=older_than_s)).isoformat(timespec="microseconds")
         with self._tx() as db:
-            stale = db.execute("select id, metadata from segmentation_results where status = 'processing' "
-                               "and queued = 1 and updated_at < ? order by created_at, rowid", (cutoff,)).fetchall()
+            stale = db.execute(
+                "select id, metadata from segmentation_results where status = 'processing' "
+                "and queued = 1 and updated_at < ? order by created_at, rowid",
+                (cutoff,),
+            ).fetchall()
             requeued = []
             for task_id, meta in stale:
                 attempts = _attempts(json.loads(meta))
@@ -247,8 +279,10 @@ class SQLiteStore:
         if row is not None:
             return str(row[0])
         project_id = str(uuid.uuid4())
-        db.execute("insert into projects (id, user_id, name, created_at, updated_at) values (?, ?, ?, ?, ?)",
-                   (project_id, self._user, name, now, now))
+        db.execute(
+            "insert into projects (id, user_id, name, created_at, updated_at) values (?, ?, ?, ?, ?)",
+            (project_id, self._user, name, now, now),
+        )
         return project_id
 
 
@@ -260,12 +294,38 @@ _SELECT = (
 
 
 def _task(row: tuple[Any, ...]) -> Task:
-    (id_, status, prompt, created, updated, user, project_id, project, source, mask, overlay, labels, metadata,
-     error) = row
-    return Task(id=id_, status=status, text_prompt=prompt, created_at=datetime.fromisoformat(created),
-                updated_at=datetime.fromisoformat(updated), user_id=user, project_id=project_id, project=project,
-                source_image_url=source, mask_image_url=mask, overlay_image_url=overlay, labels=json.loads(labels),
-                metadata=json.loads(metadata), error=error)
+    (
+        id_,
+        status,
+        prompt,
+        created,
+        updated,
+        user,
+        project_id,
+        project,
+        source,
+        mask,
+        overlay,
+        labels,
+        metadata,
+        error,
+    ) = row
+    return Task(
+        id=id_,
+        status=status,
+        text_prompt=prompt,
+        created_at=datetime.fromisoformat(created),
+        updated_at=datetime.fromisoformat(updated),
+        user_id=user,
+        project_id=project_id,
+        project=project,
+        source_image_url=source,
+        mask_image_url=mask,
+        overlay_image_url=overlay,
+        labels=json.loads(labels),
+        metadata=json.loads(metadata),
+        error=error,
+    )
 
 
 def _update(db: sqlite3.Connection, task_id: str, values: dict[str, Any]) -> None:

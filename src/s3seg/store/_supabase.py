@@ -39,8 +39,11 @@ Rows = list[dict[str, Any]]  # (a method named `list` below shadows the builtin 
 Tasks = list[Task]
 _TABLE = "segmentation_results"
 _COLUMNS = "*, projects(name)"
-_PREVIOUS: dict[Status, list[str]] = {"processing": ["pending"], "done": ["processing"],
-                                      "error": ["pending", "processing"]}
+_PREVIOUS: dict[Status, list[str]] = {
+    "processing": ["pending"],
+    "done": ["processing"],
+    "error": ["pending", "processing"],
+}
 # Kept by the store in every task's metadata; a caller's metadata does not overwrite them.
 _OWN_KEYS = ("cost", "attempts")
 # A pending task changed by someone else between reading and starting it (still pending): read it again.
@@ -54,8 +57,15 @@ _PROJECT_HINT = "list your projects, or pass a project name"
 class SupabaseStore:
     name = "supabase"
 
-    def __init__(self, url: str, key: str, *, access_token: str | None = None, user_id: str | None = None,
-                 http: httpx.Client | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        key: str,
+        *,
+        access_token: str | None = None,
+        user_id: str | None = None,
+        http: httpx.Client | None = None,
+    ) -> None:
         try:
             from supabase import ClientOptions, create_client
         except ImportError as e:
@@ -66,9 +76,13 @@ class SupabaseStore:
         # None: not bound to a user yet (a server's store); per-user operations refuse until ``for_user``.
         self.user_id: str | None = user_id or self._token_user
         try:
-            self._client = create_client(url, key, options=ClientOptions(headers=headers, httpx_client=http,
-                                                                         auto_refresh_token=False,
-                                                                         persist_session=False))
+            self._client = create_client(
+                url,
+                key,
+                options=ClientOptions(
+                    headers=headers, httpx_client=http, auto_refresh_token=False, persist_session=False
+                ),
+            )
         except Exception as e:  # supabase-py validates the URL and key format here
             raise StoreError(f"cannot use Supabase at {url}: {e}", hint="check SUPABASE_URL and the key") from e
 
@@ -79,16 +93,20 @@ class SupabaseStore:
             return cls(s.supabase_url or "", s.supabase_anon_key.get_secret_value(), access_token=token)
         if s.supabase_service_key:
             return cls(s.supabase_url or "", s.supabase_service_key.get_secret_value(), user_id=s.user_id)
-        raise UsageError("Supabase needs the service key, or the anon key and a signed-in user",
-                         hint="set SUPABASE_SERVICE_KEY (servers) or SUPABASE_ANON_KEY + S3SEG_SUPABASE_ACCESS_TOKEN")
+        raise UsageError(
+            "Supabase needs the service key, or the anon key and a signed-in user",
+            hint="set SUPABASE_SERVICE_KEY (servers) or SUPABASE_ANON_KEY + S3SEG_SUPABASE_ACCESS_TOKEN",
+        )
 
     def for_user(self, user_id: str) -> SupabaseStore:
         """This store bound to ``user_id``, sharing its client (and connection pool)."""
         if not user_id:
             raise UsageError("a store needs a user id")
         if self._token_user is not None and user_id != self._token_user:
-            raise UsageError(f"signed in as {self._token_user}, this store cannot act for user {user_id}",
-                             hint="a server acting for several users needs the service key")
+            raise UsageError(
+                f"signed in as {self._token_user}, this store cannot act for user {user_id}",
+                hint="a server acting for several users needs the service key",
+            )
         bound = copy.copy(self)  # shallow: the same supabase client
         bound.user_id = user_id
         return bound
@@ -96,16 +114,25 @@ class SupabaseStore:
     # ------------------------------------------------------------------------------------- operations
     def account(self) -> Account:
         user = self._user()
-        found = self._rows(self._client.table("users_profile").select("id, tier, credits").eq("id", user)
-                           .limit(1).execute)
+        found = self._rows(
+            self._client.table("users_profile").select("id, tier, credits").eq("id", user).limit(1).execute
+        )
         if not found:
             raise AccountNotFound(f"no profile for user {user}", hint=_PROFILE_HINT)
         row = found[0]
         credits = row.get("credits")
         return Account(str(row["id"]), tier=str(row["tier"]), credits=None if credits is None else int(credits))
 
-    def create_task(self, prompts: list[str], *, project: str | None = None, project_id: str | None = None,
-                    metadata: dict[str, Any] | None = None, cost: int = 0, queue: bool = False) -> Task:
+    def create_task(
+        self,
+        prompts: list[str],
+        *,
+        project: str | None = None,
+        project_id: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        cost: int = 0,
+        queue: bool = False,
+    ) -> Task:
         """A pending task. ``queue=True`` (service key only): a task for the server's workers, reserving
         ``cost`` credits atomically (CreditsError when the user's credits minus what their unfinished tasks
         reserve do not cover it). Otherwise a plain row that costs nothing. ``project_id`` must be one of
@@ -117,25 +144,42 @@ class SupabaseStore:
         if cost < 0:
             raise UsageError(f"a task's cost must be >= 0, got {cost}")
         if cost and not queue:
-            raise UsageError("credits are only reserved for queued tasks",
-                             hint=f"create the task with queue=True, or with cost=0 (got cost={cost})")
+            raise UsageError(
+                "credits are only reserved for queued tasks",
+                hint=f"create the task with queue=True, or with cost=0 (got cost={cost})",
+            )
         if queue and self._token_user is not None:
-            raise UsageError("queued tasks need the service key (create_segmentation_task is service_role only)",
-                             hint="send the image to an s3seg server, or record the result as a plain task")
+            raise UsageError(
+                "queued tasks need the service key (create_segmentation_task is service_role only)",
+                hint="send the image to an s3seg server, or record the result as a plain task",
+            )
         meta = {"prompts": prompts, **(metadata or {})}
         if project_id is not None:
             project_id = self._own_project(project_id)
         elif project:
             project_id = self._project_id(project)
         if not queue:  # a plain row (``queued`` keeps its default, false: a signed-in user may not set it)
-            row = {"user_id": user, "text_prompt": ", ".join(prompts), "status": "pending",
-                   "metadata": {**meta, "cost": 0, "attempts": 0}, **({"project_id": project_id} if project_id else {})}
+            row = {
+                "user_id": user,
+                "text_prompt": ", ".join(prompts),
+                "status": "pending",
+                "metadata": {**meta, "cost": 0, "attempts": 0},
+                **({"project_id": project_id} if project_id else {}),
+            }
             created = self._rows(self._client.table(_TABLE).insert(row).execute)
             return self._get(str(created[0]["id"]), user)
-        task_id = self._call(self._client.rpc("create_segmentation_task", {
-            "p_user_id": user, "p_text_prompt": ", ".join(prompts), "p_project_id": project_id,
-            "p_metadata": meta, "p_cost": cost,
-        }).execute)
+        task_id = self._call(
+            self._client.rpc(
+                "create_segmentation_task",
+                {
+                    "p_user_id": user,
+                    "p_text_prompt": ", ".join(prompts),
+                    "p_project_id": project_id,
+                    "p_metadata": meta,
+                    "p_cost": cost,
+                },
+            ).execute
+        )
         return self._get(str(task_id), user)
 
     def start(self, task_id: str) -> Task:
@@ -151,16 +195,21 @@ class SupabaseStore:
             self._check_writable(task_id, row)
             meta = row.get("metadata") or {}
             changed = self._rows(
-                self._client.table(_TABLE).update({"status": "processing",
-                                                   "metadata": {**meta, "attempts": _attempts(meta) + 1}})
-                .eq("id", task_id).eq("user_id", user).eq("status", "pending").eq("updated_at", row["updated_at"])
-                .execute)
+                self._client.table(_TABLE)
+                .update({"status": "processing", "metadata": {**meta, "attempts": _attempts(meta) + 1}})
+                .eq("id", task_id)
+                .eq("user_id", user)
+                .eq("status", "pending")
+                .eq("updated_at", row["updated_at"])
+                .execute
+            )
             if changed:
                 return self._get(task_id, user)  # with the project name joined in
         raise StoreError(f"task {task_id} kept changing while it was being started; it was not started")
 
-    def finish(self, task_id: str, *, source: str, mask: str, overlay: str, labels: list[Any],
-               metadata: dict[str, Any]) -> Task:
+    def finish(
+        self, task_id: str, *, source: str, mask: str, overlay: str, labels: list[Any], metadata: dict[str, Any]
+    ) -> Task:
         """``processing → done``; a queued task's cost is charged (and logged) in the same transaction.
         ``metadata`` is merged into the task's (its ``cost`` and ``attempts`` stay)."""
         user = self._user()
@@ -168,14 +217,31 @@ class SupabaseStore:
         old = self._row(task_id, user, "status, queued, metadata")
         new = {k: v for k, v in metadata.items() if k not in _OWN_KEYS}
         if not old.get("queued"):  # a plain row: nothing reserved, nothing to charge
-            return self._move(task_id, "done", {"source_image_url": source, "mask_image_url": mask,
-                                                "overlay_image_url": overlay, "labels": labels,
-                                                "metadata": {**(old.get("metadata") or {}), **new}})
+            return self._move(
+                task_id,
+                "done",
+                {
+                    "source_image_url": source,
+                    "mask_image_url": mask,
+                    "overlay_image_url": overlay,
+                    "labels": labels,
+                    "metadata": {**(old.get("metadata") or {}), **new},
+                },
+            )
         self._check_writable(task_id, old)
-        self._call(self._client.rpc("finish_segmentation_task", {
-            "p_task_id": task_id, "p_source": source, "p_mask": mask, "p_overlay": overlay, "p_labels": labels,
-            "p_metadata": new,
-        }).execute)
+        self._call(
+            self._client.rpc(
+                "finish_segmentation_task",
+                {
+                    "p_task_id": task_id,
+                    "p_source": source,
+                    "p_mask": mask,
+                    "p_overlay": overlay,
+                    "p_labels": labels,
+                    "p_metadata": new,
+                },
+            ).execute
+        )
         return self._get(task_id, user)
 
     def fail(self, task_id: str, error: str) -> Task:
@@ -184,8 +250,9 @@ class SupabaseStore:
     def get(self, task_id: str) -> Task:
         return self._get(task_id, self._user())
 
-    def list(self, *, project: str | None = None, status: Status | None = None, limit: int = 20,
-             offset: int = 0) -> list[Task]:
+    def list(
+        self, *, project: str | None = None, status: Status | None = None, limit: int = 20, offset: int = 0
+    ) -> list[Task]:
         if status is not None and status not in STATUSES:
             raise StoreError(f"unknown status {status!r}", hint=f"one of {', '.join(STATUSES)}")
         columns = "*, projects!inner(name)" if project else _COLUMNS
@@ -201,8 +268,14 @@ class SupabaseStore:
     def runnable(self, limit: int = 100) -> Tasks:
         """Queued ``pending`` tasks of every user (with the service key; the user's own under RLS), oldest
         first."""
-        query = (self._client.table(_TABLE).select(_COLUMNS).eq("status", "pending").eq("queued", "true")
-                 .order("created_at").limit(limit))
+        query = (
+            self._client.table(_TABLE)
+            .select(_COLUMNS)
+            .eq("status", "pending")
+            .eq("queued", "true")
+            .order("created_at")
+            .limit(limit)
+        )
         return [_task(r) for r in self._rows(query.execute)]
 
     def requeue_stale(self, *, older_than_s: float, max_attempts: int) -> Tasks:
@@ -212,50 +285,75 @@ class SupabaseStore:
         (status and ``updated_at``), so of several servers sweeping at once exactly one requeues a task.
         Returns the tasks this call requeued, oldest first."""
         cutoff = (datetime.now(timezone.utc) - timedelta(seconds=older_than_s)).isoformat()
-        stale = self._rows(self._client.table(_TABLE).select("id, metadata, updated_at").eq("status", "processing")
-                           .eq("queued", "true").lt("updated_at", cutoff).order("updated_at").limit(_STALE_BATCH)
-                           .execute)
+        stale = self._rows(
+            self._client.table(_TABLE)
+            .select("id, metadata, updated_at")
+            .eq("status", "processing")
+            .eq("queued", "true")
+            .lt("updated_at", cutoff)
+            .order("updated_at")
+            .limit(_STALE_BATCH)
+            .execute
+        )
         requeued: list[str] = []
         for row in stale:
             attempts = _attempts(row.get("metadata") or {})
-            values = ({"status": "pending"} if attempts < max_attempts
-                      else {"status": "error", "error": _gave_up(attempts, max_attempts)})
-            changed = self._rows(self._client.table(_TABLE).update(values).eq("id", row["id"])
-                                 .eq("status", "processing").eq("updated_at", row["updated_at"]).execute)
+            values = (
+                {"status": "pending"}
+                if attempts < max_attempts
+                else {"status": "error", "error": _gave_up(attempts, max_attempts)}
+            )
+            changed = self._rows(
+                self._client.table(_TABLE)
+                .update(values)
+                .eq("id", row["id"])
+                .eq("status", "processing")
+                .eq("updated_at", row["updated_at"])
+                .execute
+            )
             if changed and values["status"] == "pending":
                 requeued.append(str(row["id"]))
         if not requeued:
             return []
-        rows = self._rows(self._client.table(_TABLE).select(_COLUMNS).in_("id", requeued).order("created_at")
-                          .execute)
+        rows = self._rows(self._client.table(_TABLE).select(_COLUMNS).in_("id", requeued).order("created_at").execute)
         return [_task(r) for r in rows]
 
     # -------------------------------------------------------------------------------------- internals
     def _user(self) -> str:
         if self.user_id is None:
-            raise UsageError("this Supabase store is not bound to a user",
-                             hint="a server binds it per request (for_user); the CLI needs S3SEG_USER_ID "
-                                  "with the service key, or a signed-in user")
+            raise UsageError(
+                "this Supabase store is not bound to a user",
+                hint="a server binds it per request (for_user); the CLI needs S3SEG_USER_ID "
+                "with the service key, or a signed-in user",
+            )
         return self.user_id
 
     def _get(self, task_id: str, user: str) -> Task:
-        found = self._rows(self._client.table(_TABLE).select(_COLUMNS).eq("id", task_id).eq("user_id", user)
-                           .limit(1).execute)
+        found = self._rows(
+            self._client.table(_TABLE).select(_COLUMNS).eq("id", task_id).eq("user_id", user).limit(1).execute
+        )
         if not found:
             raise TaskNotFound(f"no task {task_id}", hint=_NOT_FOUND_HINT)
         return _task(found[0])
 
     def _row(self, task_id: str, user: str, columns: str) -> dict[str, Any]:
-        found = self._rows(self._client.table(_TABLE).select(columns).eq("id", task_id).eq("user_id", user)
-                           .limit(1).execute)
+        found = self._rows(
+            self._client.table(_TABLE).select(columns).eq("id", task_id).eq("user_id", user).limit(1).execute
+        )
         if not found:
             raise TaskNotFound(f"no task {task_id}", hint=_NOT_FOUND_HINT)
         return found[0]
 
     def _move(self, task_id: str, status: Status, values: dict[str, Any]) -> Task:
         user = self._user()
-        changed = self._rows(self._client.table(_TABLE).update({**values, "status": status})
-                             .eq("id", task_id).eq("user_id", user).in_("status", _PREVIOUS[status]).execute)
+        changed = self._rows(
+            self._client.table(_TABLE)
+            .update({**values, "status": status})
+            .eq("id", task_id)
+            .eq("user_id", user)
+            .in_("status", _PREVIOUS[status])
+            .execute
+        )
         if not changed:
             current = self._row(task_id, user, "status, queued")  # TaskNotFound when the user has no such task
             if current["status"] in _PREVIOUS[status]:
@@ -266,8 +364,10 @@ class SupabaseStore:
     def _check_writable(self, task_id: str, row: dict[str, Any]) -> None:
         """A signed-in user may not change a server task (RLS), nor call the credit functions."""
         if row.get("queued") and self._token_user is not None:
-            raise StoreError(f"task {task_id} is a server task; only the server can change it",
-                             hint="it runs on the s3seg server that queued it")
+            raise StoreError(
+                f"task {task_id} is a server task; only the server can change it",
+                hint="it runs on the s3seg server that queued it",
+            )
 
     def _own_project(self, project_id: str) -> str:
         """``project_id`` as stored, if it is one of the bound user's projects; else TaskNotFound."""
@@ -275,16 +375,23 @@ class SupabaseStore:
             uuid.UUID(str(project_id))  # a uuid column: PostgREST would refuse anything else with a 400
         except ValueError:
             raise TaskNotFound(f"no project {project_id}", hint=_PROJECT_HINT) from None
-        found = self._rows(self._client.table("projects").select("id").eq("id", project_id)
-                           .eq("user_id", self._user()).limit(1).execute)
+        found = self._rows(
+            self._client.table("projects")
+            .select("id")
+            .eq("id", project_id)
+            .eq("user_id", self._user())
+            .limit(1)
+            .execute
+        )
         if not found:
             raise TaskNotFound(f"no project {project_id}", hint=_PROJECT_HINT)
         return str(found[0]["id"])
 
     def _project_id(self, name: str) -> str:
         user = self._user()
-        found = self._rows(self._client.table("projects").select("id").eq("user_id", user).eq("name", name)
-                           .limit(1).execute)
+        found = self._rows(
+            self._client.table("projects").select("id").eq("user_id", user).eq("name", name).limit(1).execute
+        )
         if found:
             return str(found[0]["id"])
         created = self._rows(self._client.table("projects").insert({"user_id": user, "name": name}).execute)
@@ -312,8 +419,9 @@ def _error(e: APIError) -> StoreError | CreditsError:
     DETAIL; anything else is a refusal as PostgREST words it."""
     detail = e.details if isinstance(e.details, str) and e.details else None
     if e.code == "PT402":
-        return CreditsError(f"not enough credits: {detail or e.message}",
-                            hint="credits are reserved by unfinished tasks until they end")
+        return CreditsError(
+            f"not enough credits: {detail or e.message}", hint="credits are reserved by unfinished tasks until they end"
+        )
     if e.code == "PT404" and e.message == "TASK_NOT_FOUND":
         return TaskNotFound(detail or "no such task", hint=_NOT_FOUND_HINT)
     if e.code == "PT404":  # USER_NOT_FOUND
