@@ -22,10 +22,10 @@ if TYPE_CHECKING:
 
 
 def login_command(
-    email: Optional[str] = typer.Option(
+    email: Optional[str] = typer.Option(  # noqa: UP045
         None,
         "--email",
-        help="Account email (asked for when not given).",  # noqa: UP045
+        help="Account email (asked for when not given).",
         show_default=False,
     ),
     password_stdin: bool = typer.Option(

@@ -110,10 +110,10 @@ def tasks_command(
 
 def results_command(
     task_id: Optional[str] = typer.Argument(None, help="One result to show.", show_default=False),  # noqa: UP045
-    project: Optional[str] = typer.Option(
+    project: Optional[str] = typer.Option(  # noqa: UP045
         None,
         "--project",
-        help="Only this project.",  # noqa: UP045
+        help="Only this project.",
         show_default=False,
     ),
     status: Optional[str] = typer.Option(  # noqa: UP045
