@@ -72,9 +72,12 @@ def main() -> None:
 
 
 def _fail(message: str, hint: str | None, code: int) -> None:
+    from rich.markup import escape
+
     from s3seg.cli._console import err_console
 
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    # escape(): messages carry user data and extras' names ('s3seg[server]'), never Rich markup
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     if hint:
-        err_console.print(f"[dim]hint:[/] {hint}", highlight=False, soft_wrap=True)
+        err_console.print(f"[dim]hint:[/] {escape(hint)}", highlight=False, soft_wrap=True)
     sys.exit(code)

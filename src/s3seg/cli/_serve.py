@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+from importlib.util import find_spec
 from typing import Optional
 
 import typer
@@ -93,12 +94,13 @@ def serve_command(
             f"refusing to serve on {settings.host} without an API key",
             hint="set S3SEG_API_KEY (or --api-key), or pass --allow-no-key to serve openly",
         )
-    try:
-        import uvicorn
+    missing = [name for name in _SERVER_MODULES if find_spec(name) is None]
+    if missing:
+        raise DependencyError(f"the server needs {', '.join(missing)}", hint="pip install 's3seg[server]'")
+    import uvicorn
 
-        from s3seg.server import create_app
-    except ImportError as e:
-        raise DependencyError(f"the server needs {e.name}", hint="pip install 's3seg[server]'") from e
+    from s3seg.server import create_app
+
     if settings.workers:
         from s3seg.server import WorkerPool
 
@@ -112,6 +114,10 @@ def serve_command(
 
         app = create_app(Sam3Engine.from_settings(settings), settings)
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=log_level, timeout_graceful_shutdown=30)
+
+
+# What `s3seg[server]` brings (module names); checked before importing so one line names them all.
+_SERVER_MODULES = ("fastapi", "uvicorn", "multipart", "jwt", "torch", "transformers")
 
 
 def _is_loopback(host: str) -> bool:

@@ -1,5 +1,6 @@
 """SAM3 inference. The only package that imports torch; import it lazily from everywhere else."""
 
+from s3seg.engine import _deps  # noqa: F401  (checks the local-inference extra first)
 from s3seg.engine._sam3 import (
     VISUAL_PROMPT,
     Fidelity,
