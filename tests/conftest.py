@@ -3,12 +3,49 @@ loaded through the same code path as real weights, and a real photo."""
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from s3seg.testing import write_random_checkpoint
+
+_HOME_VARS = ("HOME", "XDG_DATA_HOME", "XDG_CONFIG_HOME", "XDG_CACHE_HOME", "XDG_STATE_HOME")
+
+
+def _snapshot(home: Path) -> dict[str, tuple[int, int]]:
+    """Every file s3seg could write under a real home: path → (size, mtime_ns)."""
+    found = {}
+    for top in (home / ".local" / "share" / "s3seg", home / ".config" / "s3seg", home / ".cache" / "s3seg"):
+        for path in [top, *top.rglob("*")] if top.exists() else []:
+            stat = path.stat()
+            found[str(path)] = (stat.st_size, stat.st_mtime_ns)
+    return found
+
+
+@pytest.fixture(scope="session", autouse=True)
+def temporary_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Tests never touch the real home: HOME and the XDG folders point into a temporary directory, and the
+    session fails if anything of s3seg's under the real home changed anyway."""
+    real = Path.home()
+    before = _snapshot(real)
+    saved = {name: os.environ.get(name) for name in _HOME_VARS}
+    home = tmp_path_factory.mktemp("home")
+    os.environ["HOME"] = str(home)
+    for name in _HOME_VARS[1:]:
+        os.environ.pop(name, None)
+    yield home
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+    after = _snapshot(real)
+    if after != before:
+        changed = sorted(set(after.items()) ^ set(before.items()))
+        pytest.fail(f"the tests changed files under the real home: {changed[:5]}")
 
 
 @pytest.fixture(scope="session")
