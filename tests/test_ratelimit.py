@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from s3seg.server._ratelimit import RateLimited, RateLimiter
+from s3seg.errors import RateLimited
+from s3seg.server._ratelimit import RateLimiter
 
 
 class Clock:

@@ -56,7 +56,7 @@ def test_save_then_tasks_and_results(capsys: pytest.CaptureFixture[str], tmp_pat
     code, out, _ = run(capsys, "results", task_id, "--download", str(tmp_path / "dl"), "--json")
     assert code == 0
     shown = json.loads(out)
-    assert set(shown["urls"]) == {"source", "mask", "overlay", "coco"}
+    assert set(shown["urls"]) == {"source", "mask", "overlay", "result"}
     assert all(u.startswith("file://") for u in shown["urls"].values())
     files = sorted(p.name for p in (tmp_path / "dl").iterdir())
     assert files == ["mask.png", "overlay.jpg", "result.json", "source.jpg"]
@@ -183,7 +183,7 @@ def test_save_to_a_real_s3_server(
     import httpx
 
     assert httpx.get(urls["source"]).content == photo_path.read_bytes()  # a presigned URL, fetched for real
-    coco = httpx.get(urls["coco"]).json()
+    coco = httpx.get(urls["result"]).json()
     assert isinstance(from_coco(coco)[0], SegmentationResult)
     code, out, _ = run(capsys, "config", "--json")
     assert json.loads(out)["backends"]["storage"] != "local"

@@ -401,7 +401,7 @@ def test_cli_remote_equals_local(
 
 def test_cli_remote_errors(capsys: pytest.CaptureFixture[str], server: Server, photo_path: Path) -> None:
     code, _, err = run_cli(capsys, "segment", str(photo_path), "dog", "--server", server.url, "--api-key", "nope")
-    assert code == 8 and "refused" in err and "--api-key" in err and "Traceback" not in err
+    assert code == s3seg.AuthError.exit_code and "refused" in err and "--api-key" in err and "Traceback" not in err
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     dead = f"http://127.0.0.1:{sock.getsockname()[1]}"

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from pycocotools import mask as coco_mask
 
-from s3seg.errors import ResultFormatError
+from s3seg.errors import ResultFormatError, UsageError
 from s3seg.types import Box, Instance, SegmentationResult, Timings, box_from_string, from_coco, to_coco
 
 
@@ -212,5 +212,5 @@ def test_box_strings(text: str, box: Box) -> None:
 
 @pytest.mark.parametrize("text", ["1,2,3", "a,b,c,d", "5,5,1,1", "1,2,3,4,5"])
 def test_bad_box_strings(text: str) -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(UsageError):
         box_from_string(text)

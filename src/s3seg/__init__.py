@@ -13,26 +13,13 @@ from importlib import import_module
 from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 
+from s3seg.errors import *  # noqa: F403  (every error is s3seg.<Name> too; the module imports nothing heavy)
+from s3seg.errors import __all__ as _errors
+
 if TYPE_CHECKING:
     from s3seg.client import Client, segment
     from s3seg.config import Settings
-    from s3seg.errors import (
-        AuthError,
-        CreditsError,
-        DependencyError,
-        DeviceError,
-        ImageError,
-        ImageTooLargeError,
-        ModelError,
-        ResultFormatError,
-        S3SegError,
-        ServerError,
-        StorageError,
-        StoreError,
-        TaskNotFound,
-        UsageError,
-    )
-    from s3seg.types import Box, Instance, SegmentationResult, Timings, from_coco, to_coco
+    from s3seg.types import Box, Instance, SegmentationResult, SegmentRequest, Timings, from_coco, to_coco
 
 try:
     __version__ = version("s3seg")
@@ -47,28 +34,10 @@ _LAZY = {
     "Box": "s3seg.types",
     "Instance": "s3seg.types",
     "SegmentationResult": "s3seg.types",
+    "SegmentRequest": "s3seg.types",
     "Timings": "s3seg.types",
     "from_coco": "s3seg.types",
     "to_coco": "s3seg.types",
-    **dict.fromkeys(
-        [
-            "AuthError",
-            "CreditsError",
-            "DependencyError",
-            "DeviceError",
-            "ImageError",
-            "ImageTooLargeError",
-            "ModelError",
-            "ResultFormatError",
-            "S3SegError",
-            "ServerError",
-            "StorageError",
-            "StoreError",
-            "TaskNotFound",
-            "UsageError",
-        ],
-        "s3seg.errors",
-    ),
 }
 
 
@@ -85,28 +54,16 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
-    "AuthError",
     "Box",
     "Client",
-    "CreditsError",
-    "DependencyError",
-    "DeviceError",
-    "ImageError",
-    "ImageTooLargeError",
     "Instance",
-    "ModelError",
-    "ResultFormatError",
-    "S3SegError",
+    "SegmentRequest",
     "SegmentationResult",
-    "ServerError",
     "Settings",
-    "StorageError",
-    "StoreError",
-    "TaskNotFound",
     "Timings",
-    "UsageError",
     "__version__",
     "from_coco",
     "segment",
     "to_coco",
 ]
+__all__ += _errors

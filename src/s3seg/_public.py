@@ -17,19 +17,9 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 from s3seg._remote import encoded, envelope_data
-from s3seg.errors import (
-    AccountNotFound,
-    AuthError,
-    CreditsError,
-    ImageError,
-    ImageTooLargeError,
-    S3SegError,
-    ServerError,
-    TaskNotFound,
-    UsageError,
-)
+from s3seg.errors import ServerError, UsageError
 from s3seg.images import LoadedImage
-from s3seg.types import Box, SegmentationResult, SegmentOptions, from_coco
+from s3seg.types import SegmentationResult, SegmentRequest, from_coco
 
 if TYPE_CHECKING:
     from s3seg.config import Settings
@@ -79,20 +69,13 @@ class PublicClient:
         info: dict[str, Any] = self._call("POST", "/api/v1/upload", files={"file": (name, data)})
         return info
 
-    def start(
-        self,
-        image_id: str,
-        prompts: Sequence[str],
-        boxes: Sequence[Box],
-        options: SegmentOptions,
-        project: str | None = None,
-    ) -> Task:
+    def start(self, image_id: str, request: SegmentRequest, project: str | None = None) -> Task:
         body = {
             "image_id": image_id,
-            "text_prompts": list(prompts),
+            "text_prompts": list(request.prompts),
             "project": project,
-            "boxes": [{"box": list(b.xyxy), "positive": b.positive} for b in boxes],
-            **dataclasses.asdict(options),
+            "boxes": [b.to_dict() for b in request.boxes],
+            **request.options.to_dict(),
         }
         return _task(self._call("POST", "/api/v1/segment", json=body))
 
@@ -130,7 +113,7 @@ class PublicClient:
                 ("source", "source_image_url"),
                 ("mask", "mask_image_url"),
                 ("overlay", "overlay_image_url"),
-                ("coco", "result_url"),
+                ("result", "result_url"),
             )
             if row.get(column)
         }
@@ -144,17 +127,12 @@ class PublicClient:
 
     # --- segmentation, as a backend of s3seg.Client --------------------------------------------
     def segment(
-        self,
-        images: Sequence[LoadedImage],
-        prompts: Sequence[str],
-        boxes: Sequence[Box],
-        options: SegmentOptions,
-        project: str | None = None,
+        self, images: Sequence[LoadedImage], request: SegmentRequest, project: str | None = None
     ) -> list[SegmentationResult]:
         def one(image: LoadedImage) -> SegmentationResult:
             name = image.name or "image.png"
             uploaded = self.upload(encoded(image), name.rsplit("/", 1)[-1])
-            task = self.wait(self.start(uploaded["image_id"], prompts, boxes, options, project).id)
+            task = self.wait(self.start(uploaded["image_id"], request, project).id)
             if task.status == "error":
                 raise ServerError(f"the server could not segment {name}: {task.error}", status=422, code="TASK_ERROR")
             self.saved.append((name, task.id))
@@ -191,22 +169,7 @@ class PublicClient:
             time.sleep(wait)
 
     def _data(self, response: httpx.Response) -> Any:
-        return envelope_data(response, _as_error)
-
-
-def _as_error(status: int, code: str, message: str, hint: str | None) -> S3SegError:
-    errors: dict[int, Callable[[], S3SegError]] = {
-        401: lambda: AuthError(f"the API refused the sign-in: {message}", hint or "s3seg login"),
-        402: lambda: CreditsError(message, hint or "see your credits with: s3seg whoami"),
-        403: lambda: AccountNotFound(message, hint),
-        404: lambda: TaskNotFound(message, hint),
-        413: lambda: ImageTooLargeError(message, hint or "resize or recompress the image"),
-        415: lambda: ImageError(message, hint),
-        422: lambda: UsageError(f"the API rejected the request: {message}", hint),
-    }
-    if status in errors:
-        return errors[status]()
-    return ServerError(f"the API failed ({status} {code}): {message}", hint=hint, status=status, code=code)
+        return envelope_data(response, f"the s3seg API at {self.url}")
 
 
 def _retry_after(response: httpx.Response) -> float:

@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
 
-from s3seg.errors import ImageError, ImageTooLargeError, S3SegError, ServerError, UsageError
+from s3seg.errors import ServerError, UsageError, error_from_response
 from s3seg.images import LoadedImage
-from s3seg.types import Box, SegmentationResult, SegmentOptions, from_coco
+from s3seg.types import SegmentationResult, SegmentRequest, from_coco
 
 _BUSY_RETRIES = 3
 _CONCURRENT_REQUESTS = 4
@@ -42,13 +42,12 @@ class RemoteBackend:
         data: dict[str, Any] = self._call("GET", "/api/v1/model/info")
         return data
 
-    def segment(
-        self, images: Sequence[LoadedImage], prompts: Sequence[str], boxes: Sequence[Box], options: SegmentOptions
-    ) -> list[SegmentationResult]:
+    def segment(self, images: Sequence[LoadedImage], request: SegmentRequest) -> list[SegmentationResult]:
         """One request per image, several in flight; the server batches concurrent requests onto its device."""
+        options = request.options
         fields: dict[str, Any] = {
-            "prompts": list(prompts),
-            "boxes": [f"{'' if b.positive else 'neg:'}{b.x0},{b.y0},{b.x1},{b.y1}" for b in boxes],
+            "prompts": list(request.prompts),
+            "boxes": [str(b) for b in request.boxes],
             "threshold": repr(options.threshold),
             "mask_threshold": repr(options.mask_threshold),
         }
@@ -89,13 +88,11 @@ class RemoteBackend:
         raise AssertionError("unreachable")
 
     def _data(self, response: httpx.Response) -> Any:
-        return envelope_data(
-            response, lambda status, code, message, hint: _as_error(status, code, message, hint, self.url)
-        )
+        return envelope_data(response, f"the s3seg server at {self.url}")
 
 
-def envelope_data(response: httpx.Response, error: Callable[[int, str, str, str | None], S3SegError]) -> Any:
-    """``data`` of an s3seg envelope; otherwise raise ``error(status, code, message, hint)``."""
+def envelope_data(response: httpx.Response, where: str) -> Any:
+    """``data`` of an s3seg envelope; otherwise raise the error it answers (``where``: the server's name)."""
     try:
         body = response.json()
     except ValueError:
@@ -105,33 +102,7 @@ def envelope_data(response: httpx.Response, error: Callable[[int, str, str, str 
     details = body.get("error", {}) if isinstance(body, dict) else {}
     code = str(details.get("code", "HTTP_ERROR"))
     message = str(details.get("message") or f"HTTP {response.status_code}")
-    raise error(response.status_code, code, message, details.get("hint"))
-
-
-def _as_error(status: int, code: str, message: str, hint: str | None, url: str) -> S3SegError:
-    if status == 401:
-        return ServerError(
-            f"the server at {url} refused the request: {message}",
-            hint="pass --api-key or set S3SEG_API_KEY to the server's key",
-            status=status,
-            code=code,
-        )
-    if code == "IMAGE_TOO_LARGE":
-        return ImageTooLargeError(message, hint or "resize the image")
-    if status == 415:
-        return ImageError(message, hint)
-    if status == 413:
-        return ServerError(
-            f"the server refused the upload as too large: {message}",
-            hint="resize or recompress the image, or raise the server's S3SEG_MAX_BODY_MB",
-            status=status,
-            code=code,
-        )
-    if status == 422:
-        return UsageError(f"the server rejected the request: {message}", hint)
-    if status == 503:
-        return ServerError(f"the server is overloaded: {message}", hint=hint or "retry later", status=status, code=code)
-    return ServerError(f"the server failed ({status} {code}): {message}", hint=hint, status=status, code=code)
+    raise error_from_response(response.status_code, code, message, details.get("hint"), where=where)
 
 
 def encoded(image: LoadedImage) -> bytes:

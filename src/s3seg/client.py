@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 from s3seg.config import Settings, load_settings
 from s3seg.errors import UsageError
 from s3seg.images import ImageInput, LoadedImage, load_image
-from s3seg.types import Box, SegmentationResult, SegmentOptions, ensure_prompts
+from s3seg.types import Box, SegmentationResult, SegmentOptions, SegmentRequest
 
 if TYPE_CHECKING:
     from s3seg._public import PublicClient
@@ -83,26 +83,24 @@ class Client:
             self.engine  # noqa: B018  (loads it)
 
     def run(
-        self,
-        images: Sequence[LoadedImage],
-        prompts: Sequence[str],
-        boxes: Sequence[Box],
-        options: SegmentOptions,
-        *,
-        project: str | None = None,
+        self, images: Sequence[LoadedImage], request: SegmentRequest, *, project: str | None = None
     ) -> list[SegmentationResult]:
-        """Decoded images × prompts, locally or on the server; one result per image. ``project`` files
+        """Decoded images × one request, locally or on the server; one result per image. ``project`` files
         the results under a project on a public API (elsewhere nothing is kept)."""
         backend = self._backend() if self.is_remote else None
         if isinstance(backend, _public_client()):
-            results = backend.segment(images, prompts, boxes, options, project=project)
+            results = backend.segment(images, request, project=project)
             self._saved += backend.saved
             backend.saved.clear()
             return results
         if backend is not None:
-            return backend.segment(images, prompts, boxes, options)
+            return backend.segment(images, request)
         return self.engine.segment(
-            [i.array for i in images], prompts, boxes, names=[i.name for i in images], options=options
+            [i.array for i in images],
+            request.prompts,
+            request.boxes,
+            names=[i.name for i in images],
+            options=request.options,
         )
 
     @property
@@ -178,31 +176,39 @@ class Client:
         nms_iou: float | None = None,
     ) -> list[SegmentationResult]:
         """Like :meth:`segment` for several images (batched through the backbone); one result each."""
-        loaded = [self.load(i) for i in images]
-        return self.run(
-            loaded,
-            ensure_prompts(prompts),
-            [b if isinstance(b, Box) else Box(*b) for b in boxes],
-            self.options(threshold, mask_threshold, max_instances, nms_iou),
+        request = self.request(
+            prompts,
+            boxes=boxes,
+            threshold=threshold,
+            mask_threshold=mask_threshold,
+            max_instances=max_instances,
+            nms_iou=nms_iou,
         )
+        return self.run([self.load(i) for i in images], request)
 
     def load(self, image: ImageInput | LoadedImage) -> LoadedImage:
         """Decode and check an image with this client's limits."""
         return image if isinstance(image, LoadedImage) else load_image(image, max_pixels=self.settings.max_pixels)
 
-    def options(
+    def request(
         self,
+        prompts: str | Sequence[str] = (),
+        *,
+        boxes: Sequence[Box | tuple[float, float, float, float]] = (),
         threshold: float | None = None,
         mask_threshold: float | None = None,
         max_instances: int | None = None,
         nms_iou: float | None = None,
-    ) -> SegmentOptions:
-        s = self.settings
-        return SegmentOptions(
-            threshold=s.threshold if threshold is None else threshold,
-            mask_threshold=s.mask_threshold if mask_threshold is None else mask_threshold,
-            max_instances=s.max_instances if max_instances is None else max_instances,
-            nms_iou=s.nms_iou if nms_iou is None else nms_iou,
+    ) -> SegmentRequest:
+        """A checked request: these prompts and boxes, the options given over this client's settings."""
+        return SegmentRequest.build(
+            prompts,
+            boxes,
+            defaults=SegmentOptions.from_settings(self.settings),
+            threshold=threshold,
+            mask_threshold=mask_threshold,
+            max_instances=max_instances,
+            nms_iou=nms_iou,
         )
 
 
@@ -226,5 +232,7 @@ def segment(
 ) -> SegmentationResult:
     """One-liner: ``s3seg.segment("photo.jpg", "dog")``. The model is loaded once per process and reused."""
     with _clients_lock:
-        client = _clients.setdefault((model, device), Client(model, device=device))
+        client = _clients.get((model, device))
+        if client is None:
+            client = _clients[(model, device)] = Client(model, device=device)
     return client.segment(image, prompts, **kwargs)

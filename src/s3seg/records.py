@@ -83,6 +83,18 @@ class Recorder:
         return self.store.fail(task.id, reason)
 
 
+def result_files(task: Task) -> dict[str, str]:
+    """The storage keys of a task's files by name: ``source``, ``mask``, ``overlay`` and ``result`` (the
+    COCO JSON, whose key the task's metadata keeps under ``coco``); only those it has."""
+    keys = {
+        "source": task.source_image_url,
+        "mask": task.mask_image_url,
+        "overlay": task.overlay_image_url,
+        "result": task.metadata.get("coco"),
+    }
+    return {name: str(key) for name, key in keys.items() if key}
+
+
 def _labels(result: SegmentationResult) -> list[dict[str, Any]]:
     return [
         {"label": i.prompt, "score": round(i.score, 6), "box": [round(c, 2) for c in i.box], "area": i.area}

@@ -13,10 +13,11 @@ is xywh) and ``s3seg`` on images (prompts, timings, model).
 from __future__ import annotations
 
 import base64
+import dataclasses
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -24,12 +25,16 @@ import numpy.typing as npt
 from s3seg import _rle
 from s3seg.errors import ResultFormatError, UsageError
 
+if TYPE_CHECKING:
+    from s3seg.config import Settings
+
 BoolMask = npt.NDArray[np.bool_]
 
 
 @dataclass(frozen=True)
 class Box:
-    """An exemplar box prompt in pixel xyxy; ``positive=False`` marks a negative exemplar."""
+    """An exemplar box prompt in pixel xyxy; ``positive=False`` marks a negative exemplar. Invalid
+    coordinates raise :class:`UsageError`."""
 
     x0: float
     y0: float
@@ -40,13 +45,26 @@ class Box:
     def __post_init__(self) -> None:
         coords = (self.x0, self.y0, self.x1, self.y1)
         if not all(math.isfinite(c) for c in coords):
-            raise ValueError(f"box coordinates must be finite numbers, got {coords}")
+            raise UsageError(f"box coordinates must be finite numbers, got {coords}")
         if self.x1 <= self.x0 or self.y1 <= self.y0:
-            raise ValueError(f"box must have x1 > x0 and y1 > y0, got {coords}")
+            raise UsageError(f"box must have x1 > x0 and y1 > y0, got {coords}")
 
     @property
     def xyxy(self) -> tuple[float, float, float, float]:
         return (self.x0, self.y0, self.x1, self.y1)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form (the public API's and the task metadata's): ``{"box": [x0, y0, x1, y1], "positive": ...}``."""
+        return {"box": list(self.xyxy), "positive": self.positive}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Box:
+        x0, y0, x1, y1 = data["box"]
+        return cls(x0, y0, x1, y1, positive=bool(data.get("positive", True)))
+
+    def __str__(self) -> str:
+        """The string form :func:`box_from_string` reads (``neg:`` prefix for a negative exemplar)."""
+        return f"{'' if self.positive else 'neg:'}{self.x0!r},{self.y0!r},{self.x1!r},{self.y1!r}"
 
 
 @dataclass(frozen=True)
@@ -68,6 +86,85 @@ class SegmentOptions:
             raise UsageError(f"max instances must be at least 1, got {self.max_instances}")
         if self.nms_iou is not None and not 0.0 < self.nms_iou <= 1.0:
             raise UsageError(f"NMS IoU must be in (0, 1], got {self.nms_iou}")
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> SegmentOptions:
+        """The defaults these settings give."""
+        return cls(settings.threshold, settings.mask_threshold, settings.max_instances, settings.nms_iou)
+
+    def overridden(
+        self,
+        threshold: float | None = None,
+        mask_threshold: float | None = None,
+        max_instances: int | None = None,
+        nms_iou: float | None = None,
+    ) -> SegmentOptions:
+        """These options with the values given (``None`` = keep this one)."""
+        given: dict[str, Any] = {"threshold": threshold, "mask_threshold": mask_threshold}
+        given.update(max_instances=max_instances, nms_iou=nms_iou)
+        return dataclasses.replace(self, **{k: v for k, v in given.items() if v is not None})
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """How much one request may ask for (a server's limits; the SDK and CLI ask for anything)."""
+
+    max_prompts: int
+    max_prompt_chars: int
+    max_boxes: int
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Limits:
+        return cls(settings.max_prompts, settings.max_prompt_chars, settings.max_boxes)
+
+    def check(self, request: SegmentRequest) -> None:
+        if len(request.prompts) > self.max_prompts:
+            raise UsageError(f"{len(request.prompts)} prompts; at most {self.max_prompts} per image")
+        if any(len(p) > self.max_prompt_chars for p in request.prompts):
+            raise UsageError(f"a prompt is longer than {self.max_prompt_chars} characters")
+        if len(request.boxes) > self.max_boxes:
+            raise UsageError(f"{len(request.boxes)} boxes; at most {self.max_boxes}")
+
+
+@dataclass(frozen=True)
+class SegmentRequest:
+    """What to look for in an image: text prompts, exemplar boxes (applied to every prompt) and
+    post-processing options. The one request model of the SDK, the CLI and both kinds of server routes:
+    prompts are normalised (:func:`normalize_prompts`), boxes checked, and a request with neither prompts
+    nor boxes is a :class:`UsageError`."""
+
+    prompts: tuple[str, ...] = ()
+    boxes: tuple[Box, ...] = ()
+    options: SegmentOptions = SegmentOptions()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "prompts", normalize_prompts(self.prompts))
+        object.__setattr__(self, "boxes", tuple(b if isinstance(b, Box) else Box(*b) for b in self.boxes))
+        if not self.prompts and not self.boxes:
+            raise UsageError("nothing to segment: give a text prompt, an exemplar box, or both")
+
+    @classmethod
+    def build(
+        cls,
+        prompts: str | Sequence[str] | None = (),
+        boxes: Iterable[Box | tuple[float, float, float, float]] = (),
+        *,
+        defaults: SegmentOptions = SegmentOptions(),
+        limits: Limits | None = None,
+        threshold: float | None = None,
+        mask_threshold: float | None = None,
+        max_instances: int | None = None,
+        nms_iou: float | None = None,
+    ) -> SegmentRequest:
+        """A checked request: the options given over ``defaults``, within ``limits`` when given."""
+        options = defaults.overridden(threshold, mask_threshold, max_instances, nms_iou)
+        request = cls(normalize_prompts(prompts), tuple(b if isinstance(b, Box) else Box(*b) for b in boxes), options)
+        if limits is not None:
+            limits.check(request)
+        return request
 
 
 @dataclass(frozen=True)
@@ -348,12 +445,16 @@ def box_from_string(text: str) -> Box:
     try:
         x0, y0, x1, y1 = (float(p) for p in parts)
     except ValueError as e:
-        raise ValueError(f"box {text!r} must be four numbers x0,y0,x1,y1 (prefix 'neg:' for a negative one)") from e
+        raise UsageError(
+            f"box {text!r} must be four numbers x0,y0,x1,y1 (prefix 'neg:' for a negative one)",
+            hint="example: 10,20,200,240 or neg:10,20,200,240",
+        ) from e
     return Box(x0, y0, x1, y1, positive=positive)
 
 
-def ensure_prompts(prompts: str | Sequence[str] | None) -> tuple[str, ...]:
-    """Normalise the prompts argument: one string or a sequence of strings, stripped, de-duplicated."""
+def normalize_prompts(prompts: str | Iterable[str] | None) -> tuple[str, ...]:
+    """The one prompt rule: one string or several; inner whitespace collapsed, ends stripped, repeats
+    dropped (first kept). An empty prompt or a non-string is a :class:`UsageError`."""
     if prompts is None:
         return ()
     if isinstance(prompts, str):
@@ -361,10 +462,10 @@ def ensure_prompts(prompts: str | Sequence[str] | None) -> tuple[str, ...]:
     out: list[str] = []
     for p in prompts:
         if not isinstance(p, str):
-            raise TypeError(f"prompts must be strings, got {type(p).__name__}")
+            raise UsageError(f"prompts must be strings, got {type(p).__name__}")
         p = " ".join(p.split())
         if not p:
-            raise ValueError("a prompt is empty")
+            raise UsageError("a prompt is empty", hint="give a noun phrase such as 'dog' or 'red car'")
         if p not in out:
             out.append(p)
     return tuple(out)

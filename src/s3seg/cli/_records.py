@@ -261,18 +261,20 @@ class _Local:
         return self.store.list(**filters)
 
     def result(self, task_id: str) -> tuple[Task, dict[str, str]]:
+        from s3seg.records import result_files
         from s3seg.storage import storage_from_settings
 
         task = self.store.get(task_id)
         with closing(storage_from_settings(self.settings)) as storage:
-            return task, {name: storage.url(key) for name, key in _keys(task).items()}
+            return task, {name: storage.url(key) for name, key in result_files(task).items()}
 
     def download(self, task: Task, folder: Path) -> builtins.list[Path]:
+        from s3seg.records import result_files
         from s3seg.storage import storage_from_settings
 
         folder = _download_folder(task, folder)
         with closing(storage_from_settings(self.settings)) as storage:
-            return [storage.download(key, folder / key.rsplit("/", 1)[-1]) for key in _keys(task).values()]
+            return [storage.download(key, folder / key.rsplit("/", 1)[-1]) for key in result_files(task).values()]
 
 
 class _Remote:
@@ -314,16 +316,6 @@ def _public(settings: Settings) -> PublicClient:
     from s3seg._public import PublicClient
 
     return PublicClient.from_settings(settings)
-
-
-def _keys(task: Task) -> dict[str, str]:
-    keys = {
-        "source": task.source_image_url,
-        "mask": task.mask_image_url,
-        "overlay": task.overlay_image_url,
-        "coco": task.metadata.get("coco"),
-    }
-    return {name: key for name, key in keys.items() if key}
 
 
 def _download_folder(task: Task, folder: Path) -> Path:

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from s3seg.images import LoadedImage
     from s3seg.records import Recorder
     from s3seg.render import Outputs
-    from s3seg.types import Box, SegmentationResult, SegmentOptions
+    from s3seg.types import SegmentationResult, SegmentRequest
 
 DEFAULT_OUT = Path("s3seg-out")
 
@@ -176,10 +176,7 @@ def segment_command(
             "no prompt given",
             hint='add a text prompt (s3seg segment photo.jpg "dog") or an exemplar box (--box x0,y0,x1,y1)',
         )
-    try:
-        boxes = [box_from_string(b) for b in box or []]
-    except ValueError as e:
-        raise UsageError(str(e), hint="example: --box 10,20,200,240 or --box neg:10,20,200,240") from e
+    boxes = [box_from_string(b) for b in box or []]
     settings = load_settings(
         model=model,
         device=device,
@@ -195,7 +192,7 @@ def segment_command(
         api_url=api,
     )
     client = Client(settings=settings)
-    options = client.options()  # validates thresholds before any model loads
+    request = client.request(prompts, boxes=boxes)  # validated before any model loads
     results: list[SegmentationResult] = []
     failures: list[tuple[str, str]] = []
     paths: list[Path] = []
@@ -223,9 +220,7 @@ def segment_command(
         _run(
             client,
             paths,
-            prompts,
-            boxes,
-            options,
+            request,
             settings.max_batch,
             project,
             writer,
@@ -255,9 +250,7 @@ def segment_command(
 def _run(
     client: Client,
     paths: list[Path],
-    prompts: list[str],
-    boxes: list[Box],
-    options: SegmentOptions,
+    request: SegmentRequest,
     batch_size: int,
     project: str | None,
     writer: _Writer | None,
@@ -272,8 +265,12 @@ def _run(
     with client, _progress(len(paths)) as advance:
         client.prepare()  # model, device, server and key problems end the command before any image work
         for batch in _batches(paths, client, batch_size, failures, advance):
-            tasks = {id(i): recorder.begin(prompts, image=i.name, project=project) for i in batch} if recorder else {}
-            for image, result in _segment_batch(client, batch, prompts, boxes, options, project, failures):
+            tasks = (
+                {id(i): recorder.begin(list(request.prompts), image=i.name, project=project) for i in batch}
+                if recorder
+                else {}
+            )
+            for image, result in _segment_batch(client, batch, request, project, failures):
                 files = render.outputs(image.array, result) if writer or recorder else None
                 if writer is not None and files is not None:
                     writer.write(image, files)
@@ -289,29 +286,23 @@ def _run(
 def _segment_batch(
     client: Client,
     batch: list[LoadedImage],
-    prompts: list[str],
-    boxes: list[Box],
-    options: SegmentOptions,
+    request: SegmentRequest,
     project: str | None,
     failures: list[tuple[str, str]],
 ) -> list[tuple[LoadedImage, SegmentationResult]]:
     """Segment a batch; if it fails as a whole (out of memory, an image the server refuses), retry its
     images one by one so that only the culprit is skipped."""
-    from s3seg.errors import DeviceError, ImageError, ServerError
+    from s3seg.errors import DeviceError, ImageError, S3SegError
 
     try:
-        return list(zip(batch, client.run(batch, prompts, boxes, options, project=project), strict=True))
-    except (DeviceError, ImageError, ServerError) as e:
-        if isinstance(e, ServerError) and e.status not in (413, 503) and e.code != "TASK_ERROR":
+        return list(zip(batch, client.run(batch, request, project=project), strict=True))
+    except S3SegError as e:
+        if not isinstance(e, (DeviceError, ImageError)) and e.http_status not in (413, 503) and e.code != "TASK_ERROR":
             raise  # auth, unreachable, server bug: every image would fail the same way
         if len(batch) == 1:
             failures.append((batch[0].name or "?", e.message))
             return []
-        return [
-            pair
-            for image in batch
-            for pair in _segment_batch(client, [image], prompts, boxes, options, project, failures)
-        ]
+        return [pair for image in batch for pair in _segment_batch(client, [image], request, project, failures)]
 
 
 def _batches(

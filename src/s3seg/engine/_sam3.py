@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from s3seg.config import DEFAULT_MODEL, Settings
 from s3seg.engine import _load
 from s3seg.errors import DeviceError, UsageError
-from s3seg.types import Box, Instance, SegmentationResult, SegmentOptions, Timings
+from s3seg.types import Box, Instance, SegmentationResult, SegmentOptions, SegmentRequest, Timings
 
 if TYPE_CHECKING:
     from transformers.models.sam3.modeling_sam3 import Sam3VisionEncoderOutput
@@ -417,13 +417,8 @@ class Sam3Engine:
 
 def _plan(prompts: Sequence[str], boxes: Sequence[Box]) -> list[_Prompt]:
     """Text prompts × shared exemplar boxes; boxes alone make one box-only prompt."""
-    texts = [" ".join(p.split()) for p in prompts]
-    if any(not t for t in texts):
-        raise UsageError("a prompt is empty", hint="give a noun phrase such as 'dog' or 'red car'")
-    texts = list(dict.fromkeys(texts))
-    if not texts and not boxes:
-        raise UsageError("nothing to segment: give a text prompt, an exemplar box, or both")
-    return [_Prompt(t, tuple(boxes)) for t in texts] or [_Prompt(VISUAL_PROMPT, tuple(boxes))]
+    request = SegmentRequest(tuple(prompts), tuple(boxes))  # normalises and checks them
+    return [_Prompt(t, request.boxes) for t in request.prompts] or [_Prompt(VISUAL_PROMPT, request.boxes)]
 
 
 def _mask_nms(masks: torch.Tensor, iou: float) -> torch.Tensor:

@@ -19,19 +19,21 @@ from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, Field
+from pydantic import Field
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from s3seg.config import Settings
-from s3seg.errors import AuthError, ImageError, S3SegError, TaskNotFound, UsageError
+from s3seg.errors import AuthError, FileTooLarge, ImageError, NotFound, UploadNotFound, UsageError
 from s3seg.images import load_image
+from s3seg.records import result_files
 from s3seg.server._auth import TokenVerifier, User, bearer_token
 from s3seg.server._ratelimit import RateLimiter
-from s3seg.server._tasks import TaskRunner
+from s3seg.server._schemas import RequestIn
+from s3seg.server._tasks import TaskRunner, task_metadata
 from s3seg.storage import Storage, guess_content_type
 from s3seg.store import Status, Store, Task
-from s3seg.types import Box
+from s3seg.types import Limits, SegmentOptions, SegmentRequest
 
 _IMAGE_ID = re.compile(r"^[0-9a-f]{32}\.(jpg|png|webp|bmp|tif|gif)$")
 _EXTENSIONS = {
@@ -43,34 +45,20 @@ _EXTENSIONS = {
     "TIFF": ".tif",
     "GIF": ".gif",
 }
-_FILES = {"source": "source_image_url", "mask": "mask_image_url", "overlay": "overlay_image_url"}
+_URLS = {"source": "source_image_url", "mask": "mask_image_url", "overlay": "overlay_image_url", "result": "result_url"}
 _MAX_WAIT_S = 60.0
 _POLL_S = 1.0  # how often a long-poll re-reads the store (tasks run by another process)
 
 
-class FileTooLarge(S3SegError):
-    pass
-
-
-class BoxIn(BaseModel):
-    box: tuple[float, float, float, float] = Field(description="x0, y0, x1, y1 in pixels")
-    positive: bool = Field(default=True, description="false marks a negative exemplar")
-
-
-class SegmentIn(BaseModel):
+class SegmentIn(RequestIn):
     """What to segment: an uploaded image (``image_id``) or an http(s) ``image_url``, and the prompts."""
 
     image_id: str | None = Field(default=None, description="from POST /api/v1/upload")
     image_url: str | None = Field(default=None, description="http(s) URL of an image (public hosts)")
     text_prompt: str | None = Field(default=None, description='one noun phrase, e.g. "dog"')
     text_prompts: list[str] = Field(default_factory=list, description="several noun phrases")
-    boxes: list[BoxIn] = Field(default_factory=list, description="exemplar boxes, applied to every prompt")
     project: str | None = Field(default=None, max_length=200, description="project name (created if new)")
     project_id: str | None = Field(default=None, description="id of one of the user's projects")
-    threshold: float | None = Field(default=None, ge=0, le=1)
-    mask_threshold: float | None = Field(default=None, gt=0, lt=1)
-    max_instances: int | None = Field(default=None, ge=1)
-    nms_iou: float | None = Field(default=None, gt=0, le=1)
 
 
 @dataclass
@@ -167,17 +155,17 @@ def public_router(api: Callable[[], PublicAPI]) -> APIRouter:
     async def segment(body: SegmentIn, user: User = Depends(current_user)) -> JSONResponse:
         """Start segmenting an image; answers the task at once (``pending``). Wait with GET /tasks/{id}?wait=30."""
         parts = api()
-        prompts, boxes, metadata = _task_input(body, user, parts.settings)
+        request, metadata = _task_input(body, user, parts.settings)
         if body.image_id is not None and not await run_in_threadpool(parts.storage.exists, metadata["image_key"]):
-            raise TaskNotFound(f"no uploaded image {body.image_id}", hint="upload it first: POST /api/v1/upload")
+            raise UploadNotFound(f"no uploaded image {body.image_id}", hint="upload it first: POST /api/v1/upload")
         parts.limiter.hit(user.id, user.tier)
         store = parts.store.for_user(user.id)
         task = await run_in_threadpool(
             lambda: store.create_task(
-                prompts,
+                list(request.prompts),
                 project=body.project,
                 project_id=body.project_id,
-                metadata={**metadata, "boxes": boxes},
+                metadata={**metadata, **task_metadata(request)},
                 cost=parts.settings.segment_cost,
                 queue=True,
             )
@@ -243,9 +231,9 @@ def public_router(api: Callable[[], PublicAPI]) -> APIRouter:
         """Download one of a result's files through the API (works with every storage backend)."""
         parts = api()
         found = await run_in_threadpool(parts.store.for_user(user.id).get, task_id)
-        key = _keys(found).get(name)
+        key = result_files(found).get(name)
         if key is None:
-            raise TaskNotFound(
+            raise NotFound(
                 f"task {task_id} has no {name} file (status {found.status})",
                 hint="wait for it: GET /api/v1/tasks/{id}?wait=30",
             )
@@ -277,33 +265,13 @@ def _extension(data: bytes) -> str:
     return _EXTENSIONS[fmt]
 
 
-def _task_input(
-    body: SegmentIn, user: User, settings: Settings
-) -> tuple[list[str], list[dict[str, Any]], dict[str, Any]]:
-    """Validated prompts, boxes and the task metadata (where the image is, the options)."""
+def _task_input(body: SegmentIn, user: User, settings: Settings) -> tuple[SegmentRequest, dict[str, Any]]:
+    """The validated request, and the task metadata that says where the image is."""
     if (body.image_id is None) == (body.image_url is None):
         raise UsageError("give exactly one of image_id (from /api/v1/upload) and image_url")
-    prompts = [p.strip() for p in ([body.text_prompt] if body.text_prompt else []) + body.text_prompts]
-    if any(not p for p in prompts) or (not prompts and not body.boxes):
-        raise UsageError('give a text_prompt (a noun phrase such as "dog") or exemplar boxes')
-    if len(prompts) > settings.max_prompts:
-        raise UsageError(f"{len(prompts)} prompts; at most {settings.max_prompts} per task")
-    if any(len(p) > settings.max_prompt_chars for p in prompts):
-        raise UsageError(f"a prompt is longer than {settings.max_prompt_chars} characters")
-    if len(body.boxes) > settings.max_boxes:
-        raise UsageError(f"{len(body.boxes)} boxes; at most {settings.max_boxes}")
-    try:
-        for b in body.boxes:
-            Box(*b.box, positive=b.positive)
-    except ValueError as e:
-        raise UsageError(str(e)) from e
-    options = {
-        "threshold": settings.threshold if body.threshold is None else body.threshold,
-        "mask_threshold": settings.mask_threshold if body.mask_threshold is None else body.mask_threshold,
-        "max_instances": body.max_instances or settings.max_instances,
-        "nms_iou": body.nms_iou or settings.nms_iou,
-    }
-    metadata: dict[str, Any] = {"options": options}
+    prompts = ([body.text_prompt] if body.text_prompt else []) + body.text_prompts
+    request = body.segment_request(prompts, SegmentOptions.from_settings(settings), Limits.from_settings(settings))
+    metadata: dict[str, Any] = {}
     if body.image_id is not None:
         if not _IMAGE_ID.match(body.image_id):
             raise UsageError(f"{body.image_id!r} is not an image id", hint="use the image_id /api/v1/upload answered")
@@ -313,14 +281,7 @@ def _task_input(
         if not url.startswith(("http://", "https://")):
             raise UsageError("image_url must be an http(s) URL", hint="or upload the file: POST /api/v1/upload")
         metadata.update(image=url.split("?", 1)[0].rsplit("/", 1)[-1] or "image", image_url=url)
-    return prompts, [b.model_dump() for b in body.boxes], metadata
-
-
-def _keys(task: Task) -> dict[str, str]:
-    keys = {name: getattr(task, column) for name, column in _FILES.items() if getattr(task, column)}
-    if task.metadata.get("coco"):
-        keys["result"] = str(task.metadata["coco"])
-    return keys
+    return request, metadata
 
 
 def _task_out(task: Task, storage: Storage, expires_s: int) -> dict[str, Any]:
@@ -329,8 +290,8 @@ def _task_out(task: Task, storage: Storage, expires_s: int) -> dict[str, Any]:
     out = task.to_dict()
     out["task_id"] = task.id
     out["metadata"] = {k: v for k, v in task.metadata.items() if k not in ("image_key", "image_url", "coco")}
-    keys = _keys(task) if task.status == "done" else {}
-    for name, column in (*_FILES.items(), ("result", "result_url")):
+    keys = result_files(task) if task.status == "done" else {}
+    for name, column in _URLS.items():
         out[column] = storage.url(keys[name], expires_s) if name in keys else None
     out["files"] = {name: f"/api/v1/results/{task.id}/files/{name}" for name in keys}
     return out

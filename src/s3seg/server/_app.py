@@ -32,55 +32,34 @@ from s3seg import _rle
 from s3seg.config import Settings
 from s3seg.engine import Request as EngineRequest
 from s3seg.engine import Sam3Engine, SegmentOptions
-from s3seg.errors import (
-    AccountNotFound,
-    AuthError,
-    CreditsError,
-    DeviceError,
-    ImageError,
-    ImageTooLargeError,
-    S3SegError,
-    ServerError,
-    StorageError,
-    StoreError,
-    TaskNotFound,
-    UsageError,
-)
+from s3seg.errors import AuthError, PayloadTooLarge, S3SegError, Unauthorized, UsageError
 from s3seg.images import LoadedImage, load_image
-from s3seg.server._api import FileTooLarge, PublicAPI, public_router
+from s3seg.server._api import PublicAPI, public_router
 from s3seg.server._auth import TokenVerifier
-from s3seg.server._batcher import Batcher, Busy
-from s3seg.server._fetch import URLFetchFailed, URLNotAllowed, fetch
+from s3seg.server._batcher import Batcher
+from s3seg.server._fetch import fetch
 from s3seg.server._gateway import WorkerPool
-from s3seg.server._ratelimit import RateLimited, RateLimiter
+from s3seg.server._ratelimit import RateLimiter
+from s3seg.server._schemas import RequestIn
 from s3seg.server._tasks import Infer, TaskLimits, TaskRunner
 from s3seg.storage import Storage
 from s3seg.store import Store
-from s3seg.types import Box, SegmentationResult, box_from_string, to_coco
+from s3seg.types import Limits, SegmentationResult, SegmentRequest, box_from_string, to_coco
 
-API_KEY_HEADER = "X-API-Key"
+API_KEY_HEADER = Unauthorized.auth_scheme  # "X-API-Key"
+_BODY_HINT = "resize or recompress the image, or raise the server's S3SEG_MAX_BODY_MB"
 # Declared as a security scheme so that /docs offers "Authorize"; checked in require_key (constant time).
 _API_KEY = APIKeyHeader(name=API_KEY_HEADER, auto_error=False, description="the server's API key")
 
 
 # ------------------------------------------------------------------------------------------ schemas
-class BoxIn(BaseModel):
-    box: tuple[float, float, float, float] = Field(description="x0, y0, x1, y1 in pixels")
-    positive: bool = Field(default=True, description="false marks a negative exemplar")
-
-
-class PredictIn(BaseModel):
+class PredictIn(RequestIn):
     """One image (``image`` base64 or ``image_url``) and what to look for in it."""
 
     image: str | None = Field(default=None, description="the encoded image file, base64")
     image_url: str | None = Field(default=None, description="http(s) URL of the image (public hosts only)")
     name: str | None = Field(default=None, description="a name echoed back as images[0].file_name")
     prompts: list[str] = Field(default_factory=list, description="text prompts (noun phrases)")
-    boxes: list[BoxIn] = Field(default_factory=list, description="exemplar boxes, applied to every prompt")
-    threshold: float | None = Field(default=None, ge=0, le=1)
-    mask_threshold: float | None = Field(default=None, gt=0, lt=1)
-    max_instances: int | None = Field(default=None, ge=1)
-    nms_iou: float | None = Field(default=None, gt=0, le=1)
     mask_format: Literal["rle", "png"] = "rle"
 
 
@@ -133,31 +112,6 @@ def _body_doc(json_model: type[BaseModel], file_field: str, many: bool) -> dict[
 
 
 # ------------------------------------------------------------------------------------------- errors
-_STATUS: list[tuple[type[BaseException], int, str]] = [
-    (CreditsError, 402, "INSUFFICIENT_CREDITS"),
-    (TaskNotFound, 404, "NOT_FOUND"),
-    (AccountNotFound, 403, "NO_PROFILE"),
-    (FileTooLarge, 413, "FILE_TOO_LARGE"),
-    (StoreError, 503, "STORE_UNAVAILABLE"),
-    (StorageError, 503, "STORAGE_UNAVAILABLE"),
-    (Busy, 503, "BUSY"),
-    (DeviceError, 503, "OUT_OF_MEMORY"),
-    (ImageTooLargeError, 413, "IMAGE_TOO_LARGE"),
-    (ImageError, 415, "UNSUPPORTED_IMAGE"),
-    (URLNotAllowed, 400, "URL_NOT_ALLOWED"),
-    (URLFetchFailed, 400, "URL_FETCH_FAILED"),
-    (UsageError, 422, "INVALID_REQUEST"),
-]
-
-
-class PayloadTooLarge(S3SegError):
-    pass
-
-
-class Unauthorized(AuthError):
-    """A missing or wrong API key."""
-
-
 def _error(
     status: int, code: str, message: str, hint: str | None = None, headers: dict[str, str] | None = None
 ) -> JSONResponse:
@@ -166,21 +120,14 @@ def _error(
 
 
 def _s3seg_error(_: Request, exc: Exception) -> JSONResponse:
+    """Every s3seg error answers its own status and code (see the table in s3seg.errors)."""
     assert isinstance(exc, S3SegError)
-    if isinstance(exc, PayloadTooLarge):
-        return _error(413, "PAYLOAD_TOO_LARGE", exc.message, exc.hint)
+    headers: dict[str, str] = {}
     if isinstance(exc, AuthError):
-        scheme = API_KEY_HEADER if isinstance(exc, Unauthorized) else "Bearer"
-        return _error(401, "UNAUTHORIZED", exc.message, exc.hint, {"WWW-Authenticate": scheme})
-    if isinstance(exc, RateLimited):
-        return _error(429, "RATE_LIMITED", exc.message, exc.hint, {"Retry-After": str(exc.retry_after_s)})
-    if isinstance(exc, ServerError) and exc.status is not None and exc.code:
-        return _error(exc.status, exc.code, exc.message, exc.hint, {"Retry-After": "5"} if exc.status == 503 else None)
-    for kind, status, code in _STATUS:
-        if isinstance(exc, kind):
-            retry = {"Retry-After": "1"} if status == 503 else None
-            return _error(status, code, exc.message, exc.hint, retry)
-    return _error(500, "INTERNAL_ERROR", exc.message, exc.hint)
+        headers["WWW-Authenticate"] = exc.auth_scheme
+    if exc.http_status in (429, 503):
+        headers["Retry-After"] = str(exc.retry_after_s or 1)
+    return _error(exc.http_status, exc.code, exc.message, exc.hint, headers or None)
 
 
 def _validation_error(_: Request, exc: Exception) -> JSONResponse:
@@ -218,7 +165,8 @@ class _BodyLimit:
             return
         declared = dict(scope.get("headers") or []).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            response = _error(413, "PAYLOAD_TOO_LARGE", self._message(int(declared)))
+            too_large = PayloadTooLarge(self._message(int(declared)), hint=_BODY_HINT)
+            response = _error(too_large.http_status, too_large.code, too_large.message, too_large.hint)
             await response(scope, receive, send)
             return
         seen = 0
@@ -228,7 +176,7 @@ class _BodyLimit:
             message = await receive()
             seen += len(message.get("body", b""))
             if seen > self.max_bytes:
-                raise PayloadTooLarge(self._message(seen))
+                raise PayloadTooLarge(self._message(seen), hint=_BODY_HINT)
             return message
 
         await self.app(scope, limited, send)
@@ -413,10 +361,10 @@ def _inference_router(
 
 
 def _in_process(batcher: Batcher) -> Infer:
-    async def infer(
-        image: LoadedImage, prompts: tuple[str, ...], boxes: tuple[Box, ...], options: SegmentOptions
-    ) -> SegmentationResult:
-        [result] = await batcher.run([EngineRequest(image.array, prompts, boxes, image.name, options)])
+    async def infer(image: LoadedImage, request: SegmentRequest) -> SegmentationResult:
+        [result] = await batcher.run(
+            [EngineRequest(image.array, request.prompts, request.boxes, image.name, request.options)]
+        )
         return result
 
     return infer
@@ -467,13 +415,7 @@ def _check_count(n: int, settings: Settings) -> None:
 
 def _form_fields(form: Any) -> dict[str, Any]:
     fields: dict[str, Any] = {"prompts": [p for p in form.getlist("prompts") if isinstance(p, str)]}
-    try:
-        fields["boxes"] = [
-            {"box": b.xyxy, "positive": b.positive}
-            for b in (box_from_string(v) for v in form.getlist("boxes") if isinstance(v, str))
-        ]
-    except ValueError as e:
-        raise UsageError(str(e)) from e
+    fields["boxes"] = [box_from_string(v).to_dict() for v in form.getlist("boxes") if isinstance(v, str)]
     for name in ("threshold", "mask_threshold", "max_instances", "nms_iou", "mask_format"):
         value = form.get(name)
         if isinstance(value, str) and value != "":
@@ -499,24 +441,9 @@ async def _image_bytes(item: PredictIn, settings: Settings) -> bytes:
 
 
 async def _engine_request(item: PredictIn, data: bytes, settings: Settings) -> EngineRequest:
-    if len(item.prompts) > settings.max_prompts:
-        raise UsageError(f"{len(item.prompts)} prompts; at most {settings.max_prompts} per image")
-    if any(len(p) > settings.max_prompt_chars for p in item.prompts):
-        raise UsageError(f"a prompt is longer than {settings.max_prompt_chars} characters")
-    if len(item.boxes) > settings.max_boxes:
-        raise UsageError(f"{len(item.boxes)} boxes; at most {settings.max_boxes}")
-    try:
-        boxes = tuple(Box(*b.box, positive=b.positive) for b in item.boxes)
-    except ValueError as e:
-        raise UsageError(str(e)) from e
+    request = item.segment_request(item.prompts, SegmentOptions.from_settings(settings), Limits.from_settings(settings))
     image = await run_in_threadpool(load_image, data, max_pixels=settings.max_pixels, name=item.name or "upload")
-    options = SegmentOptions(
-        threshold=settings.threshold if item.threshold is None else item.threshold,
-        mask_threshold=settings.mask_threshold if item.mask_threshold is None else item.mask_threshold,
-        max_instances=item.max_instances or settings.max_instances,
-        nms_iou=item.nms_iou or settings.nms_iou,
-    )
-    return EngineRequest(image.array, tuple(item.prompts), boxes, item.name, options)
+    return EngineRequest(image.array, request.prompts, request.boxes, item.name, request.options)
 
 
 def _coco(results: list[SegmentationResult], formats: list[str]) -> dict[str, Any]:

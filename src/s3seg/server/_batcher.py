@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
-from s3seg.errors import DeviceError, S3SegError
+from s3seg.errors import Busy, DeviceError
 from s3seg.types import SegmentationResult
 
 if TYPE_CHECKING:  # the engine package imports torch; the server module must not at import time
@@ -25,10 +25,6 @@ if TYPE_CHECKING:  # the engine package imports torch; the server module must no
 
 class Engine(Protocol):
     def run(self, requests: Sequence[Request]) -> list[SegmentationResult]: ...
-
-
-class Busy(S3SegError):
-    """The queue is full."""
 
 
 @dataclass

@@ -16,17 +16,9 @@ from urllib.parse import urljoin, urlsplit
 
 import httpx
 
-from s3seg.errors import S3SegError
+from s3seg.errors import URLFetchFailed, URLNotAllowed
 
 _MAX_REDIRECTS = 3
-
-
-class URLNotAllowed(S3SegError):
-    """The URL's scheme or address is not allowed."""
-
-
-class URLFetchFailed(S3SegError):
-    """The URL could not be fetched (error status, timeout, too large, unreachable)."""
 
 
 def check_url(url: str, *, allow_private: bool) -> None:

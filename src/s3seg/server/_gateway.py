@@ -15,7 +15,7 @@ from starlette.concurrency import run_in_threadpool
 from s3seg._remote import RemoteBackend
 from s3seg.errors import ServerError
 from s3seg.images import LoadedImage
-from s3seg.types import Box, SegmentationResult, SegmentOptions
+from s3seg.types import SegmentationResult, SegmentRequest
 
 
 class WorkerPool:
@@ -32,20 +32,16 @@ class WorkerPool:
         for backend in self._backends:
             backend.close()
 
-    async def __call__(
-        self, image: LoadedImage, prompts: tuple[str, ...], boxes: tuple[Box, ...], options: SegmentOptions
-    ) -> SegmentationResult:
-        return await run_in_threadpool(self.segment, image, prompts, boxes, options)
+    async def __call__(self, image: LoadedImage, request: SegmentRequest) -> SegmentationResult:
+        return await run_in_threadpool(self.segment, image, request)
 
-    def segment(
-        self, image: LoadedImage, prompts: tuple[str, ...], boxes: tuple[Box, ...], options: SegmentOptions
-    ) -> SegmentationResult:
+    def segment(self, image: LoadedImage, request: SegmentRequest) -> SegmentationResult:
         failures: list[str] = []
         for i in self._order():
             with self._lock:
                 self._in_flight[i] += 1
             try:
-                [result] = self._backends[i].segment([image], prompts, boxes, options)
+                [result] = self._backends[i].segment([image], request)
                 return result
             except ServerError as e:
                 if e.status is not None and e.status < 500:

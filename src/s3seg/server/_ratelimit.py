@@ -12,13 +12,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 
-from s3seg.errors import S3SegError
-
-
-class RateLimited(S3SegError):
-    def __init__(self, message: str, hint: str | None, retry_after_s: int) -> None:
-        super().__init__(message, hint)
-        self.retry_after_s = retry_after_s
+from s3seg.errors import RateLimited
 
 
 class RateLimiter:
@@ -47,7 +41,9 @@ class RateLimiter:
             if len(seen) >= limit:
                 wait = max(1, math.ceil(seen[0] + self.window_s - now))
                 raise RateLimited(
-                    f"rate limit reached: {limit} requests per minute for the {tier} tier", f"retry in {wait} s", wait
+                    f"rate limit reached: {limit} requests per minute for the {tier} tier",
+                    f"retry in {wait} s",
+                    retry_after_s=wait,
                 )
             seen.append(now)
             if len(self._seen) > 10_000:  # forget idle users so the table cannot grow without bound

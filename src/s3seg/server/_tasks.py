@@ -19,19 +19,18 @@ from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 
-from s3seg.errors import S3SegError, StoreError
+from s3seg.errors import Busy, S3SegError, StoreError
 from s3seg.images import LoadedImage, load_image
 from s3seg.records import Recorder
-from s3seg.server._batcher import Busy
 from s3seg.server._fetch import fetch
 from s3seg.storage import Storage
 from s3seg.store import Store, Task
-from s3seg.types import Box, SegmentationResult, SegmentOptions
+from s3seg.types import Box, SegmentationResult, SegmentOptions, SegmentRequest
 
 log = logging.getLogger("s3seg.tasks")
 
 # Runs one image through SAM3 (the in-process batcher, or a GPU worker in gateway mode).
-Infer = Callable[[LoadedImage, tuple[str, ...], tuple[Box, ...], SegmentOptions], Awaitable[SegmentationResult]]
+Infer = Callable[[LoadedImage, SegmentRequest], Awaitable[SegmentationResult]]
 
 _BUSY_RETRIES = 30
 
@@ -138,9 +137,7 @@ class TaskRunner:
         recorder = Recorder(self.storage, store)
         try:
             image = await run_in_threadpool(self._image, task)
-            options = SegmentOptions(**task.metadata.get("options", {}))
-            boxes = tuple(_box(b) for b in task.metadata.get("boxes", []))
-            result = await self._infer(image, tuple(task.prompts), boxes, options)
+            result = await self._infer(image, task_request(task))
             await run_in_threadpool(recorder.complete, task, image, result)  # marks error itself on failure
         except S3SegError as e:
             await self._fail(recorder, task, e.message)
@@ -148,15 +145,13 @@ class TaskRunner:
             await self._fail(recorder, task, f"unexpected {type(e).__name__}")
             raise
 
-    async def _infer(
-        self, image: LoadedImage, prompts: tuple[str, ...], boxes: tuple[Box, ...], options: SegmentOptions
-    ) -> SegmentationResult:
+    async def _infer(self, image: LoadedImage, request: SegmentRequest) -> SegmentationResult:
         for _ in range(_BUSY_RETRIES):  # queue full with direct /predict traffic: wait, a task is not in a hurry
             try:
-                return await self.infer(image, prompts, boxes, options)
+                return await self.infer(image, request)
             except Busy:
                 await asyncio.sleep(1.0)
-        return await self.infer(image, prompts, boxes, options)
+        return await self.infer(image, request)
 
     async def _fail(self, recorder: Recorder, task: Task, reason: str) -> None:
         with contextlib.suppress(StoreError):  # already failed by the recorder, or requeued elsewhere
@@ -176,6 +171,13 @@ class TaskRunner:
         return load_image(data, max_pixels=self.limits.max_pixels, name=str(meta.get("image") or "image"))
 
 
-def _box(saved: dict[str, Any]) -> Box:
-    x0, y0, x1, y1 = saved["box"]
-    return Box(x0, y0, x1, y1, positive=bool(saved.get("positive", True)))
+def task_metadata(request: SegmentRequest) -> dict[str, Any]:
+    """A request as a task's metadata keeps it (the prompts are the task's own column)."""
+    return {"options": request.options.to_dict(), "boxes": [b.to_dict() for b in request.boxes]}
+
+
+def task_request(task: Task) -> SegmentRequest:
+    """The request a task was created with (see :func:`task_metadata`)."""
+    meta = task.metadata
+    boxes = [Box.from_dict(b) for b in meta.get("boxes", [])]
+    return SegmentRequest(tuple(task.prompts), tuple(boxes), SegmentOptions(**meta.get("options", {})))
