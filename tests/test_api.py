@@ -673,3 +673,73 @@ def test_sdk_and_cli_as_a_signed_in_user(
     monkeypatch.setenv("S3SEG_SUPABASE_ACCESS_TOKEN", keys.token(user, exp=int(time.time()) - 100))
     code, out, err = run_cli(capsys, "results")
     assert code == 11 and "token expired" in err, err
+
+
+# ------------------------------------------------------------------------------------ live task events
+def read_events(http: httpx.Client, task_id: str, last_event_id: str | None = None) -> list[Any]:
+    from httpx_sse import connect_sse
+
+    headers = {"Last-Event-ID": last_event_id} if last_event_id else {}
+    with connect_sse(http, "GET", f"/api/v1/tasks/{task_id}/events", headers=headers) as source:
+        assert source.response.headers["content-type"].startswith("text/event-stream")
+        return list(source.iter_sse())
+
+
+def test_task_events_stream_to_the_end(stack: Stack, admin: Conn, photo_path: Path) -> None:
+    alice, bob = new_user(admin), new_user(admin)
+    with stack.client(alice) as a, stack.client(bob) as b:
+        image = upload(a, photo_path)
+        tid = ok(a.post("/api/v1/segment", json={"image_id": image["image_id"], "text_prompt": "person"}), 202)[
+            "task_id"
+        ]
+        # the same isolation as the other task routes, answered before any stream starts
+        refused(b.get(f"/api/v1/tasks/{tid}/events"), 404, "NOT_FOUND")
+        refused(httpx.get(f"{stack.url}/api/v1/tasks/{tid}/events", timeout=10), 401, "UNAUTHORIZED")
+        refused(a.get(f"/api/v1/tasks/{uuid.uuid4()}/events"), 404, "NOT_FOUND")
+
+        events = read_events(a, tid)
+        assert events[0].event == "status" and events[0].retry == 2000
+        assert events[-1].event == "done" and all(e.event == "status" for e in events[:-1]), events
+        statuses = [e.json()["status"] for e in events[:-1]]
+        assert statuses in (["pending"], ["processing"], ["pending", "processing"]), statuses
+        assert [e.id for e in events] == sorted(e.id for e in events) and len({e.id for e in events}) == len(events)
+        done = events[-1].json()
+        task = ok(a.get(f"/api/v1/tasks/{tid}"))
+        assert (done["status"], done["task_id"], done["labels"], done["files"]) == (
+            "done",
+            tid,
+            task["labels"],
+            task["files"],
+        )
+        # a finished task: any connection, resumed or not, gets the final event and the stream ends
+        assert [e.event for e in read_events(a, tid, last_event_id=events[0].id)] == ["done"]
+        assert [e.event for e in read_events(a, tid, last_event_id=events[-1].id)] == ["done"]
+
+
+def test_task_events_resume_and_heartbeat(stack: Stack, admin: Conn, monkeypatch: pytest.MonkeyPatch) -> None:
+    from httpx_sse import connect_sse
+
+    from s3seg.server import _events
+
+    monkeypatch.setattr(_events, "HEARTBEAT_S", 0.2)
+    monkeypatch.setattr(_events, "POLL_S", 0.05)
+    alice = new_user(admin)
+    store = stack.store.for_user(str(alice))
+    task = store.create_task(["cat"])  # not queued: it moves only when this test moves it
+    with stack.client(alice) as a:
+        with connect_sse(a, "GET", f"/api/v1/tasks/{task.id}/events") as source:
+            first = next(source.iter_sse())
+        assert (first.event, first.id, first.json()["status"]) == ("status", "0-0", "pending")
+        store.start(task.id)
+        threading.Timer(1.5, store.fail, (task.id, "stopped by the test")).start()
+        lines: list[str] = []
+        with a.stream("GET", f"/api/v1/tasks/{task.id}/events", headers={"Last-Event-ID": first.id}) as stream:
+            for line in stream.iter_lines():
+                lines.append(line)
+    # resumed after "pending": processing, heartbeats while nothing happens, then the error; no pending again
+    events = [line.split(": ", 1)[1] for line in lines if line.startswith("event: ")]
+    assert events == ["status", "error"], lines
+    assert '"status":"pending"' not in "".join(lines)
+    assert lines.count(": heartbeat") >= 2, lines
+    error = json.loads(next(line for line in reversed(lines) if line.startswith("data: "))[6:])
+    assert error == {"task_id": task.id, "status": "error", "error": "stopped by the test"}

@@ -76,20 +76,13 @@ class PublicAPI:
     def out(self, task: Task) -> dict[str, Any]:
         return _task_out(task, self.storage, self.settings.url_expires_s)
 
-
-def public_router(api: Callable[[], PublicAPI]) -> APIRouter:
-    """Routes under /api/v1; ``api`` gives the parts once the server has started."""
-    router = APIRouter(prefix="/api/v1", tags=["public API"])
-
-    def current_user(request: Request) -> User:
-        parts = api()
-        if parts.verifier is None:  # local mode: the API key (if any) stands for the local user
-            parts.check_key(request.headers.get("x-api-key"))
+    def user(self, request: Request) -> User:
+        """Who is calling: the Supabase access token's user, or (local mode, no verifier) the local user
+        once the API key (if the server has one) checks out."""
+        if self.verifier is None:
+            self.check_key(request.headers.get("x-api-key"))
             return User(
-                id=parts.store.user_id or parts.settings.user_id or "local",
-                tier="enterprise",
-                email=None,
-                role="service",
+                id=self.store.user_id or self.settings.user_id or "local", tier="enterprise", email=None, role="service"
             )
         token = bearer_token(request.headers.get("authorization"))
         if token is None:
@@ -97,7 +90,15 @@ def public_router(api: Callable[[], PublicAPI]) -> APIRouter:
                 "sign in first: send Authorization: Bearer <access token>",
                 hint="s3seg login, then use the CLI or SDK; or pass a Supabase access token",
             )
-        return parts.verifier.verify(token)
+        return self.verifier.verify(token)
+
+
+def public_router(api: Callable[[], PublicAPI]) -> APIRouter:
+    """Routes under /api/v1; ``api`` gives the parts once the server has started."""
+    router = APIRouter(prefix="/api/v1", tags=["public API"])
+
+    def current_user(request: Request) -> User:
+        return api().user(request)
 
     @router.get("/me")
     def me(user: User = Depends(current_user)) -> dict[str, Any]:

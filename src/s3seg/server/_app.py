@@ -37,11 +37,13 @@ from s3seg.images import LoadedImage, load_image
 from s3seg.server._api import PublicAPI, public_router
 from s3seg.server._auth import TokenVerifier
 from s3seg.server._batcher import Batcher
+from s3seg.server._events import events_router
 from s3seg.server._fetch import fetch
 from s3seg.server._gateway import WorkerPool
 from s3seg.server._ratelimit import RateLimiter
 from s3seg.server._schemas import RequestIn
 from s3seg.server._tasks import Infer, TaskLimits, TaskRunner
+from s3seg.server._web import mount_web
 from s3seg.storage import Storage
 from s3seg.store import Store
 from s3seg.types import Limits, SegmentationResult, SegmentRequest, box_from_string, to_coco
@@ -306,8 +308,10 @@ def create_app(
         }
 
     app.include_router(public_router(lambda: state["api"]))
+    app.include_router(events_router(lambda: state["api"]))
     if engine is not None:
         app.include_router(_inference_router(engine, settings, state, require_key))
+    mount_web(app, settings, supabase=verifier is not None)  # last: API routes keep priority
     return app
 
 

@@ -1,0 +1,379 @@
+"""The web app in a real browser: Debian's Chromium driven by Playwright (pointed at /usr/bin/chromium;
+never `playwright install`), against a real uvicorn server on loopback with the tiny model, local mode
+(API key), the SQLite store and local files. Screenshots go to a temporary folder (or to
+$S3SEG_WEB_SCREENSHOTS), the best of them to docs/images/.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import re
+import shutil
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from _server import LoopbackServer
+from s3seg.config import Settings
+from s3seg.engine import Sam3Engine
+from s3seg.server import create_app
+from s3seg.server._web import WEB_DIR
+from s3seg.store import Store, store_from_settings
+
+pytestmark = pytest.mark.integration
+
+CHROMIUM = Path("/usr/bin/chromium")
+KEY = "secret"
+XSS = "<img src=x onerror=alert(1)>"
+Page = Any
+
+
+# ------------------------------------------------------------------------------------------ services
+@pytest.fixture(scope="module")
+def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    return Settings(api_key=KEY, threshold=0.0, data_dir=tmp_path_factory.mktemp("web-data"))
+
+
+@pytest.fixture(scope="module")
+def server(engine: Sam3Engine, settings: Settings) -> Iterator[LoopbackServer]:
+    s = LoopbackServer(create_app(engine, settings), headers={"X-API-Key": KEY})
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="module")
+def store(settings: Settings, server: LoopbackServer) -> Iterator[Store]:
+    """The server's own SQLite database, opened a second time: tasks made here are the local user's."""
+    user = server.http.get("/api/v1/me").json()["data"]["user_id"]
+    s = store_from_settings(settings)
+    yield s.for_user(user)
+    close = getattr(s, "close", None)
+    if close is not None:
+        close()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    sync_api = pytest.importorskip("playwright.sync_api")
+    if not CHROMIUM.exists():
+        pytest.skip("Chromium is not installed (apt-get install chromium chromium-driver; .ci/run does it)")
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
+        yield b
+        b.close()
+
+
+@pytest.fixture(scope="module")
+def shots(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    wanted = os.environ.get("S3SEG_WEB_SCREENSHOTS")
+    folder = Path(wanted) if wanted else tmp_path_factory.mktemp("screenshots")
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+class Tab:
+    """One browser tab with its own storage; JavaScript errors and dialogs are recorded."""
+
+    def __init__(self, browser: Any, url: str, *, width: int = 1280, height: int = 900) -> None:
+        self.context = browser.new_context(viewport={"width": width, "height": height}, accept_downloads=True)
+        self.page: Page = self.context.new_page()
+        self.url = url
+        self.errors: list[str] = []
+        self.dialogs: list[str] = []
+        self.page.on("pageerror", lambda e: self.errors.append(str(e)))
+        self.page.on("dialog", lambda d: (self.dialogs.append(d.message), d.dismiss()))
+
+    def open(self, path: str = "/", key: str | None = KEY) -> Page:
+        self.page.goto(self.url + path)
+        if key is not None:
+            self.page.fill("#api-key", key)
+            self.page.click("#key-form button[type=submit]")
+        return self.page
+
+    def close(self) -> None:
+        self.context.close()
+
+
+@pytest.fixture
+def tab(browser: Any, server: LoopbackServer) -> Iterator[Tab]:
+    t = Tab(browser, server.url)
+    yield t
+    assert not t.errors, t.errors
+    assert not t.dialogs, t.dialogs
+    t.close()
+
+
+def canvas_hash(page: Page) -> str:
+    data = page.eval_on_selector("canvas.overlay", "c => c.toDataURL()")
+    return hashlib.sha256(data.encode()).hexdigest()
+
+
+def run_segment(page: Page, image: Path, prompts: list[str]) -> str:
+    """Pick the image, enter the prompts, run with minimum score 0; answers the task id."""
+    page.set_input_files("#image-file", str(image))
+    for i, prompt in enumerate(prompts):
+        page.fill("#prompt-input", prompt)
+        if i % 2:
+            page.click("#add-prompt")
+        else:
+            page.press("#prompt-input", "Enter")
+    page.fill("#threshold", "0")
+    page.click("#run")
+    page.wait_for_selector("#run-status a", timeout=90_000)
+    href = page.get_attribute("#run-status a", "href") or ""
+    found = re.fullmatch(r"/results/([0-9a-f-]{36})", href)
+    assert found, href
+    return found.group(1)
+
+
+def coco_of(server: LoopbackServer, task_id: str) -> dict[str, Any]:
+    task = server.http.get(f"/api/v1/results/{task_id}").json()["data"]
+    doc: dict[str, Any] = server.http.get(task["files"]["result"]).json()
+    return doc
+
+
+def rest(page: Page) -> None:
+    """Nothing hovered or focused (both highlight an instance)."""
+    page.mouse.move(0, 0)
+    page.evaluate("document.activeElement?.blur()")
+
+
+def set_slider(page: Page, value: float) -> None:
+    page.eval_on_selector(
+        "#score-threshold",
+        "(el, v) => { el.value = v; el.dispatchEvent(new Event('input', {bubbles: true})); }",
+        str(value),
+    )
+
+
+# --------------------------------------------------------------------------------------------- tests
+def test_pages_files_and_headers(server: LoopbackServer) -> None:
+    http = httpx.Client(base_url=server.url, timeout=30)  # no key: the page itself is public
+    for path in ("/", "/gallery", "/profile", "/segment", "/results/0a1b2c"):
+        page = http.get(path)
+        assert page.status_code == 200 and page.headers["content-type"].startswith("text/html"), path
+        csp = page.headers["content-security-policy"]
+        assert "script-src 'self'" in csp and "unsafe-inline" not in csp and "default-src 'none'" in csp
+        assert '<script type="module" src="/app/main.js">' in page.text
+    script = http.get("/app/main.js")
+    assert script.status_code == 200 and "javascript" in script.headers["content-type"]
+    assert "unsafe-inline" not in script.headers["content-security-policy"]
+    config = http.get("/app/config.json").json()
+    assert config == {"auth": "api-key", "supabase_url": None, "supabase_anon_key": None}
+    # API paths keep their own answers
+    assert http.get("/api/v1/predict").json()["error"]["code"] == "METHOD_NOT_ALLOWED"
+    assert http.get("/api/v1/nope").json()["error"]["code"] == "NOT_FOUND"
+    assert http.get("/app/nope.js").json()["error"]["code"] == "NOT_FOUND"
+    assert http.get("/api/v1/me").status_code == 401
+    docs = http.get("/docs")
+    assert docs.status_code == 200 and "content-security-policy" not in docs.headers  # Swagger UI as before
+    assert http.get("/health").json()["ok"] is True
+    http.close()
+
+
+def test_page_works_offline_and_has_no_inline_script() -> None:
+    files = sorted(WEB_DIR.iterdir())
+    assert {f.name for f in files} >= {"index.html", "style.css", "main.js", "api.js", "rle.js", "viewer.js"}
+    for f in files:
+        text = f.read_text()
+        assert not re.search(r"\b(https?:)?//[a-z0-9.-]+\.[a-z]{2,}/", text, re.I) or f.suffix == ".svg", (
+            f"{f.name} loads something from the internet"
+        )
+        assert "innerHTML" not in text and "insertAdjacentHTML" not in text and "document.write" not in text, f.name
+    html = (WEB_DIR / "index.html").read_text()
+    assert not re.search(r"<script(?![^>]*\bsrc=)", html) and not re.search(r"\son[a-z]+\s*=", html)
+
+
+def test_segment_two_prompts_view_filter_and_download(
+    tab: Tab, server: LoopbackServer, photo_path: Path, shots: Path
+) -> None:
+    page = tab.open()
+    page.wait_for_selector("#segment-form")
+    task_id = run_segment(page, photo_path, ["person", "tie"])
+    assert [c.strip("× \n") for c in page.locator("#prompt-chips .chip-text").all_inner_texts()] == ["person", "tie"]
+
+    # the overlay and the list match the stored result
+    coco = coco_of(server, task_id)
+    names = {c["id"]: c["name"] for c in coco["categories"]}
+    expected = Counter(names[a["category_id"]] for a in coco["annotations"])
+    n = len(coco["annotations"])
+    assert n > 0 and set(expected) == {"person", "tie"}
+    rows = page.locator(".instances li")
+    assert rows.count() == n
+    assert Counter(page.locator(".instances .prompt").all_inner_texts()) == expected
+    count = page.locator(".count")
+    assert count.get_attribute("data-shown") == str(n)
+    assert page.inner_text("#run-status").startswith(f"Done: {n} instance")
+    page.screenshot(path=str(shots / "segment.png"), full_page=True)
+
+    # a click toggles one instance, hovering highlights one: both redraw the canvas
+    shown = canvas_hash(page)
+    first = page.locator(".instances li input[type=checkbox]").first
+    first.click()
+    rest(page)
+    assert count.get_attribute("data-shown") == str(n - 1)
+    assert canvas_hash(page) != shown
+    first.click()
+    rest(page)
+    assert canvas_hash(page) == shown
+    page.locator(".instances li").nth(1).hover()
+    assert canvas_hash(page) != shown
+    page.mouse.move(0, 0)
+    assert canvas_hash(page) == shown
+
+    # the slider filters live, without a new request
+    scores = sorted({a["score"] for a in coco["annotations"]})
+    cut = (scores[len(scores) // 2 - 1] + scores[len(scores) // 2]) / 2 if len(scores) > 1 else scores[0] + 1e-6
+    above = sum(a["score"] >= cut for a in coco["annotations"])
+    requests: list[str] = []
+    page.on("request", lambda r: requests.append(r.url))
+    set_slider(page, cut)
+    assert count.get_attribute("data-shown") == str(above) and above < n
+    assert page.locator(".instances li:not([hidden])").count() == above
+    assert canvas_hash(page) != shown
+    assert requests == []
+    set_slider(page, 0)
+    assert count.get_attribute("data-shown") == str(n)
+
+    # downloads: the COCO document, the server's mask PNG, the overlay as shown
+    import s3seg
+
+    with page.expect_download() as got:
+        page.click("text=COCO JSON")
+    doc = json.loads(Path(got.value.path()).read_text())
+    assert got.value.suggested_filename == "grace_hopper.json"
+    [result] = s3seg.from_coco(doc)
+    assert len(result) == n and result.masks.shape == (n, 600, 512)
+    assert sorted(result.labels) == sorted(names[a["category_id"]] for a in coco["annotations"])
+    from PIL import Image
+
+    with page.expect_download() as got:
+        page.click("text=Mask PNG")
+    with Image.open(io.BytesIO(Path(got.value.path()).read_bytes())) as mask:
+        assert mask.format == "PNG" and mask.size == (512, 600)
+    with page.expect_download() as got:
+        page.click("text=Overlay PNG")
+    with Image.open(io.BytesIO(Path(got.value.path()).read_bytes())) as overlay:
+        assert overlay.format == "PNG" and overlay.size == (512, 600)
+
+    # the gallery lists it; its page opens by URL
+    page.click("nav >> text=Gallery")
+    card = page.locator(f'.card[data-task="{task_id}"]')
+    card.locator("img").wait_for()
+    assert card.get_attribute("data-status") == "done"
+    assert card.locator(".prompts").inner_text() == "person, tie"
+    page.screenshot(path=str(shots / "gallery.png"), full_page=True)
+    page.goto(f"{server.url}/results/{task_id}")  # a fresh load: the key is still in this tab's session
+    page.wait_for_selector(".instances li")
+    assert page.locator(".instances li").count() == n
+    assert page.locator("canvas.overlay").get_attribute("aria-label", timeout=5000)
+    page.screenshot(path=str(shots / "detail.png"), full_page=True)
+    page.click("nav >> text=Profile")
+    page.wait_for_selector("#usage li a")
+    assert "local user" in page.inner_text("#profile") and "not counted" in page.inner_text("#profile")
+    page.screenshot(path=str(shots / "profile.png"))
+
+
+def test_prompts_and_file_names_show_as_text(
+    tab: Tab, server: LoopbackServer, photo_path: Path, tmp_path: Path
+) -> None:
+    odd = tmp_path / "<b>bold.jpg"
+    shutil.copy(photo_path, odd)
+    page = tab.open()
+    page.wait_for_selector("#segment-form")
+    task_id = run_segment(page, odd, [XSS, "tie"])
+    assert page.locator("#prompt-chips .chip-text").first.inner_text() == XSS
+    assert page.inner_text(".file-name") == odd.name
+    assert XSS in page.locator(".instances .prompt").all_inner_texts()
+    assert page.locator(".result .file").inner_text() == odd.name
+    page.click("nav >> text=Gallery")
+    page.locator(f'.card[data-task="{task_id}"] img').wait_for()
+    assert page.locator(f'.card[data-task="{task_id}"] .prompts').inner_text() == f"{XSS}, tie"
+    page.goto(f"{server.url}/results/{task_id}")
+    page.wait_for_selector(".instances li")
+    assert XSS in page.inner_text("h1")
+    # nothing became markup: no <img src=x>, no <b> from the file name, no alert
+    assert page.locator('img[src="x"]').count() == 0 and page.locator("main b").count() == 0
+    assert tab.dialogs == []
+
+
+def test_a_wrong_key_is_refused_clearly(tab: Tab, shots: Path) -> None:
+    page = tab.open(key="not-the-key")
+    alert = page.locator("#key-error")
+    alert.wait_for()
+    assert "The server refused this API key (missing or wrong API key)" in alert.inner_text()
+    assert "S3SEG_API_KEY" in alert.inner_text()
+    assert page.locator("#segment-form").count() == 0
+    assert page.evaluate("sessionStorage.length + localStorage.length") == 0  # a refused key is not kept
+    assert "not-the-key" not in page.url
+    page.screenshot(path=str(shots / "key.png"))
+    page.fill("#api-key", KEY)
+    page.click("#key-form button[type=submit]")
+    page.wait_for_selector("#segment-form")
+
+
+def test_gallery_updates_pending_tasks_live(tab: Tab, store: Store) -> None:
+    live = store.create_task(["cat"], project="live")
+    page = tab.open("/gallery?project=live")
+    card = page.locator(f'.card[data-task="{live.id}"]')
+    card.wait_for()
+    assert card.get_attribute("data-status") == "pending"
+    store.start(live.id)
+    page.wait_for_selector(f'.card[data-task="{live.id}"][data-status="processing"]', timeout=10_000)
+    store.fail(live.id, "stopped by the test")
+    page.wait_for_selector(f'.card[data-task="{live.id}"][data-status="error"]', timeout=10_000)
+
+    # without the event stream (a proxy that drops it): the long-poll still brings the change
+    page.route("**/events", lambda route: route.abort())
+    polled = store.create_task(["dog"], project="live")
+    page.reload()
+    page.locator(f'.card[data-task="{polled.id}"][data-status="pending"]').wait_for()
+    store.fail(polled.id, "stopped by the test")
+    page.wait_for_selector(f'.card[data-task="{polled.id}"][data-status="error"]', timeout=15_000)
+
+
+def test_gallery_pages_and_filters(tab: Tab, store: Store) -> None:
+    from playwright.sync_api import expect
+
+    made = []
+    for i in range(13):
+        task = store.create_task([f"thing {i}"], project="paged")
+        store.fail(task.id, "made by the test")
+        made.append(task.id)
+    page = tab.open("/gallery")
+    page.fill("#filter-project", "paged")
+    page.select_option("#filter-status", "error")
+    page.click(".filters button[type=submit]")
+    page.wait_for_url("**/gallery?project=paged&status=error")
+    page.locator(".card").first.wait_for()
+    first_page = page.locator(".card").evaluate_all("cards => cards.map(c => c.dataset.task)")
+    assert first_page == made[::-1][:12]  # newest first
+    page.click("text=Older →")
+    page.wait_for_url("**offset=12")
+    expect(page.locator(".card")).to_have_count(1)  # (the page's CSP forbids wait_for_function's eval)
+    assert page.locator(".card").get_attribute("data-task") == made[0]
+    page.go_back()
+    expect(page.locator(".card")).to_have_count(12)
+
+
+def test_phone_width(browser: Any, server: LoopbackServer, shots: Path) -> None:
+    t = Tab(browser, server.url, width=390, height=844)
+    try:
+        page = t.open()
+        page.wait_for_selector("#segment-form")
+        overflow = page.evaluate("document.documentElement.scrollWidth - document.documentElement.clientWidth")
+        assert overflow <= 0
+        for field in ("#prompt-input", "#threshold", "#project", "#image-file"):
+            label = page.locator(f'label[for="{field[1:]}"]')
+            assert label.count() == 1 and label.inner_text().strip(), field
+        page.screenshot(path=str(shots / "phone.png"), full_page=True)
+        assert not t.errors
+    finally:
+        t.close()
