@@ -64,6 +64,7 @@ def test_sdist_and_wheel_carry_the_package(dist: Path) -> None:
     with zipfile.ZipFile(wheel) as whl:
         names = whl.namelist()
     assert "s3seg/py.typed" in names and "s3seg/engine/_sam3.py" in names
+    assert {"s3seg/web/index.html", "s3seg/web/main.js", "s3seg/web/style.css"} <= set(names)  # the web app
     assert not [n for n in names if "__pycache__" in n or n.startswith("tests/")]
     with tarfile.open(sdist) as tar:
         members = tar.getnames()
