@@ -115,9 +115,20 @@ def canvas_hash(page: Page) -> str:
     return hashlib.sha256(data.encode()).hexdigest()
 
 
-def run_segment(page: Page, image: Path, prompts: list[str]) -> str:
-    """Pick the image, enter the prompts, run with minimum score 0; answers the task id."""
+def run_segment(
+    page: Page, image: Path, prompts: list[str], boxes: tuple[tuple[str, tuple[float, ...]], ...] = ()
+) -> str:
+    """Pick the image, draw exemplar boxes (``("pos" | "neg", (x0, y0, x1, y1))`` as fractions of the
+    picture), enter the prompts, run with minimum score 0; answers the task id."""
     page.set_input_files("#image-file", str(image))
+    for kind, (x0, y0, x1, y1) in boxes:
+        page.check(f"#box-{kind}")
+        r = page.locator("#box-canvas").bounding_box()
+        page.mouse.move(r["x"] + x0 * r["width"], r["y"] + y0 * r["height"])
+        page.mouse.down()
+        page.mouse.move(r["x"] + x1 * r["width"], r["y"] + y1 * r["height"], steps=5)
+        page.mouse.up()
+    assert page.locator(".box-list li").count() == len(boxes)
     for i, prompt in enumerate(prompts):
         page.fill("#prompt-input", prompt)
         if i % 2:
@@ -288,7 +299,10 @@ def test_prompts_and_file_names_show_as_text(
     shutil.copy(photo_path, odd)
     page = tab.open()
     page.wait_for_selector("#segment-form")
-    task_id = run_segment(page, odd, [XSS, "tie"])
+    task_id = run_segment(page, odd, [XSS, "tie"], boxes=(("pos", (0.2, 0.1, 0.8, 0.7)), ("neg", (0.0, 0.8, 0.2, 1.0))))
+    boxes = server.http.get(f"/api/v1/results/{task_id}").json()["data"]["metadata"]["boxes"]
+    assert [b["positive"] for b in boxes] == [True, False]  # drawn on the picture, sent in image pixels
+    assert boxes[0]["box"] == pytest.approx([0.2 * 512, 0.1 * 600, 0.8 * 512, 0.7 * 600], abs=4)
     assert page.locator("#prompt-chips .chip-text").first.inner_text() == XSS
     assert page.inner_text(".file-name") == odd.name
     assert XSS in page.locator(".instances .prompt").all_inner_texts()
@@ -377,3 +391,127 @@ def test_phone_width(browser: Any, server: LoopbackServer, shots: Path) -> None:
         assert not t.errors
     finally:
         t.close()
+
+
+# ------------------------------------------------------------------- Supabase mode: sign-in and profile
+class FakeSupabaseAuth:
+    """Supabase Auth's password grant on loopback (GoTrue itself cannot run here): checks the email and
+    password, answers a session whose access token is signed by the test's key (served as the JWKS the
+    server checks tokens against), with CORS as Supabase sends it. A stand-in, and said so."""
+
+    def __init__(self, keys: Any, accounts: dict[str, tuple[str, Any, str]]) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.grants: list[str] = []
+        auth = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def cors(self) -> None:
+                self.send_header("Access-Control-Allow-Origin", self.headers.get("Origin") or "*")
+                self.send_header("Access-Control-Allow-Headers", "apikey, content-type, authorization")
+                self.send_header("Access-Control-Allow-Methods", "POST, OPTIONS")
+
+            def do_OPTIONS(self) -> None:
+                self.send_response(204)
+                self.cors()
+                self.end_headers()
+
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
+                grant = self.path.partition("grant_type=")[2]
+                auth.grants.append(grant)
+                account = accounts.get(body.get("email", ""))
+                if self.headers.get("apikey") != "anon-key":
+                    status, answer = 401, {"message": "Invalid API key"}
+                elif grant != "password" or account is None or account[0] != body.get("password"):
+                    status, answer = 400, {"error": "invalid_grant", "error_description": "Invalid login credentials"}
+                else:
+                    _, user, tier = account
+                    token = keys.token(user, tier=tier, email=body["email"])
+                    answer = {
+                        "access_token": token,
+                        "token_type": "bearer",
+                        "expires_in": 3600,
+                        "refresh_token": "refresh-" + str(user)[:8],
+                        "user": {"id": str(user), "email": body["email"]},
+                    }
+                    status = 200
+                data = json.dumps(answer).encode()
+                self.send_response(status)
+                self.cors()
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.http = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.http.server_address[1]}"
+        threading.Thread(target=self.http.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.http.shutdown()
+        self.http.server_close()
+
+
+def test_sign_in_and_profile_with_supabase(
+    browser: Any, engine: Sam3Engine, pg: Any, pg_admin: Any, photo_path: Path, tmp_path: Path, shots: Path
+) -> None:
+    from s3seg.server._auth import TokenVerifier
+    from s3seg.store._postgres import PostgresStore
+    from test_api import ISSUER, Keys, new_user
+
+    keys = Keys()
+    user = new_user(pg_admin, credits=5, tier="pro")
+    auth = FakeSupabaseAuth(keys, {"ada@example.com": ("correct horse", user, "pro")})
+    settings = Settings(
+        jwks_url=keys.url,
+        jwt_issuer=ISSUER,
+        supabase_url=auth.url,
+        supabase_anon_key="anon-key",
+        threshold=0.0,
+        data_dir=tmp_path / "data",
+    )
+    store = PostgresStore(pg.dsn("postgres"))
+    server = LoopbackServer(create_app(engine, settings, store=store, verifier=TokenVerifier.from_settings(settings)))
+    tab = Tab(browser, server.url)
+    try:
+        csp = httpx.get(server.url + "/", timeout=10).headers["content-security-policy"]
+        assert f"connect-src 'self' {auth.url}" in csp  # the page may talk to Supabase Auth, nothing else
+        page = tab.page
+        page.goto(server.url + "/")
+        page.wait_for_selector("#sign-in-form")
+        assert page.inner_text("#nav-profile") == "Sign in"
+        page.fill("#email", "ada@example.com")
+        page.fill("#password", "wrong")
+        page.click("#sign-in-form button[type=submit]")
+        page.locator("#sign-in-error", has_text="Invalid login credentials").wait_for()
+        page.screenshot(path=str(shots / "sign-in.png"))
+        page.fill("#password", "correct horse")
+        page.click("#sign-in-form button[type=submit]")
+        page.wait_for_selector("#segment-form")
+
+        task_id = run_segment(page, photo_path, ["person"])
+        page.click("nav >> text=Profile")
+        page.locator("#usage li a").first.wait_for()
+        facts = page.inner_text("#profile")
+        assert "ada@example.com" in facts and "pro" in facts and "100 requests per minute" in facts
+        assert re.search(r"Credits\s+4\b", facts), facts  # 5, one segmentation charged
+        usage = page.locator("#usage li").first
+        assert usage.locator("a").get_attribute("href") == f"/results/{task_id}" and "1 credit" in usage.inner_text()
+        page.screenshot(path=str(shots / "profile-supabase.png"))
+        assert "access_token" not in page.url and auth.grants == ["password", "password"]
+
+        page.click("#sign-out")
+        page.wait_for_selector("#sign-in-form")
+        assert page.evaluate("localStorage.getItem('s3seg.session')") is None
+        assert not tab.errors and not tab.dialogs
+    finally:
+        tab.close()
+        server.stop()
+        store.close()
+        auth.close()
+        keys.close()

@@ -83,5 +83,5 @@ def mount_web(app: FastAPI, settings: Settings, *, supabase: bool) -> None:
 
     app.add_api_route("/app/config.json", web_config, methods=["GET"], include_in_schema=False)
     for path in PAGES:
-        app.add_api_route(path, page, methods=["GET"], include_in_schema=False)
+        app.add_api_route(path, page, methods=["GET", "HEAD"], include_in_schema=False)
     app.mount("/app", _Files(headers, directory=WEB_DIR), name="web")

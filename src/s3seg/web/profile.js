@@ -82,6 +82,12 @@ export function explain(err) {
   return err;
 }
 
+function charge(task) {
+  const cost = task.metadata?.cost ?? 0;
+  if (task.status === "done") return `${cost} credit${cost === 1 ? "" : "s"}`;
+  return task.status === "error" ? "not charged" : `${cost} reserved`;
+}
+
 export async function profilePage(view, { signal, leave }) {
   const error = h("div", { class: "error", role: "alert" });
   const facts = h("dl", { class: "facts", id: "profile" });
@@ -118,7 +124,7 @@ export async function profilePage(view, { signal, leave }) {
             h("li", {},
               h("a", { href: `/results/${t.task_id}`, "data-nav": true, text: (t.metadata?.prompts || [t.text_prompt]).join(", ") }),
               h("span", { class: "muted small" },
-                ` · ${t.status} · ${t.status === "done" ? `${t.metadata?.cost ?? 0} credit(s)` : "not charged"} · ${when(t.created_at)}`)))
+                ` · ${t.status}${me.credits === null ? "" : ` · ${charge(t)}`} · ${when(t.created_at)}`)))
         : [h("li", { class: "muted" }, "Nothing yet.")]),
     );
   } catch (e) {
