@@ -188,3 +188,13 @@ def test_save_to_a_real_s3_server(
     code, out, _ = run(capsys, "config", "--json")
     assert json.loads(out)["backends"]["storage"] != "local"
     assert Settings().r2_prefix == "cli-test/"
+
+
+def test_closing_the_recorder_closes_its_store_and_storage(tmp_path: Path) -> None:
+    from s3seg.store._supabase import SupabaseStore
+
+    # A store holding connections (its own HTTP client; nothing is sent) behind a real local storage.
+    store = SupabaseStore("http://127.0.0.1:9", "service-key", user_id="11111111-2222-3333-4444-555555555555")
+    with Recorder(LocalStorage(tmp_path / "files"), store):
+        assert not store._http.is_closed
+    assert store._http.is_closed

@@ -1,7 +1,7 @@
-"""PostgresStore (s3seg.store._postgres) and the task functions of supabase/migrations on a real, throw-away
-PostgreSQL cluster (tests/_postgres.py): credits reserved at creation and charged once at finish, user isolation,
-the server's sweep (runnable, requeue_stale) and concurrency, and that rows users write themselves (PostgREST)
-are never server tasks."""
+"""What only the PostgreSQL store has, on a real, throw-away cluster (tests/_postgres.py) with supabase/migrations
+applied: usage rows, uuids, the connection pool, concurrency (credits, projects, sweeps racing on row locks),
+the task functions themselves, and that rows users write themselves (PostgREST, RLS) are never server tasks.
+The behaviour every store shares (life cycle, users, projects, credits, the sweep) is in test_store.py."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ pytest.importorskip("psycopg_pool")
 
 import _postgres  # noqa: E402
 from _postgres import as_role, as_user, one  # noqa: E402
-from s3seg.errors import CreditsError, StoreError, TaskNotFound, UsageError  # noqa: E402
+from s3seg.errors import CreditsError, ProjectNotFound, StoreError, TaskNotFound, UsageError  # noqa: E402
 from s3seg.store import Task  # noqa: E402
 from s3seg.store._postgres import PostgresStore  # noqa: E402
 
@@ -99,68 +99,21 @@ def run_together(n: int, fn: Callable[[int], Any]) -> list[tuple[str, Any]]:
 # --- life cycle and credits ---------------------------------------------------------------------------------
 
 
-def test_lifecycle_charges_once(admin: Conn, store: PostgresStore) -> None:
+def test_a_success_is_charged_once_and_logged(admin: Conn, store: PostgresStore) -> None:
     a = new_user(admin, 100)
     s = store.for_user(a)
-    assert s.account().credits == 100
-    task = s.create_task(["cat", "dog"], project="pets", metadata={"image_key": "in/1.png"}, cost=1, queue=True)
-    assert (task.status, task.user_id, task.project, task.text_prompt) == ("pending", a, "pets", "cat, dog")
-    assert task.metadata == {"prompts": ["cat", "dog"], "image_key": "in/1.png", "cost": 1, "attempts": 0}
-    assert task.prompts == ["cat", "dog"]
+    task = s.create_task(["cat", "dog"], cost=1, queue=True)
     assert credits(admin, a) == 100  # reserved, not charged
-
-    started = s.start(task.id)
-    assert (started.status, started.metadata["attempts"]) == ("processing", 1)
-    assert started.updated_at >= task.updated_at
-
-    # The caller's metadata cannot change the price or the attempt count.
-    done = finish(s, task.id, instances=1, cost=0, attempts=9)
-    assert (done.status, done.source_image_url, done.mask_image_url, done.overlay_image_url, done.labels) == (
-        "done",
-        "src.png",
-        "mask.png",
-        "overlay.png",
-        ["cat"],
-    )
-    assert done.metadata == {
-        "prompts": ["cat", "dog"],
-        "image_key": "in/1.png",
-        "cost": 1,
-        "attempts": 1,
-        "instances": 1,
-    }
-    assert s.get(task.id) == done
+    failed = s.create_task(["cat"], cost=1, queue=True)
+    s.fail(failed.id, "boom")  # a failure charges nothing and logs nothing
+    s.start(task.id)
+    finish(s, task.id, instances=1)
     assert s.account().credits == credits(admin, a) == 99
     assert usage(admin, a) == [("segmentation", 1, {"task_id": task.id})]
-
-    refused: list[tuple[Callable[[], Task], str]] = [
-        (lambda: finish(s, task.id), "done"),
-        (lambda: s.fail(task.id, "x"), "error"),
-        (lambda: s.start(task.id), "processing"),
-    ]
-    for call, target in refused:
-        with pytest.raises(StoreError) as exc:
+    for call in (lambda: finish(s, task.id), lambda: s.fail(task.id, "x"), lambda: s.start(task.id)):
+        with pytest.raises(StoreError, match="is done; it cannot become"):
             call()
-        assert type(exc.value) is StoreError
-        assert exc.value.message == f"task {task.id} is done; it cannot become {target}"
-    assert credits(admin, a) == 99
-    assert len(usage(admin, a)) == 1
-
-
-def test_failure_charges_nothing_and_releases_the_reservation(admin: Conn, store: PostgresStore) -> None:
-    a = new_user(admin, 1)
-    s = store.for_user(a)
-    first = s.start(s.create_task(["cat"], cost=1, queue=True).id)
-    with pytest.raises(CreditsError):
-        s.create_task(["cat"], cost=1, queue=True)
-    failed = s.fail(first.id, "CUDA out of memory")
-    assert (failed.status, failed.error) == ("error", "CUDA out of memory")
-    assert credits(admin, a) == 1
-    assert usage(admin, a) == []
-    assert s.create_task(["cat"], cost=1, queue=True).status == "pending"
-    assert s.fail(s.create_task(["cat"], queue=True).id, "").error == "unknown error"  # pending → error, a reason
-    with pytest.raises(StoreError, match=r"is error; it cannot become processing"):
-        s.start(first.id)
+    assert credits(admin, a) == 99 and len(usage(admin, a)) == 1
 
 
 def test_cost_zero_logs_a_zero_credit_usage_row(admin: Conn, store: PostgresStore) -> None:
@@ -172,45 +125,6 @@ def test_cost_zero_logs_a_zero_credit_usage_row(admin: Conn, store: PostgresStor
     assert finish(s, task.id).status == "done"
     assert credits(admin, a) == 0
     assert usage(admin, a) == [("segmentation", 0, {"task_id": task.id})]
-
-
-def test_reservation_arithmetic(admin: Conn, store: PostgresStore) -> None:
-    a = new_user(admin, 3)
-    s = store.for_user(a)
-    tasks = [s.create_task(["cat"], cost=1, queue=True) for _ in range(3)]
-    s.start(tasks[0].id)  # processing still holds its reservation
-    with pytest.raises(CreditsError) as exc:
-        s.create_task(["cat"], cost=1, queue=True)
-    assert exc.value.message == (
-        f"not enough credits: user {a} has 3 credits, 3 reserved by unfinished tasks, 1 required"
-    )
-    assert exc.value.hint
-    assert s.create_task(["free"], cost=0, queue=True).status == "pending"  # free tasks are never refused
-    s.fail(tasks[1].id, "boom")
-    replacement = s.create_task(["cat"], cost=1, queue=True)
-    finish(s, tasks[0].id)  # charged: 2 credits left, 2 reserved (tasks[2] and the replacement)
-    assert credits(admin, a) == 2
-    with pytest.raises(CreditsError, match="has 2 credits, 2 reserved"):
-        s.create_task(["cat"], cost=1, queue=True)
-    s.fail(replacement.id, "boom")
-    with pytest.raises(CreditsError, match="1 reserved by unfinished tasks, 2 required"):
-        s.create_task(["cat"], cost=2, queue=True)
-    assert s.create_task(["cat"], cost=1, queue=True).metadata["cost"] == 1
-    assert [t.status for t in s.list(status="pending")] == ["pending"] * 3
-    with pytest.raises(UsageError):
-        s.create_task(["cat"], cost=-1, queue=True)
-
-
-def test_finish_rolls_back_when_the_credits_are_gone(admin: Conn, store: PostgresStore) -> None:
-    a = new_user(admin, 1)
-    s = store.for_user(a)
-    task = s.start(s.create_task(["cat"], cost=1, queue=True).id)
-    admin.execute("update public.users_profile set credits = 0 where id = %s", (a,))
-    with pytest.raises(CreditsError, match=f"not enough credits: user {a} has 0 credits, 1 required"):
-        finish(s, task.id)
-    after = s.get(task.id)
-    assert (after.status, after.source_image_url, after.labels) == ("processing", None, [])
-    assert usage(admin, a) == []
 
 
 def test_concurrent_creation_reserves_exactly_the_credits(pg: _postgres.Cluster, admin: Conn) -> None:
@@ -257,121 +171,46 @@ def test_concurrent_creation_reserves_exactly_the_credits(pg: _postgres.Cluster,
 # --- users, ids, projects -----------------------------------------------------------------------------------
 
 
-def test_users_cannot_see_or_touch_each_others_tasks(admin: Conn, store: PostgresStore) -> None:
-    a, b = new_user(admin), new_user(admin)
-    sa, sb = store.for_user(a), store.for_user(b)
-    task = sa.create_task(["cat"], project="shared-name", cost=1, queue=True)
-    calls: list[Callable[[], Any]] = [
-        lambda: sb.get(task.id),
-        lambda: sb.start(task.id),
-        lambda: finish(sb, task.id),
-        lambda: sb.fail(task.id, "x"),
-    ]
-    sa.start(task.id)  # processing: finish and fail would be allowed for its owner
-    for call in calls:
-        with pytest.raises(TaskNotFound, match=f"no task {task.id}"):
-            call()
-    assert sb.list() == []
-    assert sb.list(project="shared-name") == []
-    assert sa.get(task.id).status == "processing"
-    assert (credits(admin, a), credits(admin, b)) == (100, 100)
-    assert usage(admin, a) == usage(admin, b) == []
-    assert sb.account().user_id == b
-
-
-@pytest.mark.parametrize("bad", ["not-a-uuid", "", "1; drop table public.segmentation_results", str(uuid.uuid4())])
-def test_unknown_and_malformed_task_ids_are_not_found(admin: Conn, store: PostgresStore, bad: str) -> None:
-    s = store.for_user(new_user(admin))
-    calls: list[Callable[[], Task]] = [
-        lambda: s.get(bad),
-        lambda: s.start(bad),
-        lambda: finish(s, bad),
-        lambda: s.fail(bad, "x"),
-    ]
-    for call in calls:
-        with pytest.raises(TaskNotFound):
-            call()
-
-
-def test_user_binding(admin: Conn, store: PostgresStore) -> None:
+def test_user_ids_are_uuids_and_plain_rows_need_a_profile(admin: Conn, store: PostgresStore) -> None:
     with pytest.raises(UsageError, match="not a user id"):
         store.for_user("alice")
-    with pytest.raises(UsageError, match="not bound to a user"):
-        store.get(str(uuid.uuid4()))
-    with pytest.raises(UsageError, match="not bound to a user"):
-        store.create_task(["cat"])
     a = new_user(admin)
     assert store.for_user(a.upper()).user_id == a  # normalised
     assert store.for_user(a).account().tier == "free"
     nobody = store.for_user(str(uuid.uuid4()))
-    calls: list[Callable[[], Any]] = [
-        nobody.account,
-        lambda: nobody.create_task(["cat"]),
-        lambda: nobody.create_task(["c"], project="p"),
-        lambda: nobody.create_task(["cat"], queue=True),
-        lambda: nobody.create_task(["c"], project="p", cost=1, queue=True),
-    ]
-    for call in calls:
+    for call in (lambda: nobody.create_task(["cat"]), lambda: nobody.create_task(["c"], project="p")):
         with pytest.raises(StoreError, match="no profile for user") as exc:
             call()
         assert exc.value.hint
-    assert nobody.list() == []
-    nobody.close()  # not the pool's owner: the shared pool stays open
-    assert store.for_user(a).list() == []
 
 
-def test_projects_by_name(admin: Conn, store: PostgresStore) -> None:
-    a, b = new_user(admin), new_user(admin)
-    sa, sb = store.for_user(a), store.for_user(b)
-    t1 = sa.create_task(["cat"], project="alpha", queue=True)
-    t2 = sa.create_task(["dog"], project="alpha")
-    t3 = sa.create_task(["cow"], project="beta")
-    t4 = sa.create_task(["owl"])
-    tb = sb.create_task(["cat"], project="alpha")
-    assert t1.project_id == t2.project_id != t3.project_id
-    assert tb.project_id not in (None, t1.project_id)
-    assert t4.project is None and t4.project_id is None
-    assert [t.id for t in sa.list(project="alpha")] == [t2.id, t1.id]
-    assert [t.id for t in sa.list()] == [t4.id, t3.id, t2.id, t1.id]  # newest first
-    assert [t.id for t in sa.list(limit=2, offset=1)] == [t3.id, t2.id]
-    sa.start(t1.id)
-    assert [t.id for t in sa.list(status="processing")] == [t1.id]
-    assert [t.id for t in sa.list(project="alpha", status="pending")] == [t2.id]
-    with pytest.raises(StoreError, match="unknown status"):
-        sa.list(status="bogus")  # type: ignore[arg-type]
-    # A new project created by many callers at once is created once.
+def test_close_releases_the_pool_once(pg: _postgres.Cluster, admin: Conn) -> None:
+    own = PostgresStore(pg.dsn("postgres"))
+    bound = own.for_user(new_user(admin))
+    bound.close()  # not the pool's owner: the shared pool stays open
+    assert bound.list() == [] and not own._pool.closed
+    own.close()
+    own.close()  # idempotent
+    assert own._pool.closed
+    with pytest.raises(StoreError):
+        bound.list()
+
+
+def test_a_new_project_created_by_many_callers_at_once_is_created_once(admin: Conn, store: PostgresStore) -> None:
+    a = new_user(admin)
+    sa = store.for_user(a)
     outcomes = run_together(8, lambda i: sa.create_task([f"x{i}"], project="gamma", queue=i % 2 == 0))
     assert {o[0] for o in outcomes} == {"ok"}, outcomes
     assert len({o[1].project_id for o in outcomes}) == 1
-    assert one(admin, "select count(*) from public.projects where user_id = %s", a) == 3
-
-
-def test_projects_by_id(admin: Conn, store: PostgresStore) -> None:
-    a, b = new_user(admin, 10), new_user(admin, 10)
-    sa, sb = store.for_user(a), store.for_user(b)
-    first = sa.create_task(["cat"], project="alpha")
-    pid = first.project_id
-    assert pid is not None
-    queued = sa.create_task(["dog"], project_id=pid, cost=1, queue=True)
-    plain = sa.create_task(["cow"], project_id=pid.upper())  # any spelling of the uuid
-    assert {(t.project, t.project_id) for t in (queued, plain)} == {("alpha", pid)}
-    assert [t.id for t in sa.list(project="alpha")] == [plain.id, queued.id, first.id]
-
-    theirs = sb.create_task(["owl"], project="beta").project_id
-    assert theirs is not None
-    count = "select count(*) from public.segmentation_results where user_id = %s"
-    before = (one(admin, count, a), one(admin, count, b))
-    for bad in (theirs, str(uuid.uuid4()), "not-a-uuid", "", "1; drop table public.projects"):
-        for queue in (True, False):
-            with pytest.raises(TaskNotFound, match=f"no project {bad}") as exc:
-                sa.create_task(["cat"], project_id=bad, cost=int(queue), queue=queue)
-            assert exc.value.hint == "list your projects, or pass a project name"
-    with pytest.raises(UsageError, match="not both"):
-        sa.create_task(["cat"], project="alpha", project_id=pid)
-    assert (one(admin, count, a), one(admin, count, b)) == before  # nothing created
     assert one(admin, "select count(*) from public.projects where user_id = %s", a) == 1
-    assert (credits(admin, a), credits(admin, b)) == (10, 10)
-    assert sb.list(project="beta")[0].project_id == theirs  # untouched
+
+
+def test_tasks_filed_under_a_project_id_at_once(admin: Conn, store: PostgresStore) -> None:
+    a = new_user(admin, 10)
+    sa = store.for_user(a)
+    pid = sa.create_task(["cat"], project="alpha").project_id
+    assert pid is not None
+    assert sa.create_task(["cow"], project_id=pid.upper()).project_id == pid  # any spelling of the uuid
     outcomes = run_together(6, lambda i: sa.create_task([f"x{i}"], project_id=pid, queue=i % 2 == 0))
     assert {o[0] for o in outcomes} == {"ok"}, outcomes
     assert {o[1].project for o in outcomes} == {"alpha"}
@@ -395,7 +234,7 @@ def test_project_deleted_while_a_task_is_created_under_it(
         assert creator.is_alive()  # the check waits for the deletion to end
         deleter.commit()
     creator.join(30)
-    assert len(outcome) == 1 and isinstance(outcome[0], TaskNotFound), outcome
+    assert len(outcome) == 1 and isinstance(outcome[0], ProjectNotFound), outcome
     assert one(admin, "select count(*) from public.segmentation_results where user_id = %s", a) == 1
 
 
@@ -407,46 +246,6 @@ def _attempt(fn: Callable[[], Task]) -> BaseException | Task:
 
 
 # --- the server's sweep -------------------------------------------------------------------------------------
-
-
-def test_runnable_is_oldest_first_across_users(admin: Conn, store: PostgresStore) -> None:
-    a, b = new_user(admin), new_user(admin)
-    sa, sb = store.for_user(a), store.for_user(b)
-    t1 = sa.create_task(["1"], queue=True)
-    t2 = sb.create_task(["2"], queue=True)
-    t3 = sa.create_task(["3"], queue=True)
-    t4 = sb.create_task(["4"], queue=True)
-    sb.start(t4.id)
-    mine = {t1.id, t2.id, t3.id, t4.id}
-    runnable = [t for t in store.runnable(10_000) if t.id in mine]
-    assert [t.id for t in runnable] == [t1.id, t2.id, t3.id]
-    assert [t.user_id for t in runnable] == [a, b, a]
-    everything = store.runnable(10_000)
-    assert [t.created_at for t in everything] == sorted(t.created_at for t in everything)
-    assert {t.status for t in everything} == {"pending"}
-    assert len(store.runnable(2)) == 2
-
-
-def test_requeue_stale_then_error_after_the_last_attempt(admin: Conn, store: PostgresStore) -> None:
-    a = new_user(admin, 1)
-    s = store.for_user(a)
-    task = s.start(s.create_task(["cat"], project="p", cost=1, queue=True).id)
-    fresh = s.start(s.create_task(["dog"], queue=True).id)
-    backdate(admin, [task.id])
-
-    requeued = [t for t in store.requeue_stale(older_than_s=60, max_attempts=2) if t.user_id == a]
-    assert [(t.id, t.status, t.project, t.metadata["attempts"]) for t in requeued] == [(task.id, "pending", "p", 1)]
-    assert requeued[0].updated_at > task.updated_at
-    assert s.get(fresh.id).status == "processing"  # not stale
-    assert store.requeue_stale(older_than_s=60, max_attempts=2) == []  # requeued ones are fresh again
-
-    assert s.start(task.id).metadata["attempts"] == 2
-    backdate(admin, [task.id, fresh.id])
-    assert [t for t in store.requeue_stale(older_than_s=60, max_attempts=2) if t.user_id == a] == [s.get(fresh.id)]
-    failed = s.get(task.id)
-    assert (failed.status, failed.error) == ("error", f"{STALE} (attempt 2 of 2)")
-    assert s.create_task(["cat"], cost=1, queue=True).status == "pending"  # its reservation is released
-    assert credits(admin, a) == 1 and usage(admin, a) == []
 
 
 def test_concurrent_requeue_moves_each_task_once(admin: Conn, store: PostgresStore) -> None:

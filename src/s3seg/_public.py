@@ -19,11 +19,11 @@ import httpx
 from s3seg._remote import encoded, envelope_data
 from s3seg.errors import ServerError, UsageError
 from s3seg.images import LoadedImage
+from s3seg.models import Task
 from s3seg.types import SegmentationResult, SegmentRequest, from_coco
 
 if TYPE_CHECKING:
     from s3seg.config import Settings
-    from s3seg.store import Task
 
 _CONCURRENT = 4
 _MAX_RETRY_AFTER_S = 60.0
@@ -77,10 +77,10 @@ class PublicClient:
             "boxes": [b.to_dict() for b in request.boxes],
             **request.options.to_dict(),
         }
-        return _task(self._call("POST", "/api/v1/segment", json=body))
+        return Task.from_dict(self._call("POST", "/api/v1/segment", json=body))
 
     def task(self, task_id: str, wait_s: float = 0) -> Task:
-        return _task(self._call("GET", f"/api/v1/tasks/{task_id}", params={"wait": wait_s}))
+        return Task.from_dict(self._call("GET", f"/api/v1/tasks/{task_id}", params={"wait": wait_s}))
 
     def wait(self, task_id: str) -> Task:
         """Wait for a task to end (done or error), within the client's time limit."""
@@ -102,7 +102,7 @@ class PublicClient:
             for k, v in {"limit": limit, "offset": offset, "status": status, "project": project}.items()
             if v is not None
         }
-        return [_task(row) for row in self._call("GET", "/api/v1/results", params=params)["items"]]
+        return [Task.from_dict(row) for row in self._call("GET", "/api/v1/results", params=params)["items"]]
 
     def result(self, task_id: str) -> tuple[Task, dict[str, str]]:
         """A result and the time-limited URLs of its files."""
@@ -117,7 +117,7 @@ class PublicClient:
             )
             if row.get(column)
         }
-        return _task(row), urls
+        return Task.from_dict(row), urls
 
     def file(self, task_id: str, name: str) -> bytes:
         response = self._send("GET", f"/api/v1/results/{task_id}/files/{name}")
@@ -177,12 +177,6 @@ def _retry_after(response: httpx.Response) -> float:
         return max(0.0, float(response.headers.get("retry-after", "1")))
     except ValueError:
         return 1.0
-
-
-def _task(row: dict[str, Any]) -> Task:
-    from s3seg.store import Task
-
-    return Task.from_dict(row)
 
 
 def _json(data: bytes) -> Any:

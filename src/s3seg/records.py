@@ -35,7 +35,11 @@ class Recorder:
         return cls(storage_from_settings(settings), store_from_settings(settings))
 
     def close(self) -> None:
-        self.storage.close()
+        """Close the storage and the store (a PostgreSQL store's connection pool)."""
+        try:
+            self.storage.close()
+        finally:
+            self.store.close()
 
     def __enter__(self) -> Recorder:
         return self

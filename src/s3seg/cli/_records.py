@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
     from s3seg._public import PublicClient
     from s3seg.config import Settings
-    from s3seg.store import Task
+    from s3seg.models import Task
 
 _STATUS_STYLE = {"pending": "yellow", "processing": "cyan", "done": "green", "error": "red"}
 
@@ -129,7 +129,7 @@ def results_command(
     """Stored segmentation results: a page of them, or one with time-limited URLs (and --download)."""
     from s3seg.config import load_settings
     from s3seg.errors import UsageError
-    from s3seg.store import STATUSES
+    from s3seg.models import STATUSES
 
     if task_id is None and download is not None:
         raise UsageError("--download needs a result ID", hint="s3seg results ID --download DIR")
@@ -250,9 +250,7 @@ class _Local:
         self.store = store_from_settings(settings)
 
     def close(self) -> None:
-        close = getattr(self.store, "close", None)
-        if close is not None:
-            close()
+        self.store.close()
 
     def get(self, task_id: str, wait_s: float = 0) -> Task:
         return self.store.get(task_id)

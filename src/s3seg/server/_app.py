@@ -247,8 +247,10 @@ def create_app(
             await runner.stop()  # a task cut short stays processing and is requeued after a restart
             if "batcher" in state:
                 await run_in_threadpool(state["batcher"].close)  # finishes in-flight work
-            if verifier is not None:
-                verifier.close()
+            # The server owns its backends, given or built: it closes them (each close is idempotent).
+            for part in (verifier, workers, parts_store, parts_storage):
+                if part is not None:
+                    part.close()
 
     app = FastAPI(
         title="s3seg",

@@ -8,8 +8,11 @@ inputs address the same object (or an object outside the storage).
 from __future__ import annotations
 
 import unicodedata
+from typing import TypeVar
 
 from s3seg.errors import StorageError
+
+_C = TypeVar("_C", bound="Closing")
 
 # S3 (and R2) limit a key to 1024 bytes of UTF-8; refusing longer keys here gives the same answer on
 # every backend instead of a server error on one of them.
@@ -122,3 +125,16 @@ def guess_content_type(key: str) -> str:
     if dot <= 0:  # no extension, or a dot-file such as ".env"
         return "application/octet-stream"
     return _CONTENT_TYPES.get(name[dot:].lower(), "application/octet-stream")
+
+
+class Closing:
+    """``with storage: ...`` closes it; every backend has ``close`` (a no-op where nothing is held)."""
+
+    def close(self) -> None:
+        """Nothing to release by default."""
+
+    def __enter__(self: _C) -> _C:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -14,11 +14,10 @@ import unicodedata
 from collections.abc import Callable, Iterator
 from contextlib import suppress
 from pathlib import Path
-from types import TracebackType
 from typing import BinaryIO
 
 from s3seg.errors import StorageError
-from s3seg.storage._keys import ObjectNotFoundError, safe_key, safe_list_prefix
+from s3seg.storage._keys import Closing, ObjectNotFoundError, safe_key, safe_list_prefix
 
 # Temporary files start with this; list() skips them and keys may not use the name.
 TMP_PREFIX = ".s3seg-tmp-"
@@ -67,7 +66,7 @@ def write_atomic(path: Path, write: Callable[[BinaryIO], object]) -> None:
         raise
 
 
-class LocalStorage:
+class LocalStorage(Closing):
     """Objects as files under ``root`` (created on the first write)."""
 
     name = "local"
@@ -77,17 +76,6 @@ class LocalStorage:
 
     def __repr__(self) -> str:
         return f"LocalStorage({str(self.root)!r})"
-
-    def __enter__(self) -> LocalStorage:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
-
-    def close(self) -> None:
-        """Nothing to release; here so every backend can be closed the same way."""
 
     # --- paths -----------------------------------------------------------------------------------
 

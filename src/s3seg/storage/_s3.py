@@ -14,12 +14,13 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import closing, contextmanager
 from pathlib import Path
-from types import ModuleType, TracebackType
+from types import ModuleType
 from typing import Any
 from urllib.parse import urlsplit
 
 from s3seg.errors import DependencyError, StorageError, UsageError
 from s3seg.storage._keys import (
+    Closing,
     ObjectNotFoundError,
     guess_content_type,
     join_prefix,
@@ -125,7 +126,7 @@ def _error_code(e: BaseException) -> tuple[str, str]:
     return code, str(error.get("Message") or "")
 
 
-class S3Storage:
+class S3Storage(Closing):
     """Objects in an R2/S3 bucket, optionally under a key prefix (``prefix/key``)."""
 
     def __init__(
@@ -159,14 +160,6 @@ class S3Storage:
     def __repr__(self) -> str:
         where = f"{self.bucket}/{self.prefix}" if self.prefix else self.bucket
         return f"S3Storage({where!r}, endpoint_url={self.endpoint_url!r})"
-
-    def __enter__(self) -> S3Storage:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
 
     def close(self) -> None:
         """Close the client's connection pool (open sockets would otherwise outlive the storage)."""

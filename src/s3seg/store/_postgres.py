@@ -11,14 +11,31 @@ rows that cost nothing. psycopg and pool errors become :class:`StoreError` in ``
 
 from __future__ import annotations
 
-import copy
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from s3seg.errors import AccountNotFound, CreditsError, DependencyError, S3SegError, UsageError
-from s3seg.store import STATUSES, Account, Status, StoreError, Task, TaskNotFound
+from s3seg.errors import DependencyError, S3SegError, StoreError
+from s3seg.models import Account, Status, Task
+from s3seg.store._base import (
+    COLUMNS,
+    PREVIOUS,
+    NewTask,
+    Store,
+    Tasks,
+    cannot_become,
+    function_error,
+    list_query,
+    new_metadata,
+    no_profile,
+    project_not_found,
+    project_uuid,
+    task_from_row,
+    task_not_found,
+    task_uuid,
+    uuid_user,
+)
 
 if TYPE_CHECKING:
     import psycopg
@@ -26,16 +43,9 @@ if TYPE_CHECKING:
 
     Conn = psycopg.Connection[tuple[Any, ...]]
 
-Tasks = list[Task]  # (the method named `list` below shadows the builtin inside the class)
 _HINT_URL = "check S3SEG_DATABASE_URL"
-_HINT_TASKS = "list tasks with: s3seg tasks"
-_HINT_PROJECT = "list your projects, or pass a project name"
-_COLUMNS = (
-    "r.id, r.status, r.text_prompt, r.created_at, r.updated_at, r.user_id, r.project_id, p.name, "
-    "r.source_image_url, r.mask_image_url, r.overlay_image_url, r.labels, r.metadata, r.error"
-)
 _JOIN = " r left join public.projects p on p.id = r.project_id"
-_SELECT = f"select {_COLUMNS} from public.segmentation_results" + _JOIN
+_SELECT = f"select {COLUMNS} from public.segmentation_results" + _JOIN
 _ATTEMPTS = (
     "coalesce(case when jsonb_typeof(r.metadata -> 'attempts') = 'number' "
     "then (r.metadata ->> 'attempts')::numeric::int end, 0)"
@@ -47,8 +57,9 @@ _STALE = (
 )
 
 
-class PostgresStore:
+class PostgresStore(Store):
     name = "postgres"
+    unbound_hint = "set S3SEG_USER_ID to the user's Supabase auth id"
 
     def __init__(self, dsn: str, *, user_id: str | None = None, min_size: int = 1, max_size: int = 8) -> None:
         try:
@@ -58,7 +69,7 @@ class PostgresStore:
             raise DependencyError(
                 "the PostgreSQL store needs psycopg and psycopg-pool", hint="pip install 's3seg[cloud]'"
             ) from e
-        self.user_id = _user(user_id) if user_id is not None else None
+        self.user_id = uuid_user(user_id) if user_id is not None else None
         try:
             params = psycopg.conninfo.conninfo_to_dict(dsn)
         except psycopg.Error:
@@ -81,17 +92,12 @@ class PostgresStore:
             check=ConnectionPool.check_connection,
             open=True,
         )
-        self._owner = True
 
-    def for_user(self, user_id: str) -> PostgresStore:
-        clone = copy.copy(self)
-        clone.user_id = _user(user_id)
-        clone._owner = False
-        return clone
+    def _valid_user(self, user_id: str) -> str:
+        return uuid_user(user_id)
 
-    def close(self) -> None:
-        if self._owner:
-            self._pool.close()
+    def _release(self) -> None:
+        self._pool.close()
 
     # ------------------------------------------------------------------------------------- operations
     def account(self) -> Account:
@@ -99,63 +105,39 @@ class PostgresStore:
         with self._tx() as conn:
             row = conn.execute("select tier, credits from public.users_profile where id = %s", (uid,)).fetchone()
         if row is None:
-            raise AccountNotFound(
-                f"no profile for user {uid}",
-                hint="a profile is created when the user signs up (Supabase Auth); check S3SEG_USER_ID",
-            )
+            raise no_profile(uid)
         return Account(user_id=str(uid), tier=str(row[0]), credits=int(row[1]))
 
-    def create_task(
-        self,
-        prompts: list[str],
-        *,
-        project: str | None = None,
-        project_id: str | None = None,
-        metadata: dict[str, Any] | None = None,
-        cost: int = 0,
-        queue: bool = False,
-    ) -> Task:
+    def _create(self, new: NewTask) -> Task:
         """``project_id`` must be one of the bound user's projects, checked in the transaction that creates
-        the task (TaskNotFound otherwise, nothing created)."""
+        the task (ProjectNotFound otherwise, nothing created)."""
         from psycopg.types.json import Jsonb
 
-        if project is not None and project_id is not None:
-            raise UsageError("give a project name or a project id, not both")
-        uid = self._uid()
-        wanted = _project(project_id) if project_id is not None else None
-        if cost < 0:
-            raise UsageError(f"a task's cost must be >= 0, got {cost}")
-        if cost and not queue:
-            raise UsageError(
-                "credits are only reserved for queued tasks",
-                hint=f"create the task with queue=True, or with cost=0 (got cost={cost})",
-            )
-        meta = {"prompts": prompts, **(metadata or {})}
+        uid = uuid.UUID(new.user)
+        wanted = project_uuid(new.project_id) if new.project_id is not None else None
         with self._tx() as conn:
             pid: uuid.UUID | None = None
             if wanted is not None:
                 pid = self._own_project(conn, uid, wanted)
                 if pid is None:
-                    raise TaskNotFound(f"no project {project_id}", hint=_HINT_PROJECT)
-            elif project:
-                pid = self._project_id(conn, uid, project)
-            if queue:
+                    raise project_not_found(new.project_id)
+            elif new.project:
+                pid = self._project_id(conn, uid, new.project)
+            if new.queue:  # the function adds cost and attempts, and reserves the credits
                 row = conn.execute(
                     "select public.create_segmentation_task(%s, %s, %s, %s, %s::int)",
-                    (uid, ", ".join(prompts), pid, Jsonb(meta), cost),
+                    (uid, new.text_prompt, pid, Jsonb(new.metadata), new.cost),
                 ).fetchone()
             else:
                 if (
                     pid is None
                     and conn.execute("select 1 from public.users_profile where id = %s", (uid,)).fetchone() is None
                 ):
-                    raise AccountNotFound(
-                        f"no profile for user {uid}", hint="a profile is created when the user signs up (Supabase Auth)"
-                    )
+                    raise no_profile(uid)
                 row = conn.execute(
                     "insert into public.segmentation_results (user_id, project_id, text_prompt, metadata, status, "
                     "queued) values (%s, %s, %s, %s, 'pending', false) returning id",
-                    (uid, pid, ", ".join(prompts), Jsonb({**meta, "cost": 0, "attempts": 0})),
+                    (uid, pid, new.text_prompt, Jsonb(new_metadata(new))),
                 ).fetchone()
             assert row is not None
             return self._get(conn, row[0], uid)
@@ -164,7 +146,6 @@ class PostgresStore:
         return self._move(
             task_id,
             "processing",
-            ("pending",),
             f"metadata = jsonb_set(r.metadata, '{{attempts}}', to_jsonb({_ATTEMPTS} + 1))",
             (),
         )
@@ -174,21 +155,21 @@ class PostgresStore:
     ) -> Task:
         from psycopg.types.json import Jsonb
 
-        tid, uid = _task_id(task_id), self._uid()
+        tid, uid = task_uuid(task_id), self._uid()
         with self._tx() as conn:
             found = conn.execute(
                 "select queued, status from public.segmentation_results where id = %s and user_id = %s for update",
                 (tid, uid),
             ).fetchone()
             if found is None:
-                raise TaskNotFound(f"no task {task_id}", hint=_HINT_TASKS)
+                raise task_not_found(task_id)
             if found[0]:  # a server task: done and charged in one transaction
                 conn.execute(
                     "select public.finish_segmentation_task(%s, %s, %s, %s, %s, %s)",
                     (tid, source, mask, overlay, Jsonb(labels), Jsonb(metadata)),
                 )
             elif found[1] != "processing":
-                raise StoreError(f"task {task_id} is {found[1]}; it cannot become done")
+                raise cannot_become(task_id, found[1], "done")
             else:  # not queued: nothing reserved, nothing charged; price and attempts stay the task's own
                 conn.execute(
                     "update public.segmentation_results set status = 'done', source_image_url = %s, "
@@ -200,29 +181,17 @@ class PostgresStore:
             return self._get(conn, tid, uid)
 
     def fail(self, task_id: str, error: str) -> Task:
-        return self._move(task_id, "error", ("pending", "processing"), "error = %s", (error or "unknown error",))
+        return self._move(task_id, "error", "error = %s", (error or "unknown error",))
 
     def get(self, task_id: str) -> Task:
-        tid, uid = _task_id(task_id), self._uid()
+        tid, uid = task_uuid(task_id), self._uid()
         with self._tx() as conn:
             return self._get(conn, tid, uid)
 
-    def list(
-        self, *, project: str | None = None, status: Status | None = None, limit: int = 20, offset: int = 0
-    ) -> list[Task]:
-        if status is not None and status not in STATUSES:
-            raise StoreError(f"unknown status {status!r}", hint=f"one of {', '.join(STATUSES)}")
-        where: list[str] = ["r.user_id = %s"]
-        args: list[Any] = [self._uid()]
-        if project is not None:
-            where.append("p.name = %s")
-            args.append(project)
-        if status is not None:
-            where.append("r.status = %s")
-            args.append(status)
-        sql = _SELECT + f" where {' and '.join(where)} order by r.created_at desc, r.id desc limit %s offset %s"
+    def _list(self, user: str, project: str | None, status: Status | None, limit: int, offset: int) -> Tasks:
+        sql, args = list_query(_SELECT, "%s", "r.id", uuid.UUID(user), project, status, (limit, offset))
         with self._tx() as conn:
-            return [_task(r) for r in conn.execute(sql, (*args, limit, offset)).fetchall()]
+            return [task_from_row(r) for r in conn.execute(sql, args).fetchall()]
 
     # --- the server's background work, across all users -----------------------------------------
     def runnable(self, limit: int = 100) -> Tasks:
@@ -230,7 +199,7 @@ class PostgresStore:
             rows = conn.execute(
                 _SELECT + " where r.status = 'pending' and r.queued order by r.created_at, r.id limit %s", (limit,)
             ).fetchall()
-        return [_task(r) for r in rows]
+        return [task_from_row(r) for r in rows]
 
     def requeue_stale(self, *, older_than_s: float, max_attempts: int) -> Tasks:
         # Rows another sweep holds are skipped, and a row it has just moved no longer matches when re-read:
@@ -247,37 +216,35 @@ class PostgresStore:
             rows = conn.execute(
                 f"with stale as ({_STALE.format(cond=_ATTEMPTS + ' < %(max)s')}), moved as ("
                 "update public.segmentation_results r set status = 'pending' from stale where r.id = stale.id "
-                f"returning r.*) select {_COLUMNS} from moved{_JOIN} order by r.created_at, r.id",
+                f"returning r.*) select {COLUMNS} from moved{_JOIN} order by r.created_at, r.id",
                 args,
             ).fetchall()
-        return [_task(r) for r in rows]
+        return [task_from_row(r) for r in rows]
 
     # ------------------------------------------------------------------------------------- internals
-    def _move(
-        self, task_id: str, status: Status, sources: tuple[Status, ...], assignment: str, args: tuple[Any, ...]
-    ) -> Task:
-        tid, uid = _task_id(task_id), self._uid()
+    def _move(self, task_id: str, status: Status, assignment: str, args: tuple[Any, ...]) -> Task:
+        tid, uid = task_uuid(task_id), self._uid()
         with self._tx() as conn:
             row = conn.execute(
                 f"with moved as (update public.segmentation_results r set status = %s, {assignment} "
                 f"where r.id = %s and r.user_id = %s and r.status = any(%s) returning r.*) "
-                f"select {_COLUMNS} from moved{_JOIN}",
-                (status, *args, tid, uid, list(sources)),
+                f"select {COLUMNS} from moved{_JOIN}",
+                (status, *args, tid, uid, list(PREVIOUS[status])),
             ).fetchone()
             if row is not None:
-                return _task(row)
+                return task_from_row(row)
             now = conn.execute(
                 "select status from public.segmentation_results where id = %s and user_id = %s", (tid, uid)
             ).fetchone()
         if now is None:
-            raise TaskNotFound(f"no task {task_id}", hint=_HINT_TASKS)
-        raise StoreError(f"task {task_id} is {now[0]}; it cannot become {status}")
+            raise task_not_found(task_id)
+        raise cannot_become(task_id, now[0], status)
 
     def _get(self, conn: Conn, tid: uuid.UUID, uid: uuid.UUID) -> Task:
         row = conn.execute(_SELECT + " where r.id = %s and r.user_id = %s", (tid, uid)).fetchone()
         if row is None:
-            raise TaskNotFound(f"no task {tid}", hint=_HINT_TASKS)
-        return _task(row)
+            raise task_not_found(tid)
+        return task_from_row(row)
 
     def _own_project(self, conn: Conn, uid: uuid.UUID, project_id: uuid.UUID) -> uuid.UUID | None:
         """``project_id`` if it is one of the user's projects (locked against deletion until the task is
@@ -292,7 +259,7 @@ class PostgresStore:
         # The profile first, as create_segmentation_task locks it: two new projects of one user cannot
         # deadlock on the key-share locks their foreign keys take.
         if conn.execute("select 1 from public.users_profile where id = %s for update", (uid,)).fetchone() is None:
-            raise AccountNotFound(f"no profile for user {uid}", hint="a profile is created when the user signs up")
+            raise no_profile(uid)
 
     def _project_id(self, conn: Conn, uid: uuid.UUID, name: str) -> uuid.UUID:
         self._lock_profile(conn, uid)
@@ -309,11 +276,7 @@ class PostgresStore:
         return row[0]  # type: ignore[no-any-return]
 
     def _uid(self) -> uuid.UUID:
-        if self.user_id is None:
-            raise UsageError(
-                "the PostgreSQL store is not bound to a user", hint="set S3SEG_USER_ID to the user's Supabase auth id"
-            )
-        return uuid.UUID(self.user_id)
+        return uuid.UUID(self._bound_user())
 
     @contextmanager
     def _tx(self) -> Iterator[Conn]:
@@ -329,19 +292,12 @@ class PostgresStore:
     def _error(self, e: psycopg.Error) -> S3SegError:
         import psycopg
 
-        state, primary = e.sqlstate or "", e.diag.message_primary or ""
-        detail = self._scrub(e.diag.message_detail or primary)
-        if state == "PT402":
-            return CreditsError(
-                f"not enough credits: {detail}", hint="add credits, or wait until your unfinished tasks are done"
-            )
-        if state == "PT404" and primary == "TASK_NOT_FOUND":
-            return TaskNotFound(detail, hint=_HINT_TASKS)
-        if state == "PT404":
-            return AccountNotFound(detail, hint="a profile is created when the user signs up (Supabase Auth)")
-        if state == "PT409":
-            return StoreError(detail)
+        detail = self._scrub(e.diag.message_detail or e.diag.message_primary or "")
+        known = function_error(e.sqlstate or "", e.diag.message_primary or "", detail)
+        if known is not None:
+            return known
         message = self._scrub(" ".join(str(e).split()))
+        state = e.sqlstate or ""
         if isinstance(e, psycopg.OperationalError) and (not state or state.startswith("08")):
             return StoreError(f"cannot reach the database: {message}", hint=_HINT_URL)
         return StoreError(f"database error: {message}")
@@ -350,59 +306,3 @@ class PostgresStore:
         for secret in self._secrets:
             text = text.replace(secret, "***")
         return text
-
-
-def _user(user_id: str) -> str:
-    try:
-        return str(uuid.UUID(str(user_id)))
-    except ValueError:
-        raise UsageError(f"not a user id: {user_id!r}", hint="PostgreSQL user ids are Supabase auth uuids") from None
-
-
-def _task_id(task_id: str) -> uuid.UUID:
-    try:
-        return uuid.UUID(str(task_id))
-    except ValueError:
-        raise TaskNotFound(f"no task {task_id}", hint=_HINT_TASKS) from None
-
-
-def _project(project_id: str) -> uuid.UUID:
-    try:
-        return uuid.UUID(str(project_id))
-    except ValueError:
-        raise TaskNotFound(f"no project {project_id}", hint=_HINT_PROJECT) from None
-
-
-def _task(row: tuple[Any, ...]) -> Task:
-    (
-        id_,
-        status,
-        prompt,
-        created,
-        updated,
-        user,
-        project_id,
-        project,
-        source,
-        mask,
-        overlay,
-        labels,
-        metadata,
-        error,
-    ) = row
-    return Task(
-        id=str(id_),
-        status=status,
-        text_prompt=prompt or "",
-        created_at=created,
-        updated_at=updated,
-        user_id=str(user),
-        project_id=str(project_id) if project_id else None,
-        project=project,
-        source_image_url=source,
-        mask_image_url=mask,
-        overlay_image_url=overlay,
-        labels=labels or [],
-        metadata=metadata or {},
-        error=error,
-    )

@@ -20,42 +20,51 @@ PostgREST and network errors become :class:`StoreError`; ``PT402`` becomes :clas
 
 from __future__ import annotations
 
-import copy
-import uuid
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
-from s3seg.errors import AccountNotFound, CreditsError, DependencyError, UsageError
-from s3seg.store import STATUSES, Account, Status, StoreError, Task, TaskNotFound
+import httpx
+
+from s3seg.errors import AccountNotFound, DependencyError, S3SegError, StoreError, UsageError
+from s3seg.models import Account, Status, Task
+from s3seg.store._base import (
+    PREVIOUS,
+    PROFILE_HINT,
+    NewTask,
+    Store,
+    Tasks,
+    attempts,
+    cannot_become,
+    finished_metadata,
+    function_error,
+    gave_up,
+    new_metadata,
+    no_profile,
+    project_not_found,
+    project_uuid,
+    task_not_found,
+    task_uuid,
+    uuid_user,
+)
 
 if TYPE_CHECKING:
-    import httpx
     from postgrest.exceptions import APIError
 
     from s3seg.config import Settings
 
 Rows = list[dict[str, Any]]  # (a method named `list` below shadows the builtin inside the class)
-Tasks = list[Task]
 _TABLE = "segmentation_results"
 _COLUMNS = "*, projects(name)"
-_PREVIOUS: dict[Status, list[str]] = {
-    "processing": ["pending"],
-    "done": ["processing"],
-    "error": ["pending", "processing"],
-}
-# Kept by the store in every task's metadata; a caller's metadata does not overwrite them.
-_OWN_KEYS = ("cost", "attempts")
 # A pending task changed by someone else between reading and starting it (still pending): read it again.
 _START_TRIES = 3
 _STALE_BATCH = 500
-_NOT_FOUND_HINT = "list tasks with: s3seg tasks"
-_PROFILE_HINT = "a profile is created when the user signs up (Supabase Auth)"
-_PROJECT_HINT = "list your projects, or pass a project name"
+_TIMEOUT_S = 30.0
 
 
-class SupabaseStore:
+class SupabaseStore(Store):
     name = "supabase"
+    unbound_hint = "a server binds it per request (for_user); the CLI needs S3SEG_USER_ID (service key) or a sign-in"
 
     def __init__(
         self,
@@ -74,16 +83,21 @@ class SupabaseStore:
         # The signed-in user (RLS applies as them), or None with the service key.
         self._token_user = _token_subject(access_token) if access_token else None
         # None: not bound to a user yet (a server's store); per-user operations refuse until ``for_user``.
-        self.user_id: str | None = user_id or self._token_user
+        self.user_id: str | None = self._valid_user(user_id) if user_id else self._token_user
+        # One HTTP client for every request (PostgREST's and Auth's), closed by ``close`` unless the caller
+        # passed it in (then it is the caller's).
+        self._http = http or httpx.Client(timeout=_TIMEOUT_S)
+        self._owner = http is None
         try:
             self._client = create_client(
                 url,
                 key,
                 options=ClientOptions(
-                    headers=headers, httpx_client=http, auto_refresh_token=False, persist_session=False
+                    headers=headers, httpx_client=self._http, auto_refresh_token=False, persist_session=False
                 ),
             )
         except Exception as e:  # supabase-py validates the URL and key format here
+            self.close()
             raise StoreError(f"cannot use Supabase at {url}: {e}", hint="check SUPABASE_URL and the key") from e
 
     @classmethod
@@ -98,105 +112,81 @@ class SupabaseStore:
             hint="set SUPABASE_SERVICE_KEY (servers) or SUPABASE_ANON_KEY + S3SEG_SUPABASE_ACCESS_TOKEN",
         )
 
-    def for_user(self, user_id: str) -> SupabaseStore:
-        """This store bound to ``user_id``, sharing its client (and connection pool)."""
-        if not user_id:
-            raise UsageError("a store needs a user id")
+    def _valid_user(self, user_id: str) -> str:
+        user_id = uuid_user(user_id)
         if self._token_user is not None and user_id != self._token_user:
             raise UsageError(
                 f"signed in as {self._token_user}, this store cannot act for user {user_id}",
                 hint="a server acting for several users needs the service key",
             )
-        bound = copy.copy(self)  # shallow: the same supabase client
-        bound.user_id = user_id
-        return bound
+        return user_id
+
+    def _release(self) -> None:
+        self._http.close()
 
     # ------------------------------------------------------------------------------------- operations
     def account(self) -> Account:
-        user = self._user()
+        user = self._bound_user()
         found = self._rows(
             self._client.table("users_profile").select("id, tier, credits").eq("id", user).limit(1).execute
         )
         if not found:
-            raise AccountNotFound(f"no profile for user {user}", hint=_PROFILE_HINT)
+            raise no_profile(user)
         row = found[0]
         credits = row.get("credits")
         return Account(str(row["id"]), tier=str(row["tier"]), credits=None if credits is None else int(credits))
 
-    def create_task(
-        self,
-        prompts: list[str],
-        *,
-        project: str | None = None,
-        project_id: str | None = None,
-        metadata: dict[str, Any] | None = None,
-        cost: int = 0,
-        queue: bool = False,
-    ) -> Task:
-        """A pending task. ``queue=True`` (service key only): a task for the server's workers, reserving
-        ``cost`` credits atomically (CreditsError when the user's credits minus what their unfinished tasks
-        reserve do not cover it). Otherwise a plain row that costs nothing. ``project_id`` must be one of
-        the user's projects: it is looked up (by id and user) first, TaskNotFound when it is not; the
-        composite foreign key (project_id, user_id) refuses the insert should it vanish meanwhile."""
-        if project is not None and project_id is not None:
-            raise UsageError("give a project name or a project id, not both")
-        user = self._user()
-        if cost < 0:
-            raise UsageError(f"a task's cost must be >= 0, got {cost}")
-        if cost and not queue:
-            raise UsageError(
-                "credits are only reserved for queued tasks",
-                hint=f"create the task with queue=True, or with cost=0 (got cost={cost})",
-            )
-        if queue and self._token_user is not None:
+    def _create(self, new: NewTask) -> Task:
+        """``queue=True`` (service key only): a task for the server's workers, reserving ``cost`` credits
+        atomically (CreditsError when the user's credits minus what their unfinished tasks reserve do not
+        cover it). Otherwise a plain row that costs nothing. ``project_id`` must be one of the user's
+        projects: it is looked up (by id and user) first, ProjectNotFound when it is not; the composite
+        foreign key (project_id, user_id) refuses the insert should it vanish meanwhile."""
+        if new.queue and self._token_user is not None:
             raise UsageError(
                 "queued tasks need the service key (create_segmentation_task is service_role only)",
                 hint="send the image to an s3seg server, or record the result as a plain task",
             )
-        meta = {"prompts": prompts, **(metadata or {})}
+        project_id = new.project_id
         if project_id is not None:
-            project_id = self._own_project(project_id)
-        elif project:
-            project_id = self._project_id(project)
-        if not queue:  # a plain row (``queued`` keeps its default, false: a signed-in user may not set it)
+            project_id = self._own_project(new.user, project_id)
+        elif new.project:
+            project_id = self._project_id(new.user, new.project)
+        if not new.queue:  # a plain row (``queued`` keeps its default, false: a signed-in user may not set it)
             row = {
-                "user_id": user,
-                "text_prompt": ", ".join(prompts),
+                "user_id": new.user,
+                "text_prompt": new.text_prompt,
                 "status": "pending",
-                "metadata": {**meta, "cost": 0, "attempts": 0},
+                "metadata": new_metadata(new),
                 **({"project_id": project_id} if project_id else {}),
             }
             created = self._rows(self._client.table(_TABLE).insert(row).execute)
-            return self._get(str(created[0]["id"]), user)
-        task_id = self._call(
-            self._client.rpc(
-                "create_segmentation_task",
-                {
-                    "p_user_id": user,
-                    "p_text_prompt": ", ".join(prompts),
-                    "p_project_id": project_id,
-                    "p_metadata": meta,
-                    "p_cost": cost,
-                },
-            ).execute
-        )
-        return self._get(str(task_id), user)
+            return self._get(str(created[0]["id"]), new.user)
+        args = {
+            "p_user_id": new.user,
+            "p_text_prompt": new.text_prompt,
+            "p_project_id": project_id,
+            "p_metadata": new.metadata,  # the function adds cost and attempts, and reserves the credits
+            "p_cost": new.cost,
+        }
+        task_id = self._call(self._client.rpc("create_segmentation_task", args).execute)
+        return self._get(str(task_id), new.user)
 
     def start(self, task_id: str) -> Task:
         """``pending → processing`` with ``attempts + 1``. PostgREST cannot update inside a jsonb value, so
         the row is read and written back only if it is still the row that was read (same status and
         ``updated_at``, which the table's trigger changes on every update): of two workers starting a task
         at once exactly one succeeds, and no concurrent change to the metadata is overwritten."""
-        user = self._user()
+        user = self._bound_user()
         for _ in range(_START_TRIES):
             row = self._row(task_id, user, "status, queued, metadata, updated_at")
             if row["status"] != "pending":
-                raise StoreError(f"task {task_id} is {row['status']}; it cannot become processing")
+                raise cannot_become(task_id, row["status"], "processing")
             self._check_writable(task_id, row)
             meta = row.get("metadata") or {}
             changed = self._rows(
                 self._client.table(_TABLE)
-                .update({"status": "processing", "metadata": {**meta, "attempts": _attempts(meta) + 1}})
+                .update({"status": "processing", "metadata": {**meta, "attempts": attempts(meta) + 1}})
                 .eq("id", task_id)
                 .eq("user_id", user)
                 .eq("status", "pending")
@@ -212,10 +202,9 @@ class SupabaseStore:
     ) -> Task:
         """``processing → done``; a queued task's cost is charged (and logged) in the same transaction.
         ``metadata`` is merged into the task's (its ``cost`` and ``attempts`` stay)."""
-        user = self._user()
+        user = self._bound_user()
         # One of this user's tasks: finish_segmentation_task does not know the caller, so check first.
         old = self._row(task_id, user, "status, queued, metadata")
-        new = {k: v for k, v in metadata.items() if k not in _OWN_KEYS}
         if not old.get("queued"):  # a plain row: nothing reserved, nothing to charge
             return self._move(
                 task_id,
@@ -225,7 +214,7 @@ class SupabaseStore:
                     "mask_image_url": mask,
                     "overlay_image_url": overlay,
                     "labels": labels,
-                    "metadata": {**(old.get("metadata") or {}), **new},
+                    "metadata": finished_metadata(old.get("metadata") or {}, metadata),
                 },
             )
         self._check_writable(task_id, old)
@@ -238,7 +227,7 @@ class SupabaseStore:
                     "p_mask": mask,
                     "p_overlay": overlay,
                     "p_labels": labels,
-                    "p_metadata": new,
+                    "p_metadata": finished_metadata({}, metadata),
                 },
             ).execute
         )
@@ -248,15 +237,11 @@ class SupabaseStore:
         return self._move(task_id, "error", {"error": error or "unknown error"})
 
     def get(self, task_id: str) -> Task:
-        return self._get(task_id, self._user())
+        return self._get(task_id, self._bound_user())
 
-    def list(
-        self, *, project: str | None = None, status: Status | None = None, limit: int = 20, offset: int = 0
-    ) -> list[Task]:
-        if status is not None and status not in STATUSES:
-            raise StoreError(f"unknown status {status!r}", hint=f"one of {', '.join(STATUSES)}")
+    def _list(self, user: str, project: str | None, status: Status | None, limit: int, offset: int) -> Tasks:
         columns = "*, projects!inner(name)" if project else _COLUMNS
-        query = self._client.table(_TABLE).select(columns).eq("user_id", self._user())
+        query = self._client.table(_TABLE).select(columns).eq("user_id", user)
         if project:
             query = query.eq("projects.name", project)
         if status:
@@ -297,11 +282,11 @@ class SupabaseStore:
         )
         requeued: list[str] = []
         for row in stale:
-            attempts = _attempts(row.get("metadata") or {})
+            tries = attempts(row.get("metadata") or {})
             values = (
                 {"status": "pending"}
-                if attempts < max_attempts
-                else {"status": "error", "error": _gave_up(attempts, max_attempts)}
+                if tries < max_attempts
+                else {"status": "error", "error": gave_up(tries, max_attempts)}
             )
             changed = self._rows(
                 self._client.table(_TABLE)
@@ -319,46 +304,34 @@ class SupabaseStore:
         return [_task(r) for r in rows]
 
     # -------------------------------------------------------------------------------------- internals
-    def _user(self) -> str:
-        if self.user_id is None:
-            raise UsageError(
-                "this Supabase store is not bound to a user",
-                hint="a server binds it per request (for_user); the CLI needs S3SEG_USER_ID "
-                "with the service key, or a signed-in user",
-            )
-        return self.user_id
-
     def _get(self, task_id: str, user: str) -> Task:
-        found = self._rows(
-            self._client.table(_TABLE).select(_COLUMNS).eq("id", task_id).eq("user_id", user).limit(1).execute
-        )
-        if not found:
-            raise TaskNotFound(f"no task {task_id}", hint=_NOT_FOUND_HINT)
-        return _task(found[0])
+        return _task(self._row(task_id, user, _COLUMNS))  # with the project name joined in
 
     def _row(self, task_id: str, user: str, columns: str) -> dict[str, Any]:
+        task_uuid(task_id)  # a malformed id names no task (PostgREST would answer 400)
         found = self._rows(
             self._client.table(_TABLE).select(columns).eq("id", task_id).eq("user_id", user).limit(1).execute
         )
         if not found:
-            raise TaskNotFound(f"no task {task_id}", hint=_NOT_FOUND_HINT)
+            raise task_not_found(task_id)
         return found[0]
 
     def _move(self, task_id: str, status: Status, values: dict[str, Any]) -> Task:
-        user = self._user()
+        user = self._bound_user()
+        task_uuid(task_id)
         changed = self._rows(
             self._client.table(_TABLE)
             .update({**values, "status": status})
             .eq("id", task_id)
             .eq("user_id", user)
-            .in_("status", _PREVIOUS[status])
+            .in_("status", list(PREVIOUS[status]))
             .execute
         )
         if not changed:
             current = self._row(task_id, user, "status, queued")  # TaskNotFound when the user has no such task
-            if current["status"] in _PREVIOUS[status]:
+            if current["status"] in PREVIOUS[status]:
                 self._check_writable(task_id, current)  # RLS hid the row from the update
-            raise StoreError(f"task {task_id} is {current['status']}; it cannot become {status}")
+            raise cannot_become(task_id, current["status"], status)
         return self._get(task_id, user)  # with the project name joined in
 
     def _check_writable(self, task_id: str, row: dict[str, Any]) -> None:
@@ -369,26 +342,17 @@ class SupabaseStore:
                 hint="it runs on the s3seg server that queued it",
             )
 
-    def _own_project(self, project_id: str) -> str:
-        """``project_id`` as stored, if it is one of the bound user's projects; else TaskNotFound."""
-        try:
-            uuid.UUID(str(project_id))  # a uuid column: PostgREST would refuse anything else with a 400
-        except ValueError:
-            raise TaskNotFound(f"no project {project_id}", hint=_PROJECT_HINT) from None
+    def _own_project(self, user: str, project_id: str) -> str:
+        """``project_id`` as stored, if it is one of the bound user's projects; else ProjectNotFound."""
+        project_uuid(project_id)  # a uuid column: PostgREST would refuse anything else with a 400
         found = self._rows(
-            self._client.table("projects")
-            .select("id")
-            .eq("id", project_id)
-            .eq("user_id", self._user())
-            .limit(1)
-            .execute
+            self._client.table("projects").select("id").eq("id", project_id).eq("user_id", user).limit(1).execute
         )
         if not found:
-            raise TaskNotFound(f"no project {project_id}", hint=_PROJECT_HINT)
+            raise project_not_found(project_id)
         return str(found[0]["id"])
 
-    def _project_id(self, name: str) -> str:
-        user = self._user()
+    def _project_id(self, user: str, name: str) -> str:
         found = self._rows(
             self._client.table("projects").select("id").eq("user_id", user).eq("name", name).limit(1).execute
         )
@@ -403,7 +367,6 @@ class SupabaseStore:
 
     def _call(self, call: Callable[[], Any]) -> Any:
         """Run one PostgREST request; its data (rows, or what a function returned)."""
-        import httpx
         from postgrest.exceptions import APIError
 
         try:
@@ -414,22 +377,15 @@ class SupabaseStore:
             raise StoreError(f"cannot reach Supabase: {type(e).__name__}", hint="check SUPABASE_URL") from e
 
 
-def _error(e: APIError) -> StoreError | CreditsError:
-    """Our SQL functions' error contract (supabase/migrations): PT402, PT404, PT409 carry the reason in
-    DETAIL; anything else is a refusal as PostgREST words it."""
+def _error(e: APIError) -> S3SegError:
+    """Our SQL functions' errors (``function_error``), a plain row for a user without a profile, or a
+    refusal as PostgREST words it."""
     detail = e.details if isinstance(e.details, str) and e.details else None
-    if e.code == "PT402":
-        return CreditsError(
-            f"not enough credits: {detail or e.message}", hint="credits are reserved by unfinished tasks until they end"
-        )
-    if e.code == "PT404" and e.message == "TASK_NOT_FOUND":
-        return TaskNotFound(detail or "no such task", hint=_NOT_FOUND_HINT)
-    if e.code == "PT404":  # USER_NOT_FOUND
-        return AccountNotFound(detail or f"no profile for the user ({e.message})", hint=_PROFILE_HINT)
-    if e.code == "PT409":  # TASK_NOT_PROCESSING: "task … is <status>; it cannot become done"; TASK_NOT_QUEUED
-        return StoreError(detail or f"the task cannot become done ({e.message})")
+    known = function_error(e.code or "", e.message or "", detail)
+    if known is not None:
+        return known
     if e.code == "23503" and detail and "users_profile" in detail:  # a plain row for a user without a profile
-        return AccountNotFound(f"no profile for the user ({detail})", hint=_PROFILE_HINT)
+        return AccountNotFound(f"no profile for the user ({detail})", hint=PROFILE_HINT)
     hint = "row-level security refused it: is this your task?" if e.code == "42501" else None
     return StoreError(f"Supabase refused the request: {e.message} ({e.code})", hint=hint)
 
@@ -437,16 +393,6 @@ def _error(e: APIError) -> StoreError | CreditsError:
 def _task(row: dict[str, Any]) -> Task:
     project = row.get("projects")
     return Task.from_dict({**row, "project": project.get("name") if isinstance(project, dict) else None})
-
-
-def _attempts(metadata: dict[str, Any]) -> int:
-    """How often a worker started the task (0 for rows written before attempts were counted)."""
-    value = metadata.get("attempts")
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0
-
-
-def _gave_up(attempts: int, max_attempts: int) -> str:
-    return f"the worker running this task stopped responding (attempt {attempts} of {max_attempts})"
 
 
 def _token_subject(token: str) -> str:
