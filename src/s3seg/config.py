@@ -62,6 +62,10 @@ class Settings(BaseSettings):
     nms_iou: float | None = Field(default=None, gt=0.0, le=1.0, description="Mask-IoU NMS threshold per prompt.")
     max_pixels: int = Field(default=100_000_000, ge=1, description="Refuse larger images (decompression bombs).")
     max_batch: int = Field(default=8, ge=1, description="Most images sent through the backbone at once.")
+    batch_heads: bool = Field(
+        default=True,
+        description="All image–prompt pairs through the heads at once; off: one at a time, bit-identical per prompt.",
+    )
     debug: bool = Field(default=False, description="Show full tracebacks.")
 
     # --- s3seg serve ---------------------------------------------------------------------------

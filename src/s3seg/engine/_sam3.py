@@ -40,6 +40,8 @@ if TYPE_CHECKING:
 VISUAL_PROMPT = "visual"  # the reference's text for box-only prompts
 _UPSAMPLE_BATCH = 16  # masks upsampled to full resolution at once: bounds memory on big images
 _TEXT_CACHE = 256
+_HEAD_BATCH = 16  # image–prompt pairs through the heads at once: bounds memory (full size: ~1 GB per pair)
+_TOKEN_BUCKET = 8  # compiled heads: prompt tokens padded to a multiple of this (one graph for 0..7 boxes)
 
 
 @dataclass(frozen=True)
@@ -76,11 +78,11 @@ class RawPrediction:
 
 @dataclass
 class _Heads:
-    """Detector outputs for one image–prompt pair (on the device)."""
+    """Detector outputs for the N image–prompt pairs of a call, in order (on the device)."""
 
-    scores: torch.Tensor  # (Q,) in [0, 1]
-    boxes: torch.Tensor  # (Q, 4) normalised xyxy
-    mask_logits: torch.Tensor  # (Q, h, w)
+    scores: torch.Tensor  # (N, Q) in [0, 1]
+    boxes: torch.Tensor  # (N, Q, 4) normalised xyxy
+    mask_logits: list[torch.Tensor]  # N × (Q, h, w), views into the head batches (no copy)
 
 
 @dataclass(frozen=True)
@@ -100,11 +102,22 @@ class _Prompt:
     boxes: tuple[Box, ...] = field(default_factory=tuple)
 
 
+_Pair = tuple[int, _Prompt]  # (image index in the call, prompt)
+
+
 class Sam3Engine:
     """SAM3 loaded once on one device, reused for every call. Thread-safe (calls are serialised).
 
     >>> engine = Sam3Engine.load("facebook/sam3")          # doctest: +SKIP
     >>> [result] = engine.segment([image], ["dog", "cat"])  # doctest: +SKIP
+
+    Heads. By default every image–prompt pair of a call goes through the detector and mask heads in one
+    batch (``head_batch`` pairs at a time): many prompts cost little more than one. Batched matmuls and
+    convolutions round differently for different batch sizes (BLAS and cuDNN pick kernels by shape), so a
+    prompt's scores may then move by float rounding (~1e-7 in float32) with the other prompts of the call.
+    ``batch_heads=False`` runs each pair alone: a prompt's result is then bit-identical whatever came with it.
+    ``compile=True`` compiles the backbone and the head batch (batch sizes rounded up to powers of two, so
+    prompt counts do not each recompile).
     """
 
     def __init__(
@@ -116,7 +129,11 @@ class Sam3Engine:
         fidelity: Fidelity = Fidelity(),
         compile: bool = False,
         max_batch: int = 8,
+        batch_heads: bool = True,
+        head_batch: int = _HEAD_BATCH,
     ) -> None:
+        if head_batch < 1:
+            raise UsageError(f"head_batch must be at least 1, got {head_batch}")
         self._m = loaded.model
         self._tokenizer = loaded.tokenizer
         self._source = loaded.source
@@ -125,6 +142,8 @@ class Sam3Engine:
         self.dtype = dtype
         self.image_size = loaded.image_size
         self.max_batch = max_batch
+        self.batch_heads = batch_heads
+        self.head_batch = head_batch if batch_heads else 1
         self.fidelity = fidelity
         self._mean = torch.tensor(loaded.image_mean, device=device).view(1, 3, 1, 1)
         self._std = torch.tensor(loaded.image_std, device=device).view(1, 3, 1, 1)
@@ -136,9 +155,14 @@ class Sam3Engine:
                     module.eps = fidelity.vit_layernorm_eps
         if fidelity.presence_unclamped:
             self._m.detr_decoder.clamp_presence_logit_max_val = float("inf")
+        self._grid = (0, 0)  # the DETR decoder's feature grid (h, w), set by _head_batch
+        self._m.detr_decoder._get_coords = self._decoder_coords
         self._vision = self._m.vision_encoder
+        self._head_fn = self._head_batch
+        self.compiled = compile
         if compile:
             self._vision = torch.compile(self._m.vision_encoder, dynamic=False)  # type: ignore[assignment]
+            self._head_fn = torch.compile(self._head_batch, dynamic=False)
 
     # ----------------------------------------------------------------------------------------- loading
     @classmethod
@@ -154,12 +178,26 @@ class Sam3Engine:
         compile: bool = False,
         max_batch: int = 8,
         fidelity: Fidelity = Fidelity(),
+        batch_heads: bool = True,
+        head_batch: int = _HEAD_BATCH,
     ) -> Sam3Engine:
-        """Load SAM3 from a Hub id, a ``save_pretrained`` directory or an official ``sam3.pt``."""
+        """Load SAM3 from a Hub id, a ``save_pretrained`` directory or an official ``sam3.pt``.
+
+        ``batch_heads=False``: every image–prompt pair through the heads alone (bit-identical per prompt,
+        slower with many prompts); ``head_batch``: most pairs per head batch (memory)."""
         dev = _load.pick_device(device)
         dt = _load.pick_dtype(dtype, dev)
         loaded = _load.load(str(model), device=dev, dtype=dt, revision=revision, token=token, offline=offline)
-        return cls(loaded, device=dev, dtype=dt, fidelity=fidelity, compile=compile, max_batch=max_batch)
+        return cls(
+            loaded,
+            device=dev,
+            dtype=dt,
+            fidelity=fidelity,
+            compile=compile,
+            max_batch=max_batch,
+            batch_heads=batch_heads,
+            head_batch=head_batch,
+        )
 
     @classmethod
     def from_settings(cls, s: Settings) -> Sam3Engine:
@@ -172,6 +210,7 @@ class Sam3Engine:
             offline=s.offline,
             compile=s.compile,
             max_batch=s.max_batch,
+            batch_heads=s.batch_heads,
         )
 
     @property
@@ -229,52 +268,47 @@ class Sam3Engine:
         height, width = image.shape[:2]
         with self._lock, torch.inference_mode(), _oom_guard():
             vision = self._vision(self._preprocess([image]))
-            heads = self._heads(vision, 0, prompt, (width, height))
+            heads = self._heads(vision, [(0, prompt)], [(width, height)])
             logits = F.interpolate(
-                heads.mask_logits[None].float(), size=(height, width), mode="bilinear", align_corners=False
+                heads.mask_logits[0][None].float(), size=(height, width), mode="bilinear", align_corners=False
             )
             scale = torch.tensor([width, height, width, height], device=self.device, dtype=torch.float32)
             return RawPrediction(
-                scores=heads.scores.float().cpu().numpy(),
-                boxes=(heads.boxes.float() * scale).cpu().numpy(),
+                scores=heads.scores[0].float().cpu().numpy(),
+                boxes=(heads.boxes[0].float() * scale).cpu().numpy(),
                 mask_logits=logits[0].cpu().numpy(),
             )
 
     # ---------------------------------------------------------------------------------------- internals
     def _run_chunk(self, requests: Sequence[Request], plans: Sequence[list[_Prompt]]) -> list[SegmentationResult]:
         sizes = [(int(r.image.shape[1]), int(r.image.shape[0])) for r in requests]
+        pairs = [(b, p) for b, plan in enumerate(plans) for p in plan]
         with self._lock, torch.inference_mode(), _oom_guard():
             t0 = time.perf_counter()
             pixels = self._preprocess([r.image for r in requests])
             t1 = _sync_time(self.device)
             vision = self._vision(pixels)
-            heads = [[self._heads(vision, b, p, sizes[b]) for p in plan] for b, plan in enumerate(plans)]
+            heads = self._heads(vision, pairs, sizes)
             t2 = _sync_time(self.device)
-            results = []
-            for b, (request, plan, (width, height)) in enumerate(zip(requests, plans, sizes, strict=True)):
-                t3 = time.perf_counter()
-                instances = [
-                    inst
-                    for p, h in zip(plan, heads[b], strict=True)
-                    for inst in self._postprocess(h, p.text, width, height, request.options)
-                ]
-                timings = Timings(
-                    preprocess_ms=(t1 - t0) * 1000 / len(requests),
-                    inference_ms=(t2 - t1) * 1000 / len(requests),
-                    postprocess_ms=(time.perf_counter() - t3) * 1000,
-                )
-                results.append(
-                    SegmentationResult(
-                        width=width,
-                        height=height,
-                        prompts=tuple(p.text for p in plan),
-                        instances=tuple(instances),
-                        image=request.name,
-                        timings=timings,
-                        model=self._source,
-                    )
-                )
-        return results
+            instances = self._postprocess(heads, pairs, [r.options for r in requests], sizes)
+            t3 = time.perf_counter()
+        timings = Timings(  # shared out evenly: every stage runs once for the whole chunk
+            preprocess_ms=(t1 - t0) * 1000 / len(requests),
+            inference_ms=(t2 - t1) * 1000 / len(requests),
+            postprocess_ms=(t3 - t2) * 1000 / len(requests),
+        )
+        return [
+            SegmentationResult(
+                width=width,
+                height=height,
+                prompts=tuple(p.text for p in plan),
+                instances=tuple(found),
+                image=request.name,
+                timings=timings,
+                model=self._source,
+            )
+            for request, plan, (width, height), found in zip(requests, plans, sizes, instances, strict=True)
+        ]
 
     def _preprocess(self, images: Sequence[npt.NDArray[np.uint8]]) -> torch.Tensor:
         """RGB uint8 (H, W, 3) each → normalised (B, 3, S, S) in the model dtype.
@@ -309,58 +343,166 @@ class Sam3Engine:
         self._text_cache.move_to_end(text)
         return self._text_cache[text]
 
-    def _heads(self, vision: Sam3VisionEncoderOutput, image: int, prompt: _Prompt, size: tuple[int, int]) -> _Heads:
-        """Detector, scoring and mask heads for one image–prompt pair (N = 1).
+    def _heads(
+        self, vision: Sam3VisionEncoderOutput, pairs: Sequence[_Pair], sizes: Sequence[tuple[int, int]]
+    ) -> _Heads:
+        """Detector, scoring and mask heads for every image–prompt pair of a call, in order.
 
-        Pairs run one at a time on purpose: batched matmuls and convolutions round differently for
-        different batch sizes (BLAS/cuDNN pick kernels by shape), and a prompt's result must not depend
-        on which other prompts came with it. At full size one pair already fills the device.
+        Batched (the default), pairs whose prompts have the same number of tokens go through together,
+        ``head_batch`` at a time. With ``batch_heads=False`` each pair goes alone (N = 1), so that its result
+        is bit-identical whatever other prompts came with it.
+        """
+        fpn = list(vision.fpn_hidden_states[:-1])
+        fpn_pos = list(vision.fpn_position_encoding[:-1])
+        tokens = self._prompt_tokens(fpn, fpn_pos, pairs, sizes)
+        groups: dict[int, list[int]] = {}
+        for i, (feats, _) in enumerate(tokens):
+            groups.setdefault(len(feats), []).append(i)
+        rows: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+        for group in groups.values():
+            for start in range(0, len(group), self.head_batch):
+                chunk = group[start : start + self.head_batch]
+                scores, boxes, masks = self._run_heads(
+                    fpn, fpn_pos, [pairs[i][0] for i in chunk], [tokens[i] for i in chunk]
+                )
+                rows.update((i, (scores[j], boxes[j], masks[j])) for j, i in enumerate(chunk))
+        ordered = [rows[i] for i in range(len(pairs))]
+        return _Heads(
+            scores=torch.stack([r[0] for r in ordered]),
+            boxes=torch.stack([r[1] for r in ordered]),
+            mask_logits=[r[2] for r in ordered],
+        )
+
+    def _prompt_tokens(
+        self,
+        fpn: list[torch.Tensor],
+        fpn_pos: list[torch.Tensor],
+        pairs: Sequence[_Pair],
+        sizes: Sequence[tuple[int, int]],
+    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Each pair's prompt tokens (L, D) and valid mask (L,): the text's, then the geometry encoder's.
+
+        The geometry tokens depend on the image and its exemplar boxes, never on the text (a text-only
+        prompt still gets the CLS token, which attends to the image), so they are computed once per image
+        and set of boxes however many prompts share them.
+        """
+        keys = list(dict.fromkeys((b, p.boxes) for b, p in pairs if self.fidelity.geometry_cls or p.boxes))
+        geometry = self._geometry(fpn, fpn_pos, keys, sizes)
+        tokens = []
+        for b, p in pairs:
+            text, text_mask = self._text(p.text)
+            if (b, p.boxes) in geometry:
+                geo, geo_mask = geometry[(b, p.boxes)]
+                tokens.append((torch.cat([text[0], geo]), torch.cat([text_mask[0], geo_mask])))
+            else:
+                tokens.append((text[0], text_mask[0]))
+        return tokens
+
+    def _geometry(
+        self,
+        fpn: list[torch.Tensor],
+        fpn_pos: list[torch.Tensor],
+        keys: Sequence[tuple[int, tuple[Box, ...]]],
+        sizes: Sequence[tuple[int, int]],
+    ) -> dict[tuple[int, tuple[Box, ...]], tuple[torch.Tensor, torch.Tensor]]:
+        """The geometry encoder's tokens (K + 1, D) and valid mask (K + 1,) per (image, K boxes); images
+        with the same K in one batch (one at a time with ``batch_heads=False``)."""
+        groups: dict[int, list[tuple[int, tuple[Box, ...]]]] = {}
+        for key in keys:
+            groups.setdefault(len(key[1]), []).append(key)
+        out = {}
+        for group in groups.values():
+            for start in range(0, len(group), self.head_batch):
+                chunk = group[start : start + self.head_batch]
+                idx = torch.tensor([b for b, _ in chunk], device=self.device)
+                coords, labels = zip(*(self._box_tensors(boxes, sizes[b]) for b, boxes in chunk), strict=True)
+                box_labels = torch.cat(labels)
+                geo = self._m.geometry_encoder(  # reads the last FPN level only
+                    box_embeddings=torch.cat(coords),
+                    box_mask=torch.ones(box_labels.shape, dtype=torch.bool, device=self.device),
+                    box_labels=box_labels,
+                    img_feats=[fpn[-1].index_select(0, idx)],
+                    img_pos_embeds=[fpn_pos[-1].index_select(0, idx)],
+                )
+                for j, key in enumerate(chunk):
+                    out[key] = (geo.last_hidden_state[j], geo.attention_mask[j].bool())
+        return out
+
+    def _run_heads(
+        self,
+        fpn: list[torch.Tensor],
+        fpn_pos: list[torch.Tensor],
+        images: list[int],
+        tokens: list[tuple[torch.Tensor, torch.Tensor]],
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One head batch: pair j is image ``images[j]`` with prompt tokens ``tokens[j]`` (same length L)."""
+        n = len(images)
+        prompt = torch.stack([t for t, _ in tokens])
+        prompt_mask = torch.stack([m for _, m in tokens])
+        if self.compiled:
+            # Fixed shapes, few of them: the batch padded to a power of two (repeating its last pair) and the
+            # prompt to a multiple of _TOKEN_BUCKET tokens (masked out, so they change nothing but rounding).
+            size = min(1 << (n - 1).bit_length(), max(self.head_batch, n))
+            images = images + [images[-1]] * (size - n)
+            pad = -prompt.shape[1] % _TOKEN_BUCKET
+            prompt = F.pad(torch.cat([prompt, prompt[-1:].expand(size - n, -1, -1)]), (0, 0, 0, pad))
+            prompt_mask = torch.cat([prompt_mask, prompt_mask[-1:].expand(size - n, -1)])
+            prompt_mask = torch.cat([prompt_mask, prompt_mask.new_zeros(size, pad)], dim=1)
+        idx = torch.tensor(images, device=self.device)
+        scores, boxes, masks = self._head_fn(
+            [f.index_select(0, idx) for f in fpn], [p.index_select(0, idx) for p in fpn_pos], prompt, prompt_mask
+        )
+        return scores[:n], boxes[:n], masks[:n]
+
+    def _head_batch(
+        self, fpn: list[torch.Tensor], fpn_pos: list[torch.Tensor], prompt: torch.Tensor, prompt_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """DETR encoder and decoder, scoring and mask decoder for N pairs (what ``compile`` compiles).
+
+        fpn, fpn_pos: each pair's image features, (N, C, h_l, w_l) per level, coarsest last;
+        prompt (N, L, D), prompt_mask (N, L) → scores (N, Q), boxes (N, Q, 4) normalised xyxy, mask logits
+        (N, Q, h, w).
         """
         from transformers.models.sam3.modeling_sam3 import inverse_sigmoid
 
         m = self._m
-        fpn = [f[image : image + 1] for f in vision.fpn_hidden_states[:-1]]
-        fpn_pos = [p[image : image + 1] for p in vision.fpn_position_encoding[:-1]]
-        text, text_mask = self._text(prompt.text)
-
-        if self.fidelity.geometry_cls or prompt.boxes:
-            geo_boxes, geo_labels = self._box_tensors(prompt.boxes, size)
-            geo = m.geometry_encoder(
-                box_embeddings=geo_boxes,
-                box_mask=torch.ones(geo_labels.shape, dtype=torch.bool, device=self.device),
-                box_labels=geo_labels,
-                img_feats=fpn,
-                img_pos_embeds=fpn_pos,
-            )
-            text = torch.cat([text, geo.last_hidden_state], dim=1)
-            text_mask = torch.cat([text_mask, geo.attention_mask.bool()], dim=1)
-
+        self._grid = (int(fpn[-1].shape[-2]), int(fpn[-1].shape[-1]))
         enc = m.detr_encoder(
-            vision_features=[fpn[-1]], text_features=text, vision_pos_embeds=[fpn_pos[-1]], text_mask=text_mask
+            vision_features=[fpn[-1]], text_features=prompt, vision_pos_embeds=[fpn_pos[-1]], text_mask=prompt_mask
         )
         dec = m.detr_decoder(
             vision_features=enc.last_hidden_state,
             text_features=enc.text_features,
             vision_pos_encoding=enc.pos_embeds_flattened,
-            text_mask=text_mask,
+            text_mask=prompt_mask,
             spatial_shapes=enc.spatial_shapes,
         )
-        queries = dec.intermediate_hidden_states[-1]  # (1, Q, D): only the last decoder layer is used
+        queries = dec.intermediate_hidden_states[-1]  # (N, Q, D): only the last decoder layer is used
         boxes_cxcywh = (inverse_sigmoid(dec.reference_boxes[-1]) + m.detr_decoder.box_head(queries)).sigmoid()
         cx, cy, w, h = boxes_cxcywh.unbind(-1)
         boxes = torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], dim=-1)
         logits = m.dot_product_scoring(
-            decoder_hidden_states=queries[None], text_features=enc.text_features, text_mask=text_mask
+            decoder_hidden_states=queries[None], text_features=enc.text_features, text_mask=prompt_mask
         )[0, ..., 0]
         scores = logits.sigmoid() * dec.presence_logits[-1].sigmoid()
         masks = m.mask_decoder(
             decoder_queries=queries,
             backbone_features=fpn,
             encoder_hidden_states=enc.last_hidden_state,
-            prompt_features=text,
-            prompt_mask=text_mask,
+            prompt_features=prompt,
+            prompt_mask=prompt_mask,
         ).pred_masks
-        return _Heads(scores=scores[0], boxes=boxes[0], mask_logits=masks[0])
+        return scores, boxes, masks
+
+    def _decoder_coords(
+        self, height: object, width: object, dtype: torch.dtype, device: torch.device
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Stands in for transformers' ``Sam3DetrDecoder._get_coords``, which builds the normalised grid of
+        the box position bias from a shape *tensor* in every layer: a device read (on CUDA, a sync) and,
+        under ``torch.compile``, a graph break. The grid is the feature map's, known here as ints; the values
+        are the same (``arange(0, h) / h``)."""
+        h, w = self._grid
+        return torch.arange(0, h, device=device, dtype=dtype) / h, torch.arange(0, w, device=device, dtype=dtype) / w
 
     def _box_tensors(self, boxes: tuple[Box, ...], size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         """Exemplar boxes (pixels, clipped to the image) → normalised cxcywh (1, K, 4) and labels (1, K)."""
@@ -377,30 +519,58 @@ class Sam3Engine:
         return coords.to(self.device, self.dtype), labels.to(self.device)
 
     def _postprocess(
-        self, heads: _Heads, prompt: str, width: int, height: int, options: SegmentOptions
-    ) -> list[Instance]:
-        """Threshold, NMS, cap, upsample and binarise the masks of one image–prompt pair."""
-        scores = heads.scores.float()
-        keep = torch.nonzero(scores > options.threshold).flatten()
-        keep = keep[scores[keep].argsort(descending=True, stable=True)]
-        mask_cut = math.log(options.mask_threshold / (1.0 - options.mask_threshold))  # probability → logit
-        if options.nms_iou is not None and len(keep) > 1:
-            keep = keep[_mask_nms(heads.mask_logits[keep] > mask_cut, options.nms_iou)]
-        if options.max_instances is not None:
-            keep = keep[: options.max_instances]
-        if len(keep) == 0:
-            return []
-        scale = torch.tensor([width, height, width, height], device=scores.device)
-        boxes = (heads.boxes[keep].float() * scale).cpu().tolist()
-        masks = torch.empty((len(keep), height, width), dtype=torch.bool, device=scores.device)
-        for i in range(0, len(keep), _UPSAMPLE_BATCH):  # written in place: no concatenated copy
-            self._binarise(heads.mask_logits[keep[i : i + _UPSAMPLE_BATCH]], mask_cut, masks[i : i + _UPSAMPLE_BATCH])
-        masks_np = masks.cpu().numpy()
-        kept_scores = scores[keep].cpu().tolist()
-        return [
-            Instance(prompt=prompt, score=min(max(s, 0.0), 1.0), box=(b[0], b[1], b[2], b[3]), mask=m)
-            for s, b, m in zip(kept_scores, boxes, masks_np, strict=True)
-        ]
+        self,
+        heads: _Heads,
+        pairs: Sequence[_Pair],
+        options: Sequence[SegmentOptions],
+        sizes: Sequence[tuple[int, int]],
+    ) -> list[list[Instance]]:
+        """Threshold, NMS, cap, upsample and binarise; the instances of each image, pair by pair.
+
+        Selection runs on the host: every pair's scores and boxes cross once per call (NMS overlaps, when
+        asked for, once more); then each pair's kept masks are binarised on the device and cross once.
+        """
+        host = torch.cat([heads.scores.float()[..., None], heads.boxes.float()], dim=-1).cpu().numpy()
+        opts = [options[b] for b, _ in pairs]
+        keeps = []
+        for i, o in enumerate(opts):
+            scores = host[i, :, 0]
+            keep = np.flatnonzero(scores > o.threshold)
+            keeps.append(keep[np.argsort(-scores[keep], kind="stable")])
+        cuts = [math.log(o.mask_threshold / (1.0 - o.mask_threshold)) for o in opts]  # probability → logit
+        nms = [i for i, o in enumerate(opts) if o.nms_iou is not None and len(keeps[i]) > 1]
+        if nms:
+            ious = [_mask_ious(heads.mask_logits[i][self._index(keeps[i])] > cuts[i]) for i in nms]
+            flat = torch.cat([x.flatten() for x in ious]).cpu().numpy()
+            start = 0
+            for i in nms:
+                k = len(keeps[i])
+                iou = opts[i].nms_iou
+                assert iou is not None  # for mypy: nms holds only pairs with an IoU
+                keeps[i] = keeps[i][_greedy_nms(flat[start : start + k * k].reshape(k, k), iou)]
+                start += k * k
+        out: list[list[Instance]] = [[] for _ in sizes]
+        for i, ((b, prompt), keep, o) in enumerate(zip(pairs, keeps, opts, strict=True)):
+            keep = keep[: o.max_instances]
+            if len(keep) == 0:
+                continue
+            width, height = sizes[b]
+            boxes = (host[i, keep, 1:] * np.array([width, height, width, height], dtype=np.float32)).tolist()
+            index = self._index(keep)
+            masks = torch.empty((len(keep), height, width), dtype=torch.bool, device=self.device)
+            for s in range(0, len(keep), _UPSAMPLE_BATCH):  # written in place: no concatenated copy
+                self._binarise(
+                    heads.mask_logits[i][index[s : s + _UPSAMPLE_BATCH]], cuts[i], masks[s : s + _UPSAMPLE_BATCH]
+                )
+            masks_np = masks.cpu().numpy()
+            out[b] += [
+                Instance(prompt=prompt.text, score=min(max(float(s), 0.0), 1.0), box=(x[0], x[1], x[2], x[3]), mask=m)
+                for s, x, m in zip(host[i, keep, 0], boxes, masks_np, strict=True)
+            ]
+        return out
+
+    def _index(self, keep: npt.NDArray[np.intp]) -> torch.Tensor:
+        return torch.from_numpy(keep).to(self.device)
 
     def _binarise(self, logits: torch.Tensor, cut: float, out: torch.Tensor) -> None:
         """(K, h, w) logits → ``out`` (K, H, W) bool, on the device: upsample, then threshold."""
@@ -421,17 +591,24 @@ def _plan(prompts: Sequence[str], boxes: Sequence[Box]) -> list[_Prompt]:
     return [_Prompt(t, request.boxes) for t in request.prompts] or [_Prompt(VISUAL_PROMPT, request.boxes)]
 
 
-def _mask_nms(masks: torch.Tensor, iou: float) -> torch.Tensor:
-    """Greedy NMS over masks (K, h, w) sorted best first → indices kept."""
+def _mask_ious(masks: torch.Tensor) -> torch.Tensor:
+    """Binary masks (K, h, w) → pairwise IoU (K, K), on their device (exact: counts below 2**24)."""
     flat = masks.flatten(1).float()
     inter = flat @ flat.T
     area = flat.sum(1)
-    ious = inter / (area[:, None] + area[None, :] - inter).clamp(min=1.0)
-    kept: list[int] = []
-    for i in range(len(flat)):
-        if all(ious[i, j] <= iou for j in kept):
+    return inter / (area[:, None] + area[None, :] - inter).clamp(min=1.0)
+
+
+def _greedy_nms(ious: npt.NDArray[np.float32], threshold: float) -> npt.NDArray[np.intp]:
+    """Greedy NMS on the IoU matrix (K, K) of masks sorted best first → indices kept: a mask is kept
+    unless it overlaps a kept better one by more than ``threshold``."""
+    suppressed = np.zeros(len(ious), dtype=bool)
+    kept = []
+    for i in range(len(ious)):
+        if not suppressed[i]:
             kept.append(i)
-    return torch.tensor(kept, dtype=torch.long, device=masks.device)
+            suppressed |= ious[i] > threshold
+    return np.asarray(kept, dtype=np.intp)
 
 
 def _sync_time(device: torch.device) -> float:
