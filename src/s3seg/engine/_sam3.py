@@ -21,6 +21,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -42,6 +43,7 @@ _UPSAMPLE_BATCH = 16  # masks upsampled to full resolution at once: bounds memor
 _TEXT_CACHE = 256
 _HEAD_BATCH = 16  # image–prompt pairs through the heads at once: bounds memory (full size: ~1 GB per pair)
 _TOKEN_BUCKET = 8  # compiled heads: prompt tokens padded to a multiple of this (one graph for 0..7 boxes)
+_RECOMPILE_LIMIT = 64  # compiled heads: graphs kept per engine process (batch buckets × token buckets)
 
 
 @dataclass(frozen=True)
@@ -127,7 +129,7 @@ class Sam3Engine:
         device: torch.device,
         dtype: torch.dtype,
         fidelity: Fidelity = Fidelity(),
-        compile: bool = False,
+        compile: bool | str = False,
         max_batch: int = 8,
         batch_heads: bool = True,
         head_batch: int = _HEAD_BATCH,
@@ -159,10 +161,11 @@ class Sam3Engine:
         self._m.detr_decoder._get_coords = self._decoder_coords
         self._vision = self._m.vision_encoder
         self._head_fn = self._head_batch
-        self.compiled = compile
-        if compile:
-            self._vision = torch.compile(self._m.vision_encoder, dynamic=False)  # type: ignore[assignment]
-            self._head_fn = torch.compile(self._head_batch, dynamic=False)
+        self.compiled = bool(compile)
+        if compile:  # True: inductor; a string: that torch.compile backend ("aot_eager" in CPU tests)
+            backend = "inductor" if compile is True else str(compile)
+            self._vision = torch.compile(self._m.vision_encoder, dynamic=False, backend=backend)  # type: ignore[assignment]
+            self._head_fn = torch.compile(self._head_batch, dynamic=False, backend=backend)
 
     # ----------------------------------------------------------------------------------------- loading
     @classmethod
@@ -175,7 +178,7 @@ class Sam3Engine:
         revision: str | None = None,
         token: str | None = None,
         offline: bool = False,
-        compile: bool = False,
+        compile: bool | str = False,
         max_batch: int = 8,
         fidelity: Fidelity = Fidelity(),
         batch_heads: bool = True,
@@ -449,9 +452,11 @@ class Sam3Engine:
             prompt_mask = torch.cat([prompt_mask, prompt_mask[-1:].expand(size - n, -1)])
             prompt_mask = torch.cat([prompt_mask, prompt_mask.new_zeros(size, pad)], dim=1)
         idx = torch.tensor(images, device=self.device)
-        scores, boxes, masks = self._head_fn(
-            [f.index_select(0, idx) for f in fpn], [p.index_select(0, idx) for p in fpn_pos], prompt, prompt_mask
-        )
+        # compiled: one graph per (batch bucket, token bucket), more than dynamo's default limit of 8
+        with torch._dynamo.config.patch(recompile_limit=_RECOMPILE_LIMIT) if self.compiled else nullcontext():
+            scores, boxes, masks = self._head_fn(
+                [f.index_select(0, idx) for f in fpn], [p.index_select(0, idx) for p in fpn_pos], prompt, prompt_mask
+            )
         return scores[:n], boxes[:n], masks[:n]
 
     def _head_batch(
