@@ -263,6 +263,15 @@ def test_segment_two_prompts_view_filter_and_download(
     [result] = s3seg.from_coco(doc)
     assert len(result) == n and result.masks.shape == (n, 600, 512)
     assert sorted(result.labels) == sorted(names[a["category_id"]] for a in coco["annotations"])
+    # the page's RLE decoder (rle.js) gives exactly the masks s3seg decodes
+    import numpy as np
+
+    for i in (0, n // 2, n - 1):
+        pixels = page.evaluate(
+            "async (seg) => Array.from((await import('/app/rle.js')).maskPixels(seg))",
+            doc["annotations"][i]["segmentation"],
+        )
+        assert sorted(pixels) == np.flatnonzero(result.masks[i]).tolist()
     from PIL import Image
 
     with page.expect_download() as got:
