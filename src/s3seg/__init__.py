@@ -17,6 +17,7 @@ from s3seg.errors import *  # noqa: F403  (every error is s3seg.<Name> too; the 
 from s3seg.errors import __all__ as _errors
 
 if TYPE_CHECKING:
+    from s3seg._batch import BatchItem, BatchSummary, batch, read_batch
     from s3seg.client import Client, segment
     from s3seg.config import Settings
     from s3seg.types import Box, Instance, SegmentationResult, SegmentRequest, Timings, from_coco, to_coco
@@ -28,6 +29,10 @@ except PackageNotFoundError:  # running from a source tree without installing
 
 # Names load on first use (PEP 562) so that `import s3seg` and `s3seg --help` stay fast.
 _LAZY = {
+    "BatchItem": "s3seg._batch",
+    "BatchSummary": "s3seg._batch",
+    "batch": "s3seg._batch",
+    "read_batch": "s3seg._batch",
     "Client": "s3seg.client",
     "segment": "s3seg.client",
     "Settings": "s3seg.config",
@@ -54,6 +59,8 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
+    "BatchItem",
+    "BatchSummary",
     "Box",
     "Client",
     "Instance",
@@ -62,7 +69,9 @@ __all__ = [
     "Settings",
     "Timings",
     "__version__",
+    "batch",
     "from_coco",
+    "read_batch",
     "segment",
     "to_coco",
 ]

@@ -165,6 +165,13 @@ class Settings(BaseSettings):
     )
     url_expires_s: int = Field(default=3600, ge=1, description="Lifetime of result URLs handed to clients.")
 
+    # --- s3seg batch (Ray Data) -------------------------------------------------------------------
+    ray_address: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("ray_address", "S3SEG_RAY_ADDRESS", "RAY_ADDRESS"),
+        description="A Ray cluster for s3seg batch (ray://head:10001); unset: Ray starts on this machine.",
+    )
+
     # --- client of a remote server -------------------------------------------------------------
     server_url: str | None = Field(default=None, description="Segment on this s3seg server instead of locally.")
     request_timeout_s: float = Field(default=300.0, gt=0, description="Client time limit per request.")

@@ -8,6 +8,7 @@ import sys
 
 import typer
 
+from s3seg.cli._batch import batch_command
 from s3seg.cli._convert import convert_command
 from s3seg.cli._login import login_command, logout_command, whoami_command
 from s3seg.cli._records import config_command, results_command, tasks_command, upload_command
@@ -25,6 +26,7 @@ app = typer.Typer(
 )
 app.command("segment", no_args_is_help=True)(segment_command)
 app.command("serve")(serve_command)
+app.command("batch", no_args_is_help=True)(batch_command)
 app.command("upload", no_args_is_help=True)(upload_command)
 app.command("tasks")(tasks_command)
 app.command("results")(results_command)
