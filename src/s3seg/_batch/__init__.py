@@ -98,7 +98,7 @@ def batch(
     from s3seg._batch import _io, _ray
     from s3seg._batch._shards import Dest, common_base, new_run_id
     from s3seg.config import load_settings
-    from s3seg.types import Box, SegmentOptions, ensure_prompts
+    from s3seg.types import SegmentOptions, SegmentRequest
 
     _io.require_pyarrow()
     base = settings.model_dump() if settings is not None else {}
@@ -120,14 +120,8 @@ def batch(
         raise UsageError(f"actors must be at least 1, got {actors}")
     if shard_size < 1:
         raise UsageError(f"shard size must be at least 1, got {shard_size}")
-    try:
-        texts = ensure_prompts(prompts)
-        box_list = tuple(b if isinstance(b, Box) else Box(*b) for b in boxes)
-    except (TypeError, ValueError) as e:
-        raise UsageError(str(e)) from e
-    if not texts and not box_list:
-        raise UsageError("nothing to segment: give a text prompt, an exemplar box, or both", hint="-p dog")
-    options = SegmentOptions(s.threshold, s.mask_threshold, s.max_instances, s.nms_iou)
+    request = SegmentRequest.build(prompts, boxes, defaults=SegmentOptions.from_settings(s))
+    texts, box_list, options = request.prompts, request.boxes, request.options
 
     spec = _io.S3Spec.from_settings(s)
     fss = _io.Filesystems(spec)

@@ -36,43 +36,54 @@ def import_ray() -> ModuleType:
     return ray
 
 
-def embedded_env() -> None:
-    """Environment for an embedded Ray, set before ``import ray``: no usage reports sent out, and the node
-    registered under 127.0.0.1. (Ray otherwise registers the node, and binds its gRPC servers, under this
-    machine's network address; Ray reads the switch below when it is imported.)"""
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+_LOCAL_ONLY = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
 
 def connect(address: str | None, num_cpus: int | None) -> bool:
     """Join the cluster at ``address``, or start Ray on this machine bound to 127.0.0.1; nothing when Ray
-    is already initialised in this process. Returns whether this call started Ray (and should stop it)."""
-    if address is None:
-        embedded_env()
-    ray = import_ray()
-    if ray.is_initialized():
-        return False
-    if address is not None:
-        try:
-            ray.init(address=address, log_to_driver=True)
-        except (ConnectionError, RuntimeError, ValueError) as e:
-            raise S3SegError(
-                f"cannot join the Ray cluster at {address}: {e}",
-                hint="check --address / RAY_ADDRESS (ray://head:10001 or head:6379) and that the cluster runs",
-            ) from e
-        return True
-    from ray._private import ray_constants
+    is already initialised in this process. Returns whether this call started Ray (and should stop it).
 
-    # The switch embedded_env() sets is read at `import ray`; when ray was imported before, set it here.
-    ray_constants.ENABLE_RAY_CLUSTER = False
-    ray.init(
-        num_cpus=num_cpus,
-        include_dashboard=False,
-        _node_ip_address=LOOPBACK,
-        configure_logging=True,
-        logging_level="warning",
-    )
-    return True
+    Embedded, Ray would register its node (and bind its gRPC servers) under this machine's network address.
+    With Ray's "no cluster" switch (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``, what Ray does on macOS and
+    Windows) it takes 127.0.0.1, so every Ray process listens and connects on loopback only. The switch is
+    read at ``import ray`` (and the constant set when ray was imported before), and put back after start so
+    that a later ``ray.init(address=…)`` in this process is not affected. Usage reports stay off.
+    """
+    set_here = address is None and _LOCAL_ONLY not in os.environ
+    if set_here:
+        os.environ[_LOCAL_ONLY] = "0"
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    try:
+        ray = import_ray()
+        if ray.is_initialized():
+            return False
+        if address is not None:
+            try:
+                ray.init(address=address, log_to_driver=True)
+            except (ConnectionError, RuntimeError, ValueError) as e:
+                raise S3SegError(
+                    f"cannot join the Ray cluster at {address}: {e}",
+                    hint="check --address / RAY_ADDRESS (ray://head:10001 or head:6379) and that the cluster runs",
+                ) from e
+            return True
+        from ray._private import ray_constants
+
+        before = ray_constants.ENABLE_RAY_CLUSTER
+        ray_constants.ENABLE_RAY_CLUSTER = False
+        try:
+            ray.init(
+                num_cpus=num_cpus,
+                include_dashboard=False,
+                _node_ip_address=LOOPBACK,
+                configure_logging=True,
+                logging_level="warning",
+            )
+        finally:
+            ray_constants.ENABLE_RAY_CLUSTER = before
+        return True
+    finally:
+        if set_here:
+            os.environ.pop(_LOCAL_ONLY, None)
 
 
 def node_addresses() -> list[str]:

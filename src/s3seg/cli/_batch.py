@@ -86,13 +86,9 @@ def batch_command(
     """
     from s3seg import batch
     from s3seg.config import load_settings
-    from s3seg.errors import UsageError
     from s3seg.types import box_from_string
 
-    try:
-        boxes = [box_from_string(b) for b in box or []]
-    except ValueError as e:
-        raise UsageError(str(e), hint="example: --box 10,20,200,240 or --box neg:10,20,200,240") from e
+    boxes = [box_from_string(b) for b in box or []]
     settings = load_settings(model=model, device=device)
     summary = batch(
         source,
