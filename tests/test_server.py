@@ -21,10 +21,11 @@ import pytest
 
 import s3seg
 from _cli import run as run_cli
-from _server import LoopbackServer
+from _server import LoopbackServer, free_port
 from s3seg.config import Settings
 from s3seg.engine import Sam3Engine
 from s3seg.server import create_app
+from s3seg.server._schemas import PredictIn
 from s3seg.types import SegmentationResult, SegmentOptions, from_coco
 
 KEY = "test-key-123"
@@ -172,6 +173,56 @@ def test_openapi_describes_both_body_kinds(server: Server) -> None:
     assert httpx.get(server.url + "/docs").status_code == 200
     schemes = spec["components"]["securitySchemes"]  # /docs offers "Authorize" with the key header
     assert any(s["type"] == "apiKey" and s["name"] == "X-API-Key" and s["in"] == "header" for s in schemes.values())
+
+
+def test_openapi_has_a_schema_for_every_2xx_answer(server: Server) -> None:
+    """Every route of the whole document (model, public API, events) says what a success answers."""
+    spec = httpx.get(server.url + "/openapi.json").json()
+    schemas = spec["components"]["schemas"]
+
+    def resolve(schema: dict[str, Any]) -> dict[str, Any]:
+        ref = schema.get("$ref", "")
+        return resolve(schemas[ref.rsplit("/", 1)[-1]]) if ref else schema
+
+    checked = 0
+    for path, operations in spec["paths"].items():
+        for method, operation in operations.items():
+            answers = {code: a for code, a in operation["responses"].items() if code.startswith("2")}
+            assert answers, (method, path)
+            for code, answer in answers.items():
+                assert answer.get("content"), (method, path, code)
+                for media, body in answer["content"].items():
+                    schema = resolve(body.get("schema") or {})
+                    assert schema.get("type") or schema.get("properties"), (method, path, code, media)
+                    if media == "application/json" and path != "/api/v1/results/{task_id}/files/{name}":
+                        data = resolve(schema["properties"]["data"])  # the envelope's payload, typed
+                        assert data.get("properties"), (method, path, code)
+                    checked += 1
+    assert checked >= 11
+    envelope = resolve(
+        spec["paths"]["/api/v1/tasks/{task_id}"]["get"]["responses"]["200"]["content"]["application/json"]["schema"]
+    )
+    assert {"task_id", "status", "files", "result_url"} <= set(resolve(envelope["properties"]["data"])["properties"])
+    multipart = spec["paths"]["/api/v1/predict"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
+    fields = set(multipart["properties"])
+    assert fields == {"image", *PredictIn.model_fields} - {"image_url", "name"}  # generated from the model
+
+
+def test_stopping_the_server_closes_its_backends(engine: Sam3Engine, tmp_path: Path) -> None:
+    """The lifespan closes what the server was given (store, storage) when it stops."""
+    from s3seg.storage import LocalStorage
+    from s3seg.store._supabase import SupabaseStore
+
+    # A store that holds connections (its own HTTP client, to a loopback port where nothing listens).
+    store = SupabaseStore(f"http://127.0.0.1:{free_port()}", "service-key")
+    storage = LocalStorage(tmp_path / "files")
+    server = LoopbackServer(create_app(engine, Settings(data_dir=tmp_path), store=store, storage=storage))
+    try:
+        assert httpx.get(server.url + "/health").json()["data"]["model_loaded"] is True
+        assert not store._http.is_closed
+    finally:
+        server.stop()
+    assert store._http.is_closed
 
 
 # ----------------------------------------------------------------------------------------- errors

@@ -20,11 +20,11 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, Request
+from fastapi import APIRouter, Depends, Header
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 from starlette.concurrency import run_in_threadpool
 
-from s3seg.server._api import PublicAPI
+from s3seg.server._deps import ApiDep, CurrentUser
 from s3seg.store import Task
 
 HEARTBEAT_S = 15.0  # an idle stream sends a comment this often
@@ -36,46 +36,48 @@ _EVENT_ID = re.compile(r"^([0-2])-([0-9]{1,9})$")
 Position = tuple[int, int]
 
 
-def events_router(api: Callable[[], PublicAPI]) -> APIRouter:
-    router = APIRouter(prefix="/api/v1", tags=["public API"])
+router = APIRouter(prefix="/api/v1", tags=["public API"])
 
-    async def owned_task(task_id: str, request: Request) -> Task:
-        """The caller's task; another user's (or no such) task raises TaskNotFound → 404."""
-        parts = api()
-        user = parts.user(request)
-        return await run_in_threadpool(parts.store.for_user(user.id).get, task_id)
 
-    @router.get(
-        "/tasks/{task_id}/events",
-        response_class=EventSourceResponse,
-        responses={200: {"description": "status, progress, then done or error (text/event-stream)"}},
-    )
-    async def task_events(
-        task: Annotated[Task, Depends(owned_task)],
-        last_event_id: Annotated[str | None, Header(description="resume after this event id")] = None,
-    ) -> AsyncIterator[ServerSentEvent]:
-        """Server-Sent Events for one task: ``status``, ``progress``, and a final ``done`` or ``error``."""
-        parts = api()
-        store = parts.store.for_user(str(task.user_id)) if task.user_id else parts.store
-        seen = parse_event_id(last_event_id)
-        last_sent = time.monotonic()
-        first = True
-        while True:
-            for event in task_events_since(task, seen, parts.out):
-                if first:
-                    event.retry, first = RETRY_MS, False
-                yield event
-                last_sent = time.monotonic()
-            seen = max(seen, position(task)) if seen is not None else position(task)
-            if _STAGE[task.status] == 2:  # a client that goes away cancels this generator
-                return
-            if time.monotonic() - last_sent >= HEARTBEAT_S:
-                yield ServerSentEvent(comment="heartbeat")
-                last_sent = time.monotonic()
-            await parts.runner.wait(task.id, POLL_S)
-            task = await run_in_threadpool(store.get, task.id)
+async def owned_task(task_id: str, user: CurrentUser, api: ApiDep) -> Task:
+    """The caller's task; another user's (or no such) task raises TaskNotFound → 404."""
+    return await run_in_threadpool(api.store.for_user(user.id).get, task_id)
 
-    return router
+
+@router.get(
+    "/tasks/{task_id}/events",
+    response_class=EventSourceResponse,
+    responses={
+        200: {
+            "description": "status, progress, then done or error",
+            "content": {"text/event-stream": {"schema": {"type": "string", "description": "Server-Sent Events"}}},
+        }
+    },
+)
+async def task_events(
+    task: Annotated[Task, Depends(owned_task)],
+    api: ApiDep,
+    last_event_id: Annotated[str | None, Header(description="resume after this event id")] = None,
+) -> AsyncIterator[ServerSentEvent]:
+    """Server-Sent Events for one task: ``status``, ``progress``, and a final ``done`` or ``error``."""
+    store = api.store.for_user(str(task.user_id)) if task.user_id else api.store
+    seen = parse_event_id(last_event_id)
+    last_sent = time.monotonic()
+    first = True
+    while True:
+        for event in task_events_since(task, seen, lambda t: api.out(t).model_dump(mode="json")):
+            if first:
+                event.retry, first = RETRY_MS, False
+            yield event
+            last_sent = time.monotonic()
+        seen = max(seen, position(task)) if seen is not None else position(task)
+        if _STAGE[task.status] == 2:  # a client that goes away cancels this generator
+            return
+        if time.monotonic() - last_sent >= HEARTBEAT_S:
+            yield ServerSentEvent(comment="heartbeat")
+            last_sent = time.monotonic()
+        await api.runner.wait(task.id, POLL_S)
+        task = await run_in_threadpool(store.get, task.id)
 
 
 def parse_event_id(value: str | None) -> Position | None:

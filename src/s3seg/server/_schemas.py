@@ -1,15 +1,26 @@
-"""Request bodies shared by the inference routes (``PredictIn``) and the public API (``SegmentIn``): an
-exemplar box and the options every segmentation takes, turned into the one :class:`SegmentRequest`."""
+"""What the server reads and answers, as pydantic models: the request bodies of the inference routes
+(``PredictIn``, ``BatchIn``) and of the public API (``SegmentIn``), which share the exemplar box and the
+options every segmentation takes (``RequestIn``, turned into the one :class:`SegmentRequest`); and every
+answer, wrapped in one envelope: ``Envelope[TaskOut]`` is ``{"ok": true, "data": <TaskOut>}``, an error
+``{"ok": false, "error": {"code", "message", "hint"}}``. Typed answers give ``/openapi.json`` a schema
+for every route.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
+from s3seg.engine import ModelInfo
 from s3seg.types import Box, Limits, SegmentOptions, SegmentRequest
 
+T = TypeVar("T")
 
+
+# ------------------------------------------------------------------------------------------ requests
 class BoxIn(BaseModel):
     box: tuple[float, float, float, float] = Field(description="x0, y0, x1, y1 in pixels")
     positive: bool = Field(default=True, description="false marks a negative exemplar")
@@ -36,3 +47,176 @@ class RequestIn(BaseModel):
             max_instances=self.max_instances,
             nms_iou=self.nms_iou,
         )
+
+
+class PredictIn(RequestIn):
+    """One image (``image`` base64 or ``image_url``) and what to look for in it."""
+
+    image: str | None = Field(default=None, description="the encoded image file, base64")
+    image_url: str | None = Field(default=None, description="http(s) URL of the image (public hosts only)")
+    name: str | None = Field(default=None, description="a name echoed back as images[0].file_name")
+    prompts: list[str] = Field(default_factory=list, description="text prompts (noun phrases)")
+    mask_format: Literal["rle", "png"] = "rle"
+
+
+class BatchIn(BaseModel):
+    items: list[PredictIn] = Field(description="images, each with its own prompts and options")
+
+
+class SegmentIn(RequestIn):
+    """What to segment: an uploaded image (``image_id``) or an http(s) ``image_url``, and the prompts."""
+
+    image_id: str | None = Field(default=None, description="from POST /api/v1/upload")
+    image_url: str | None = Field(default=None, description="http(s) URL of an image (public hosts)")
+    text_prompt: str | None = Field(default=None, description='one noun phrase, e.g. "dog"')
+    text_prompts: list[str] = Field(default_factory=list, description="several noun phrases")
+    project: str | None = Field(default=None, max_length=200, description="project name (created if new)")
+    project_id: str | None = Field(default=None, description="id of one of the user's projects")
+
+
+# The fields a multipart body of /predict sends as form fields: the JSON body's, less what the file part
+# replaces (the image itself and its name); boxes travel as "x0,y0,x1,y1" strings (prefix "neg:").
+_FILE_REPLACES = ("image", "image_url", "name")
+_BOX_FIELD = {"type": "array", "items": {"type": "string"}, "description": "x0,y0,x1,y1 (prefix neg: for negative)"}
+
+
+def body_doc(json_model: type[BaseModel], item: type[BaseModel], file_field: str, many: bool) -> dict[str, Any]:
+    """The OpenAPI request body of a route that reads JSON (``json_model``) or multipart: the file(s) under
+    ``file_field`` and the fields of ``item`` (generated from the model, so the two never disagree)."""
+    file_schema: dict[str, Any] = {"type": "string", "format": "binary"}
+    if many:
+        file_schema = {"type": "array", "items": file_schema}
+    fields = {k: v for k, v in item.model_json_schema()["properties"].items() if k not in _FILE_REPLACES}
+    fields["boxes"] = _BOX_FIELD
+    multipart = {"type": "object", "required": [file_field], "properties": {file_field: file_schema, **fields}}
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "multipart/form-data": {"schema": multipart},
+                "application/json": {"schema": json_model.model_json_schema()},
+            },
+        }
+    }
+
+
+# ------------------------------------------------------------------------------------------- answers
+class ErrorOut(BaseModel):
+    code: str = Field(description="stable error code, e.g. NOT_FOUND (see s3seg.errors)")
+    message: str
+    hint: str | None = None
+
+
+class Envelope(BaseModel, Generic[T]):
+    """A successful answer: ``{"ok": true, "data": ...}``."""
+
+    ok: Literal[True] = True
+    data: T
+
+
+class ErrorEnvelope(BaseModel):
+    """A refusal: ``{"ok": false, "error": {...}}`` with the HTTP status of the error."""
+
+    ok: Literal[False] = False
+    error: ErrorOut
+
+
+class GPUMemoryOut(BaseModel):
+    allocated_mb: float
+    reserved_mb: float
+    free_mb: float
+    total_mb: float
+
+
+class QueueOut(BaseModel):
+    batches: int
+    images: int
+    largest_batch: int
+    queued: int
+
+
+class HealthOut(BaseModel):
+    status: Literal["ok"] = "ok"
+    model_loaded: bool
+    device: str | None = Field(description="the model's device; null on a gateway")
+    gpu_memory: GPUMemoryOut | None
+    queue: QueueOut | None = Field(description="the inference batcher's counters; null on a gateway")
+    workers: int | None = Field(description="GPU workers behind a gateway; null with a model")
+    auth: Literal["supabase", "api-key"]
+
+
+class LimitsOut(BaseModel):
+    max_body_bytes: int
+    max_prompts: int
+    max_prompt_chars: int
+    max_boxes: int
+    max_images: int
+    max_pixels: int
+
+
+@dataclass(frozen=True)
+class ModelInfoOut(ModelInfo):
+    """The model (name, revision, device, dtype, parameters, input size) and this server's limits."""
+
+    limits: LimitsOut
+
+
+class CocoOut(BaseModel):
+    """A COCO instance-segmentation document (``s3seg.from_coco`` reads it back): masks as compressed RLE
+    ``segmentation``, or ``mask_png`` (base64 1-bit PNG) where PNG was asked for; plus s3seg's own keys."""
+
+    model_config = ConfigDict(extra="allow")
+
+    info: dict[str, Any]
+    images: list[dict[str, Any]]
+    annotations: list[dict[str, Any]]
+    categories: list[dict[str, Any]]
+
+
+class MeOut(BaseModel):
+    user_id: str
+    email: str | None
+    tier: str
+    credits: int | None = Field(description="null where credits are not counted")
+    rate_limit_per_minute: int
+
+
+class UploadOut(BaseModel):
+    image_id: str = Field(description="for POST /api/v1/segment")
+    image_url: str = Field(description="time-limited URL of the stored image")
+    expires_in: int
+    width: int
+    height: int
+    bytes: int
+    content_type: str
+    file_name: str
+
+
+class TaskOut(BaseModel):
+    """A task (a segmentation of one image) as clients see it: stored files as time-limited URLs, and
+    ``files``, download paths through this API."""
+
+    id: str
+    task_id: str
+    status: Literal["pending", "processing", "done", "error"]
+    text_prompt: str
+    project: str | None
+    project_id: str | None
+    user_id: str | None
+    source_image_url: str | None
+    mask_image_url: str | None
+    overlay_image_url: str | None
+    result_url: str | None = Field(description="the COCO JSON")
+    files: dict[str, str]
+    labels: list[Any]
+    metadata: dict[str, Any]
+    error: str | None
+    created_at: str
+    updated_at: str
+
+
+class ResultsOut(BaseModel):
+    items: list[TaskOut]
+    limit: int
+    offset: int
+    next_offset: int | None = Field(description="the next page's offset; null on the last page")

@@ -1,0 +1,153 @@
+"""What the routes depend on: the server's parts on ``app.state.server`` (given to ``create_app``, or built
+by its lifespan), read through ``Annotated`` dependencies — ``SettingsDep``, ``ApiDep``, ``CurrentUser``,
+``EngineDep``, ``BatcherDep`` — and the API key check (``require_key``)."""
+
+from __future__ import annotations
+
+import hmac
+from dataclasses import dataclass
+from typing import Annotated, cast
+
+from fastapi import Depends, Request, Security
+from fastapi.security import APIKeyHeader
+
+from s3seg.config import Settings
+from s3seg.engine import Sam3Engine
+from s3seg.errors import AuthError, ServerError, Unauthorized
+from s3seg.records import result_files
+from s3seg.server._auth import TokenVerifier, User, bearer_token
+from s3seg.server._batcher import Batcher
+from s3seg.server._gateway import WorkerPool
+from s3seg.server._ratelimit import RateLimiter
+from s3seg.server._schemas import TaskOut
+from s3seg.server._tasks import TaskRunner
+from s3seg.storage import Storage
+from s3seg.store import Store, Task
+
+API_KEY_HEADER = Unauthorized.auth_scheme  # "X-API-Key"
+# Declared as a security scheme so that /docs offers "Authorize"; checked in require_key (constant time).
+_API_KEY = APIKeyHeader(name=API_KEY_HEADER, auto_error=False, description="the server's API key")
+_URLS = {"source": "source_image_url", "mask": "mask_image_url", "overlay": "overlay_image_url", "result": "result_url"}
+
+
+@dataclass
+class PublicAPI:
+    """What the public API's routes need, built by the lifespan once the backends are up."""
+
+    settings: Settings
+    store: Store
+    storage: Storage
+    runner: TaskRunner
+    verifier: TokenVerifier | None
+    limiter: RateLimiter
+
+    def out(self, task: Task) -> TaskOut:
+        """A task as clients see it: the stored keys become time-limited URLs (``*_image_url``,
+        ``result_url``), and ``files`` gives download paths through this API (every storage backend)."""
+        keys = result_files(task) if task.status == "done" else {}
+        expires = self.settings.url_expires_s
+        urls = {
+            column: self.storage.url(keys[name], expires) if name in keys else None for name, column in _URLS.items()
+        }
+        hidden = ("image_key", "image_url", "coco")
+        return TaskOut.model_validate(
+            {
+                **task.to_dict(),
+                **urls,
+                "task_id": task.id,
+                "metadata": {k: v for k, v in task.metadata.items() if k not in hidden},
+                "files": {name: f"/api/v1/results/{task.id}/files/{name}" for name in keys},
+            }
+        )
+
+    def user(self, request: Request) -> User:
+        """Who is calling: the Supabase access token's user, or (local mode, no verifier) the local user
+        once the API key (if the server has one) checks out."""
+        if self.verifier is None:
+            check_key(self.settings, request.headers.get(API_KEY_HEADER))
+            return User(
+                id=self.store.user_id or self.settings.user_id or "local", tier="enterprise", email=None, role="service"
+            )
+        token = bearer_token(request.headers.get("authorization"))
+        if token is None:
+            raise AuthError(
+                "sign in first: send Authorization: Bearer <access token>",
+                hint="s3seg login, then use the CLI or SDK; or pass a Supabase access token",
+            )
+        return self.verifier.verify(token)
+
+
+@dataclass
+class Server:
+    """The app's parts (``app.state.server``): what ``create_app`` was given, and what its lifespan builds
+    (storage and store when not given, the batcher, the public API)."""
+
+    settings: Settings
+    engine: Sam3Engine | None
+    workers: WorkerPool | None
+    verifier: TokenVerifier | None
+    storage: Storage | None = None
+    store: Store | None = None
+    batcher: Batcher | None = None
+    api: PublicAPI | None = None
+
+
+def check_key(settings: Settings, given_key: str | None) -> None:
+    """The server's API key, compared in constant time (no key: anyone may call)."""
+    if settings.api_key is None:
+        return
+    given = (given_key or "").encode()
+    if not hmac.compare_digest(given, settings.api_key.get_secret_value().encode()):
+        raise Unauthorized(
+            "missing or wrong API key" if given else "this server needs an API key",
+            hint=f"send the {API_KEY_HEADER} header (s3seg: --api-key or S3SEG_API_KEY)",
+        )
+
+
+def _server(request: Request) -> Server:
+    return cast(Server, request.app.state.server)
+
+
+ServerDep = Annotated[Server, Depends(_server)]
+
+
+def _settings(server: ServerDep) -> Settings:
+    return server.settings
+
+
+def _started(part: object, what: str) -> None:
+    if part is None:  # a request before the lifespan has run (or after it ended)
+        raise ServerError(f"the server has no {what} (it is starting or stopping)", status=503, code="STARTING")
+
+
+def _api(server: ServerDep) -> PublicAPI:
+    _started(server.api, "public API")
+    return cast(PublicAPI, server.api)
+
+
+def _engine(server: ServerDep) -> Sam3Engine:
+    _started(server.engine, "model")
+    return cast(Sam3Engine, server.engine)
+
+
+def _batcher(server: ServerDep) -> Batcher:
+    _started(server.batcher, "model queue")
+    return cast(Batcher, server.batcher)
+
+
+SettingsDep = Annotated[Settings, Depends(_settings)]
+ApiDep = Annotated[PublicAPI, Depends(_api)]
+EngineDep = Annotated[Sam3Engine, Depends(_engine)]
+BatcherDep = Annotated[Batcher, Depends(_batcher)]
+
+
+def _current_user(request: Request, api: ApiDep) -> User:
+    return api.user(request)
+
+
+CurrentUser = Annotated[User, Depends(_current_user)]
+
+
+def require_key(settings: SettingsDep, given_key: Annotated[str | None, Security(_API_KEY)] = None) -> None:
+    """The inference routes' guard: the ``X-API-Key`` header."""
+    check_key(settings, given_key)

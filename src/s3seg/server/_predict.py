@@ -1,0 +1,143 @@
+"""The GPU backend's routes (the seed's internal API, ``X-API-Key``): ``/api/v1/model/info``,
+``/api/v1/predict`` and ``/api/v1/predict/batch``; only on a server with a model (not on a gateway).
+
+A body is multipart (image files plus form fields) or JSON (base64 ``image`` or ``image_url``); both
+describe the same :class:`PredictIn`. Results are COCO documents (masks as compressed RLE, or PNG on
+request), the same format the CLI writes, so ``s3seg.from_coco`` reads them back.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+
+from s3seg import _rle
+from s3seg.config import Settings
+from s3seg.engine import Request as EngineRequest
+from s3seg.errors import UsageError
+from s3seg.images import load_image
+from s3seg.server._batcher import Batcher
+from s3seg.server._deps import BatcherDep, EngineDep, SettingsDep, require_key
+from s3seg.server._fetch import fetch
+from s3seg.server._schemas import BatchIn, CocoOut, Envelope, LimitsOut, ModelInfoOut, PredictIn, body_doc
+from s3seg.types import Limits, SegmentationResult, SegmentOptions, box_from_string, to_coco
+
+router = APIRouter(prefix="/api/v1", tags=["model"], dependencies=[Depends(require_key)])
+
+
+@router.get("/model/info")
+def model_info(engine: EngineDep, settings: SettingsDep) -> Envelope[ModelInfoOut]:
+    """The model, its device and dtype, and this server's request limits."""
+    limits = LimitsOut(
+        max_body_bytes=int(settings.max_body_mb * 1024 * 1024),
+        max_prompts=settings.max_prompts,
+        max_prompt_chars=settings.max_prompt_chars,
+        max_boxes=settings.max_boxes,
+        max_images=settings.max_images,
+        max_pixels=settings.max_pixels,
+    )
+    return Envelope(data=ModelInfoOut(**vars(engine.info), limits=limits))
+
+
+@router.post("/predict", openapi_extra=body_doc(PredictIn, PredictIn, "image", many=False))
+async def predict(request: Request, batcher: BatcherDep, settings: SettingsDep) -> Envelope[CocoOut]:
+    """Segment one image: multipart (``image`` file + fields) or JSON (base64 ``image`` or ``image_url``)."""
+    return await _segment(await _read_items(request, settings, batch=False), batcher, settings)
+
+
+@router.post("/predict/batch", openapi_extra=body_doc(BatchIn, PredictIn, "images", many=True))
+async def predict_batch(request: Request, batcher: BatcherDep, settings: SettingsDep) -> Envelope[CocoOut]:
+    """Segment several images in one call (multipart ``images`` files sharing the fields, or JSON items)."""
+    return await _segment(await _read_items(request, settings, batch=True), batcher, settings)
+
+
+async def _segment(items: list[tuple[PredictIn, bytes]], batcher: Batcher, settings: Settings) -> Envelope[CocoOut]:
+    requests = [await _engine_request(item, data, settings) for item, data in items]
+    results = await batcher.run(requests)
+    # RLE encoding is CPU work: off the event loop, so other requests keep being parsed and queued
+    doc = await run_in_threadpool(_coco, results, [item.mask_format for item, _ in items])
+    return Envelope(data=CocoOut.model_validate(doc))
+
+
+async def _read_items(request: Request, settings: Settings, *, batch: bool) -> list[tuple[PredictIn, bytes]]:
+    """Parse either body kind into (fields, encoded image) pairs; URLs are fetched here."""
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if kind == "application/json":
+        try:
+            payload = json.loads(await request.body())
+        except ValueError as e:
+            raise UsageError(f"body is not valid JSON: {e}") from e
+        items = BatchIn.model_validate(payload).items if batch else [PredictIn.model_validate(payload)]
+        _check_count(len(items), settings)
+        return [(item, await _image_bytes(item, settings)) for item in items]
+    if kind == "multipart/form-data":
+        # one file more than allowed so that too many files get our own clear error, not the parser's
+        async with request.form(max_files=settings.max_images + 1, max_fields=1000) as form:  # closes temp files
+            files = [f for f in form.getlist("images" if batch else "image") if isinstance(f, UploadFile)]
+            if not files:
+                raise UsageError(f"multipart body needs {'image files in `images`' if batch else 'an `image` file'}")
+            _check_count(len(files), settings)
+            fields = _form_fields(form)
+            return [(PredictIn.model_validate({**fields, "name": f.filename}), await f.read()) for f in files]
+    raise UsageError("send multipart/form-data or application/json", hint="curl -F image=@photo.jpg -F prompts=dog …")
+
+
+def _check_count(n: int, settings: Settings) -> None:
+    if n == 0:
+        raise UsageError("the batch holds no images")
+    limit = min(settings.max_images, settings.max_queue)  # more than the queue holds could never run
+    if n > limit:
+        raise UsageError(f"{n} images in one request; at most {limit}", hint="split the batch")
+
+
+def _form_fields(form: Any) -> dict[str, Any]:
+    fields: dict[str, Any] = {"prompts": [p for p in form.getlist("prompts") if isinstance(p, str)]}
+    fields["boxes"] = [box_from_string(v).to_dict() for v in form.getlist("boxes") if isinstance(v, str)]
+    for name in ("threshold", "mask_threshold", "max_instances", "nms_iou", "mask_format"):
+        value = form.get(name)
+        if isinstance(value, str) and value != "":
+            fields[name] = value
+    return fields
+
+
+async def _image_bytes(item: PredictIn, settings: Settings) -> bytes:
+    if (item.image is None) == (item.image_url is None):
+        raise UsageError("give exactly one of `image` (base64) and `image_url`")
+    if item.image_url is not None:
+        return await run_in_threadpool(
+            fetch,
+            item.image_url,
+            max_bytes=int(settings.max_body_mb * 1024 * 1024),
+            timeout_s=settings.url_timeout_s,
+            allow_private=settings.allow_private_urls,
+        )
+    try:
+        return base64.b64decode(item.image or "", validate=True)
+    except (binascii.Error, ValueError) as e:
+        raise UsageError("`image` is not valid base64") from e
+
+
+async def _engine_request(item: PredictIn, data: bytes, settings: Settings) -> EngineRequest:
+    request = item.segment_request(item.prompts, SegmentOptions.from_settings(settings), Limits.from_settings(settings))
+    image = await run_in_threadpool(load_image, data, max_pixels=settings.max_pixels, name=item.name or "upload")
+    return EngineRequest(image.array, request.prompts, request.boxes, item.name, request.options)
+
+
+def _coco(results: list[SegmentationResult], formats: list[str]) -> dict[str, Any]:
+    """Results as one COCO document; images that asked for PNG masks get ``mask_png`` (base64, 1-bit)
+    instead of RLE ``segmentation``."""
+    doc = to_coco(results)
+    annotations = iter(doc["annotations"])  # in result order, instance order
+    for result, fmt in zip(results, formats, strict=True):
+        for inst in result.instances:
+            ann = next(annotations)
+            if fmt == "png":
+                del ann["segmentation"]
+                ann["mask_png"] = base64.b64encode(_rle.encode_png(inst.mask)).decode("ascii")
+    return doc
