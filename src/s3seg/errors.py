@@ -10,6 +10,8 @@ so a user sees one line, not a traceback; ``S3SEG_DEBUG=1`` shows the chained ca
 * S3SegError                      exit 1   500 INTERNAL_ERROR
   * UsageError                    exit 2   422 INVALID_REQUEST
     * PayloadTooLarge                      413 PAYLOAD_TOO_LARGE
+    * InvalidText                          422 INVALID_TEXT (lone surrogates, control characters, bad UTF-8)
+    * DuplicateField                       422 DUPLICATE_FIELD
     * URLNotAllowed                        400 URL_NOT_ALLOWED
   * ImageError                    exit 3   415 UNSUPPORTED_IMAGE
     * ImageTooLargeError                   413 IMAGE_TOO_LARGE
@@ -83,6 +85,19 @@ class PayloadTooLarge(UsageError):
 
     http_status = 413
     code = "PAYLOAD_TOO_LARGE"
+
+
+class InvalidText(UsageError):
+    """Text that is not proper Unicode (a lone surrogate, bytes that are not UTF-8) or holds control
+    characters (NUL included)."""
+
+    code = "INVALID_TEXT"
+
+
+class DuplicateField(UsageError):
+    """A request field that may appear once was given several times."""
+
+    code = "DUPLICATE_FIELD"
 
 
 class URLNotAllowed(UsageError):
@@ -261,6 +276,8 @@ _BY_CODE: dict[str, type[S3SegError]] = {
     for kind in (
         UsageError,
         PayloadTooLarge,
+        InvalidText,
+        DuplicateField,
         URLNotAllowed,
         ImageError,
         ImageTooLargeError,
@@ -313,9 +330,11 @@ __all__ = [
     "CreditsError",
     "DependencyError",
     "DeviceError",
+    "DuplicateField",
     "FileTooLarge",
     "ImageError",
     "ImageTooLargeError",
+    "InvalidText",
     "ModelError",
     "NotFound",
     "PayloadTooLarge",

@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import math
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -23,7 +24,7 @@ import numpy as np
 import numpy.typing as npt
 
 from s3seg import _rle
-from s3seg.errors import ResultFormatError, UsageError
+from s3seg.errors import InvalidText, ResultFormatError, UsageError
 
 if TYPE_CHECKING:
     from s3seg.config import Settings
@@ -452,6 +453,25 @@ def box_from_string(text: str) -> Box:
     return Box(x0, y0, x1, y1, positive=positive)
 
 
+# Lone UTF-16 surrogates and control characters other than tab, newline and carriage return (NUL, ESC, C1).
+_BAD_TEXT = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
+def check_text(text: str, what: str = "text") -> str:
+    """The one text rule for everything a client writes (prompts, names, projects, URLs): proper Unicode
+    (no lone surrogates) without control characters; tab, newline and carriage return are allowed. Returns
+    ``text``; anything else is an :class:`InvalidText`."""
+    found = _BAD_TEXT.search(text)
+    if found is not None:
+        char = found.group()
+        kind = "a lone UTF-16 surrogate" if "\ud800" <= char <= "\udfff" else "a control character"
+        raise InvalidText(
+            f"{what} holds {kind} (U+{ord(char):04X}) at position {found.start()}",
+            hint="send proper Unicode text (UTF-8) without control characters",
+        )
+    return text
+
+
 def normalize_prompts(prompts: str | Iterable[str] | None) -> tuple[str, ...]:
     """The one prompt rule: one string or several; inner whitespace collapsed, ends stripped, repeats
     dropped (first kept). An empty prompt or a non-string is a :class:`UsageError`."""
@@ -459,13 +479,13 @@ def normalize_prompts(prompts: str | Iterable[str] | None) -> tuple[str, ...]:
         return ()
     if isinstance(prompts, str):
         prompts = [prompts]
-    out: list[str] = []
+    out: dict[str, None] = {}  # ordered, and a repeat is found in O(1)
     for p in prompts:
         if not isinstance(p, str):
             raise UsageError(f"prompts must be strings, got {type(p).__name__}")
+        check_text(p, "a prompt")
         p = " ".join(p.split())
         if not p:
             raise UsageError("a prompt is empty", hint="give a noun phrase such as 'dog' or 'red car'")
-        if p not in out:
-            out.append(p)
+        out.setdefault(p)
     return tuple(out)

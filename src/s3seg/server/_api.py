@@ -26,6 +26,7 @@ from s3seg.errors import FileTooLarge, ImageError, NotFound, UploadNotFound, Usa
 from s3seg.images import load_image
 from s3seg.records import result_files
 from s3seg.server._auth import User
+from s3seg.server._body import json_body, read_form, read_model, single
 from s3seg.server._deps import ApiDep, CurrentUser
 from s3seg.server._schemas import Envelope, MeOut, ResultsOut, SegmentIn, TaskOut, UploadOut
 from s3seg.server._tasks import task_metadata
@@ -72,8 +73,8 @@ async def upload(request: Request, user: CurrentUser, api: ApiDep) -> Envelope[U
     settings = api.settings
     api.limiter.hit(user.id, user.tier)
     limit = int(settings.max_upload_mb * 1024 * 1024)
-    async with request.form(max_files=2, max_fields=10) as form:
-        file = form.get("file") or form.get("image")
+    async with read_form(request, max_files=2, max_fields=10) as form:
+        file = single(form, "file") or single(form, "image")
         if not isinstance(file, UploadFile):
             raise UsageError("multipart body needs the image in a `file` field", hint="curl -F file=@photo.jpg")
         data = await file.read(limit + 1)
@@ -101,9 +102,10 @@ async def upload(request: Request, user: CurrentUser, api: ApiDep) -> Envelope[U
     )
 
 
-@router.post("/segment", status_code=202)
-async def segment(body: SegmentIn, user: CurrentUser, api: ApiDep) -> Envelope[TaskOut]:
+@router.post("/segment", status_code=202, openapi_extra=json_body(SegmentIn))
+async def segment(http: Request, user: CurrentUser, api: ApiDep) -> Envelope[TaskOut]:
     """Start segmenting an image; answers the task at once (``pending``). Wait with GET /tasks/{id}?wait=30."""
+    body = await read_model(http, SegmentIn)  # after CurrentUser: who is asking is checked before the body
     request, metadata = _task_input(body, user, api.settings)
     if body.image_id is not None and not await run_in_threadpool(api.storage.exists, metadata["image_key"]):
         raise UploadNotFound(f"no uploaded image {body.image_id}", hint="upload it first: POST /api/v1/upload")

@@ -31,10 +31,20 @@ from s3seg.images import LoadedImage
 from s3seg.server import _api, _events, _predict
 from s3seg.server._auth import TokenVerifier
 from s3seg.server._batcher import Batcher
+from s3seg.server._body import resolve_bodies
 from s3seg.server._deps import API_KEY_HEADER, PublicAPI, Server, ServerDep
 from s3seg.server._gateway import WorkerPool
 from s3seg.server._ratelimit import RateLimiter
-from s3seg.server._schemas import Envelope, ErrorEnvelope, GPUMemoryOut, HealthOut, QueueOut
+from s3seg.server._schemas import (
+    BatchIn,
+    Envelope,
+    ErrorEnvelope,
+    GPUMemoryOut,
+    HealthOut,
+    PredictIn,
+    QueueOut,
+    SegmentIn,
+)
 from s3seg.server._tasks import Infer, TaskLimits, TaskRunner
 from s3seg.server._web import mount_web
 from s3seg.storage import Storage
@@ -95,7 +105,7 @@ def create_app(
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(ValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
-    app.add_exception_handler(Exception, _unexpected)
+    app.add_middleware(_LastResort)  # inside CORS and the body limit: a 500 keeps their headers
     app.add_middleware(_BodyLimit, max_bytes=int(settings.max_body_mb * 1024 * 1024))
     if settings.cors_origins:
         app.add_middleware(
@@ -112,6 +122,7 @@ def create_app(
     if engine is not None:
         app.include_router(_predict.router)
     mount_web(app, settings, supabase=verifier is not None)  # last: API routes keep priority
+    resolve_bodies(app, [PredictIn, BatchIn, SegmentIn])
     return app
 
 
@@ -226,11 +237,41 @@ def _validation_error(_: Request, exc: Exception) -> JSONResponse:
 def _http_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     code = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED"}.get(exc.status_code, "HTTP_ERROR")
-    return _error(exc.status_code, code, str(exc.detail))
+    return _error(exc.status_code, code, str(exc.detail), headers=dict(exc.headers or {}))
 
 
-def _unexpected(_: Request, exc: Exception) -> JSONResponse:
-    return _error(500, "INTERNAL_ERROR", f"unexpected {type(exc).__name__}", "see the server log")
+class _LastResort:
+    """Any exception no handler took becomes the 500 envelope, logged here with its traceback, and the
+    connection stays usable: the exception stops here instead of reaching the server, which would close the
+    socket under a keep-alive client. (Starlette's own last-resort handler answers and then re-raises.)"""
+
+    def __init__(self, app: Callable[..., Awaitable[None]]) -> None:
+        self.app = app
+
+    async def __call__(
+        self,
+        scope: MutableMapping[str, Any],
+        receive: Callable[[], Awaitable[dict[str, Any]]],
+        send: Callable[[MutableMapping[str, Any]], Awaitable[None]],
+    ) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracked(message: MutableMapping[str, Any]) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracked)
+        except Exception as exc:
+            if started:  # too late for an answer: let the server end the connection
+                raise
+            logging.getLogger("s3seg.server").exception("unexpected error on %s %s", scope["method"], scope["path"])
+            response = _error(500, "INTERNAL_ERROR", f"unexpected {type(exc).__name__}", "see the server log")
+            await response(scope, receive, send)
 
 
 class _BodyLimit:

@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 from starlette.concurrency import run_in_threadpool
-from starlette.datastructures import UploadFile
+from starlette.datastructures import FormData, UploadFile
 
 from s3seg import _rle
 from s3seg.config import Settings
@@ -23,6 +22,7 @@ from s3seg.engine import Request as EngineRequest
 from s3seg.errors import UsageError
 from s3seg.images import load_image
 from s3seg.server._batcher import Batcher
+from s3seg.server._body import read_form, read_json, single, text_fields
 from s3seg.server._deps import BatcherDep, EngineDep, SettingsDep, require_key
 from s3seg.server._fetch import fetch
 from s3seg.server._schemas import BatchIn, CocoOut, Envelope, LimitsOut, ModelInfoOut, PredictIn, body_doc
@@ -69,17 +69,18 @@ async def _read_items(request: Request, settings: Settings, *, batch: bool) -> l
     """Parse either body kind into (fields, encoded image) pairs; URLs are fetched here."""
     kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if kind == "application/json":
-        try:
-            payload = json.loads(await request.body())
-        except ValueError as e:
-            raise UsageError(f"body is not valid JSON: {e}") from e
+        payload = await read_json(request)
         items = BatchIn.model_validate(payload).items if batch else [PredictIn.model_validate(payload)]
         _check_count(len(items), settings)
         return [(item, await _image_bytes(item, settings)) for item in items]
     if kind == "multipart/form-data":
         # one file more than allowed so that too many files get our own clear error, not the parser's
-        async with request.form(max_files=settings.max_images + 1, max_fields=1000) as form:  # closes temp files
-            files = [f for f in form.getlist("images" if batch else "image") if isinstance(f, UploadFile)]
+        async with read_form(request, max_files=settings.max_images + 1, max_fields=1000) as form:
+            if batch:
+                files = [f for f in form.getlist("images") if isinstance(f, UploadFile)]
+            else:  # one image: a second `image` is refused, not silently segmented too
+                one = single(form, "image")
+                files = [one] if isinstance(one, UploadFile) else []
             if not files:
                 raise UsageError(f"multipart body needs {'image files in `images`' if batch else 'an `image` file'}")
             _check_count(len(files), settings)
@@ -96,11 +97,11 @@ def _check_count(n: int, settings: Settings) -> None:
         raise UsageError(f"{n} images in one request; at most {limit}", hint="split the batch")
 
 
-def _form_fields(form: Any) -> dict[str, Any]:
-    fields: dict[str, Any] = {"prompts": [p for p in form.getlist("prompts") if isinstance(p, str)]}
-    fields["boxes"] = [box_from_string(v).to_dict() for v in form.getlist("boxes") if isinstance(v, str)]
+def _form_fields(form: FormData) -> dict[str, Any]:
+    fields: dict[str, Any] = {"prompts": text_fields(form, "prompts")}
+    fields["boxes"] = [box_from_string(v).to_dict() for v in text_fields(form, "boxes")]
     for name in ("threshold", "mask_threshold", "max_instances", "nms_iou", "mask_format"):
-        value = form.get(name)
+        value = single(form, name)
         if isinstance(value, str) and value != "":
             fields[name] = value
     return fields

@@ -10,14 +10,18 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Generic, Literal, TypeVar
+from typing import Annotated, Any, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from s3seg.engine import ModelInfo
-from s3seg.types import Box, Limits, SegmentOptions, SegmentRequest
+from s3seg.types import Box, Limits, SegmentOptions, SegmentRequest, check_text
 
 T = TypeVar("T")
+
+Text = Annotated[str, AfterValidator(check_text)]
+"""A string a client sends: proper Unicode without control characters (:func:`s3seg.types.check_text`;
+an ``InvalidText`` error, 422 INVALID_TEXT, otherwise)."""
 
 
 # ------------------------------------------------------------------------------------------ requests
@@ -53,9 +57,9 @@ class PredictIn(RequestIn):
     """One image (``image`` base64 or ``image_url``) and what to look for in it."""
 
     image: str | None = Field(default=None, description="the encoded image file, base64")
-    image_url: str | None = Field(default=None, description="http(s) URL of the image (public hosts only)")
-    name: str | None = Field(default=None, description="a name echoed back as images[0].file_name")
-    prompts: list[str] = Field(default_factory=list, description="text prompts (noun phrases)")
+    image_url: Text | None = Field(default=None, description="http(s) URL of the image (public hosts only)")
+    name: Text | None = Field(default=None, description="a name echoed back as images[0].file_name")
+    prompts: list[Text] = Field(default_factory=list, description="text prompts (noun phrases)")
     mask_format: Literal["rle", "png"] = "rle"
 
 
@@ -66,12 +70,12 @@ class BatchIn(BaseModel):
 class SegmentIn(RequestIn):
     """What to segment: an uploaded image (``image_id``) or an http(s) ``image_url``, and the prompts."""
 
-    image_id: str | None = Field(default=None, description="from POST /api/v1/upload")
-    image_url: str | None = Field(default=None, description="http(s) URL of an image (public hosts)")
-    text_prompt: str | None = Field(default=None, description='one noun phrase, e.g. "dog"')
-    text_prompts: list[str] = Field(default_factory=list, description="several noun phrases")
-    project: str | None = Field(default=None, max_length=200, description="project name (created if new)")
-    project_id: str | None = Field(default=None, description="id of one of the user's projects")
+    image_id: Text | None = Field(default=None, description="from POST /api/v1/upload")
+    image_url: Text | None = Field(default=None, description="http(s) URL of an image (public hosts)")
+    text_prompt: Text | None = Field(default=None, description='one noun phrase, e.g. "dog"')
+    text_prompts: list[Text] = Field(default_factory=list, description="several noun phrases")
+    project: Text | None = Field(default=None, max_length=200, description="project name (created if new)")
+    project_id: Text | None = Field(default=None, description="id of one of the user's projects")
 
 
 # The fields a multipart body of /predict sends as form fields: the JSON body's, less what the file part
@@ -94,7 +98,7 @@ def body_doc(json_model: type[BaseModel], item: type[BaseModel], file_field: str
             "required": True,
             "content": {
                 "multipart/form-data": {"schema": multipart},
-                "application/json": {"schema": json_model.model_json_schema()},
+                "application/json": {"schema": {"$ref": f"#/components/schemas/{json_model.__name__}"}},
             },
         }
     }
