@@ -25,7 +25,7 @@ from s3seg.server._batcher import Batcher
 from s3seg.server._body import read_form, read_json, single, text_fields
 from s3seg.server._deps import BatcherDep, EngineDep, SettingsDep, require_key
 from s3seg.server._fetch import fetch
-from s3seg.server._schemas import BatchIn, CocoOut, Envelope, LimitsOut, ModelInfoOut, PredictIn, body_doc
+from s3seg.server._schemas import BatchIn, CocoOut, Envelope, LimitsOut, ModelInfoOut, PredictIn, body_doc, form_fields
 from s3seg.types import Limits, SegmentationResult, SegmentOptions, box_from_string, to_coco
 
 router = APIRouter(prefix="/api/v1", tags=["model"], dependencies=[Depends(require_key)])
@@ -100,8 +100,8 @@ def _check_count(n: int, settings: Settings) -> None:
 def _form_fields(form: FormData) -> dict[str, Any]:
     fields: dict[str, Any] = {"prompts": text_fields(form, "prompts")}
     fields["boxes"] = [box_from_string(v).to_dict() for v in text_fields(form, "boxes")]
-    for name in ("threshold", "mask_threshold", "max_instances", "nms_iou", "mask_format"):
-        value = single(form, name)
+    for name in form_fields(PredictIn):  # the others take one value each
+        value = single(form, name) if name not in fields else None
         if isinstance(value, str) and value != "":
             fields[name] = value
     return fields

@@ -84,13 +84,19 @@ _FILE_REPLACES = ("image", "image_url", "name")
 _BOX_FIELD = {"type": "array", "items": {"type": "string"}, "description": "x0,y0,x1,y1 (prefix neg: for negative)"}
 
 
+def form_fields(model: type[BaseModel]) -> tuple[str, ...]:
+    """The fields of ``model`` a multipart body sends as form fields (all but what the file part replaces)."""
+    return tuple(name for name in model.model_fields if name not in _FILE_REPLACES)
+
+
 def body_doc(json_model: type[BaseModel], item: type[BaseModel], file_field: str, many: bool) -> dict[str, Any]:
     """The OpenAPI request body of a route that reads JSON (``json_model``) or multipart: the file(s) under
     ``file_field`` and the fields of ``item`` (generated from the model, so the two never disagree)."""
     file_schema: dict[str, Any] = {"type": "string", "format": "binary"}
     if many:
         file_schema = {"type": "array", "items": file_schema}
-    fields = {k: v for k, v in item.model_json_schema()["properties"].items() if k not in _FILE_REPLACES}
+    properties = item.model_json_schema()["properties"]
+    fields = {name: properties[name] for name in form_fields(item)}
     fields["boxes"] = _BOX_FIELD
     multipart = {"type": "object", "required": [file_field], "properties": {file_field: file_schema, **fields}}
     return {
