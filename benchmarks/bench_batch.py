@@ -96,7 +96,8 @@ def main() -> None:
         for name, cmd in cases:
             startup = timed(cmd("one"), env)
             total = timed(cmd("images"), env)
-            steady = (args.images - 1) / max(total - startup, 1e-9)
+            # None when start-up noise exceeds the work (too few images for this machine's load)
+            steady = (args.images - 1) / (total - startup) if total > startup else None
             rows.append(
                 {"case": name, "seconds": total, "startup_s": startup, "img_s": args.images / total, "steady": steady}
             )
@@ -114,10 +115,18 @@ def main() -> None:
     for r in rows:
         print(
             f"| {r['case']} | {r['seconds']:.1f} | {r['startup_s']:.1f} | {r['img_s']:.2f} | "
-            f"{r['img_s'] / base['img_s']:.2f}× | {r['steady']:.2f} | {r['steady'] / base['steady']:.2f}× |"
+            f"{r['img_s'] / base['img_s']:.2f}× | {_num(r['steady'])} | {_ratio(r['steady'], base['steady'])} |"
         )
     if args.json:
         args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "rows": rows}, indent=1))
+
+
+def _num(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.2f}"
+
+
+def _ratio(v: float | None, base: float | None) -> str:
+    return "n/a" if v is None or base is None else f"{v / base:.2f}×"
 
 
 if __name__ == "__main__":
