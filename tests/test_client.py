@@ -46,9 +46,9 @@ def test_one_liner_loads_the_model_once(
     from s3seg.engine import Sam3Engine
 
     loads = []
-    original = Sam3Engine.from_settings.__func__  # type: ignore[attr-defined]
+    original = Sam3Engine.from_config.__func__  # type: ignore[attr-defined]
     monkeypatch.setattr(
-        Sam3Engine, "from_settings", classmethod(lambda cls, s: loads.append(s.model) or original(cls, s))
+        Sam3Engine, "from_config", classmethod(lambda cls, c: loads.append(c.model) or original(cls, c))
     )
     monkeypatch.setattr(client_module, "_clients", {})
     first = s3seg.segment(photo_path, "person", model=str(tiny_model_dir), device="cpu", threshold=0.2)
@@ -71,3 +71,57 @@ def test_public_names() -> None:
         assert getattr(s3seg, name) is not None
     assert isinstance(s3seg.S3SegError("m", hint="h"), Exception)
     assert str(s3seg.S3SegError("m", hint="h")) == "m (hint: h)"
+
+
+def test_segment_paths_gives_one_outcome_per_file(client: s3seg.Client, photo_path: Path, tmp_path: Path) -> None:
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"not an image")
+    other = tmp_path / "other.jpg"
+    other.write_bytes(photo_path.read_bytes())
+    request = client.request("person")
+    outcomes = list(client.segment_paths([photo_path, broken, other], request, out=tmp_path / "out", batch_size=2))
+    by_name = {Path(o.image).name: o for o in outcomes}
+    assert sorted(by_name) == ["broken.jpg", "grace_hopper.jpg", "other.jpg"]
+    assert isinstance(by_name["broken.jpg"].error, s3seg.ImageError) and by_name["broken.jpg"].result is None
+    for name in ("grace_hopper.jpg", "other.jpg"):
+        assert by_name[name].error is None and by_name[name].task_id is None
+        assert by_name[name].result == client.segment(tmp_path / name if name == "other.jpg" else photo_path, "person")
+    written = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert written == [
+        f"{stem}.{kind}" for stem in ("grace_hopper", "other") for kind in ("json", "mask.png", "overlay.jpg")
+    ]
+
+
+def test_segment_paths_retries_a_failed_batch_image_by_image(
+    engine,
+    photo_path: Path,
+    tmp_path: Path,  # type: ignore[no-untyped-def]
+) -> None:
+    """A batch that runs out of memory as a whole is split, so only the image too big on its own is skipped.
+    (Running out of memory cannot be caused on purpose here: the backend refuses as the device would.)"""
+    from s3seg.client import LocalBackend
+
+    huge = tmp_path / "huge.jpg"
+    huge.write_bytes(photo_path.read_bytes())
+    calls: list[int] = []
+
+    class SmallDevice(LocalBackend):
+        def segment(self, images, request, *, project=None):  # type: ignore[no-untyped-def]
+            calls.append(len(images))
+            if len(images) > 1 or images[0].name == str(huge):
+                raise s3seg.DeviceError("out of memory")
+            return super().segment(images, request, project=project)
+
+    settings = s3seg.Settings(threshold=0.2)
+    client = s3seg.Client(settings=settings, backend=SmallDevice(settings.engine_config(), engine))
+    outcomes = list(client.segment_paths([photo_path, huge], client.request("person"), batch_size=2))
+    assert calls == [2, 1, 1]
+    assert [(o.image, o.result is not None, type(o.error)) for o in outcomes] == [
+        (str(photo_path), True, type(None)),
+        (str(huge), False, s3seg.DeviceError),
+    ]
+
+
+def test_a_project_needs_somewhere_to_keep_it(client: s3seg.Client, photo_path: Path) -> None:
+    with pytest.raises(s3seg.UsageError, match="project needs save"):
+        list(client.segment_paths([photo_path], client.request("person"), project="p"))

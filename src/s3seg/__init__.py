@@ -18,6 +18,7 @@ from s3seg.errors import __all__ as _errors
 
 if TYPE_CHECKING:
     from s3seg._batch import BatchItem, BatchSummary, batch, read_batch
+    from s3seg._paths import Outcome
     from s3seg.client import Client, segment
     from s3seg.config import Settings
     from s3seg.types import Box, Instance, SegmentationResult, SegmentRequest, Timings, from_coco, to_coco
@@ -38,6 +39,7 @@ _LAZY = {
     "Settings": "s3seg.config",
     "Box": "s3seg.types",
     "Instance": "s3seg.types",
+    "Outcome": "s3seg._paths",
     "SegmentationResult": "s3seg.types",
     "SegmentRequest": "s3seg.types",
     "Timings": "s3seg.types",
@@ -64,6 +66,7 @@ __all__ = [
     "Box",
     "Client",
     "Instance",
+    "Outcome",
     "SegmentRequest",
     "SegmentationResult",
     "Settings",

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from s3seg._remote import encoded, envelope_data
+from s3seg._http import HTTP, Hints, Waits, in_flight
 from s3seg.errors import ServerError, UsageError
 from s3seg.images import LoadedImage
 from s3seg.models import Task
@@ -25,24 +24,40 @@ from s3seg.types import SegmentationResult, SegmentRequest, from_coco
 if TYPE_CHECKING:
     from s3seg.config import Settings
 
-_CONCURRENT = 4
-_MAX_RETRY_AFTER_S = 60.0
 _WAIT_S = 30.0  # one long-poll
+# 429 (rate limit) and 503 (busy) are waited out for as long as the client's time limit allows, so a folder
+# of images on a free tier just goes slower.
+_LIMITED = Waits(statuses=(429, 503), retries=None, max_wait_s=60.0)
+_HINTS = Hints(timeout="raise S3SEG_REQUEST_TIMEOUT_S", unreachable="check --api / S3SEG_API_URL")
 
 
 class PublicClient:
+    """The public API's routes, and a :class:`s3seg.client.Backend` that keeps every image as a task."""
+
+    keeps_results = True
+
     def __init__(
-        self, url: str, headers: Callable[[], dict[str, str]], *, timeout_s: float, http: httpx.Client | None = None
+        self,
+        url: str,
+        headers: Callable[[], Mapping[str, str]],
+        *,
+        timeout_s: float,
+        http: httpx.Client | None = None,
     ) -> None:
         if not url.startswith(("http://", "https://")):
             raise UsageError(f"API URL must start with http:// or https://, got {url!r}")
         self.url = url.rstrip("/")
-        self._headers = headers
         self.timeout_s = timeout_s
-        self._http = http or httpx.Client(
-            base_url=self.url, timeout=timeout_s + _WAIT_S, transport=httpx.HTTPTransport(retries=3)
+        self.http = HTTP(
+            self.url,
+            where=f"the s3seg API at {self.url}",
+            hints=_HINTS,
+            timeout_s=timeout_s,
+            headers=headers,
+            waits=_LIMITED,
+            http=http,
+            read_timeout_s=timeout_s + _WAIT_S,
         )
-        self.saved: list[tuple[str, str]] = []  # (image name, task id) of segment() calls
 
     @classmethod
     def from_settings(cls, settings: Settings) -> PublicClient:
@@ -57,16 +72,16 @@ class PublicClient:
         return cls(settings.api_url or "", headers, timeout_s=settings.request_timeout_s)
 
     def close(self) -> None:
-        self._http.close()
+        self.http.close()
 
     # --- the routes ----------------------------------------------------------------------------
     def check(self) -> dict[str, Any]:
         """The signed-in user (proves the URL and the sign-in work)."""
-        data: dict[str, Any] = self._call("GET", "/api/v1/me")
+        data: dict[str, Any] = self.http.call("GET", "/api/v1/me")
         return data
 
     def upload(self, data: bytes, name: str) -> dict[str, Any]:
-        info: dict[str, Any] = self._call("POST", "/api/v1/upload", files={"file": (name, data)})
+        info: dict[str, Any] = self.http.call("POST", "/api/v1/upload", files={"file": (name, data)})
         return info
 
     def start(self, image_id: str, request: SegmentRequest, project: str | None = None) -> Task:
@@ -77,10 +92,10 @@ class PublicClient:
             "boxes": [b.to_dict() for b in request.boxes],
             **request.options.to_dict(),
         }
-        return Task.from_dict(self._call("POST", "/api/v1/segment", json=body))
+        return Task.from_dict(self.http.call("POST", "/api/v1/segment", json=body))
 
     def task(self, task_id: str, wait_s: float = 0) -> Task:
-        return Task.from_dict(self._call("GET", f"/api/v1/tasks/{task_id}", params={"wait": wait_s}))
+        return Task.from_dict(self.http.call("GET", f"/api/v1/tasks/{task_id}", params={"wait": wait_s}))
 
     def wait(self, task_id: str) -> Task:
         """Wait for a task to end (done or error), within the client's time limit."""
@@ -102,11 +117,11 @@ class PublicClient:
             for k, v in {"limit": limit, "offset": offset, "status": status, "project": project}.items()
             if v is not None
         }
-        return [Task.from_dict(row) for row in self._call("GET", "/api/v1/results", params=params)["items"]]
+        return [Task.from_dict(row) for row in self.http.call("GET", "/api/v1/results", params=params)["items"]]
 
     def result(self, task_id: str) -> tuple[Task, dict[str, str]]:
         """A result and the time-limited URLs of its files."""
-        row = self._call("GET", f"/api/v1/results/{task_id}")
+        row = self.http.call("GET", f"/api/v1/results/{task_id}")
         urls = {
             name: row[column]
             for name, column in (
@@ -120,63 +135,27 @@ class PublicClient:
         return Task.from_dict(row), urls
 
     def file(self, task_id: str, name: str) -> bytes:
-        response = self._send("GET", f"/api/v1/results/{task_id}/files/{name}")
+        response = self.http.send("GET", f"/api/v1/results/{task_id}/files/{name}")
         if response.status_code != 200:
-            self._data(response)
+            self.http.data(response)
         return response.content
 
     # --- segmentation, as a backend of s3seg.Client --------------------------------------------
     def segment(
-        self, images: Sequence[LoadedImage], request: SegmentRequest, project: str | None = None
-    ) -> list[SegmentationResult]:
-        def one(image: LoadedImage) -> SegmentationResult:
+        self, images: Sequence[LoadedImage], request: SegmentRequest, *, project: str | None = None
+    ) -> list[tuple[SegmentationResult, str | None]]:
+        """Each image uploaded and segmented as a task (filed under ``project``); the results and task ids."""
+
+        def one(image: LoadedImage) -> tuple[SegmentationResult, str | None]:
             name = image.name or "image.png"
-            uploaded = self.upload(encoded(image), name.rsplit("/", 1)[-1])
+            uploaded = self.upload(image.file_bytes(), name.rsplit("/", 1)[-1])
             task = self.wait(self.start(uploaded["image_id"], request, project).id)
             if task.status == "error":
                 raise ServerError(f"the server could not segment {name}: {task.error}", status=422, code="TASK_ERROR")
-            self.saved.append((name, task.id))
             [result] = from_coco(_json(self.file(task.id, "result")))
-            return dataclasses.replace(result, image=image.name)
+            return dataclasses.replace(result, image=image.name), task.id
 
-        if len(images) == 1:
-            return [one(images[0])]
-        with ThreadPoolExecutor(min(len(images), _CONCURRENT)) as pool:
-            return list(pool.map(one, images))
-
-    # --- HTTP ----------------------------------------------------------------------------------
-    def _call(self, method: str, path: str, **kwargs: Any) -> Any:
-        return self._data(self._send(method, path, **kwargs))
-
-    def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        """One request; 429 (rate limit) and 503 (busy) are waited out after their Retry-After, for as long
-        as the client's time limit allows, so a folder of images on a free tier just goes slower."""
-        deadline = time.monotonic() + self.timeout_s
-        while True:
-            try:
-                response = self._http.request(method, path, headers=self._headers(), **kwargs)
-            except httpx.TimeoutException as e:
-                raise ServerError(
-                    f"the s3seg API at {self.url} did not answer in time", hint="raise S3SEG_REQUEST_TIMEOUT_S"
-                ) from e
-            except httpx.TransportError as e:
-                raise ServerError(
-                    f"cannot reach the s3seg API at {self.url} ({type(e).__name__})", hint="check --api / S3SEG_API_URL"
-                ) from e
-            wait = min(_retry_after(response), _MAX_RETRY_AFTER_S)
-            if response.status_code not in (429, 503) or time.monotonic() + wait > deadline:
-                return response
-            time.sleep(wait)
-
-    def _data(self, response: httpx.Response) -> Any:
-        return envelope_data(response, f"the s3seg API at {self.url}")
-
-
-def _retry_after(response: httpx.Response) -> float:
-    try:
-        return max(0.0, float(response.headers.get("retry-after", "1")))
-    except ValueError:
-        return 1.0
+        return in_flight(one, images)
 
 
 def _json(data: bytes) -> Any:

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
+from s3seg._http import HTTP, Hints
 from s3seg.errors import AuthError, S3SegError, ServerError, UsageError
 
 if TYPE_CHECKING:
@@ -33,6 +34,10 @@ LOCK_FILE = "session.lock"
 REFRESH_MARGIN_S = 60.0
 _TIMEOUT_S = 30.0
 _LOGIN_HINT = "sign in again: s3seg login"
+_HINTS = Hints(
+    timeout="check your network connection and SUPABASE_URL, then try again",
+    unreachable="check SUPABASE_URL and your network connection",
+)
 
 
 @dataclass(frozen=True)
@@ -124,22 +129,8 @@ def _post(
     headers = {"apikey": anon_key, "Accept": "application/json"}
     if bearer:
         headers["Authorization"] = f"Bearer {bearer}"
-    try:
-        if http is None:
-            with httpx.Client(timeout=timeout_s) as client:
-                response = client.post(url + path, json=body, headers=headers)
-        else:
-            response = http.post(url + path, json=body, headers=headers)
-    except httpx.TimeoutException as e:
-        raise ServerError(
-            f"Supabase Auth at {url} did not answer in time",
-            hint="check your network connection and SUPABASE_URL, then try again",
-        ) from e
-    except httpx.HTTPError as e:
-        raise ServerError(
-            f"cannot reach Supabase Auth at {url} ({type(e).__name__})",
-            hint="check SUPABASE_URL and your network connection",
-        ) from e
+    with HTTP(url, where=f"Supabase Auth at {url}", hints=_HINTS, timeout_s=timeout_s, http=http) as auth:
+        response = auth.send("POST", path, json=body, headers=headers)
     try:
         data = response.json() if response.content else None
     except ValueError:
@@ -336,21 +327,6 @@ def access_token(settings: Settings, *, http: httpx.Client | None = None) -> str
     return renewed.access_token
 
 
-def unverified_claims(token: str) -> dict[str, Any]:
-    """What a JWT says about itself, NOT verified (only the API and Supabase verify tokens); {} when the
-    token is not a JWT."""
-    import base64
-
-    parts = token.split(".")
-    if len(parts) != 3:
-        return {}
-    try:
-        claims = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
-    except ValueError:
-        return {}
-    return claims if isinstance(claims, dict) else {}
-
-
 def _check_project(session: Session, settings: Settings) -> None:
     if settings.supabase_url and _base(settings.supabase_url) != session.supabase_url:
         raise AuthError(
@@ -369,5 +345,4 @@ __all__ = [
     "revoke",
     "save",
     "session_path",
-    "unverified_claims",
 ]

@@ -1,20 +1,82 @@
-"""The Python entry point: :class:`Client` keeps SAM3 loaded for many calls; :func:`segment` is the one-liner."""
+"""The Python entry point: :class:`Client` keeps SAM3 loaded for many calls; :func:`segment` is the one-liner.
+
+Where the images are segmented is a :class:`Backend`: this process (:class:`LocalBackend`), an
+``s3seg serve`` GPU server (``s3seg._remote.RemoteBackend``) or a public s3seg API as the signed-in user
+(``s3seg._public.PublicClient``, which keeps every image as a task).
+"""
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
 
-from s3seg.config import Settings, load_settings
+from s3seg.config import EngineConfig, Settings, load_settings
 from s3seg.errors import UsageError
 from s3seg.images import ImageInput, LoadedImage, load_image
-from s3seg.types import Box, SegmentationResult, SegmentOptions, SegmentRequest
+from s3seg.types import Box, Overrides, SegmentationResult, SegmentOptions, SegmentRequest
 
 if TYPE_CHECKING:
-    from s3seg._public import PublicClient
-    from s3seg._remote import RemoteBackend
+    from typing_extensions import Unpack
+
+    from s3seg._paths import Outcome
     from s3seg.engine import Sam3Engine
+
+# A result, and the id of the task that keeps it when the backend keeps results (else None).
+Segmented = tuple[SegmentationResult, str | None]
+
+
+class Backend(Protocol):
+    """Where images are segmented."""
+
+    @property
+    def keeps_results(self) -> bool:
+        """Whether every image segmented is kept as a task (a public API)."""
+        ...
+
+    def check(self) -> object:
+        """Load the model, or check that the server answers and accepts the key or the sign-in."""
+        ...
+
+    def segment(
+        self, images: Sequence[LoadedImage], request: SegmentRequest, *, project: str | None = None
+    ) -> list[Segmented]: ...
+
+    def close(self) -> None: ...
+
+
+class LocalBackend:
+    """SAM3 in this process, loaded on first use and kept (thread-safe)."""
+
+    keeps_results = False
+
+    def __init__(self, config: EngineConfig, engine: Sam3Engine | None = None) -> None:
+        self.config = config
+        self._engine = engine
+        self._lock = threading.Lock()
+
+    @property
+    def engine(self) -> Sam3Engine:
+        with self._lock:
+            if self._engine is None:
+                from s3seg.engine import Sam3Engine
+
+                self._engine = Sam3Engine.from_config(self.config)
+            return self._engine
+
+    def check(self) -> object:
+        return self.engine
+
+    def segment(
+        self, images: Sequence[LoadedImage], request: SegmentRequest, *, project: str | None = None
+    ) -> list[Segmented]:
+        arrays, names = [i.array for i in images], [i.name for i in images]
+        results = self.engine.segment(arrays, request.prompts, request.boxes, names=names, options=request.options)
+        return [(r, None) for r in results]
+
+    def close(self) -> None:
+        """Nothing to close: the model stays loaded."""
 
 
 class Client:
@@ -35,6 +97,7 @@ class Client:
             each image is uploaded, segmented as a task and kept there (see ``s3seg results``).
         settings: every other knob; defaults read the environment (``S3SEG_*``).
         engine: an already loaded engine to use instead of loading one.
+        backend: where to segment, instead of what the settings say (see :class:`Backend`).
 
     Local mode loads the model on first use and keeps it; the remote modes send each image to the server
     and return the same result objects.
@@ -50,58 +113,56 @@ class Client:
         api_url: str | None = None,
         settings: Settings | None = None,
         engine: Sam3Engine | None = None,
+        backend: Backend | None = None,
     ) -> None:
         base = settings.model_dump() if settings is not None else {}
         given = {"model": model, "device": device, "server_url": server_url, "api_key": api_key, "api_url": api_url}
         self.settings = load_settings(**{**base, **{k: v for k, v in given.items() if v is not None}})
         self._engine = engine
-        self._remote: RemoteBackend | PublicClient | None = None
+        self._backend = backend
         self._saved: list[tuple[str, str]] = []
         self._lock = threading.Lock()
 
     @property
+    def backend(self) -> Backend:
+        """Where this client segments (made from the settings on first use)."""
+        with self._lock:
+            if self._backend is None:
+                self._backend = _backend_for(self.settings, self._engine)
+            return self._backend
+
+    @property
     def is_remote(self) -> bool:
-        return self._engine is None and (self.settings.server_url or self.settings.api_url) is not None
+        return not isinstance(self.backend, LocalBackend)
 
     @property
     def engine(self) -> Sam3Engine:
         """The local engine (loaded on first access)."""
-        if self.is_remote:
+        backend = self.backend
+        if not isinstance(backend, LocalBackend):
             raise UsageError("this client segments on a server; it has no local engine")
-        with self._lock:
-            if self._engine is None:
-                from s3seg.engine import Sam3Engine
-
-                self._engine = Sam3Engine.from_settings(self.settings)
-            return self._engine
+        return backend.engine
 
     def prepare(self) -> None:
         """Load the model now, or check that the server answers and accepts the key."""
-        if self.is_remote:
-            self._backend().check()
-        else:
-            self.engine  # noqa: B018  (loads it)
+        self.backend.check()
 
     def run(
         self, images: Sequence[LoadedImage], request: SegmentRequest, *, project: str | None = None
     ) -> list[SegmentationResult]:
         """Decoded images × one request, locally or on the server; one result per image. ``project`` files
         the results under a project on a public API (elsewhere nothing is kept)."""
-        backend = self._backend() if self.is_remote else None
-        if isinstance(backend, _public_client()):
-            results = backend.segment(images, request, project=project)
-            self._saved += backend.saved
-            backend.saved.clear()
-            return results
-        if backend is not None:
-            return backend.segment(images, request)
-        return self.engine.segment(
-            [i.array for i in images],
-            request.prompts,
-            request.boxes,
-            names=[i.name for i in images],
-            options=request.options,
-        )
+        return [result for result, _ in self.segment_loaded(images, request, project=project)]
+
+    def segment_loaded(
+        self, images: Sequence[LoadedImage], request: SegmentRequest, *, project: str | None = None
+    ) -> list[Segmented]:
+        """Like :meth:`run`, with the id of the task that keeps each result (public API), else None."""
+        done = self.backend.segment(images, request, project=project)
+        kept = [(image.name or "image.png", task_id) for image, (_, task_id) in zip(images, done, strict=True)]
+        with self._lock:
+            self._saved += [(name, task_id) for name, task_id in kept if task_id is not None]
+        return done
 
     @property
     def saved(self) -> list[tuple[str, str]]:
@@ -111,9 +172,9 @@ class Client:
     def close(self) -> None:
         """Close the connection to the server (remote mode); the local engine stays loaded."""
         with self._lock:
-            if self._remote is not None:
-                self._remote.close()
-                self._remote = None
+            if self._backend is not None and not isinstance(self._backend, LocalBackend):
+                self._backend.close()
+                self._backend = None
 
     def __enter__(self) -> Client:
         return self
@@ -121,30 +182,13 @@ class Client:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _backend(self) -> RemoteBackend | PublicClient:
-        with self._lock:
-            if self._remote is None and self.settings.api_url:
-                from s3seg._public import PublicClient
-
-                self._remote = PublicClient.from_settings(self.settings)
-            elif self._remote is None:
-                from s3seg._remote import RemoteBackend
-
-                url = self.settings.server_url or ""
-                key = self.settings.api_key.get_secret_value() if self.settings.api_key else None
-                self._remote = RemoteBackend(url, api_key=key, timeout_s=self.settings.request_timeout_s)
-            return self._remote
-
     def segment(
         self,
         image: ImageInput,
         prompts: str | Sequence[str] = (),
         *,
         boxes: Sequence[Box | tuple[float, float, float, float]] = (),
-        threshold: float | None = None,
-        mask_threshold: float | None = None,
-        max_instances: int | None = None,
-        nms_iou: float | None = None,
+        **options: Unpack[Overrides],
     ) -> SegmentationResult:
         """Every instance of each prompt in one image.
 
@@ -152,17 +196,10 @@ class Client:
             image: a path, bytes, PIL image or RGB/gray numpy array.
             prompts: one noun phrase or several; all run on one backbone pass.
             boxes: exemplar boxes (x0, y0, x1, y1) in pixels, or :class:`Box` (``positive=False`` for negatives).
-            threshold, mask_threshold, max_instances, nms_iou: override the settings for this call.
+            options: ``threshold``, ``mask_threshold``, ``max_instances``, ``nms_iou``: override the
+                settings for this call.
         """
-        return self.segment_batch(
-            [image],
-            prompts,
-            boxes=boxes,
-            threshold=threshold,
-            mask_threshold=mask_threshold,
-            max_instances=max_instances,
-            nms_iou=nms_iou,
-        )[0]
+        return self.segment_batch([image], prompts, boxes=boxes, **options)[0]
 
     def segment_batch(
         self,
@@ -170,21 +207,35 @@ class Client:
         prompts: str | Sequence[str] = (),
         *,
         boxes: Sequence[Box | tuple[float, float, float, float]] = (),
-        threshold: float | None = None,
-        mask_threshold: float | None = None,
-        max_instances: int | None = None,
-        nms_iou: float | None = None,
+        **options: Unpack[Overrides],
     ) -> list[SegmentationResult]:
         """Like :meth:`segment` for several images (batched through the backbone); one result each."""
-        request = self.request(
-            prompts,
-            boxes=boxes,
-            threshold=threshold,
-            mask_threshold=mask_threshold,
-            max_instances=max_instances,
-            nms_iou=nms_iou,
-        )
+        request = self.request(prompts, boxes=boxes, **options)
         return self.run([self.load(i) for i in images], request)
+
+    def segment_paths(
+        self,
+        paths: Iterable[str | Path],
+        request: SegmentRequest,
+        *,
+        out: Path | None = None,
+        save: bool = False,
+        project: str | None = None,
+        batch_size: int | None = None,
+    ) -> Iterator[Outcome]:
+        """Segment many image files, one :class:`s3seg.Outcome` per file as its batch finishes.
+
+        Images are decoded lazily in batches of ``batch_size`` (default: the ``max_batch`` setting); a file
+        that cannot be read, and an image that fails alone (out of memory, refused by the server), is an
+        outcome with its error while the others go on. ``out``: write NAME.json (COCO), NAME.mask.png and
+        NAME.overlay.jpg per image there, atomically. ``save``: keep each result as a task (results store
+        and storage of the settings), filed under ``project``; a public API keeps them anyway.
+        """
+        from s3seg._paths import segment_paths
+
+        return segment_paths(
+            self, paths, request, out=out, save=save, project=project, batch_size=batch_size or self.settings.max_batch
+        )
 
     def load(self, image: ImageInput | LoadedImage) -> LoadedImage:
         """Decode and check an image with this client's limits."""
@@ -195,27 +246,23 @@ class Client:
         prompts: str | Sequence[str] = (),
         *,
         boxes: Sequence[Box | tuple[float, float, float, float]] = (),
-        threshold: float | None = None,
-        mask_threshold: float | None = None,
-        max_instances: int | None = None,
-        nms_iou: float | None = None,
+        **options: Unpack[Overrides],
     ) -> SegmentRequest:
         """A checked request: these prompts and boxes, the options given over this client's settings."""
-        return SegmentRequest.build(
-            prompts,
-            boxes,
-            defaults=SegmentOptions.from_settings(self.settings),
-            threshold=threshold,
-            mask_threshold=mask_threshold,
-            max_instances=max_instances,
-            nms_iou=nms_iou,
-        )
+        return SegmentRequest.build(prompts, boxes, defaults=SegmentOptions.from_settings(self.settings), **options)
 
 
-def _public_client() -> type[PublicClient]:
-    from s3seg._public import PublicClient
+def _backend_for(settings: Settings, engine: Sam3Engine | None) -> Backend:
+    if engine is None and settings.api_url:
+        from s3seg._public import PublicClient
 
-    return PublicClient
+        return PublicClient.from_settings(settings)
+    if engine is None and settings.server_url:
+        from s3seg._remote import RemoteBackend
+
+        key = settings.api_key.get_secret_value() if settings.api_key else None
+        return RemoteBackend(settings.server_url, api_key=key, timeout_s=settings.request_timeout_s)
+    return LocalBackend(settings.engine_config(), engine)
 
 
 _clients: dict[tuple[str | None, str | None], Client] = {}

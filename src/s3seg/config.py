@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -21,6 +22,21 @@ DEFAULT_MODEL = "facebook/sam3"
 
 Device = str  # "auto", "cpu", "cuda", "cuda:1", "mps"
 DType = Literal["auto", "float32", "bfloat16", "float16"]
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """What loading the engine reads from the settings (``Sam3Engine.from_config``)."""
+
+    model: str = DEFAULT_MODEL
+    device: str = "auto"
+    dtype: str = "auto"
+    revision: str | None = None
+    token: str | None = None
+    offline: bool = False
+    compile: bool = False
+    max_batch: int = 8
+    batch_heads: bool = True
 
 
 class Settings(BaseSettings):
@@ -201,6 +217,26 @@ class Settings(BaseSettings):
 
     def token(self) -> str | None:
         return self.hf_token.get_secret_value() if self.hf_token else None
+
+    def engine_config(self) -> EngineConfig:
+        """The part of the settings the engine reads."""
+        return EngineConfig(
+            self.model,
+            self.device,
+            self.dtype,
+            self.revision,
+            self.token(),
+            self.offline,
+            self.compile,
+            self.max_batch,
+            self.batch_heads,
+        )
+
+
+def debug_enabled() -> bool:
+    """``S3SEG_DEBUG``: show tracebacks. Read on its own, before the other settings, since it decides how
+    an invalid setting is reported."""
+    return os.environ.get("S3SEG_DEBUG", "").strip().lower() in {"1", "true", "yes", "on"}
 
 
 def load_settings(**overrides: Any) -> Settings:

@@ -38,6 +38,9 @@ so a user sees one line, not a traceback; ``S3SEG_DEBUG=1`` shows the chained ca
 
 from __future__ import annotations
 
+# The errors a client rebuilds from an answer's code: filled as the classes below are defined.
+_BY_CODE: dict[str, type[S3SegError]] = {}
+
 
 class S3SegError(Exception):
     """Base class: a failure the user can act on.
@@ -51,6 +54,14 @@ class S3SegError(Exception):
     http_status: int = 500
     code: str = "INTERNAL_ERROR"
     retry_after_s: int | None = None  # the Retry-After of a 429 or 503 answer (1 when unset)
+
+    def __init_subclass__(cls, *, exit_code: int = 0, status: int = 0, code: str = "") -> None:
+        """``class X(Parent, exit_code=..., status=..., code=...)``: what differs from the parent."""
+        super().__init_subclass__()
+        cls.exit_code = exit_code or cls.exit_code
+        cls.http_status = status or cls.http_status
+        cls.code = code or cls.code
+        _BY_CODE.setdefault(cls.code, cls)  # parents come first: a code names its most general class
 
     def __init__(
         self, message: str, hint: str | None = None, *, status: int | None = None, code: str | None = None
@@ -72,123 +83,76 @@ class S3SegError(Exception):
         return self.message if not self.hint else f"{self.message} (hint: {self.hint})"
 
 
-class UsageError(S3SegError):
+_BY_CODE[S3SegError.code] = S3SegError
+
+
+class UsageError(S3SegError, exit_code=2, status=422, code="INVALID_REQUEST"):
     """The call itself is wrong: bad option, bad value, conflicting arguments."""
 
-    exit_code = 2
-    http_status = 422
-    code = "INVALID_REQUEST"
 
-
-class PayloadTooLarge(UsageError):
+class PayloadTooLarge(UsageError, status=413, code="PAYLOAD_TOO_LARGE"):
     """A request body over the server's limit."""
 
-    http_status = 413
-    code = "PAYLOAD_TOO_LARGE"
 
-
-class InvalidText(UsageError):
+class InvalidText(UsageError, code="INVALID_TEXT"):
     """Text that is not proper Unicode (a lone surrogate, bytes that are not UTF-8) or holds control
     characters (NUL included)."""
 
-    code = "INVALID_TEXT"
 
-
-class DuplicateField(UsageError):
+class DuplicateField(UsageError, code="DUPLICATE_FIELD"):
     """A request field that may appear once was given several times."""
 
-    code = "DUPLICATE_FIELD"
 
-
-class URLNotAllowed(UsageError):
+class URLNotAllowed(UsageError, status=400, code="URL_NOT_ALLOWED"):
     """An image URL whose scheme or address is not allowed."""
 
-    http_status = 400
-    code = "URL_NOT_ALLOWED"
 
-
-class ImageError(S3SegError):
+class ImageError(S3SegError, exit_code=3, status=415, code="UNSUPPORTED_IMAGE"):
     """An input image is missing, unreadable, corrupt, too large or not an image."""
 
-    exit_code = 3
-    http_status = 415
-    code = "UNSUPPORTED_IMAGE"
 
-
-class ImageTooLargeError(ImageError):
+class ImageTooLargeError(ImageError, status=413, code="IMAGE_TOO_LARGE"):
     """An image has more pixels than the configured limit (decompression-bomb guard)."""
 
-    http_status = 413
-    code = "IMAGE_TOO_LARGE"
 
-
-class FileTooLarge(ImageError):
+class FileTooLarge(ImageError, status=413, code="FILE_TOO_LARGE"):
     """An uploaded file over the upload limit."""
 
-    http_status = 413
-    code = "FILE_TOO_LARGE"
 
-
-class URLFetchFailed(ImageError):
+class URLFetchFailed(ImageError, status=400, code="URL_FETCH_FAILED"):
     """An image URL could not be fetched (error status, timeout, too large, unreachable)."""
 
-    http_status = 400
-    code = "URL_FETCH_FAILED"
 
-
-class ModelError(S3SegError):
+class ModelError(S3SegError, exit_code=4):
     """The model cannot be found, downloaded, read or converted."""
 
-    exit_code = 4
 
-
-class DependencyError(S3SegError):
+class DependencyError(S3SegError, exit_code=5):
     """An optional dependency (an extra) is not installed."""
 
-    exit_code = 5
 
-
-class ResultFormatError(S3SegError):
+class ResultFormatError(S3SegError, exit_code=6):
     """A serialised result (COCO JSON, RLE) is malformed."""
 
-    exit_code = 6
 
-
-class DeviceError(S3SegError):
+class DeviceError(S3SegError, exit_code=7, status=503, code="OUT_OF_MEMORY"):
     """The requested device is not available, or ran out of memory."""
 
-    exit_code = 7
-    http_status = 503
-    code = "OUT_OF_MEMORY"
 
-
-class ServerError(S3SegError):
+class ServerError(S3SegError, exit_code=8, status=502, code="SERVER_ERROR"):
     """A remote s3seg server refused or failed a request (auth, limits, overload, unreachable)."""
 
-    exit_code = 8
-    http_status = 502
-    code = "SERVER_ERROR"
-
-    def __init__(
-        self, message: str, hint: str | None = None, *, status: int | None = None, code: str | None = None
-    ) -> None:
-        super().__init__(message, hint, status=status, code=code)
-        if status == 503 and self.retry_after_s is None:  # an overloaded upstream: give it a few seconds
-            self.retry_after_s = 5
+    retry_after_s = 5  # answered 503: an overloaded upstream, give it a few seconds
 
 
-class Busy(ServerError):
+class Busy(ServerError, status=503, code="BUSY"):
     """The server's queue is full."""
 
-    http_status = 503
-    code = "BUSY"
+    retry_after_s = 1
 
 
-class RateLimited(ServerError):
+class RateLimited(ServerError, status=429, code="RATE_LIMITED"):
     """Too many requests from one user for their tier."""
-
-    http_status = 429
-    code = "RATE_LIMITED"
 
     def __init__(
         self,
@@ -203,27 +167,16 @@ class RateLimited(ServerError):
         self.retry_after_s = retry_after_s
 
 
-class StorageError(S3SegError):
+class StorageError(S3SegError, exit_code=9, status=503, code="STORAGE_UNAVAILABLE"):
     """Object storage (local folder, R2 or S3) refused or failed an operation."""
 
-    exit_code = 9
-    http_status = 503
-    code = "STORAGE_UNAVAILABLE"
 
-
-class StoreError(S3SegError):
+class StoreError(S3SegError, exit_code=10, status=503, code="STORE_UNAVAILABLE"):
     """The results store (SQLite, PostgreSQL or Supabase) refused or failed an operation."""
 
-    exit_code = 10
-    http_status = 503
-    code = "STORE_UNAVAILABLE"
 
-
-class NotFound(StoreError):
+class NotFound(StoreError, status=404, code="NOT_FOUND"):
     """No such task, project or upload (or not visible to this user)."""
-
-    http_status = 404
-    code = "NOT_FOUND"
 
 
 class TaskNotFound(NotFound):
@@ -238,21 +191,15 @@ class UploadNotFound(NotFound):
     """No uploaded image with that id for this user."""
 
 
-class AccountNotFound(StoreError):
+class AccountNotFound(StoreError, status=403, code="NO_PROFILE"):
     """The user has no profile (``users_profile`` row), so no credits or tier."""
 
-    http_status = 403
-    code = "NO_PROFILE"
 
-
-class AuthError(S3SegError):
+class AuthError(S3SegError, exit_code=11, status=401, code="UNAUTHORIZED"):
     """Not signed in, a token that is invalid or expired, or a key that is wrong.
 
     ``auth_scheme`` is what the server's ``WWW-Authenticate`` header names."""
 
-    exit_code = 11
-    http_status = 401
-    code = "UNAUTHORIZED"
     auth_scheme = "Bearer"
 
 
@@ -262,36 +209,10 @@ class Unauthorized(AuthError):
     auth_scheme = "X-API-Key"
 
 
-class CreditsError(S3SegError):
+class CreditsError(S3SegError, exit_code=12, status=402, code="INSUFFICIENT_CREDITS"):
     """The user has too few credits for the operation."""
 
-    exit_code = 12
-    http_status = 402
-    code = "INSUFFICIENT_CREDITS"
 
-
-# The errors a client rebuilds from an answer's code (the most general class of each code).
-_BY_CODE: dict[str, type[S3SegError]] = {
-    kind.code: kind
-    for kind in (
-        UsageError,
-        PayloadTooLarge,
-        InvalidText,
-        DuplicateField,
-        URLNotAllowed,
-        ImageError,
-        ImageTooLargeError,
-        FileTooLarge,
-        URLFetchFailed,
-        DeviceError,
-        Busy,
-        RateLimited,
-        NotFound,
-        AccountNotFound,
-        AuthError,
-        CreditsError,
-    )
-}
 _BY_CODE["VALIDATION_ERROR"] = UsageError  # FastAPI's own request validation
 # Answers without a known code (a proxy, an older server): by status.
 _BY_STATUS: dict[int, type[S3SegError]] = {

@@ -65,6 +65,15 @@ class LoadedImage:
     def height(self) -> int:
         return int(self.array.shape[0])
 
+    def file_bytes(self) -> bytes:
+        """The encoded file as read, or a lossless PNG of the pixels (in-memory images), so that whoever
+        decodes it gets exactly these pixels."""
+        if self.encoded is not None:
+            return self.encoded
+        from s3seg.render import encode_png
+
+        return encode_png(self.array)
+
 
 def load_image(source: ImageInput, *, max_pixels: int = DEFAULT_MAX_PIXELS, name: str | None = None) -> LoadedImage:
     """Decode ``source`` into an (H, W, 3) uint8 RGB array.

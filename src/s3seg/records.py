@@ -1,4 +1,5 @@
-"""Keeping segmentations: task rows in the results store, images and masks in object storage.
+"""Keeping segmentations: task rows in the results store, images and masks in object storage; and reading
+them back (:func:`results_from_settings`: this machine's store, or the signed-in user's on a public API).
 
 ``Recorder.begin`` creates the task (``pending``) and marks it ``processing``; ``complete`` uploads the
 source image, the mask PNG, the overlay and the COCO JSON, then marks it ``done`` with labels, scores
@@ -8,18 +9,23 @@ half-written claims success.
 
 from __future__ import annotations
 
+import builtins
 import contextlib
+from contextlib import closing
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from s3seg import render
+from s3seg.errors import UsageError
 from s3seg.images import LoadedImage
 from s3seg.types import SegmentationResult
 
 if TYPE_CHECKING:
+    from s3seg._public import PublicClient
     from s3seg.config import Settings
+    from s3seg.models import Status, Task
     from s3seg.storage import Storage
-    from s3seg.store import Store, Task
+    from s3seg.store import Store
 
 
 class Recorder:
@@ -60,7 +66,7 @@ class Recorder:
         try:
             files = files or render.outputs(image.array, result)
             suffix = Path(image.name or "").suffix.lower() if image.encoded is not None else ".png"
-            source = image.encoded if image.encoded is not None else render.encode_png(image.array)
+            source = image.file_bytes()
             for name, data in (
                 (f"source{suffix or '.png'}", source),
                 ("mask.png", files.mask_png),
@@ -116,3 +122,115 @@ def _metadata(result: SegmentationResult, coco_key: str) -> dict[str, Any]:
         "timings": result.timings.to_dict(),
         "coco": coco_key,
     }
+
+
+class Results(Protocol):
+    """Stored tasks and results, to list, show and download (``s3seg tasks`` and ``s3seg results``)."""
+
+    @property
+    def waits(self) -> bool:
+        """Whether :meth:`get` can wait for a task to end (a long-poll) rather than answer at once."""
+        ...
+
+    def get(self, task_id: str, wait_s: float = 0) -> Task: ...
+
+    def list(
+        self, *, project: str | None = None, status: str | None = None, limit: int = 20, offset: int = 0
+    ) -> builtins.list[Task]: ...
+
+    def result(self, task_id: str) -> tuple[Task, dict[str, str]]:
+        """A task and the URLs of its files by name (source, mask, overlay, result)."""
+        ...
+
+    def download(self, task: Task, folder: Path) -> builtins.list[Path]:
+        """Save a done task's files in ``folder``; the paths written."""
+        ...
+
+    def close(self) -> None: ...
+
+
+def results_from_settings(settings: Settings) -> Results:
+    """The signed-in user's results on the public API when ``api_url`` is set, else this machine's."""
+    if settings.api_url:
+        from s3seg._public import PublicClient
+
+        return ApiResults(PublicClient.from_settings(settings))
+    return LocalResults(settings)
+
+
+class LocalResults:
+    """Tasks and results in this machine's store and storage (SQLite / Supabase, local folder / R2)."""
+
+    waits = False
+
+    def __init__(self, settings: Settings) -> None:
+        from s3seg.store import store_from_settings
+
+        self.settings = settings
+        self.store = store_from_settings(settings)
+
+    def close(self) -> None:
+        self.store.close()
+
+    def get(self, task_id: str, wait_s: float = 0) -> Task:
+        return self.store.get(task_id)
+
+    def list(
+        self, *, project: str | None = None, status: str | None = None, limit: int = 20, offset: int = 0
+    ) -> builtins.list[Task]:
+        wanted = cast("Status | None", status)  # checked by the store
+        return self.store.list(project=project, status=wanted, limit=limit, offset=offset)
+
+    def result(self, task_id: str) -> tuple[Task, dict[str, str]]:
+        from s3seg.storage import storage_from_settings
+
+        task = self.store.get(task_id)
+        with closing(storage_from_settings(self.settings)) as storage:
+            return task, {name: storage.url(key) for name, key in result_files(task).items()}
+
+    def download(self, task: Task, folder: Path) -> builtins.list[Path]:
+        from s3seg.storage import storage_from_settings
+
+        folder = _download_folder(task, folder)
+        with closing(storage_from_settings(self.settings)) as storage:
+            return [storage.download(key, folder / key.rsplit("/", 1)[-1]) for key in result_files(task).values()]
+
+
+class ApiResults:
+    """Tasks and results of the signed-in user on a public s3seg API."""
+
+    waits = True
+
+    def __init__(self, api: PublicClient) -> None:
+        self.api = api
+
+    def close(self) -> None:
+        self.api.close()
+
+    def get(self, task_id: str, wait_s: float = 0) -> Task:
+        return self.api.task(task_id, wait_s)
+
+    def list(
+        self, *, project: str | None = None, status: str | None = None, limit: int = 20, offset: int = 0
+    ) -> builtins.list[Task]:
+        return self.api.results(project=project, status=status, limit=limit, offset=offset)
+
+    def result(self, task_id: str) -> tuple[Task, dict[str, str]]:
+        return self.api.result(task_id)
+
+    def download(self, task: Task, folder: Path) -> builtins.list[Path]:
+        folder = _download_folder(task, folder)
+        source = Path((task.source_image_url or "").split("?", 1)[0]).suffix
+        names = {"source": f"source{source}", "mask": "mask.png", "overlay": "overlay.jpg", "result": "result.json"}
+        saved = []
+        for name, file_name in names.items():
+            (folder / file_name).write_bytes(self.api.file(task.id, name))
+            saved.append(folder / file_name)
+        return saved
+
+
+def _download_folder(task: Task, folder: Path) -> Path:
+    if task.status != "done":
+        raise UsageError(f"task {task.id} is {task.status}; only done results can be downloaded")
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder

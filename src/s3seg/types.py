@@ -18,7 +18,7 @@ import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import numpy as np
 import numpy.typing as npt
@@ -27,6 +27,8 @@ from s3seg import _rle
 from s3seg.errors import InvalidText, ResultFormatError, UsageError
 
 if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
     from s3seg.config import Settings
 
 BoolMask = npt.NDArray[np.bool_]
@@ -68,6 +70,15 @@ class Box:
         return f"{'' if self.positive else 'neg:'}{self.x0!r},{self.y0!r},{self.x1!r},{self.y1!r}"
 
 
+class Overrides(TypedDict, total=False):
+    """Options one call sets over the defaults (absent or ``None``: the default)."""
+
+    threshold: float | None
+    mask_threshold: float | None
+    max_instances: int | None
+    nms_iou: float | None
+
+
 @dataclass(frozen=True)
 class SegmentOptions:
     """Post-processing knobs (see :class:`s3seg.config.Settings` for their meaning). Invalid values raise
@@ -93,17 +104,10 @@ class SegmentOptions:
         """The defaults these settings give."""
         return cls(settings.threshold, settings.mask_threshold, settings.max_instances, settings.nms_iou)
 
-    def overridden(
-        self,
-        threshold: float | None = None,
-        mask_threshold: float | None = None,
-        max_instances: int | None = None,
-        nms_iou: float | None = None,
-    ) -> SegmentOptions:
+    def overridden(self, **given: Unpack[Overrides]) -> SegmentOptions:
         """These options with the values given (``None`` = keep this one)."""
-        given: dict[str, Any] = {"threshold": threshold, "mask_threshold": mask_threshold}
-        given.update(max_instances=max_instances, nms_iou=nms_iou)
-        return dataclasses.replace(self, **{k: v for k, v in given.items() if v is not None})
+        changes: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
+        return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -155,14 +159,11 @@ class SegmentRequest:
         *,
         defaults: SegmentOptions = SegmentOptions(),
         limits: Limits | None = None,
-        threshold: float | None = None,
-        mask_threshold: float | None = None,
-        max_instances: int | None = None,
-        nms_iou: float | None = None,
+        **options: Unpack[Overrides],
     ) -> SegmentRequest:
-        """A checked request: the options given over ``defaults``, within ``limits`` when given."""
-        options = defaults.overridden(threshold, mask_threshold, max_instances, nms_iou)
-        request = cls(normalize_prompts(prompts), tuple(b if isinstance(b, Box) else Box(*b) for b in boxes), options)
+        """A checked request: the ``options`` given over ``defaults``, within ``limits`` when given."""
+        checked = tuple(b if isinstance(b, Box) else Box(*b) for b in boxes)
+        request = cls(normalize_prompts(prompts), checked, defaults.overridden(**options))
         if limits is not None:
             limits.check(request)
         return request

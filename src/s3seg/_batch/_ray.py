@@ -122,7 +122,7 @@ class Segmenter:
 
             torch.set_num_threads(job.threads)
         self.job = job
-        self.engine = Sam3Engine.from_settings(job.settings)
+        self.engine = Sam3Engine.from_config(job.settings.engine_config())
         self.fss = Filesystems(job.s3)
         self.pool = ThreadPoolExecutor(_FETCH_THREADS)
 

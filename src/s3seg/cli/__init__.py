@@ -3,7 +3,6 @@ a message, a hint and an exit code."""
 
 from __future__ import annotations
 
-import os
 import sys
 
 import typer
@@ -58,19 +57,24 @@ def main() -> None:
     """Console entry point: typer reports usage errors itself; s3seg's errors become one line + an exit code."""
     from s3seg.errors import S3SegError
 
-    debug = os.environ.get("S3SEG_DEBUG", "").strip().lower() in {"1", "true", "yes", "on"}
     try:
         app()
     except S3SegError as e:
-        if debug:
+        if _debug():
             raise
         _fail(e.message, e.hint, e.exit_code)
     except KeyboardInterrupt:
         _fail("interrupted", None, 130)
     except Exception as e:
-        if debug:
+        if _debug():
             raise
         _fail(f"unexpected error: {type(e).__name__}: {e}", "rerun with S3SEG_DEBUG=1 for the traceback", 1)
+
+
+def _debug() -> bool:
+    from s3seg.config import debug_enabled  # only when failing: `s3seg --help` stays light
+
+    return debug_enabled()
 
 
 def _fail(message: str, hint: str | None, code: int) -> None:

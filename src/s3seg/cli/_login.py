@@ -196,7 +196,7 @@ def _describe(session: Session) -> dict[str, Any]:
 
 def _token_info(token: str) -> dict[str, Any]:
     """What an access token says about itself (its claims, unverified: only the server can verify it)."""
-    from s3seg._session import unverified_claims
+    from s3seg._jwt import unverified_claims
 
     claims = unverified_claims(token)
     exp = claims.get("exp")

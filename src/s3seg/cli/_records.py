@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import builtins
 import json
 import sys
 import time
@@ -17,7 +16,6 @@ from s3seg.cli._console import console, err_console
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from s3seg._public import PublicClient
     from s3seg.config import Settings
     from s3seg.models import Task
 
@@ -35,6 +33,7 @@ def upload_command(
 
     from rich.progress import BarColumn, DownloadColumn, Progress, TaskID, TextColumn, TransferSpeedColumn
 
+    from s3seg._public import PublicClient
     from s3seg.config import load_settings
     from s3seg.errors import ImageError
     from s3seg.storage import guess_content_type, storage_from_settings
@@ -45,7 +44,7 @@ def upload_command(
     settings = load_settings()
     rows = []
     if settings.api_url:  # a public API: the server stores them for the signed-in user
-        with closing(_public(settings)) as api:
+        with closing(PublicClient.from_settings(settings)) as api:
             for f in files:
                 info = api.upload(f.read_bytes(), f.name)
                 rows.append({"file": str(f), "image_id": info["image_id"], "url": info["image_url"]})
@@ -86,8 +85,9 @@ def tasks_command(
 ) -> None:
     """Recent segmentation tasks and their status (pending → processing → done | error)."""
     from s3seg.config import load_settings
+    from s3seg.records import results_from_settings
 
-    with closing(_records(load_settings())) as records:
+    with closing(results_from_settings(load_settings())) as records:
 
         def fetch(wait_s: float = 0) -> list[Task]:
             return [records.get(task_id, wait_s)] if task_id else records.list(limit=limit)
@@ -130,12 +130,13 @@ def results_command(
     from s3seg.config import load_settings
     from s3seg.errors import UsageError
     from s3seg.models import STATUSES
+    from s3seg.records import results_from_settings
 
     if task_id is None and download is not None:
         raise UsageError("--download needs a result ID", hint="s3seg results ID --download DIR")
     if status is not None and status not in STATUSES:
         raise UsageError(f"unknown status {status!r}", hint=f"one of {', '.join(STATUSES)}")
-    with closing(_records(load_settings())) as records:
+    with closing(results_from_settings(load_settings())) as records:
         if task_id is None:
             tasks = records.list(project=project, status=status, limit=limit, offset=offset)
         else:
@@ -236,90 +237,3 @@ def _show(task: Task, urls: dict[str, str] | None) -> None:
         console.print("  found: " + ", ".join(f"{p} {n}" for p, n in counts.items()), highlight=False)
     for name, url in (urls or {}).items():
         console.print(f"  {name}: {url}", highlight=False, soft_wrap=True)
-
-
-class _Local:
-    """Tasks and results in this machine's store and storage (SQLite / Supabase, local folder / R2)."""
-
-    waits = False
-
-    def __init__(self, settings: Settings) -> None:
-        from s3seg.store import store_from_settings
-
-        self.settings = settings
-        self.store = store_from_settings(settings)
-
-    def close(self) -> None:
-        self.store.close()
-
-    def get(self, task_id: str, wait_s: float = 0) -> Task:
-        return self.store.get(task_id)
-
-    def list(self, **filters: Any) -> builtins.list[Task]:
-        return self.store.list(**filters)
-
-    def result(self, task_id: str) -> tuple[Task, dict[str, str]]:
-        from s3seg.records import result_files
-        from s3seg.storage import storage_from_settings
-
-        task = self.store.get(task_id)
-        with closing(storage_from_settings(self.settings)) as storage:
-            return task, {name: storage.url(key) for name, key in result_files(task).items()}
-
-    def download(self, task: Task, folder: Path) -> builtins.list[Path]:
-        from s3seg.records import result_files
-        from s3seg.storage import storage_from_settings
-
-        folder = _download_folder(task, folder)
-        with closing(storage_from_settings(self.settings)) as storage:
-            return [storage.download(key, folder / key.rsplit("/", 1)[-1]) for key in result_files(task).values()]
-
-
-class _Remote:
-    """Tasks and results of the signed-in user on a public s3seg API."""
-
-    waits = True
-
-    def __init__(self, settings: Settings) -> None:
-        self.api = _public(settings)
-
-    def close(self) -> None:
-        self.api.close()
-
-    def get(self, task_id: str, wait_s: float = 0) -> Task:
-        return self.api.task(task_id, wait_s)
-
-    def list(self, **filters: Any) -> builtins.list[Task]:
-        return self.api.results(**filters)
-
-    def result(self, task_id: str) -> tuple[Task, dict[str, str]]:
-        return self.api.result(task_id)
-
-    def download(self, task: Task, folder: Path) -> builtins.list[Path]:
-        folder = _download_folder(task, folder)
-        source = Path((task.source_image_url or "").split("?", 1)[0]).suffix
-        names = {"source": f"source{source}", "mask": "mask.png", "overlay": "overlay.jpg", "result": "result.json"}
-        saved = []
-        for name, file_name in names.items():
-            (folder / file_name).write_bytes(self.api.file(task.id, name))
-            saved.append(folder / file_name)
-        return saved
-
-
-def _records(settings: Settings) -> _Local | _Remote:
-    return _Remote(settings) if settings.api_url else _Local(settings)
-
-
-def _public(settings: Settings) -> PublicClient:
-    from s3seg._public import PublicClient
-
-    return PublicClient.from_settings(settings)
-
-
-def _download_folder(task: Task, folder: Path) -> Path:
-    from s3seg.errors import UsageError
-
-    if task.status != "done":
-        raise UsageError(f"task {task.id} is {task.status}; only done results can be downloaded")
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder

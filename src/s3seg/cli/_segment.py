@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
@@ -14,11 +12,8 @@ import typer
 from s3seg.cli._console import console, err_console
 
 if TYPE_CHECKING:
-    from s3seg.client import Client
-    from s3seg.images import LoadedImage
-    from s3seg.records import Recorder
-    from s3seg.render import Outputs
-    from s3seg.types import SegmentationResult, SegmentRequest
+    from s3seg import Outcome
+    from s3seg.types import SegmentationResult
 
 DEFAULT_OUT = Path("s3seg-out")
 
@@ -160,11 +155,10 @@ def segment_command(
     Examples:  s3seg segment photo.jpg dog  ·  s3seg segment photos/ -p dog -p cat --out results/
      ·  s3seg segment photo.jpg dog --box 10,20,200,240 --box neg:300,40,380,120
     """
-    from s3seg.client import Client
+    from s3seg import Client, Outcome
     from s3seg.config import load_settings
     from s3seg.errors import ImageError, S3SegError, UsageError
     from s3seg.images import expand_inputs
-    from s3seg.records import Recorder
     from s3seg.types import box_from_string
 
     if prompt:
@@ -193,17 +187,13 @@ def segment_command(
     )
     client = Client(settings=settings)
     request = client.request(prompts, boxes=boxes)  # validated before any model loads
-    results: list[SegmentationResult] = []
-    failures: list[tuple[str, str]] = []
+    outcomes: list[Outcome] = []
     paths: list[Path] = []
     for item in inputs:  # a missing input is reported like an unreadable one; the others still run
         try:
             paths += [p for p in expand_inputs([item]) if p not in paths]
         except ImageError as e:
-            failures.append((item, e.message))
-    if out is None and not as_json:
-        out = DEFAULT_OUT
-    writer = _Writer(out) if out is not None else None
+            outcomes.append(Outcome(item, error=e))
     if project and not save and not settings.api_url:
         raise UsageError("--project needs --save")
     if (settings.server_url or settings.api_url) and (model or device or dtype or revision):
@@ -212,28 +202,19 @@ def segment_command(
             "--dtype and --revision are ignored",
             highlight=False,
         )
-    recorder = Recorder.from_settings(settings) if save and not settings.api_url else None  # an API keeps them
-    saved: list[tuple[str, str]] = []  # (image, task id)
-    with contextlib.ExitStack() as cleanup:
-        if recorder is not None:
-            cleanup.enter_context(recorder)
-        _run(
-            client,
-            paths,
-            request,
-            settings.max_batch,
-            project,
-            writer,
-            recorder,
-            results,
-            failures,
-            saved,
-        )
-        saved += client.saved
+    if out is None and not as_json:
+        out = DEFAULT_OUT
+    with client, _progress(len(paths)) as advance:
+        for outcome in client.segment_paths(paths, request, out=out, save=save, project=project):
+            outcomes.append(outcome)
+            advance(1)
+    results = [o.result for o in outcomes if o.result is not None]
+    failures = [(o.image, o.error.message) for o in outcomes if o.error is not None]
+    saved = [(o.image, o.task_id) for o in outcomes if o.task_id is not None]
     if as_json:
         _print_json(results, failures, saved)
     else:
-        _print_summary(results, failures, writer)
+        _print_summary(results, failures, out)
         for name, task_id in saved:
             console.print(f"saved {name} as task {task_id}", highlight=False)
         if saved:
@@ -245,85 +226,6 @@ def segment_command(
         raise typer.Exit(ImageError.exit_code if not results else 1)
     if not results:
         raise S3SegError("no image was segmented")
-
-
-def _run(
-    client: Client,
-    paths: list[Path],
-    request: SegmentRequest,
-    batch_size: int,
-    project: str | None,
-    writer: _Writer | None,
-    recorder: Recorder | None,
-    results: list[SegmentationResult],
-    failures: list[tuple[str, str]],
-    saved: list[tuple[str, str]],
-) -> None:
-    """Segment every path in backbone-sized batches, writing files and records as results come."""
-    from s3seg import render
-
-    with client, _progress(len(paths)) as advance:
-        client.prepare()  # model, device, server and key problems end the command before any image work
-        for batch in _batches(paths, client, batch_size, failures, advance):
-            tasks = (
-                {id(i): recorder.begin(list(request.prompts), image=i.name, project=project) for i in batch}
-                if recorder
-                else {}
-            )
-            for image, result in _segment_batch(client, batch, request, project, failures):
-                files = render.outputs(image.array, result) if writer or recorder else None
-                if writer is not None and files is not None:
-                    writer.write(image, files)
-                if recorder is not None:
-                    saved.append((image.name or "?", recorder.complete(tasks.pop(id(image)), image, result, files).id))
-                results.append(result)
-            for image in batch:  # segmentation failed for these: their tasks say why
-                if id(image) in tasks and recorder is not None:
-                    recorder.abort(tasks.pop(id(image)), dict(failures).get(image.name or "?", "segmentation failed"))
-            advance(len(batch))
-
-
-def _segment_batch(
-    client: Client,
-    batch: list[LoadedImage],
-    request: SegmentRequest,
-    project: str | None,
-    failures: list[tuple[str, str]],
-) -> list[tuple[LoadedImage, SegmentationResult]]:
-    """Segment a batch; if it fails as a whole (out of memory, an image the server refuses), retry its
-    images one by one so that only the culprit is skipped."""
-    from s3seg.errors import DeviceError, ImageError, S3SegError
-
-    try:
-        return list(zip(batch, client.run(batch, request, project=project), strict=True))
-    except S3SegError as e:
-        if not isinstance(e, (DeviceError, ImageError)) and e.http_status not in (413, 503) and e.code != "TASK_ERROR":
-            raise  # auth, unreachable, server bug: every image would fail the same way
-        if len(batch) == 1:
-            failures.append((batch[0].name or "?", e.message))
-            return []
-        return [pair for image in batch for pair in _segment_batch(client, [image], request, project, failures)]
-
-
-def _batches(
-    paths: list[Path], client: Client, size: int, failures: list[tuple[str, str]], advance: Any
-) -> Iterator[list[LoadedImage]]:
-    """Decode images lazily in backbone-sized batches; unreadable ones are recorded and skipped."""
-    from s3seg.errors import ImageError
-
-    batch: list[LoadedImage] = []
-    for path in paths:
-        try:
-            batch.append(client.load(path))
-        except ImageError as e:
-            failures.append((str(path), e.message))
-            advance(1)
-            continue
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
 
 
 class _progress:
@@ -352,39 +254,6 @@ class _progress:
         self._bar.stop()
 
 
-class _Writer:
-    """Per-image outputs, written atomically (temp file, then rename) under unique stems."""
-
-    def __init__(self, out: Path) -> None:
-        from s3seg.errors import UsageError
-
-        if out.exists() and not out.is_dir():
-            raise UsageError(f"--out {out} exists and is not a folder")
-        out.mkdir(parents=True, exist_ok=True)
-        self.out = out
-        self._stems: set[str] = set()
-
-    def write(self, image: LoadedImage, files: Outputs) -> None:
-        stem = self._unique(Path(image.name or "image").stem)
-        _atomic(self.out / f"{stem}.json", files.coco_json)
-        _atomic(self.out / f"{stem}.mask.png", files.mask_png)
-        _atomic(self.out / f"{stem}.overlay.jpg", files.overlay_jpeg)
-
-    def _unique(self, stem: str) -> str:
-        candidate, n = stem, 1
-        while candidate in self._stems:
-            n += 1
-            candidate = f"{stem}_{n}"
-        self._stems.add(candidate)
-        return candidate
-
-
-def _atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)
-
-
 def _print_json(
     results: list[SegmentationResult], failures: list[tuple[str, str]], saved: list[tuple[str, str]]
 ) -> None:
@@ -397,7 +266,7 @@ def _print_json(
     sys.stdout.write(json.dumps(doc) + "\n")
 
 
-def _print_summary(results: list[SegmentationResult], failures: list[tuple[str, str]], writer: _Writer | None) -> None:
+def _print_summary(results: list[SegmentationResult], failures: list[tuple[str, str]], out: Path | None) -> None:
     from rich.table import Table
 
     table = Table(title=None, show_edge=False, header_style="bold")
@@ -419,5 +288,5 @@ def _print_summary(results: list[SegmentationResult], failures: list[tuple[str, 
             )
     console.print(table)
     total = sum(len(r) for r in results)
-    where = f" → {writer.out}/" if writer is not None else ""
+    where = f" → {out}/" if out is not None else ""
     console.print(f"{total} instance(s) in {len(results)} image(s){where}", highlight=False)

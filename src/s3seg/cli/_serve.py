@@ -112,7 +112,7 @@ def serve_command(
     else:
         from s3seg.engine import Sam3Engine
 
-        app = create_app(Sam3Engine.from_settings(settings), settings)
+        app = create_app(Sam3Engine.from_config(settings.engine_config()), settings)
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=log_level, timeout_graceful_shutdown=30)
 
 

@@ -16,6 +16,7 @@ Shapes: B images, Q queries, S the model's input size,
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import threading
 import time
@@ -30,7 +31,7 @@ import numpy.typing as npt
 import torch
 import torch.nn.functional as F
 
-from s3seg.config import DEFAULT_MODEL, Settings
+from s3seg.config import DEFAULT_MODEL, EngineConfig
 from s3seg.engine import _load
 from s3seg.errors import DeviceError, UsageError
 from s3seg.types import Box, Instance, SegmentationResult, SegmentOptions, SegmentRequest, Timings
@@ -203,18 +204,9 @@ class Sam3Engine:
         )
 
     @classmethod
-    def from_settings(cls, s: Settings) -> Sam3Engine:
-        return cls.load(
-            s.model,
-            device=s.device,
-            dtype=s.dtype,
-            revision=s.revision,
-            token=s.token(),
-            offline=s.offline,
-            compile=s.compile,
-            max_batch=s.max_batch,
-            batch_heads=s.batch_heads,
-        )
+    def from_config(cls, config: EngineConfig) -> Sam3Engine:
+        """Load what the settings say (``Settings.engine_config()``)."""
+        return cls.load(**dataclasses.asdict(config))
 
     @property
     def info(self) -> ModelInfo:

@@ -12,10 +12,22 @@ import threading
 
 from starlette.concurrency import run_in_threadpool
 
-from s3seg._remote import RemoteBackend
+from s3seg._http import HTTP, Hints, Waits, predict
 from s3seg.errors import ServerError
 from s3seg.images import LoadedImage
 from s3seg.types import SegmentationResult, SegmentRequest
+
+_BUSY = Waits(statuses=(503,), retries=3, max_wait_s=10.0)  # a busy worker: its Retry-After, then the next one
+_HINTS = Hints(
+    timeout="raise S3SEG_REQUEST_TIMEOUT_S on the gateway", unreachable="check S3SEG_WORKERS and that the worker runs"
+)
+
+
+def _worker(url: str, api_key: str | None, timeout_s: float) -> HTTP:
+    headers = {"X-API-Key": api_key} if api_key else {}
+    return HTTP(
+        url, where=f"the GPU worker at {url}", hints=_HINTS, timeout_s=timeout_s, headers=lambda: headers, waits=_BUSY
+    )
 
 
 class WorkerPool:
@@ -23,14 +35,14 @@ class WorkerPool:
         if not urls:
             raise ValueError("a worker pool needs at least one worker URL")
         self.urls = [u.rstrip("/") for u in urls]
-        self._backends = [RemoteBackend(u, api_key=api_key, timeout_s=timeout_s) for u in self.urls]
+        self._workers = [_worker(u, api_key, timeout_s) for u in self.urls]
         self._in_flight = [0] * len(urls)
         self._turn = itertools.count()  # breaks ties round-robin
         self._lock = threading.Lock()
 
     def close(self) -> None:
-        for backend in self._backends:
-            backend.close()
+        for worker in self._workers:
+            worker.close()
 
     async def __call__(self, image: LoadedImage, request: SegmentRequest) -> SegmentationResult:
         return await run_in_threadpool(self.segment, image, request)
@@ -41,8 +53,7 @@ class WorkerPool:
             with self._lock:
                 self._in_flight[i] += 1
             try:
-                [result] = self._backends[i].segment([image], request)
-                return result
+                return predict(self._workers[i], image, request)
             except ServerError as e:
                 if e.status is not None and e.status < 500:
                     raise
@@ -59,6 +70,6 @@ class WorkerPool:
 
     def _order(self) -> list[int]:
         turn = next(self._turn)
-        n = len(self._backends)
+        n = len(self._workers)
         with self._lock:
             return sorted(range(n), key=lambda i: (self._in_flight[i], (i - turn) % n))

@@ -15,7 +15,7 @@ from typing import Annotated, Any, Generic, Literal, TypeVar
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from s3seg.engine import ModelInfo
-from s3seg.types import Box, Limits, SegmentOptions, SegmentRequest, check_text
+from s3seg.types import Box, Limits, Overrides, SegmentOptions, SegmentRequest, check_text
 
 T = TypeVar("T")
 
@@ -41,16 +41,9 @@ class RequestIn(BaseModel):
 
     def segment_request(self, prompts: Sequence[str], defaults: SegmentOptions, limits: Limits) -> SegmentRequest:
         """The checked request for these prompts (a :class:`UsageError` when it is not valid)."""
-        return SegmentRequest.build(
-            prompts,
-            [Box(*b.box, positive=b.positive) for b in self.boxes],
-            defaults=defaults,
-            limits=limits,
-            threshold=self.threshold,
-            mask_threshold=self.mask_threshold,
-            max_instances=self.max_instances,
-            nms_iou=self.nms_iou,
-        )
+        boxes = [Box(*b.box, positive=b.positive) for b in self.boxes]
+        options = self.model_dump(include=set(Overrides.__annotations__))
+        return SegmentRequest.build(prompts, boxes, defaults=defaults, limits=limits, **options)
 
 
 class PredictIn(RequestIn):

@@ -397,7 +397,7 @@ def _task(row: dict[str, Any]) -> Task:
 
 def _token_subject(token: str) -> str:
     """The ``sub`` of a JWT, read without verifying (Supabase verifies it on every request)."""
-    from s3seg._session import unverified_claims
+    from s3seg._jwt import unverified_claims
 
     sub = unverified_claims(token).get("sub")
     if not isinstance(sub, str) or not sub:
