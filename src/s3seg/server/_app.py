@@ -240,23 +240,33 @@ def _http_error(_: Request, exc: Exception) -> JSONResponse:
     return _error(exc.status_code, code, str(exc.detail), headers=dict(exc.headers or {}))
 
 
-class _LastResort:
-    """Any exception no handler took becomes the 500 envelope, logged here with its traceback, and the
-    connection stays usable: the exception stops here instead of reaching the server, which would close the
-    socket under a keep-alive client. (Starlette's own last-resort handler answers and then re-raises.)"""
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+
+
+class _HTTPMiddleware:
+    """A pure ASGI middleware for HTTP requests (anything else passes through untouched)."""
 
     def __init__(self, app: Callable[..., Awaitable[None]]) -> None:
         self.app = app
 
-    async def __call__(
-        self,
-        scope: MutableMapping[str, Any],
-        receive: Callable[[], Awaitable[dict[str, Any]]],
-        send: Callable[[MutableMapping[str, Any]], Awaitable[None]],
-    ) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        await self.http(scope, receive, send)
+
+    async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        raise NotImplementedError
+
+
+class _LastResort(_HTTPMiddleware):
+    """Any exception no handler took becomes the 500 envelope, logged here with its traceback, and the
+    connection stays usable: the exception stops here instead of reaching the server, which would close the
+    socket under a keep-alive client. (Starlette's own last-resort handler answers and then re-raises.)"""
+
+    async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = False
 
         async def tracked(message: MutableMapping[str, Any]) -> None:
@@ -274,22 +284,14 @@ class _LastResort:
             await response(scope, receive, send)
 
 
-class _BodyLimit:
+class _BodyLimit(_HTTPMiddleware):
     """Refuse bodies over ``max_bytes``: by Content-Length at once, and while streaming otherwise."""
 
     def __init__(self, app: Callable[..., Awaitable[None]], max_bytes: int) -> None:
-        self.app = app
+        super().__init__(app)
         self.max_bytes = max_bytes
 
-    async def __call__(
-        self,
-        scope: MutableMapping[str, Any],
-        receive: Callable[[], Awaitable[dict[str, Any]]],
-        send: Callable[[MutableMapping[str, Any]], Awaitable[None]],
-    ) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
         declared = dict(scope.get("headers") or []).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
             too_large = PayloadTooLarge(self._message(int(declared)), hint=_BODY_HINT)
