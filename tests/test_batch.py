@@ -29,7 +29,7 @@ from s3seg._batch import _commit_stream
 from s3seg._batch._io import Filesystems, S3Spec, list_source
 from s3seg._batch._shards import Dest, new_run_id
 from s3seg.config import Settings
-from s3seg.errors import DependencyError, ImageError, StorageError, UsageError
+from s3seg.errors import DependencyError, ImageError, ModelError, StorageError, UsageError
 from s3seg.render import mask_png
 from s3seg.types import SegmentationResult
 
@@ -383,7 +383,10 @@ def test_bad_credentials_and_bad_sources_are_one_line_errors(
         batch(f"s3://{BUCKET}/nothing", ["dog"], out=str(tmp_path / "o"), settings=settings)
     with pytest.raises(UsageError, match="nothing to segment"):
         batch(f"s3://{BUCKET}/photos", [], out=str(tmp_path / "o"), settings=settings)
-    assert not (tmp_path / "o").exists(), "nothing is written for a run that cannot start"
+    missing = settings.model_copy(update={"model": str(tmp_path / "no-such-model")})
+    with pytest.raises(ModelError, match="model path not found"):
+        batch(f"s3://{BUCKET}/photos", ["dog"], out=str(tmp_path / "m"), settings=missing)
+    assert not (tmp_path / "o").exists() and not (tmp_path / "m").exists(), "a run that cannot start writes nothing"
 
     monkeypatch.setenv("S3SEG_R2_ENDPOINT", settings.r2_endpoint or "")
     monkeypatch.setenv("S3SEG_R2_ACCESS_KEY_ID", "nobody")

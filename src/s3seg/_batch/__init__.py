@@ -138,6 +138,10 @@ def batch(
         "masks": masks,
     }
     ids = _io.list_source(source, fss)  # a bad source or bad credentials end the run here
+    if s.ray_address is None:  # the actors run here: a bad --model is one line now, Hub weights fetched once
+        from s3seg.engine import _load
+
+        _load.resolve(s.model, revision=s.revision, token=s.token(), offline=s.offline)
     dest.check_job(job_doc)
     committed = dest.committed()
     dest.remove_orphans(committed)

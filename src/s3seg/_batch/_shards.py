@@ -274,7 +274,10 @@ class Dest:
 
 
 def new_run_id() -> str:
-    return f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{secrets.token_hex(3)}"
+    """UTC time to the microsecond, then random: shard names sort in the order runs started."""
+    now = time.time_ns() // 1000
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now // 1_000_000))
+    return f"{stamp}{now % 1_000_000:06d}Z-{secrets.token_hex(3)}"
 
 
 def shard_name(run_id: str, n: int) -> str:
