@@ -28,7 +28,7 @@ from s3seg.records import result_files
 from s3seg.server._auth import User
 from s3seg.server._body import json_body, read_form, read_model, single
 from s3seg.server._deps import ApiDep, CurrentUser
-from s3seg.server._schemas import Envelope, MeOut, ResultsOut, SegmentIn, TaskOut, UploadOut
+from s3seg.server._schemas import Envelope, MeOut, ResultsOut, SegmentIn, TaskOut, UploadOut, refusals
 from s3seg.server._tasks import task_metadata
 from s3seg.storage import guess_content_type
 from s3seg.store import Status
@@ -47,7 +47,10 @@ _EXTENSIONS = {
 _MAX_WAIT_S = 60.0
 _POLL_S = 1.0  # how often a long-poll re-reads the store (tasks run by another process)
 
-router = APIRouter(prefix="/api/v1", tags=["public API"])
+# 401 sign-in, 402 credits, 403 no profile, 404 no such task/upload, 413/415 the upload, 429 rate limit
+router = APIRouter(
+    prefix="/api/v1", tags=["public API"], responses=refusals(400, 401, 402, 403, 404, 413, 415, 422, 429, 503)
+)
 
 __all__ = ["router"]
 
@@ -67,7 +70,23 @@ def me(user: CurrentUser, api: ApiDep) -> Envelope[MeOut]:
     )
 
 
-@router.post("/upload", status_code=201)
+_UPLOAD_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file"],
+                    "properties": {"file": {"type": "string", "format": "binary", "description": "the image"}},
+                }
+            }
+        },
+    }
+}
+
+
+@router.post("/upload", status_code=201, openapi_extra=_UPLOAD_BODY)
 async def upload(request: Request, user: CurrentUser, api: ApiDep) -> Envelope[UploadOut]:
     """Store an image (multipart field ``file``); answers its ``image_id`` for /segment."""
     settings = api.settings

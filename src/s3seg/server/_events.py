@@ -25,6 +25,7 @@ from fastapi.sse import EventSourceResponse, ServerSentEvent
 from starlette.concurrency import run_in_threadpool
 
 from s3seg.server._deps import ApiDep, CurrentUser
+from s3seg.server._schemas import refusals
 from s3seg.store import Task
 
 HEARTBEAT_S = 15.0  # an idle stream sends a comment this often
@@ -36,7 +37,7 @@ _EVENT_ID = re.compile(r"^([0-2])-([0-9]{1,9})$")
 Position = tuple[int, int]
 
 
-router = APIRouter(prefix="/api/v1", tags=["public API"])
+router = APIRouter(prefix="/api/v1", tags=["public API"], responses=refusals(401, 403, 404, 422, 503))
 
 
 async def owned_task(task_id: str, user: CurrentUser, api: ApiDep) -> Task:

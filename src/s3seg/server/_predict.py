@@ -25,10 +25,26 @@ from s3seg.server._batcher import Batcher
 from s3seg.server._body import read_form, read_json, single, text_fields
 from s3seg.server._deps import BatcherDep, EngineDep, SettingsDep, require_key
 from s3seg.server._fetch import fetch
-from s3seg.server._schemas import BatchIn, CocoOut, Envelope, LimitsOut, ModelInfoOut, PredictIn, body_doc, form_fields
+from s3seg.server._schemas import (
+    BatchIn,
+    CocoOut,
+    Envelope,
+    LimitsOut,
+    ModelInfoOut,
+    PredictIn,
+    body_doc,
+    form_fields,
+    refusals,
+)
 from s3seg.types import Limits, SegmentationResult, SegmentOptions, box_from_string, to_coco
 
-router = APIRouter(prefix="/api/v1", tags=["model"], dependencies=[Depends(require_key)])
+# 400 bad URL, 401 key, 413 body/image too large, 415 not an image, 422 invalid request, 503 busy/starting
+router = APIRouter(
+    prefix="/api/v1",
+    tags=["model"],
+    dependencies=[Depends(require_key)],
+    responses=refusals(400, 401, 413, 415, 422, 503),
+)
 
 
 @router.get("/model/info")

@@ -124,6 +124,13 @@ class ErrorEnvelope(BaseModel):
     error: ErrorOut
 
 
+def refusals(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """The ``responses`` of a router: each error status its routes answer, with the error envelope."""
+    # content, not model: a route answering another media type (the events stream) still refuses in JSON
+    content = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorEnvelope"}}}
+    return {status: {"description": "refused (see error.code)", "content": content} for status in statuses}
+
+
 class GPUMemoryOut(BaseModel):
     allocated_mb: float
     reserved_mb: float
