@@ -418,8 +418,10 @@ def test_expand_missing(tmp_path: Path) -> None:
     with pytest.raises(ImageError, match="no such file or directory") as e:
         expand_inputs([missing])
     assert missing in e.value.message
-    with pytest.raises(ImageError, match="no such file or directory"):
-        expand_inputs([str(tmp_path / "*.nothing")])
+    pattern = str(tmp_path / "*.nothing")
+    with pytest.raises(ImageError) as e:
+        expand_inputs([pattern])
+    assert e.value.message == f"the glob {pattern} matches no file" and "quote it" in (e.value.hint or "")
 
 
 def test_expand_empty_dir(tmp_path: Path) -> None:

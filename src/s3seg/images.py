@@ -149,8 +149,13 @@ def _expand_one(raw: str) -> list[Path]:
     if path.exists():
         return [path]
     matches = sorted(glob.glob(raw, recursive=True))
+    if not matches and glob.has_magic(raw):
+        raise ImageError(
+            f"the glob {raw} matches no file",
+            hint="check the pattern; it is relative to the current folder (quote it so the shell passes it as is)",
+        )
     if not matches:
-        raise ImageError(f"no such file or directory: {raw}", hint="check the path or quote the glob pattern")
+        raise ImageError(f"no such file or directory: {raw}", hint="check the path")
     files = [Path(m) for m in matches if os.path.isfile(m) and _is_image_name(Path(m))]
     if not files:
         raise ImageError(

@@ -56,6 +56,15 @@ class Box:
     def xyxy(self) -> tuple[float, float, float, float]:
         return (self.x0, self.y0, self.x1, self.y1)
 
+    def check_inside(self, width: int, height: int, image: str | None = None) -> None:
+        """Raise :class:`UsageError` when the box lies entirely outside a ``width``×``height`` image (a
+        box that overlaps the image is fine: it is clipped)."""
+        if self.x0 >= width or self.y0 >= height or self.x1 <= 0 or self.y1 <= 0:
+            raise UsageError(
+                f"box {self} lies outside {image or 'the image'} ({width}×{height} pixels)",
+                hint="boxes are x0,y0,x1,y1 in pixels of the image, with 0,0 at its top-left corner",
+            )
+
     def to_dict(self) -> dict[str, Any]:
         """The JSON form (the public API's and the task metadata's): ``{"box": [x0, y0, x1, y1], "positive": ...}``."""
         return {"box": list(self.xyxy), "positive": self.positive}
@@ -164,6 +173,11 @@ class SegmentRequest:
         """A checked request: the ``options`` given over ``defaults``, within ``limits`` when given."""
         checked = tuple(b if isinstance(b, Box) else Box(*b) for b in boxes)
         request = cls(normalize_prompts(prompts), checked, defaults.overridden(**options))
+        if checked and not request.prompts and not any(b.positive for b in checked):
+            raise UsageError(
+                "only negative boxes given: they say what not to find, so there is nothing to look for",
+                hint="add a text prompt or a positive box (drop the neg: prefix from one)",
+            )
         if limits is not None:
             limits.check(request)
         return request

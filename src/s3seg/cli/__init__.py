@@ -78,12 +78,10 @@ def _debug() -> bool:
 
 
 def _fail(message: str, hint: str | None, code: int) -> None:
-    from rich.markup import escape
+    from s3seg.cli._console import tell
 
-    from s3seg.cli._console import err_console
-
-    # escape(): messages carry user data and extras' names ('s3seg[server]'), never Rich markup
-    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    # messages carry user data and extras' names ('s3seg[server]'): plain text, never Rich markup
+    tell(("error:", "bold red"), " ", message)
     if hint:
-        err_console.print(f"[dim]hint:[/] {escape(hint)}", highlight=False, soft_wrap=True)
+        tell(("hint:", "dim"), " ", hint)
     sys.exit(code)

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Optional
 
 import typer
 
-from s3seg.cli._console import console
+from s3seg.cli._console import console, say
 
 if TYPE_CHECKING:
     from s3seg._session import Session
@@ -63,9 +63,7 @@ def login_command(
     if as_json:
         sys.stdout.write(json.dumps({**_describe(session), "session_file": str(path)}) + "\n")
         return
-    console.print(
-        f"signed in as [bold]{session.email or email}[/] (session saved to {path})", highlight=False, soft_wrap=True
-    )
+    say("signed in as ", (session.email or email, "bold"), f" (session saved to {path})")
 
 
 def logout_command(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
@@ -120,7 +118,7 @@ def whoami_command(as_json: bool = typer.Option(False, "--json", help="Print JSO
     if as_json:
         sys.stdout.write(json.dumps(info) + "\n")
         return
-    console.print(f"[bold]{info['email'] or '(no email)'}[/]  user {info['user_id']}", highlight=False)
+    say((info["email"] or "(no email)", "bold"), f"  user {info['user_id']}")
     account = info.get("account")
     if account and "error" in account:
         console.print(f"  {settings.api_url}: {account['error']}", highlight=False, soft_wrap=True)

@@ -11,10 +11,12 @@ from typing import TYPE_CHECKING, Any, Optional
 
 import typer
 
-from s3seg.cli._console import console, err_console
+from s3seg.cli._console import console, err_console, say, styled
 
 if TYPE_CHECKING:
     from collections.abc import Callable
+
+    from rich.text import Text
 
     from s3seg.config import Settings
     from s3seg.models import Task
@@ -50,7 +52,7 @@ def upload_command(
                 rows.append({"file": str(f), "image_id": info["image_id"], "url": info["image_url"]})
         _print_uploads(rows, as_json)
         return
-    bar_columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn())
+    bar_columns = (TextColumn("{task.description}", markup=False), BarColumn(), DownloadColumn(), TransferSpeedColumn())
     with (
         closing(storage_from_settings(settings)) as storage,
         Progress(*bar_columns, console=err_console, transient=True, disable=not err_console.is_terminal) as progress,
@@ -74,7 +76,8 @@ def _print_uploads(rows: list[dict[str, str]], as_json: bool) -> None:
         return
     for row in rows:
         name = row.get("key") or row["image_id"]
-        console.print(f"{row['file']} → [bold]{name}[/]\n  {row['url']}", highlight=False, soft_wrap=True)
+        say(f"{row['file']} → ", (name, "bold"))
+        say(f"  {row['url']}")
 
 
 def tasks_command(
@@ -181,7 +184,7 @@ def config_command(as_json: bool = typer.Option(False, "--json", help="Print JSO
     table.add_column("setting")
     table.add_column("value", overflow="fold")
     for name, value in backends.items():
-        table.add_row(f"[bold]{name}[/]", f"[bold]{value}[/]")
+        table.add_row(styled((name, "bold")), styled((value, "bold")))
     for name, value in values.items():
         table.add_row(name, "" if value is None else str(value))
     console.print(table)
@@ -217,7 +220,7 @@ def _table(tasks: list[Task], title: str) -> None:
         table.add_column("found", justify="right")
     table.add_column("created", no_wrap=True)
     for t in tasks:
-        cells = [t.id, f"[{_STATUS_STYLE[t.status]}]{t.status}[/]", t.text_prompt]
+        cells: list[str | Text] = [t.id, styled((t.status, _STATUS_STYLE[t.status])), t.text_prompt]
         if wide:
             cells += [t.project or "", str(t.metadata.get("instances", ""))]
         table.add_row(*cells, t.created_at.strftime("%Y-%m-%d %H:%M" if wide else "%m-%d %H:%M"))
@@ -225,10 +228,11 @@ def _table(tasks: list[Task], title: str) -> None:
 
 
 def _show(task: Task, urls: dict[str, str] | None) -> None:
-    console.print(
-        f"[bold]{task.id}[/]  [{_STATUS_STYLE[task.status]}]{task.status}[/]  prompt: {task.text_prompt}"
-        f"{'  project: ' + task.project if task.project else ''}",
-        highlight=False,
+    say(
+        (task.id, "bold"),
+        "  ",
+        (task.status, _STATUS_STYLE[task.status]),
+        f"  prompt: {task.text_prompt}{'  project: ' + task.project if task.project else ''}",
     )
     if task.error:
         console.print(f"  error: {task.error}", highlight=False)

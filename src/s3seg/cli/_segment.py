@@ -9,11 +9,11 @@ from typing import TYPE_CHECKING, Any, Optional
 
 import typer
 
-from s3seg.cli._console import console, err_console
+from s3seg.cli._console import err_console, say, tell
 
 if TYPE_CHECKING:
-    from s3seg import Outcome
-    from s3seg.types import SegmentationResult
+    from s3seg import Client, Outcome
+    from s3seg.types import Box, SegmentationResult
 
 DEFAULT_OUT = Path("s3seg-out")
 
@@ -155,16 +155,13 @@ def segment_command(
     Examples:  s3seg segment photo.jpg dog  ·  s3seg segment photos/ -p dog -p cat --out results/
      ·  s3seg segment photo.jpg dog --box 10,20,200,240 --box neg:300,40,380,120
     """
-    from s3seg import Client, Outcome
+    from s3seg import Client
     from s3seg.config import load_settings
-    from s3seg.errors import ImageError, S3SegError, UsageError
-    from s3seg.images import expand_inputs
+    from s3seg.errors import ImageError, UsageError
     from s3seg.types import box_from_string
 
-    if prompt:
-        inputs, prompts = args, prompt
-    else:
-        inputs, prompts = args[:1], args[1:]
+    positional = not prompt
+    inputs, prompts = (args[:1], args[1:]) if positional else (args, list(prompt or []))
     if not prompts and not box:
         raise UsageError(
             "no prompt given",
@@ -185,47 +182,143 @@ def segment_command(
         api_key=api_key,
         api_url=api,
     )
-    client = Client(settings=settings)
-    request = client.request(prompts, boxes=boxes)  # validated before any model loads
-    outcomes: list[Outcome] = []
-    paths: list[Path] = []
-    for item in inputs:  # a missing input is reported like an unreadable one; the others still run
-        try:
-            paths += [p for p in expand_inputs([item]) if p not in paths]
-        except ImageError as e:
-            outcomes.append(Outcome(item, error=e))
     if project and not save and not settings.api_url:
         raise UsageError("--project needs --save")
+    client = Client(settings=settings)
+    # Everything the user typed is checked before the model loads (or the server is asked).
+    request = client.request(prompts, boxes=boxes)
+    paths, unreadable = _expand(inputs, prompts if positional else [])
+    _check_boxes_fit(paths, request.boxes)
     if (settings.server_url or settings.api_url) and (model or device or dtype or revision):
-        err_console.print(
+        tell(
             "note: on a server the server's model, device and dtype are used; --model, --device, "
-            "--dtype and --revision are ignored",
-            highlight=False,
+            "--dtype and --revision are ignored"
         )
     if out is None and not as_json:
         out = DEFAULT_OUT
-    with client, _progress(len(paths)) as advance:
-        for outcome in client.segment_paths(paths, request, out=out, save=save, project=project):
-            outcomes.append(outcome)
-            advance(1)
+    outcomes = list(unreadable)
+    for o in unreadable:
+        _print_skipped(o)
+    with client:
+        _prepare(client)
+        with _progress(len(paths)) as advance:
+            for outcome in client.segment_paths(paths, request, out=out, save=save, project=project):
+                outcomes.append(outcome)
+                advance(1)
+                if as_json:
+                    continue
+                if outcome.result is not None:
+                    _print_row(outcome.result, outcome.task_id)
+                else:
+                    _print_skipped(outcome)
     results = [o.result for o in outcomes if o.result is not None]
     failures = [(o.image, o.error.message) for o in outcomes if o.error is not None]
     saved = [(o.image, o.task_id) for o in outcomes if o.task_id is not None]
     if as_json:
         _print_json(results, failures, saved)
-    else:
-        _print_summary(results, failures, out)
-        for name, task_id in saved:
-            console.print(f"saved {name} as task {task_id}", highlight=False)
+    elif results:
+        total = sum(len(r) for r in results)
+        where = f" → {out}/" if out is not None else ""
+        skipped = f"; {len(failures)} skipped" if failures else ""
+        say(f"{total} instance(s) in {len(results)} image(s){where}{skipped}")
         if saved:
-            console.print("see them with: s3seg results", highlight=False)
-    if failures:
-        if not as_json:
-            for name, message in failures:
-                err_console.print(f"[bold red]skipped[/] {name}: {message}", highlight=False, soft_wrap=True)
-        raise typer.Exit(ImageError.exit_code if not results else 1)
+            say("see the saved results with: s3seg results")
     if not results:
-        raise S3SegError("no image was segmented")
+        tell(("error:", "bold red"), f" no image was segmented: {_count(len(failures), 'image')} failed")
+        raise typer.Exit(ImageError.exit_code)
+    if failures:
+        raise typer.Exit(1)
+
+
+def _expand(inputs: list[str], prompts: list[str]) -> tuple[list[Path], list[Outcome]]:
+    """Image paths from the inputs (files, folders, globs), and an outcome for each input that yields none.
+
+    When no input yields an image the run ends here, before any model loads; with ``s3seg segment dog
+    photo.jpg`` (prompts given first) the hint says the order."""
+    from s3seg import Outcome
+    from s3seg.errors import ImageError
+    from s3seg.images import IMAGE_SUFFIXES, expand_inputs
+
+    paths: list[Path] = []
+    unreadable: list[Outcome] = []
+    for item in inputs:  # a missing input is reported like an unreadable one; the others still run
+        try:
+            paths += [p for p in expand_inputs([item]) if p not in paths]
+        except ImageError as e:
+            unreadable.append(Outcome(item, error=e))
+    if paths:
+        return paths, unreadable
+    error = unreadable[0].error
+    assert error is not None
+    swapped = [p for p in prompts if Path(p).exists() or Path(p).suffix.lower() in IMAGE_SUFFIXES]
+    if swapped:
+        raise ImageError(
+            error.message,
+            hint=f"the image comes first, then the prompts: s3seg segment {swapped[0]} {' '.join(inputs)}",
+        )
+    if len(unreadable) > 1:
+        raise ImageError(
+            "no image to segment: " + "; ".join(o.error.message for o in unreadable if o.error),
+            hint=error.hint,
+        )
+    raise error
+
+
+def _check_boxes_fit(paths: list[Path], boxes: tuple[Box, ...]) -> None:
+    """Refuse a box that lies entirely outside an image, from the image's header (cheap, before the model
+    loads). Files that cannot be opened are left to the loader, which reports them."""
+    if not boxes:
+        return
+    from PIL import Image
+
+    for path in paths:
+        try:
+            with Image.open(path) as image:
+                width, height = image.size
+        except Exception:
+            continue
+        for b in boxes:
+            b.check_inside(width, height, str(path))
+
+
+def _prepare(client: Client) -> None:
+    """Load the model (or reach the server) with a status line, so a long load or download does not look
+    hung; on a terminal a spinner, else one line on stderr."""
+    settings = client.settings
+    if settings.api_url:
+        what = f"connecting to {settings.api_url} …"
+    elif settings.server_url:
+        what = f"connecting to {settings.server_url} …"
+    else:
+        what = f"loading model {settings.model} …"
+    if err_console.is_terminal:
+        with err_console.status(what):
+            client.prepare()
+    else:
+        tell(what)
+        client.prepare()
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+def _print_row(result: SegmentationResult, task_id: str | None) -> None:
+    """One line per image, as it finishes: name, size, what each prompt found (best score), ms."""
+    found = []
+    for p in result.prompts:
+        hits = result.for_prompt(p)
+        found.append(f"{p} {len(hits)}" + (f" (best {hits[0].score:.2f})" if hits else ""))
+    saved = f"  saved as task {task_id}" if task_id else ""
+    say(
+        (result.image or "-", "bold"),
+        f"  {result.width}×{result.height}  {', '.join(found)}  {result.timings.total_ms:.0f} ms{saved}",
+    )
+
+
+def _print_skipped(outcome: Outcome) -> None:
+    message = outcome.error.message if outcome.error else "failed"
+    tell(("skipped", "bold red"), f" {outcome.image}: {message}")
 
 
 class _progress:
@@ -264,29 +357,3 @@ def _print_json(
     if saved:
         doc["tasks"] = [{"image": name, "task_id": task_id} for name, task_id in saved]
     sys.stdout.write(json.dumps(doc) + "\n")
-
-
-def _print_summary(results: list[SegmentationResult], failures: list[tuple[str, str]], out: Path | None) -> None:
-    from rich.table import Table
-
-    table = Table(title=None, show_edge=False, header_style="bold")
-    table.add_column("image", overflow="fold")
-    table.add_column("size", justify="right")
-    table.add_column("prompt", overflow="fold")
-    for col in ("found", "best score", "ms"):
-        table.add_column(col, justify="right")
-    for r in results:
-        for i, p in enumerate(r.prompts):
-            found = r.for_prompt(p)
-            table.add_row(
-                (r.image or "-") if i == 0 else "",
-                f"{r.width}×{r.height}" if i == 0 else "",
-                p,
-                str(len(found)),
-                f"{found[0].score:.3f}" if found else "-",
-                f"{r.timings.total_ms:.0f}" if i == 0 else "",
-            )
-    console.print(table)
-    total = sum(len(r) for r in results)
-    where = f" → {out}/" if out is not None else ""
-    console.print(f"{total} instance(s) in {len(results)} image(s){where}", highlight=False)

@@ -1,0 +1,120 @@
+"""A newcomer's first mistakes with `s3seg segment` (issue 12): user data printed as written, inputs
+checked before the model loads, rows as images finish, an honest end line when everything failed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from _cli import run
+from s3seg.errors import ImageError, UsageError
+
+
+@pytest.fixture(autouse=True)
+def _in_tmp_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+
+
+@pytest.fixture
+def no_model_load(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Any attempt to load the model fails the test: the checks must come first."""
+    from s3seg.engine import Sam3Engine
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the model was loaded before the inputs were checked")
+
+    monkeypatch.setattr(Sam3Engine, "from_config", refuse)
+
+
+def test_brackets_in_a_missing_file_name_are_kept(capsys, tmp_path: Path, no_model_load: None) -> None:
+    code, _, stderr = run(capsys, "segment", "../bad[red].jpg", "dog", "--model", str(tmp_path / "nowhere"))
+    assert code == ImageError.exit_code, stderr
+    assert "bad[red].jpg" in stderr and "bad.jpg" not in stderr
+
+
+def test_brackets_in_file_names_and_prompts_are_printed_as_written(
+    capsys, tmp_path: Path, tiny_model_dir: Path, photo_path: Path
+) -> None:
+    (tmp_path / "bad[red].jpg").write_bytes(photo_path.read_bytes())
+    (tmp_path / "x[bold].jpg").write_bytes(b"")
+    code, stdout, stderr = run(
+        capsys, "segment", "bad[red].jpg", "x[bold].jpg", "-p", "[dog]", "--model", str(tiny_model_dir), "-t", "0"
+    )
+    assert code == 1, stderr
+    assert "bad[red].jpg" in stdout and "[dog] " in stdout
+    assert "skipped x[bold].jpg" in stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message", "hint", "code"),
+    [
+        (["{tmp}/missing.jpg", "dog"], "no such file or directory: {tmp}/missing.jpg", "check the path", 3),
+        (["shots/*.png", "-p", "dog"], "the glob shots/*.png matches no file", "quote it", 3),
+        (["dog", "{photo}"], "no such file or directory: dog", "the image comes first", 3),
+        (["dog", "photo.jpg"], "no such file or directory: dog", "s3seg segment photo.jpg dog", 3),
+        (["{photo}", "--box", "5000,5000,6000,6000"], "lies outside", "pixels of the image", UsageError.exit_code),
+        (["{photo}", "--box", "-50,-50,-1,-1"], "lies outside", "pixels of the image", UsageError.exit_code),
+        (["{photo}", "--box", "neg:1,1,50,50"], "only negative boxes", "positive box", UsageError.exit_code),
+    ],
+)
+def test_inputs_are_checked_before_the_model_loads(
+    capsys, tmp_path: Path, photo_path: Path, no_model_load: None, args: list[str], message: str, hint: str, code: int
+) -> None:
+    args = [a.format(photo=photo_path, tmp=tmp_path) for a in args]
+    got, _, stderr = run(capsys, "segment", *args, "--model", str(tmp_path / "nowhere"))
+    assert got == code, stderr
+    error, hint_line = stderr.strip().splitlines()[-2:]
+    assert error.startswith("error: ") and message.format(tmp=tmp_path) in error
+    assert hint_line.startswith("hint: ") and hint in hint_line
+    assert "model" not in error and "loading model" not in stderr
+
+
+def test_a_box_overlapping_the_image_is_accepted(
+    capsys, tmp_path: Path, tiny_model_dir: Path, photo_path: Path
+) -> None:
+    code, _, stderr = run(
+        capsys, "segment", str(photo_path), "--box", "-20,-20,100,100", "--model", str(tiny_model_dir), "--json"
+    )
+    assert code == 0, stderr
+
+
+def test_status_line_while_the_model_loads(capsys, tiny_model_dir: Path, photo_path: Path) -> None:
+    code, _, stderr = run(capsys, "segment", str(photo_path), "dog", "--model", str(tiny_model_dir), "--json")
+    assert code == 0
+    assert f"loading model {tiny_model_dir} …" in stderr
+
+
+def test_a_row_is_printed_as_each_image_finishes(
+    capsys, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, tiny_model_dir: Path, photo_path: Path
+) -> None:
+    from s3seg import Client
+
+    for name in ("a.jpg", "b.jpg"):
+        (tmp_path / name).write_bytes(photo_path.read_bytes())
+    monkeypatch.setenv("S3SEG_MAX_BATCH", "1")
+    printed_before: list[str] = []
+    real = Client.segment_loaded
+
+    def spy(self: Client, images, request, **kwargs):  # type: ignore[no-untyped-def]
+        printed_before.append(capsys.readouterr().out)
+        return real(self, images, request, **kwargs)
+
+    monkeypatch.setattr(Client, "segment_loaded", spy)
+    code, stdout, _ = run(capsys, "segment", "a.jpg", "b.jpg", "-p", "person", "--model", str(tiny_model_dir))
+    assert code == 0
+    assert len(printed_before) == 2
+    assert "a.jpg" not in printed_before[0]
+    assert printed_before[1].startswith("a.jpg  ") and " ms" in printed_before[1]  # before b.jpg is segmented
+    assert stdout.splitlines()[0].startswith("b.jpg  ")
+    assert "instance(s) in 2 image(s) → s3seg-out/" in stdout
+
+
+def test_everything_failed_says_so_and_exits_non_zero(capsys, tmp_path: Path, tiny_model_dir: Path) -> None:
+    for name in ("a.jpg", "b.jpg"):
+        (tmp_path / name).write_bytes(b"not a picture")
+    code, stdout, stderr = run(capsys, "segment", "a.jpg", "b.jpg", "-p", "dog", "--model", str(tiny_model_dir))
+    assert code == ImageError.exit_code
+    assert "instance(s)" not in stdout and "0 image" not in stdout + stderr
+    assert "skipped a.jpg" in stderr and "skipped b.jpg" in stderr
+    assert "error: no image was segmented: 2 images failed" in stderr
