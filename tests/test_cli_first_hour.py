@@ -118,3 +118,34 @@ def test_everything_failed_says_so_and_exits_non_zero(capsys, tmp_path: Path, ti
     assert "instance(s)" not in stdout and "0 image" not in stdout + stderr
     assert "skipped a.jpg" in stderr and "skipped b.jpg" in stderr
     assert "error: no image was segmented: 2 images failed" in stderr
+
+
+def test_a_model_file_that_is_not_a_checkpoint(capsys, tmp_path: Path, photo_path: Path) -> None:
+    (tmp_path / "notimg.jpg").write_text("hello")
+    code, _, stderr = run(capsys, "segment", str(photo_path), "dog", "--model", "notimg.jpg")
+    assert code == 4, stderr
+    assert "error: notimg.jpg is not a SAM3 checkpoint" in stderr and "sam3.pt" in stderr
+    assert "pop from" not in stderr and "Traceback" not in stderr
+
+
+@pytest.fixture
+def empty_hub_cache(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("S3SEG_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+
+
+def test_model_errors_are_phrased_for_python(empty_hub_cache: None, photo_path: Path) -> None:
+    import s3seg
+    from s3seg.errors import ModelError
+
+    with pytest.raises(ModelError) as e:
+        s3seg.Client("someone/not-cached").segment(photo_path, "dog")
+    assert 'model="/path/to/not-cached"' in (e.value.hint or "") and "--model" not in (e.value.hint or "")
+
+
+def test_model_errors_are_phrased_for_flags_on_the_command_line(
+    capsys, empty_hub_cache: None, photo_path: Path
+) -> None:
+    code, _, stderr = run(capsys, "segment", str(photo_path), "dog", "--model", "someone/not-cached")
+    assert code == 4
+    assert "hint:" in stderr and "--model /path/to/not-cached" in stderr and "model=" not in stderr

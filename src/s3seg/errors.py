@@ -45,6 +45,9 @@ _BY_CODE: dict[str, type[S3SegError]] = {}
 class S3SegError(Exception):
     """Base class: a failure the user can act on.
 
+    ``hint`` is phrased for Python callers (``model=...``); ``cli_hint``, when set, is the same advice
+    for the command line (``--model ...``), which the CLI shows instead.
+
     ``exit_code`` is what the CLI exits with when this error ends a command; ``http_status`` and ``code``
     are what the server answers (an error built from a server's answer keeps the answer's). An answer
     with status 429 or 503 says ``Retry-After: retry_after_s``.
@@ -64,11 +67,20 @@ class S3SegError(Exception):
         _BY_CODE.setdefault(cls.code, cls)  # parents come first: a code names its most general class
 
     def __init__(
-        self, message: str, hint: str | None = None, *, status: int | None = None, code: str | None = None
+        self,
+        message: str,
+        hint: str | None = None,
+        *,
+        status: int | None = None,
+        code: str | None = None,
+        cli_hint: str | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
         self.hint = hint
+        # The hint phrased for the command line (``--model``) when ``hint`` is phrased for Python
+        # (``model=``); the CLI shows this one.
+        self.cli_hint = cli_hint
         if status is not None:
             self.http_status = status
         if code is not None:

@@ -62,7 +62,7 @@ def main() -> None:
     except S3SegError as e:
         if _debug():
             raise
-        _fail(e.message, e.hint, e.exit_code)
+        _fail(e.message, e.cli_hint or e.hint, e.exit_code)  # the hint phrased for flags
     except KeyboardInterrupt:
         _fail("interrupted", None, 130)
     except Exception as e:

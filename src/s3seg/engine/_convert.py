@@ -437,7 +437,10 @@ def load_official(path: Path, config: Sam3Config | None = None) -> Sam3Model:
     try:
         raw = _load_pickle(path)
     except Exception as e:
-        raise ModelError(f"cannot read checkpoint {path}: {e}") from e
+        raise ModelError(
+            f"{path} is not a SAM3 checkpoint: it cannot be read as a PyTorch file",
+            hint="pass Meta's sam3.pt, a save_pretrained folder or a Hub id such as facebook/sam3",
+        ) from e
     official = _unwrap(raw)
     if official is None:
         raise ModelError(f"{path} does not hold a state dict", hint="expected Meta's sam3.pt")

@@ -47,14 +47,23 @@ def pick_device(requested: str) -> torch.device:
     device = torch.device(requested)
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise DeviceError("CUDA was requested but no CUDA GPU is available", hint="use --device cpu or auto")
+            raise DeviceError(
+                "CUDA was requested but no CUDA GPU is available",
+                hint='use device="cpu" or "auto"',
+                cli_hint="use --device cpu or auto",
+            )
         if device.index is not None and device.index >= torch.cuda.device_count():
             raise DeviceError(
                 f"{requested} was requested but only {torch.cuda.device_count()} CUDA device(s) exist",
-                hint="use --device cuda:0 or auto",
+                hint='use device="cuda:0" or "auto"',
+                cli_hint="use --device cuda:0 or auto",
             )
     if device.type == "mps" and not torch.backends.mps.is_available():
-        raise DeviceError("MPS was requested but is not available on this machine", hint="use --device cpu or auto")
+        raise DeviceError(
+            "MPS was requested but is not available on this machine",
+            hint='use device="cpu" or "auto"',
+            cli_hint="use --device cpu or auto",
+        )
     return device
 
 
@@ -83,7 +92,16 @@ def _download(repo_id: str, *, revision: str | None, token: str | None, offline:
     from huggingface_hub import errors as hf
     from huggingface_hub import snapshot_download
 
-    local = f"or pass a local directory: --model /path/to/{repo_id.split('/')[-1]}"
+    name = repo_id.split("/")[-1]
+
+    def error(message: str, hint: str) -> ModelError:
+        """``hint``'s ``{local}`` phrased for Python (``model=``) and for the command line (``--model``)."""
+        return ModelError(
+            message,
+            hint=hint.format(local=f'or pass a local directory: model="/path/to/{name}"'),
+            cli_hint=hint.format(local=f"or pass a local directory: --model /path/to/{name}"),
+        )
+
     try:
         return Path(
             snapshot_download(
@@ -95,28 +113,30 @@ def _download(repo_id: str, *, revision: str | None, token: str | None, offline:
             )
         )
     except hf.GatedRepoError as e:
-        raise ModelError(
+        raise error(
             f"{repo_id} is a gated model and this account has no access to it",
-            hint=f"accept the licence at https://huggingface.co/{repo_id}, then set HF_TOKEN "
-            f"(https://huggingface.co/settings/tokens), {local}",
+            f"accept the licence at https://huggingface.co/{repo_id}, then set HF_TOKEN "
+            "(https://huggingface.co/settings/tokens), {local}",
         ) from e
     except hf.RevisionNotFoundError as e:
-        raise ModelError(f"revision {revision!r} not found in {repo_id}", hint="check --revision") from e
-    except hf.RepositoryNotFoundError as e:
         raise ModelError(
+            f"revision {revision!r} not found in {repo_id}", hint="check revision=", cli_hint="check --revision"
+        ) from e
+    except hf.RepositoryNotFoundError as e:
+        raise error(
             f"model {repo_id!r} not found on the Hub (or it is private and HF_TOKEN is not set)",
-            hint=f"check the id, set HF_TOKEN, {local}",
+            "check the id, set HF_TOKEN, {local}",
         ) from e
     except hf.LocalEntryNotFoundError as e:
         why = "offline mode is on" if offline else "the Hub could not be reached"
-        raise ModelError(
+        raise error(
             f"{repo_id} is not in the local cache and {why}",
-            hint=f"connect once to download it (with HF_TOKEN for gated models), {local}",
+            "connect once to download it (with HF_TOKEN for gated models), {local}",
         ) from e
     except hf.HfHubHTTPError as e:
-        raise ModelError(f"downloading {repo_id} failed: {_first_line(e)}", hint=f"retry, {local}") from e
+        raise error(f"downloading {repo_id} failed: {_first_line(e)}", "retry, {local}") from e
     except OSError as e:
-        raise ModelError(f"downloading {repo_id} failed: {_first_line(e)}", hint=local) from e
+        raise error(f"downloading {repo_id} failed: {_first_line(e)}", "{local}") from e
 
 
 def load(
