@@ -3,12 +3,13 @@ checked before the model loads, rows as images finish, an honest end line when e
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
 from _cli import run
-from s3seg.errors import ImageError, UsageError
+from s3seg.errors import ImageError, StoreError, UsageError
 
 
 @pytest.fixture(autouse=True)
@@ -149,3 +150,63 @@ def test_model_errors_are_phrased_for_flags_on_the_command_line(
     code, _, stderr = run(capsys, "segment", str(photo_path), "dog", "--model", "someone/not-cached")
     assert code == 4
     assert "hint:" in stderr and "--model /path/to/not-cached" in stderr and "model=" not in stderr
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("S3SEG_DATA_DIR", str(tmp_path / "data"))
+    return tmp_path / "data"
+
+
+def _store():  # type: ignore[no-untyped-def]
+    from s3seg.config import load_settings
+    from s3seg.store import store_from_settings
+
+    return store_from_settings(load_settings())
+
+
+def test_a_unique_id_prefix_names_a_task(capsys, data_dir: Path) -> None:
+    store = _store()
+    task = store.create_task(["dog"], metadata={})
+    store.create_task(["cat"], metadata={})
+    store.close()
+    for command in ("results", "tasks"):
+        code, stdout, stderr = run(capsys, command, task.id[:8], "--json")
+        assert code == 0, stderr
+        assert json.loads(stdout)["id"] == task.id
+
+
+def test_an_ambiguous_id_prefix_is_a_clear_error(capsys, data_dir: Path) -> None:
+    store = _store()
+    firsts: dict[str, str] = {}
+    while True:  # at most 17 tasks before two ids share their first character
+        task = store.create_task(["dog"], metadata={})
+        if task.id[0] in firsts:
+            break
+        firsts[task.id[0]] = task.id
+    store.close()
+    code, _, stderr = run(capsys, "results", task.id[0])
+    assert code == UsageError.exit_code
+    assert f"error: {task.id[0]} is ambiguous" in stderr and task.id in stderr and firsts[task.id[0]] in stderr
+    assert "hint: type more of the id" in stderr
+    code, _, stderr = run(capsys, "results", "zzzz")
+    assert code == StoreError.exit_code and "no task zzzz" in stderr
+
+
+def test_upload_refuses_a_file_that_is_not_an_image(capsys, tmp_path: Path, data_dir: Path, photo_path: Path) -> None:
+    (tmp_path / "notimg.jpg").write_text("hello")
+    code, _, stderr = run(capsys, "upload", str(photo_path), "notimg.jpg")
+    assert code == ImageError.exit_code
+    assert "error: notimg.jpg is not an image" in stderr
+    assert not [p for p in data_dir.rglob("*") if p.is_file() and p.suffix == ".jpg"]  # nothing half-stored
+
+
+def test_save_records_a_bad_file_as_an_error_task(capsys, tmp_path: Path, data_dir: Path, tiny_model_dir: Path) -> None:
+    (tmp_path / "broken.jpg").write_bytes(b"not a picture")
+    code, _, stderr = run(capsys, "segment", "broken.jpg", "dog", "--save", "--model", str(tiny_model_dir))
+    assert code == ImageError.exit_code
+    store = _store()
+    [task] = store.list()
+    store.close()
+    assert task.status == "error" and "broken.jpg" in (task.error or "")
+    assert f"recorded as task {task.id}" in stderr

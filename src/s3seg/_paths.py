@@ -31,7 +31,8 @@ class Outcome:
         image: the path (or the image's name).
         result: the segmentation, or None when the image was skipped.
         error: why it was skipped (an unreadable file, out of memory, refused by the server).
-        task_id: the task that keeps the result (``save=True``, or a public API), else None.
+        task_id: the task that keeps the result, or the reason a skipped image failed (``save=True``, or a
+            public API), else None.
     """
 
     image: str
@@ -60,9 +61,14 @@ def segment_paths(
     with contextlib.ExitStack() as cleanup:
         recorder = cleanup.enter_context(Recorder.from_settings(client.settings)) if save and not keeps else None
         client.prepare()  # model, device, server and key problems end the run before any image work
+        prompts = list(request.prompts)
         for batch, unreadable in _batches(client, paths, batch_size):
-            yield from unreadable
-            prompts = list(request.prompts)
+            for skipped in unreadable:
+                if recorder is not None:  # a file that cannot be read is kept as an error task with the reason
+                    task = recorder.begin(prompts, image=skipped.image, project=project)
+                    reason = skipped.error.message if skipped.error else "unreadable"
+                    skipped = Outcome(skipped.image, None, skipped.error, recorder.abort(task, reason).id)
+                yield skipped
             tasks = {id(i): recorder.begin(prompts, image=i.name, project=project) for i in batch} if recorder else {}
             for image, outcome in _segment(client, batch, request, project):
                 if recorder is not None:
@@ -75,8 +81,8 @@ def segment_paths(
 def _keep(recorder: Recorder, task: Task, image: LoadedImage, outcome: Outcome, writer: _Writer | None) -> Outcome:
     """Record an outcome as its task (done with its files, or error with the reason); write its files."""
     if outcome.result is None:
-        recorder.abort(task, outcome.error.message if outcome.error else "segmentation failed")
-        return outcome
+        failed = recorder.abort(task, outcome.error.message if outcome.error else "segmentation failed")
+        return Outcome(outcome.image, None, outcome.error, failed.id)
     files = render.outputs(image.array, outcome.result)
     if writer is not None:
         writer.write(image, files)

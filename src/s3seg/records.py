@@ -149,6 +149,40 @@ class Results(Protocol):
     def close(self) -> None: ...
 
 
+def resolve_id(records: Results, given: str) -> str:
+    """The full id of the task ``given`` names: the id itself, or a unique prefix of one (as git and docker
+    accept: ``s3seg results 0d9aca61``).
+
+    Raises:
+        NotFound: no task has this id or an id starting with it.
+        UsageError: the prefix starts more than one task's id.
+    """
+    from s3seg.errors import NotFound, UsageError
+
+    try:
+        return records.get(given).id
+    except NotFound as e:
+        missing = e
+    matches: builtins.list[str] = []
+    offset, page_size = 0, 100
+    while len(matches) < 2:
+        page = records.list(limit=page_size, offset=offset)
+        matches += [t.id for t in page if t.id.startswith(given)]
+        if len(page) < page_size:
+            break
+        offset += page_size
+    if len(matches) == 1:
+        return matches[0]
+    if matches:
+        raise UsageError(
+            f"{given} is ambiguous: more than one task id starts with it ({', '.join(matches)}, …)",
+            hint="type more of the id",
+        )
+    if missing.hint is None:
+        missing.hint = "see the ids with: s3seg tasks"
+    raise missing
+
+
 def results_from_settings(settings: Settings) -> Results:
     """The signed-in user's results on the public API when ``api_url`` is set, else this machine's."""
     if settings.api_url:

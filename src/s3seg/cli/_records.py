@@ -40,9 +40,10 @@ def upload_command(
     from s3seg.errors import ImageError
     from s3seg.storage import guess_content_type, storage_from_settings
 
-    for f in files:
+    for f in files:  # every file is checked before any is stored
         if not f.is_file():
             raise ImageError(f"not a file: {f}", hint="pass image files")
+        _check_image(f)
     settings = load_settings()
     rows = []
     if settings.api_url:  # a public API: the server stores them for the signed-in user
@@ -70,6 +71,19 @@ def upload_command(
     _print_uploads(rows, as_json)
 
 
+def _check_image(path: Path) -> None:
+    """Refuse a file that is not an image PIL can open (its header only: cheap for big files)."""
+    from PIL import Image, UnidentifiedImageError
+
+    from s3seg.errors import ImageError
+
+    try:
+        with Image.open(path):
+            pass
+    except (UnidentifiedImageError, OSError) as e:
+        raise ImageError(f"{path} is not an image", hint="upload stores image files (JPEG, PNG, WebP, …)") from e
+
+
 def _print_uploads(rows: list[dict[str, str]], as_json: bool) -> None:
     if as_json:
         sys.stdout.write(json.dumps(rows) + "\n")
@@ -88,9 +102,10 @@ def tasks_command(
 ) -> None:
     """Recent segmentation tasks and their status (pending → processing → done | error)."""
     from s3seg.config import load_settings
-    from s3seg.records import results_from_settings
+    from s3seg.records import resolve_id, results_from_settings
 
     with closing(results_from_settings(load_settings())) as records:
+        task_id = resolve_id(records, task_id) if task_id else None
 
         def fetch(wait_s: float = 0) -> list[Task]:
             return [records.get(task_id, wait_s)] if task_id else records.list(limit=limit)
@@ -133,13 +148,14 @@ def results_command(
     from s3seg.config import load_settings
     from s3seg.errors import UsageError
     from s3seg.models import STATUSES
-    from s3seg.records import results_from_settings
+    from s3seg.records import resolve_id, results_from_settings
 
     if task_id is None and download is not None:
         raise UsageError("--download needs a result ID", hint="s3seg results ID --download DIR")
     if status is not None and status not in STATUSES:
         raise UsageError(f"unknown status {status!r}", hint=f"one of {', '.join(STATUSES)}")
     with closing(results_from_settings(load_settings())) as records:
+        task_id = resolve_id(records, task_id) if task_id else None
         if task_id is None:
             tasks = records.list(project=project, status=status, limit=limit, offset=offset)
         else:

@@ -213,7 +213,7 @@ def segment_command(
                     _print_skipped(outcome)
     results = [o.result for o in outcomes if o.result is not None]
     failures = [(o.image, o.error.message) for o in outcomes if o.error is not None]
-    saved = [(o.image, o.task_id) for o in outcomes if o.task_id is not None]
+    saved = [(o.image, o.task_id) for o in outcomes if o.task_id is not None and o.result is not None]
     if as_json:
         _print_json(results, failures, saved)
     elif results:
@@ -318,7 +318,8 @@ def _print_row(result: SegmentationResult, task_id: str | None) -> None:
 
 def _print_skipped(outcome: Outcome) -> None:
     message = outcome.error.message if outcome.error else "failed"
-    tell(("skipped", "bold red"), f" {outcome.image}: {message}")
+    kept = f" (recorded as task {outcome.task_id})" if outcome.task_id else ""
+    tell(("skipped", "bold red"), f" {outcome.image}: {message}{kept}")
 
 
 class _progress:
