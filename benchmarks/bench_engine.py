@@ -11,6 +11,11 @@ One run, one machine, the same random weights and the same images for every path
 * ``meta-sam3`` / ``meta-sam3+RLE``: Meta's ``sam3`` ``Sam3Processor`` (``set_image`` once per image, then
   ``set_text_prompt`` per prompt); only with ``--config full`` on CUDA with ``sam3`` installed.
 
+``--model-only`` times the model instead of the paths: s3seg with batched heads (the default) against
+s3seg with ``batch_heads=False`` (every image–prompt pair through the heads alone), at a score threshold
+of 1.0 that no query of the random weights reaches, so post-processing is one host read of the scores and
+nothing else; it reports each prompt count's time relative to one prompt, and batched vs per-pair.
+
 Before timing, a parity check runs s3seg with every reference-parity fix turned off
 (``Fidelity(geometry_cls=False, vit_layernorm_eps=None, upsample_logits_first=False, …)``); in that mode it must
 compute what transformers computes, and the script exits with status 1 when it does not.
@@ -18,6 +23,7 @@ compute what transformers computes, and the script exits with status 1 when it d
     python benchmarks/bench_engine.py                       # tiny config on CPU, full on CUDA
     python benchmarks/bench_engine.py --config small --cases 1x1,4x1,16x1 --sizes 640x480
     python benchmarks/bench_engine.py --config full --device cuda --json bench.json
+    python benchmarks/bench_engine.py --model-only --threads 1 --config tiny   # batched vs per-pair heads
 """
 
 from __future__ import annotations
@@ -70,6 +76,9 @@ PROMPTS = (
     "boat",
 )
 DEFAULT_CASES = ("1x1", "4x1", "16x1", "1x8", "4x8", "16x8")
+MODEL_ONLY_CASES = ("1x1@640x480", "4x1@640x480", "16x1@640x480")
+MODEL_ONLY_THRESHOLD = 1.0  # above every score (scores are products of sigmoids): no instance survives
+BATCHED, PER_PAIR = "batched heads", "per-pair heads"
 DEFAULT_SIZES = ("640x480", "1920x1080")
 MASK_THRESHOLD = 0.5
 S3SEG = "s3seg"
@@ -687,9 +696,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap = model_args(__doc__.split("\n\n")[0] if __doc__ else None)
     ap.add_argument(
         "--cases",
-        default=",".join(DEFAULT_CASES),
-        help="prompts×images per call, e.g. 1x1,4x1,16x1 (each at every --sizes; PxB@WxH pins a size)",
+        help="prompts×images per call, e.g. 1x1,4x1,16x1 (each at every --sizes; PxB@WxH pins a size); "
+        f"default {','.join(DEFAULT_CASES)}, with --model-only {','.join(MODEL_ONLY_CASES)}",
     )
+    ap.add_argument(
+        "--model-only",
+        action="store_true",
+        help="time the model alone (threshold 1.0: nothing survives post-processing): batched heads vs per-pair "
+        "heads, each prompt count relative to one prompt",
+    )
+    ap.add_argument("--compile", action="store_true", help="load s3seg with compile=True (--model-only; CUDA)")
     ap.add_argument("--sizes", default=",".join(DEFAULT_SIZES), help="image sizes WxH (default 640x480,1920x1080)")
     ap.add_argument("--repeats", type=int, default=5, help="timed calls per path and case (default 5)")
     ap.add_argument("--warmup", type=int, default=1, help="untimed calls first (default 1)")
@@ -781,7 +797,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     device = pick_device(args.device)
     dtype = pick_dtype(args.dtype, device)
     device_arg, dtype_arg = str(device), str(dtype).removeprefix("torch.")
-    cases = parse_cases(args.cases, args.sizes)
+    if args.model_only:
+        return model_only(args, device, dtype)
+    cases = parse_cases(args.cases or ",".join(DEFAULT_CASES), args.sizes)
     wanted = {p.strip() for p in args.paths.split(",")} | {S3SEG}
     memory = MemoryProbe(device)
     run = Run()
@@ -837,6 +855,78 @@ def main(argv: Sequence[str] | None = None) -> int:
             save_json(args, run, parity, results, memory.kind, meta_skip)
             run.say(f"raw numbers: {args.json}")
     return 0
+
+
+def model_only(args: argparse.Namespace, device: torch.device, dtype: torch.dtype) -> int:
+    """Batched heads vs per-pair heads on the model alone; see the module docstring."""
+    from s3seg.engine import Sam3Engine, SegmentOptions
+
+    memory = MemoryProbe(device)
+    run = Run()
+    for line in machine_lines(device, dtype, args.config, memory):
+        run.say(line)
+    cases = parse_cases(args.cases or ",".join(MODEL_ONLY_CASES), args.sizes)
+    options = SegmentOptions(threshold=MODEL_ONLY_THRESHOLD)
+    with tempfile.TemporaryDirectory(prefix="s3seg-bench-") as tmp:
+        model_dir = write_random_checkpoint(Path(tmp) / "model", args.config, seed=args.seed)
+        load = partial(
+            Sam3Engine.load,
+            str(model_dir),
+            device=str(device),
+            dtype=str(dtype).removeprefix("torch."),
+            compile=args.compile,
+        )
+        engines = {BATCHED: load(), PER_PAIR: load(batch_heads=False)}
+    config = random_config(args.config)
+    bank = ImageBank()
+    probe = engines[BATCHED].predict_raw(bank.get(640, 480, 1)[0], PROMPTS[0])
+    run.say(
+        f"model:   {args.config} config, image size {config.image_size}, "
+        f"{config.detr_decoder_config.num_queries} queries, random weights (seed {args.seed}); "  # type: ignore[union-attr]
+        f"compile {args.compile}"
+    )
+    run.say(
+        f"model-only: score threshold {MODEL_ONLY_THRESHOLD:g} (highest score of the probe: "
+        f"{float(probe.scores.max()):.3f}), so no instance survives; timed: Sam3Engine.segment(images, prompts)"
+    )
+
+    def call(engine: Any, images: Sequence[Image], prompts: Sequence[str]) -> Counts:
+        results = engine.segment(images, prompts, options=options)
+        return [[len(r.for_prompt(p)) for p in prompts] for r in results]
+
+    timing = Timing(args.warmup, args.repeats, args.budget_s, device)
+    medians: dict[tuple[Case, str], float] = {}
+    best: dict[tuple[Case, str], float] = {}
+    for case in cases:
+        images = bank.get(case.width, case.height, case.images)
+        plans = [(name, partial(call, e, images, PROMPTS[: case.prompts])) for name, e in engines.items()]
+        for m in measure_case(plans, timing, memory):
+            medians[case, m.path], best[case, m.path] = m.median_ms, min(m.times_ms)
+            times = ", ".join(f"{t:.1f}" for t in m.times_ms)
+            run.say(f"  {case.name} {m.path}: median {m.median_ms:.1f} ms of {len(m.times_ms)} calls ({times})")
+    for name, stat in (("median", medians), ("best", best)):
+        run.say()
+        run.say(f"{name} of the timed calls:")
+        for line in model_only_table(cases, stat):
+            run.say(line)
+    run.say(f"load average at end {load_average()}")
+    return 0
+
+
+def model_only_table(cases: Sequence[Case], ms: dict[tuple[Case, str], float]) -> list[str]:
+    """Per case: each path's time and its multiple of the one-prompt case with the same images."""
+    lines = [
+        f"| case | {PER_PAIR} ms | × 1 prompt | {BATCHED} ms | × 1 prompt | batched speed-up |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for case in cases:
+        one = Case(1, case.images, case.width, case.height)
+        cells = []
+        for path in (PER_PAIR, BATCHED):
+            base = ms.get((one, path))
+            cells += [f"{ms[case, path]:.1f}", f"{ms[case, path] / base:.2f}×" if base else "–"]
+        lines.append(f"| {case.name} | {' | '.join(cells)} | {ms[case, PER_PAIR] / ms[case, BATCHED]:.2f}× |")
+    return lines
 
 
 def case_checks(
