@@ -16,8 +16,14 @@ from s3seg.engine._sam3 import _greedy_nms
 from s3seg.types import Box, SegmentationResult
 
 ALL = SegmentOptions(threshold=0.0)
-POS, NEG, OTHER = Box(150, 60, 350, 300), Box(20, 350, 120, 500, positive=False), Box(300, 10, 500, 200)
+# boxes on the photo at half size (256 × 300): small images keep the full-resolution masks of threshold 0 cheap
+POS, NEG, OTHER = Box(75, 30, 175, 150), Box(10, 175, 60, 250, positive=False), Box(150, 5, 250, 100)
 TEXTS = ["person", "uniform", "a medal on a jacket", "tie", "hair"]
+
+
+@pytest.fixture(scope="module")
+def half(photo: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(photo[::2, ::2])
 
 
 @pytest.fixture(scope="module")
@@ -34,8 +40,8 @@ def _assert_close(got: SegmentationResult, want: SegmentationResult) -> None:
     assert (got.masks == want.masks).mean() >= 0.9999
 
 
-def _images(photo: np.ndarray) -> list[np.ndarray]:
-    return [photo, np.ascontiguousarray(photo[100:400, 50:450]), photo[::2, ::2].copy()]
+def _images(half: np.ndarray) -> list[np.ndarray]:
+    return [half, np.ascontiguousarray(half[50:200, 25:225]), np.ascontiguousarray(half[::2, ::2])]
 
 
 MIXES = {
@@ -53,8 +59,8 @@ MIXES = {
 
 
 @pytest.mark.parametrize("mix", list(MIXES))
-def test_batched_heads_equal_per_pair_heads(mix: str, engine: Sam3Engine, exact: Sam3Engine, photo) -> None:
-    requests = MIXES[mix](_images(photo))
+def test_batched_heads_equal_per_pair_heads(mix: str, engine: Sam3Engine, exact: Sam3Engine, half) -> None:
+    requests = MIXES[mix](_images(half))
     for got, want in zip(engine.run(requests), exact.run(requests), strict=True):
         _assert_close(got, want)
 
@@ -77,16 +83,16 @@ def _count_head_batches(engine: Sam3Engine, monkeypatch: pytest.MonkeyPatch) -> 
     return calls
 
 
-def test_every_pair_of_a_call_is_one_head_batch(engine: Sam3Engine, photo, monkeypatch) -> None:
+def test_every_pair_of_a_call_is_one_head_batch(engine: Sam3Engine, half, monkeypatch) -> None:
     calls = _count_head_batches(engine, monkeypatch)
-    engine.segment(_images(photo), TEXTS[:4], options=ALL)
+    engine.segment(_images(half), TEXTS[:4], options=ALL)
     # geometry (CLS token only, K = 0 boxes) once for the three images, never per prompt; then 12 pairs at once
     assert calls == [(3, 0), (12, 32 + 1)]
 
 
-def test_pairs_are_grouped_by_prompt_length_and_chunked(tiny_model_dir, photo, exact, monkeypatch) -> None:
+def test_pairs_are_grouped_by_prompt_length_and_chunked(tiny_model_dir, half, exact, monkeypatch) -> None:
     small = Sam3Engine.load(str(tiny_model_dir), device="cpu", head_batch=3)
-    requests = MIXES["mixed counts"](_images(photo))
+    requests = MIXES["mixed counts"](_images(half))
     calls = _count_head_batches(small, monkeypatch)
     results = small.run(requests)
     geometry = sorted(c for c in calls if c[1] <= 0)
@@ -99,26 +105,26 @@ def test_pairs_are_grouped_by_prompt_length_and_chunked(tiny_model_dir, photo, e
         _assert_close(got, want)
 
 
-def test_exact_mode_runs_one_pair_at_a_time(exact: Sam3Engine, photo, monkeypatch) -> None:
+def test_exact_mode_runs_one_pair_at_a_time(exact: Sam3Engine, half, monkeypatch) -> None:
     calls = _count_head_batches(exact, monkeypatch)
-    exact.segment(_images(photo)[:2], ["person", "tie"], [POS], options=ALL)
+    exact.segment(_images(half)[:2], ["person", "tie"], [POS], options=ALL)
     assert sorted(calls) == [(1, -1), (1, -1), (1, 34), (1, 34), (1, 34), (1, 34)]
 
 
-def test_exact_mode_is_bit_identical_per_prompt(exact: Sam3Engine, photo) -> None:
-    [together] = exact.segment([photo], TEXTS, [POS], options=ALL)
+def test_exact_mode_is_bit_identical_per_prompt(exact: Sam3Engine, half) -> None:
+    [together] = exact.segment([half], TEXTS, [POS], options=ALL)
     for p in TEXTS:
-        [alone] = exact.segment([photo], [p], [POS], options=ALL)
+        [alone] = exact.segment([half], [p], [POS], options=ALL)
         assert alone.instances == together.for_prompt(p), p
 
 
-def test_batched_single_pair_is_the_exact_path(engine: Sam3Engine, exact: Sam3Engine, photo) -> None:
+def test_batched_single_pair_is_the_exact_path(engine: Sam3Engine, exact: Sam3Engine, half) -> None:
     """One pair is a batch of one: bit-identical to the exact mode (so predict_raw parity holds in both)."""
     for text, boxes in (("person", ()), (None, (POS, NEG))):
-        got, want = engine.predict_raw(photo, text, boxes), exact.predict_raw(photo, text, boxes)
+        got, want = engine.predict_raw(half, text, boxes), exact.predict_raw(half, text, boxes)
         for name in ("scores", "boxes", "mask_logits"):
             np.testing.assert_array_equal(getattr(got, name), getattr(want, name))
-    [r] = engine.segment([photo], [], [POS], options=ALL)
+    [r] = engine.segment([half], [], [POS], options=ALL)
     assert r.prompts == (VISUAL_PROMPT,)
 
 
@@ -147,7 +153,7 @@ def _host_crossings() -> Iterator[list[str]]:
             setattr(torch.Tensor, n, f)
 
 
-def test_selection_crosses_to_the_host_once_per_call(engine: Sam3Engine, photo, monkeypatch) -> None:
+def test_selection_crosses_to_the_host_once_per_call(engine: Sam3Engine, half, monkeypatch) -> None:
     postprocess = engine._postprocess
     crossings: list[list[str]] = []
 
@@ -158,10 +164,10 @@ def test_selection_crosses_to_the_host_once_per_call(engine: Sam3Engine, photo, 
         return out
 
     monkeypatch.setattr(engine, "_postprocess", counted)
-    images = _images(photo)
+    images = _images(half)
     engine.segment(images, TEXTS, options=SegmentOptions(threshold=1.0))  # nothing kept: scores+boxes only
     assert crossings.pop() == ["cpu"]
-    raw = engine.predict_raw(photo, "person")
+    raw = engine.predict_raw(half, "person")
     cut = float(np.sort(raw.scores)[-6])  # about five per pair survive
     results = engine.segment(images, TEXTS, options=SegmentOptions(threshold=cut, nms_iou=0.3))
     pairs_kept = sum(1 for r in results for p in r.prompts if r.for_prompt(p))
@@ -185,34 +191,34 @@ def test_greedy_nms_equals_the_pairwise_definition() -> None:
 
 
 # ------------------------------------------------------------------------------------ compiled heads
-def _compiled_equals_eager(compiled: Sam3Engine, eager: Sam3Engine, photo: np.ndarray) -> None:
+def _compiled_equals_eager(compiled: Sam3Engine, eager: Sam3Engine, half: np.ndarray) -> None:
     """Batches padded to a power of two and prompts to a multiple of 8 tokens: 3 and 4 prompts (with one
     box: 34 tokens → 40) share one compiled graph."""
     from torch._dynamo.utils import counters
 
     before = counters["stats"]["unique_graphs"]
-    [want] = eager.segment([photo], TEXTS[:3], [POS], options=ALL)
-    [got] = compiled.segment([photo], TEXTS[:3], [POS], options=ALL)
+    [want] = eager.segment([half], TEXTS[:3], [POS], options=ALL)
+    [got] = compiled.segment([half], TEXTS[:3], [POS], options=ALL)
     _assert_close(got, want)
     graphs = counters["stats"]["unique_graphs"]
     assert graphs > before  # compiled (the counter counts)
-    [want] = eager.segment([photo], TEXTS[1:5], [NEG], options=ALL)
-    [got] = compiled.segment([photo], TEXTS[1:5], [NEG], options=ALL)
+    [want] = eager.segment([half], TEXTS[1:5], [NEG], options=ALL)
+    [got] = compiled.segment([half], TEXTS[1:5], [NEG], options=ALL)
     _assert_close(got, want)
     assert counters["stats"]["unique_graphs"] == graphs  # 4 pairs: the same bucket, no new graph
 
 
-def test_compiled_heads_equal_eager_on_cpu(engine: Sam3Engine, tiny_model_dir, photo) -> None:
+def test_compiled_heads_equal_eager_on_cpu(engine: Sam3Engine, tiny_model_dir, half) -> None:
     """torch.compile's graph capture of the backbone and the head batch, run with the ``aot_eager`` backend:
     inductor's C++ code generation takes ~5 min for these graphs on a 2-core CPU (CUDA: the gpu test)."""
     compiled = Sam3Engine.load(str(tiny_model_dir), device="cpu", compile="aot_eager")
-    _compiled_equals_eager(compiled, engine, photo)
+    _compiled_equals_eager(compiled, engine, half)
 
 
 @pytest.mark.gpu
-def test_compiled_heads_equal_eager_on_cuda(tiny_model_dir, photo) -> None:
+def test_compiled_heads_equal_eager_on_cuda(tiny_model_dir, half) -> None:
     if not torch.cuda.is_available():
         pytest.skip("needs CUDA")
     eager = Sam3Engine.load(str(tiny_model_dir), device="cuda", dtype="float32")
     compiled = Sam3Engine.load(str(tiny_model_dir), device="cuda", dtype="float32", compile=True)
-    _compiled_equals_eager(compiled, eager, photo)
+    _compiled_equals_eager(compiled, eager, half)

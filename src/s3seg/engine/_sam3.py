@@ -447,7 +447,7 @@ class Sam3Engine:
         # compiled: one graph per (batch bucket, token bucket), more than dynamo's default limit of 8
         with torch._dynamo.config.patch(recompile_limit=_RECOMPILE_LIMIT) if self.compiled else nullcontext():
             scores, boxes, masks = self._head_fn(
-                [f.index_select(0, idx) for f in fpn], [p.index_select(0, idx) for p in fpn_pos], prompt, prompt_mask
+                [f.index_select(0, idx) for f in fpn], [fpn_pos[-1].index_select(0, idx)], prompt, prompt_mask
             )
         return scores[:n], boxes[:n], masks[:n]
 
@@ -456,7 +456,8 @@ class Sam3Engine:
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """DETR encoder and decoder, scoring and mask decoder for N pairs (what ``compile`` compiles).
 
-        fpn, fpn_pos: each pair's image features, (N, C, h_l, w_l) per level, coarsest last;
+        fpn: each pair's image features, (N, C, h_l, w_l) per level, coarsest last; fpn_pos: the position
+        encoding of the coarsest level (the only one the heads read), (N, C, h, w), in a list;
         prompt (N, L, D), prompt_mask (N, L) → scores (N, Q), boxes (N, Q, 4) normalised xyxy, mask logits
         (N, Q, h, w).
         """
