@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from s3seg.client import Client, segment
     from s3seg.config import Settings
     from s3seg.types import Box, Instance, SegmentationResult, SegmentRequest, Timings, from_coco, to_coco
+    from s3seg.video import TrackedFrame, VideoResult, read_tracks, segment_video
 
 try:
     __version__ = version("s3seg")
@@ -45,6 +46,10 @@ _LAZY = {
     "Timings": "s3seg.types",
     "from_coco": "s3seg.types",
     "to_coco": "s3seg.types",
+    "segment_video": "s3seg.video",
+    "read_tracks": "s3seg.video",
+    "TrackedFrame": "s3seg.video",
+    "VideoResult": "s3seg.video",
 }
 
 
@@ -71,11 +76,15 @@ __all__ = [
     "SegmentationResult",
     "Settings",
     "Timings",
+    "TrackedFrame",
+    "VideoResult",
     "__version__",
     "batch",
     "from_coco",
     "read_batch",
+    "read_tracks",
     "segment",
+    "segment_video",
     "to_coco",
 ]
 __all__ += _errors

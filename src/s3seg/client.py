@@ -22,6 +22,8 @@ if TYPE_CHECKING:
 
     from s3seg._paths import Outcome
     from s3seg.engine import Sam3Engine
+    from s3seg.engine._video import Sam3VideoEngine
+    from s3seg.video import VideoResult
 
 # A result, and the id of the task that keeps it when the backend keeps results (else None).
 Segmented = tuple[SegmentationResult, str | None]
@@ -120,6 +122,7 @@ class Client:
         self.settings = load_settings(**{**base, **{k: v for k, v in given.items() if v is not None}})
         self._engine = engine
         self._backend = backend
+        self._video_engine: Sam3VideoEngine | None = None
         self._saved: list[tuple[str, str]] = []
         self._lock = threading.Lock()
 
@@ -235,6 +238,44 @@ class Client:
 
         return segment_paths(
             self, paths, request, out=out, save=save, project=project, batch_size=batch_size or self.settings.max_batch
+        )
+
+    @property
+    def video_engine(self) -> Sam3VideoEngine:
+        """The local video model (detector + tracker), loaded on first access."""
+        if self.is_remote:
+            raise UsageError("video runs locally for now", hint="drop --server/--api for videos")
+        with self._lock:
+            if self._video_engine is None:
+                from s3seg.engine._video import Sam3VideoEngine
+
+                self._video_engine = Sam3VideoEngine.from_settings(self.settings)
+            return self._video_engine
+
+    def segment_video(
+        self,
+        path: str | Path,
+        prompts: str | Sequence[str],
+        *,
+        start: str | float | None = None,
+        end: str | float | None = None,
+        every: int = 1,
+        threshold: float | None = None,
+        max_objects: int | None = None,
+    ) -> VideoResult:
+        """Every instance of each prompt tracked through a video; see :func:`s3seg.segment_video`."""
+        from s3seg.video import open_video
+
+        return open_video(
+            path,
+            prompts,
+            self.video_engine,
+            self.settings,
+            start=start,
+            end=end,
+            every=every,
+            threshold=threshold,
+            max_objects=max_objects,
         )
 
     def load(self, image: ImageInput | LoadedImage) -> LoadedImage:

@@ -82,6 +82,9 @@ class Settings(BaseSettings):
         default=True,
         description="All image–prompt pairs through the heads at once; off: one at a time, bit-identical per prompt.",
     )
+    max_objects: int = Field(default=16, ge=1, description="Video: most objects tracked at once.")
+    max_video_pixels: int = Field(default=3840 * 2160, ge=1, description="Video: refuse larger frames.")
+    max_video_seconds: float = Field(default=3600.0, gt=0, description="Video: refuse longer clips.")
     debug: bool = Field(default=False, description="Show full tracebacks.")
 
     # --- s3seg serve ---------------------------------------------------------------------------

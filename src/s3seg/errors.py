@@ -256,6 +256,10 @@ def error_from_response(status: int, code: str, message: str, hint: str | None, 
     return kind(text, hint, status=status, code=code)
 
 
+class VideoError(ImageError):
+    """A video that cannot be used: not a video, corrupt, no video stream, no frames, over a limit."""
+
+
 __all__ = [
     "AccountNotFound",
     "AuthError",
@@ -284,4 +288,6 @@ __all__ = [
     "Unauthorized",
     "UploadNotFound",
     "UsageError",
+    "VideoError",
 ]
+

@@ -1,7 +1,9 @@
 """Random-weight SAM3 checkpoints for trying pipelines and testing without downloading the real weights.
 
 ``write_random_checkpoint(path, "tiny")`` writes a standard ``save_pretrained`` directory (weights,
-config, processor, tokenizer) that loads through exactly the code path of real weights. Its masks are
+config, processor, tokenizer) that loads through exactly the code path of real weights. By default it is
+the layout of ``facebook/sam3``: a ``Sam3VideoModel`` (detector ``detector_model.*`` + tracker), which
+serves images and videos; ``layout="image"`` writes a plain ``Sam3Model`` (images only). Its masks are
 meaningless; its shapes, files and speed characteristics are real. Needs ``open_clip_torch`` for the
 tokenizer vocabulary (``pip install 's3seg[official]'``).
 """
@@ -12,14 +14,20 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:
-    from transformers import Sam3Config
+    import torch
+    from transformers import Sam3Config, Sam3VideoConfig
 
 Size = Literal["tiny", "small", "full"]
+Layout = Literal["video", "image"]
 
 
 def random_config(size: Size = "tiny") -> Sam3Config:
-    """``tiny``: 112 px input, ~1.8 M parameters (tests); ``small``: 336 px, 8-layer 256-wide ViT,
-    100 queries (CPU benchmarks); ``full``: SAM3's real architecture (1008 px, ~840 M parameters)."""
+    """``tiny``: 112 px input, ~3 M parameters (tests); ``small``: 336 px, 8-layer 256-wide ViT,
+    100 queries (CPU benchmarks); ``full``: SAM3's real architecture (1008 px, ~840 M parameters).
+
+    The detector width is 128 in ``tiny`` too: the video tracker shares the detector's FPN features and
+    needs a width that is a multiple of 64 and above 64 (its object pointers are split into 64-wide tokens).
+    """
     from transformers import Sam3Config
 
     if size == "full":
@@ -28,7 +36,7 @@ def random_config(size: Size = "tiny") -> Sam3Config:
     image = 112 if tiny else 336
     p = image // 14
     vit = 32 if tiny else 256
-    d = 32 if tiny else 128  # DETR / mask decoder width
+    d = 128  # DETR / mask decoder / FPN width (see above)
     heads = 2 if tiny else 4
     return Sam3Config(
         vision_config=dict(
@@ -61,33 +69,64 @@ def random_config(size: Size = "tiny") -> Sam3Config:
             hidden_size=d,
             num_layers=1 if tiny else 2,
             num_attention_heads=heads,
-            intermediate_size=d * 2 if tiny else 512,
+            intermediate_size=256 if tiny else 512,
         ),
         detr_encoder_config=dict(
             hidden_size=d,
             num_layers=1 if tiny else 3,
             num_attention_heads=heads,
-            intermediate_size=d * 2 if tiny else 512,
+            intermediate_size=256 if tiny else 512,
         ),
         detr_decoder_config=dict(
             hidden_size=d,
             num_layers=1 if tiny else 3,
             num_attention_heads=heads,
-            intermediate_size=d * 2 if tiny else 512,
+            intermediate_size=256 if tiny else 512,
             num_queries=20 if tiny else 100,
         ),
         mask_decoder_config=dict(hidden_size=d, num_attention_heads=heads),
     )
 
 
-def write_random_checkpoint(path: str | Path, size: Size = "tiny", seed: int = 0) -> Path:
+def random_video_config(size: Size = "tiny") -> Sam3VideoConfig:
+    """The video model (detector + memory tracker) around :func:`random_config`'s detector."""
+    from transformers import Sam3TrackerVideoConfig, Sam3VideoConfig
+
+    detector = random_config(size)
+    if size == "full":
+        return Sam3VideoConfig()
+    d = detector.vision_config.fpn_hidden_size
+    image = detector.image_size
+    tracker = Sam3TrackerVideoConfig(
+        vision_config=detector.vision_config.to_dict(),
+        prompt_encoder_config=dict(hidden_size=d),
+        mask_decoder_config=dict(hidden_size=d, mlp_dim=2 * d, num_attention_heads=2, iou_head_hidden_dim=d),
+        memory_attention_hidden_size=d,
+        memory_attention_num_layers=1 if size == "tiny" else 2,
+        memory_attention_feed_forward_hidden_size=2 * d,
+        memory_encoder_hidden_size=d,
+        mask_downsampler_embed_dim=d,
+        memory_fuser_embed_dim=d,
+        memory_fuser_intermediate_dim=2 * d,
+        image_size=image,
+    )
+    return Sam3VideoConfig(
+        detector_config=detector.to_dict(),
+        tracker_config=tracker.to_dict(),
+        low_res_mask_size=4 * image // 14,
+    )
+
+
+def write_random_checkpoint(path: str | Path, size: Size = "tiny", seed: int = 0, layout: Layout = "video") -> Path:
     """Write a random-weight SAM3 in the ``save_pretrained`` layout to ``path`` and return it.
 
+    ``layout="video"`` (default): ``Sam3VideoModel``, as ``facebook/sam3`` on the Hub (images and videos);
+    ``"image"``: ``Sam3Model`` (images only). The detector weights are the same for one ``seed``.
     Every parameter gets a non-trivial random value (default init leaves norms constant and biases zero,
     which would hide a swapped or ignored parameter).
     """
     import torch
-    from transformers import Sam3ImageProcessor, Sam3Model, Sam3Processor
+    from transformers import Sam3ImageProcessor, Sam3Model, Sam3Processor, Sam3VideoModel
 
     from s3seg.engine._load import quiet_transformers
     from s3seg.engine._tokenizer import build_clip_tokenizer
@@ -95,7 +134,27 @@ def write_random_checkpoint(path: str | Path, size: Size = "tiny", seed: int = 0
     path = Path(path)
     config = random_config(size)
     torch.manual_seed(seed)
-    model = Sam3Model(config).eval()  # type: ignore[no-untyped-call]
+    detector = Sam3Model(config).eval()  # type: ignore[no-untyped-call]
+    _randomise(detector, seed)
+    model: torch.nn.Module = detector
+    if layout == "video":
+        model = Sam3VideoModel(random_video_config(size)).eval()  # type: ignore[no-untyped-call]
+        _randomise(model, seed + 1)
+        model.detector_model.load_state_dict(detector.state_dict())
+    image = config.image_size
+    processor = Sam3Processor(
+        image_processor=Sam3ImageProcessor(size={"height": image, "width": image}),
+        tokenizer=build_clip_tokenizer(),
+    )
+    with quiet_transformers():
+        model.save_pretrained(path)  # type: ignore[operator]
+        processor.save_pretrained(path)
+    return path
+
+
+def _randomise(model: torch.nn.Module, seed: int) -> None:
+    import torch
+
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -103,15 +162,6 @@ def write_random_checkpoint(path: str | Path, size: Size = "tiny", seed: int = 0
                 p.copy_(1.0 + 0.1 * torch.randn(p.shape, generator=gen))
             elif p.ndim == 1:
                 p.copy_(0.05 * torch.randn(p.shape, generator=gen))
-    image = config.image_size
-    processor = Sam3Processor(
-        image_processor=Sam3ImageProcessor(size={"height": image, "width": image}),
-        tokenizer=build_clip_tokenizer(),
-    )
-    with quiet_transformers():
-        model.save_pretrained(path)
-        processor.save_pretrained(path)
-    return path
 
 
 def main(argv: list[str] | None = None) -> None:

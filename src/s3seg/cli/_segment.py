@@ -146,6 +146,20 @@ def segment_command(
         help="With --save: file the results under this project.",
         show_default=False,
     ),
+    video: bool = typer.Option(
+        False, "--video", help="Treat the input as a video (videos are recognised by content; GIF/WebP need this)."
+    ),
+    start: Optional[str] = typer.Option(  # noqa: UP045
+        None, "--start", help="Video: first frame, in seconds (2.5) or as a frame number (75f).", show_default=False
+    ),
+    end: Optional[str] = typer.Option(  # noqa: UP045
+        None, "--end", help="Video: stop before this time (seconds) or frame number (NNf).", show_default=False
+    ),
+    every: int = typer.Option(1, "--every", min=1, help="Video: process every Nth frame."),
+    max_objects: Optional[int] = typer.Option(  # noqa: UP045
+        None, "--max-objects", min=1, help="Video: most objects tracked at once (default 16).", show_default=False
+    ),
+    mot: bool = typer.Option(False, "--mot", help="Video: print MOT-challenge lines frame,id,x,y,w,h,conf,-1,-1,-1."),
 ) -> None:
     """Segment every instance of each prompt in one or more images.
 
@@ -167,6 +181,31 @@ def segment_command(
             "no prompt given",
             hint='add a text prompt (s3seg segment photo.jpg "dog") or an exemplar box (--box x0,y0,x1,y1)',
         )
+    from s3seg.cli import _video
+
+    if len(inputs) == 1 and _video.is_video(inputs[0], forced=video):
+        if box:
+            raise UsageError("exemplar boxes are for images; videos take text prompts")
+        if not prompts:
+            raise UsageError("no prompt given", hint='s3seg segment clip.mp4 "person"')
+        settings = load_settings(
+            model=model, device=device, dtype=dtype, revision=revision, threshold=threshold, max_objects=max_objects
+        )
+        _video.run(
+            Path(inputs[0]),
+            list(prompts),
+            settings,
+            out=out if out is not None or as_json or mot else DEFAULT_OUT,
+            as_json=as_json,
+            mot=mot,
+            start=start,
+            end=end,
+            every=every,
+            max_objects=max_objects,
+        )
+        return
+    if video or start or end or every != 1 or max_objects or mot:
+        raise UsageError("--video, --start, --end, --every, --max-objects and --mot are for one video input")
     boxes = [box_from_string(b) for b in box or []]
     settings = load_settings(
         model=model,

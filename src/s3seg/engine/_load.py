@@ -2,6 +2,12 @@
 
 A model is named by a Hub id (``facebook/sam3``), a local ``save_pretrained`` directory, or an
 official ``sam3.pt`` file. Every failure becomes a one-line :class:`ModelError` that says what to do.
+
+Loading is strict for every layout: a ``Sam3Model`` directory (``model_type`` ``sam3``, images only) and a
+``Sam3VideoModel`` directory (``sam3_video``: ``detector_model.*`` + ``tracker_model.*``, as ``facebook/sam3``)
+both serve images; videos need the latter. A weight the model needs but the files do not hold (which
+transformers only logs, leaving it randomly initialised), a tensor the model has no place for, or a shape
+mismatch is a :class:`ModelError` naming the keys.
 """
 
 from __future__ import annotations
@@ -11,14 +17,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 
 from s3seg.errors import DeviceError, ModelError
 
 if TYPE_CHECKING:
-    from transformers import CLIPTokenizer, Sam3Model
+    from transformers import CLIPTokenizer, Sam3Model, Sam3VideoModel
 
 # Only what Sam3Model needs: the Hub repo also holds the official .pt file and video weights.
 _HUB_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model"]
@@ -28,6 +34,17 @@ _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
 @dataclass(frozen=True)
 class LoadedModel:
     model: Sam3Model
+    tokenizer: CLIPTokenizer
+    image_size: int
+    image_mean: tuple[float, float, float]
+    image_std: tuple[float, float, float]
+    source: str
+    revision: str | None
+
+
+@dataclass(frozen=True)
+class LoadedVideoModel:
+    model: Sam3VideoModel
     tokenizer: CLIPTokenizer
     image_size: int
     image_mean: tuple[float, float, float]
@@ -148,30 +165,56 @@ def load(
     token: str | None = None,
     offline: bool = False,
 ) -> LoadedModel:
-    """Load weights, tokenizer and preprocessing constants onto ``device`` in ``dtype``."""
+    """Load the image model (``Sam3Model``), tokenizer and preprocessing constants onto ``device`` in ``dtype``."""
+    from transformers import Sam3Model
+
     path = resolve(model, revision=revision, token=token, offline=offline)
     if path.is_file():
         sam3, tokenizer, preprocess = _load_official(path)
     else:
-        sam3, tokenizer, preprocess = _load_pretrained_dir(path)
+        sam3, tokenizer, preprocess = _load_pretrained_dir(path, Sam3Model)
     sam3.to(device=device, dtype=dtype).eval()  # type: ignore[call-arg]  # transformers' typing of .to()
-    size = int(preprocess.get("size", {}).get("height", sam3.config.image_size))
+    size, mean, std = _preprocessing(preprocess, int(sam3.config.image_size))
+    return LoadedModel(sam3, tokenizer, size, mean, std, source=model, revision=revision)
+
+
+def load_video(
+    model: str,
+    *,
+    device: torch.device,
+    dtype: torch.dtype,
+    revision: str | None = None,
+    token: str | None = None,
+    offline: bool = False,
+) -> LoadedVideoModel:
+    """Load the video model (``Sam3VideoModel``: detector + memory tracker) like :func:`load`."""
+    from transformers import Sam3VideoModel
+
+    path = resolve(model, revision=revision, token=token, offline=offline)
+    if path.is_file():
+        # The converter maps the detector half of sam3.pt only; its tracker.* keys are not mapped yet.
+        raise ModelError(
+            f"{path} is an official sam3.pt: s3seg reads its image detector but not yet its video tracker",
+            hint="for video use facebook/sam3 from the Hub or a directory written by Sam3VideoModel.save_pretrained",
+        )
+    video, tokenizer, preprocess = _load_pretrained_dir(path, Sam3VideoModel)
+    video.to(device=device, dtype=dtype).eval()  # type: ignore[call-arg]
+    size, mean, std = _preprocessing(preprocess, int(video.config.detector_config.image_size))
+    return LoadedVideoModel(video, tokenizer, size, mean, std, source=model, revision=revision)
+
+
+def _preprocessing(
+    preprocess: dict[str, Any], default_size: int
+) -> tuple[int, tuple[float, float, float], tuple[float, float, float]]:
+    size = int(preprocess.get("size", {}).get("height", default_size))
     mean, std = preprocess.get("image_mean", (0.5, 0.5, 0.5)), preprocess.get("image_std", (0.5, 0.5, 0.5))
-    return LoadedModel(
-        model=sam3,
-        tokenizer=tokenizer,
-        image_size=size,
-        image_mean=(float(mean[0]), float(mean[1]), float(mean[2])),
-        image_std=(float(std[0]), float(std[1]), float(std[2])),
-        source=model,
-        revision=revision,
-    )
+    return size, (float(mean[0]), float(mean[1]), float(mean[2])), (float(std[0]), float(std[1]), float(std[2]))
 
 
-def _load_pretrained_dir(path: Path) -> tuple[Sam3Model, CLIPTokenizer, dict[str, Any]]:
+def _load_pretrained_dir(path: Path, cls: type[_M]) -> tuple[_M, CLIPTokenizer, dict[str, Any]]:
     import json
 
-    from transformers import AutoTokenizer, Sam3Model
+    from transformers import AutoTokenizer
 
     if not (path / "config.json").is_file():
         raise ModelError(
@@ -179,10 +222,25 @@ def _load_pretrained_dir(path: Path) -> tuple[Sam3Model, CLIPTokenizer, dict[str
             hint="pass a directory written by save_pretrained, a Hub id, or an official sam3.pt file",
         )
     try:
+        model_type = json.loads((path / "config.json").read_text()).get("model_type")
+    except (OSError, ValueError, AttributeError) as e:
+        raise ModelError(f"cannot read {path / 'config.json'}: {_first_line(e)}") from e
+    if model_type not in ("sam3", "sam3_video"):
+        raise ModelError(
+            f"{path} holds a {model_type!r} model, not SAM3",
+            hint="pass a SAM3 directory (model_type sam3 or sam3_video), a Hub id, or an official sam3.pt file",
+        )
+    if cls.__name__ == "Sam3VideoModel" and model_type != "sam3_video":
+        raise ModelError(
+            f"{path} is an image-only SAM3 checkpoint (Sam3Model): it has no tracker weights for video",
+            hint="use facebook/sam3, an official sam3.pt, or a directory written by Sam3VideoModel.save_pretrained",
+        )
+    try:
         with quiet_transformers():
-            sam3 = Sam3Model.from_pretrained(path, attn_implementation="sdpa")
+            loaded, info = cls.from_pretrained(path, attn_implementation="sdpa", output_loading_info=True)
     except Exception as e:  # transformers raises many kinds; the user needs one line
         raise ModelError(f"cannot load SAM3 weights from {path}: {_first_line(e)}") from e
+    _check_loading_info(path, info)
     try:
         tokenizer: CLIPTokenizer = AutoTokenizer.from_pretrained(path)  # type: ignore[assignment]
     except Exception:
@@ -196,7 +254,37 @@ def _load_pretrained_dir(path: Path) -> tuple[Sam3Model, CLIPTokenizer, dict[str
             data = json.loads((path / name).read_text())
             preprocess = data.get("image_processor", data)
             break
-    return sam3, tokenizer, preprocess
+    return loaded, tokenizer, preprocess
+
+
+_M = TypeVar("_M", "Sam3Model", "Sam3VideoModel")
+
+
+def _check_loading_info(path: Path, info: dict[str, Any]) -> None:
+    """transformers only logs what it could not load; here every gap is an error."""
+    missing = sorted(str(k) for k in info.get("missing_keys", ()))
+    if missing:
+        raise ModelError(
+            f"{path} lacks {len(missing)} weight(s) the model needs, which would be left random: {_few(missing)}",
+            hint="the files are incomplete or use another key layout; re-save the model with save_pretrained",
+        )
+    unexpected = sorted(str(k) for k in info.get("unexpected_keys", ()))
+    if unexpected:
+        raise ModelError(
+            f"{path} has {len(unexpected)} weight(s) this SAM3 model has no place for: {_few(unexpected)}",
+            hint="the checkpoint belongs to another architecture or key layout",
+        )
+    mismatched = [str(m[0]) if isinstance(m, tuple) else str(m) for m in info.get("mismatched_keys", ())]
+    if mismatched:
+        raise ModelError(
+            f"{path} has {len(mismatched)} weight(s) of the wrong shape for its config: {_few(sorted(mismatched))}",
+            hint="config.json must describe the same model size as the weights",
+        )
+
+
+def _few(keys: list[str], n: int = 5) -> str:
+    shown = ", ".join(keys[:n])
+    return shown + (f" (and {len(keys) - n} more)" if len(keys) > n else "")
 
 
 def _load_official(path: Path) -> tuple[Sam3Model, CLIPTokenizer, dict[str, Any]]:

@@ -1,0 +1,319 @@
+"""Video in and out with PyAV (its wheels bundle FFmpeg: no system ffmpeg needed). Torch-free.
+
+Frames are decoded lazily, one at a time, as RGB uint8 arrays with the container's display-matrix
+rotation applied (as EXIF orientation is for photos); 10-bit and other pixel formats are converted by
+FFmpeg. Each frame keeps its own timestamp (variable frame rate). A file that ends early (truncated
+download) is read up to its last good frame with a warning; a file FFmpeg cannot open at all (no index,
+not a video, corrupt) is an error.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import numpy.typing as npt
+
+from s3seg.errors import DependencyError, UsageError, VideoError
+
+if TYPE_CHECKING:
+    import av.container
+
+# Containers recognised by their first bytes (extensions are not trusted).
+_MAGIC: tuple[tuple[int, bytes], ...] = (
+    (4, b"ftyp"),  # MP4, MOV, M4V, 3GP
+    (0, b"\x1a\x45\xdf\xa3"),  # Matroska, WebM
+    (0, b"OggS"),  # Ogg (Theora)
+    (0, b"\x00\x00\x01\xba"),  # MPEG program stream
+    (0, b"\x47"),  # MPEG transport stream (checked again at 188 below)
+    (4, b"moov"),
+    (4, b"mdat"),
+    (4, b"wide"),
+    (4, b"free"),
+)
+_ANIMATED = (b"GIF87a", b"GIF89a")
+
+
+def looks_like_video(path: Path, *, animated: bool = False) -> bool:
+    """True when the file's first bytes are those of a video container (``animated``: GIF/WebP too)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(400)
+    except OSError:
+        return False
+    if head[:4] == b"RIFF" and head[8:12] == b"AVI ":
+        return True
+    if animated and (head[:6] in _ANIMATED or (head[:4] == b"RIFF" and head[8:12] == b"WEBP")):
+        return True
+    for offset, magic in _MAGIC:
+        if head[offset : offset + len(magic)] == magic:
+            if magic == b"\x47":
+                return len(head) > 188 and head[188:189] == b"\x47"
+            return True
+    return False
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """What the container says, before decoding. ``width``/``height`` are as coded: a frame with a
+    display-matrix rotation of ±90° comes out turned (read the size from the frames); ``frames`` and
+    ``duration`` are estimates from the header (None when it does not say)."""
+
+    width: int
+    height: int
+    fps: float
+    frames: int | None
+    duration: float | None
+    codec: str
+
+
+@dataclass(frozen=True)
+class DecodedFrame:
+    """One decoded frame: its number in the file (0-based, decode order), its time in seconds, RGB pixels."""
+
+    index: int
+    time: float
+    array: npt.NDArray[np.uint8]
+
+
+@dataclass(frozen=True)
+class Position:
+    """A point in a video: seconds (``2.5``) or a frame number (``75f``)."""
+
+    value: float
+    frames: bool = False
+
+    @classmethod
+    def parse(cls, text: str) -> Position:
+        match = re.fullmatch(r"\s*(\d+(?:\.\d*)?)\s*(f|s)?\s*", text)
+        if match is None or (match.group(2) == "f" and "." in match.group(1)):
+            raise UsageError(
+                f"not a time or frame number: {text!r}", hint="seconds (2.5 or 2.5s) or a frame number (75f)"
+            )
+        return cls(float(match.group(1)), frames=match.group(2) == "f")
+
+    def reached(self, index: int, time: float) -> bool:
+        return index >= self.value if self.frames else time >= self.value - 1e-9
+
+
+def _av() -> Any:
+    try:
+        import av
+    except ImportError as e:
+        raise DependencyError(
+            "video needs PyAV, which is not installed", hint="pip install 's3seg[video]'  (PyAV bundles FFmpeg)"
+        ) from e
+    return av
+
+
+def _open(path: Path) -> av.container.InputContainer:
+    av = _av()
+    if not path.is_file():
+        raise VideoError(f"{path}: no such file")
+    try:
+        return av.open(str(path), mode="r")
+    except (av.FFmpegError, OSError, UnicodeDecodeError) as e:
+        raise VideoError(
+            f"{path.name}: not a video or corrupt ({_reason(e)})", hint="check that the file plays; re-encode it"
+        ) from e
+
+
+def _reason(e: BaseException) -> str:
+    text = getattr(e, "strerror", None) or str(e)
+    return str(text).strip().splitlines()[0] if str(text).strip() else type(e).__name__
+
+
+def probe(path: Path, *, max_pixels: int, max_seconds: float) -> VideoInfo:
+    """Open ``path`` and check its header (cheap: nothing is decoded)."""
+    container = _open(path)
+    try:
+        return _info(path, container, max_pixels=max_pixels, max_seconds=max_seconds)
+    finally:
+        container.close()
+
+
+def _info(
+    path: Path, container: av.container.InputContainer, *, max_pixels: int, max_seconds: float
+) -> VideoInfo:
+    if not container.streams.video:
+        kinds = sorted({s.type for s in container.streams}) or ["no"]
+        raise VideoError(
+            f"{path.name}: has no video stream (only {', '.join(kinds)} streams)", hint="give a file with video"
+        )
+    stream = container.streams.video[0]
+    width, height = int(stream.codec_context.width or 0), int(stream.codec_context.height or 0)
+    if width <= 0 or height <= 0:
+        raise VideoError(f"{path.name}: the video stream has no picture size (corrupt?)")
+    rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+    fps = float(rate) if rate else 0.0
+    duration: float | None = None
+    if stream.duration is not None and stream.time_base is not None:
+        duration = float(stream.duration * stream.time_base)
+    elif container.duration is not None:
+        duration = container.duration / 1_000_000
+    frames = int(stream.frames) if stream.frames else (round(duration * fps) if duration and fps else None)
+    if width * height > max_pixels:
+        raise VideoError(
+            f"{path.name}: {width}×{height} is over the limit of {max_pixels} pixels per frame",
+            hint="downscale the video or raise S3SEG_MAX_VIDEO_PIXELS",
+        )
+    if duration is not None and duration > max_seconds:
+        raise VideoError(
+            f"{path.name}: {duration:.1f} s is over the limit of {max_seconds:g} s",
+            hint="cut the clip (--start/--end only choose frames) or raise S3SEG_MAX_VIDEO_SECONDS",
+        )
+    if frames == 0:
+        raise VideoError(f"{path.name}: the video stream has no frames")
+    codec = stream.codec_context.name or "?"
+    return VideoInfo(width, height, fps, frames, duration, codec)
+
+
+def read(
+    path: Path,
+    *,
+    max_pixels: int,
+    max_seconds: float,
+    start: Position | None = None,
+    end: Position | None = None,
+    every: int = 1,
+) -> tuple[VideoInfo, Iterator[DecodedFrame]]:
+    """The header, and an iterator decoding frames [start, end) lazily, keeping every ``every``-th one.
+
+    Raises :class:`VideoError` before returning for anything the header shows wrong; while iterating, for
+    a video with no frame in the range. A decode error after the first frame ends the iteration with a
+    :class:`TruncatedVideoWarning` (the frames before it are good).
+    """
+    if every < 1:
+        raise UsageError(f"--every must be at least 1, got {every}")
+    container = _open(path)
+    try:
+        info = _info(path, container, max_pixels=max_pixels, max_seconds=max_seconds)
+    except BaseException:
+        container.close()
+        raise
+    return info, _frames(path, container, info, start, end, every, max_seconds)
+
+
+def _frames(
+    path: Path,
+    container: av.container.InputContainer,
+    info: VideoInfo,
+    start: Position | None,
+    end: Position | None,
+    every: int,
+    max_seconds: float,
+) -> Iterator[DecodedFrame]:
+    av = _av()
+    stream = container.streams.video[0]
+    stream.thread_type = "AUTO"
+    t0: float | None = None
+    selected = 0
+    index = -1
+    try:
+        decoder = container.decode(stream)
+        while True:
+            try:
+                frame = next(decoder)
+            except StopIteration:
+                break
+            except av.FFmpegError as e:
+                if index < 0:
+                    raise VideoError(f"{path.name}: no frame could be decoded ({_reason(e)})") from e
+                warnings.warn(
+                    f"{path.name}: the video data ends early or is damaged after frame {index} "
+                    f"({_reason(e)}); processed up to the last good frame",
+                    TruncatedVideoWarning,
+                    stacklevel=2,
+                )
+                break
+            index += 1
+            pts = frame.time if frame.time is not None else index / (info.fps or 1.0)
+            if t0 is None:
+                t0 = pts
+            time = max(0.0, pts - t0)
+            if time > max_seconds:
+                raise VideoError(
+                    f"{path.name}: longer than the limit of {max_seconds:g} s",
+                    hint="cut the clip or raise S3SEG_MAX_VIDEO_SECONDS",
+                )
+            if end is not None and end.reached(index, time):
+                break
+            if start is not None and not start.reached(index, time):
+                continue
+            if selected % every == 0:
+                yield DecodedFrame(index, time, _rgb(frame))
+            selected += 1
+    finally:
+        container.close()
+    if selected == 0:
+        where = " between --start and --end" if start is not None or end is not None else ""
+        raise VideoError(f"{path.name}: no video frames{where}", hint="check the file and the --start/--end range")
+
+
+def _rgb(frame: Any) -> npt.NDArray[np.uint8]:
+    array: npt.NDArray[np.uint8] = frame.to_ndarray(format="rgb24")
+    turns = (int(round(frame.rotation or 0)) // 90) % 4
+    return np.ascontiguousarray(np.rot90(array, k=turns)) if turns else array
+
+
+class TruncatedVideoWarning(UserWarning):
+    """The video ended early or is damaged; frames up to the last good one were processed."""
+
+
+class VideoWriter:
+    """H.264 (yuv420p) MP4 written to a hidden temporary file and renamed into place by :meth:`close`;
+    :meth:`abort` (or leaving the ``with`` block on an error) removes it, so nothing half-written stays."""
+
+    def __init__(self, path: Path, width: int, height: int, fps: Fraction, *, crf: int = 23) -> None:
+        av = _av()
+        self.path = path
+        self._tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.mp4")
+        self._container = av.open(str(self._tmp), mode="w", format="mp4")
+        self._stream = self._container.add_stream("libx264", rate=fps)
+        self._stream.width = width + width % 2  # yuv420p needs even sizes: edge pixels are repeated
+        self._stream.height = height + height % 2
+        self._stream.pix_fmt = "yuv420p"
+        self._stream.options = {"crf": str(crf), "preset": "veryfast"}
+        self._size = (width, height)
+        self.frames = 0
+
+    def write(self, rgb: npt.NDArray[np.uint8]) -> None:
+        av = _av()
+        pad_h, pad_w = self._stream.height - rgb.shape[0], self._stream.width - rgb.shape[1]
+        if pad_h or pad_w:
+            rgb = np.pad(rgb, ((0, pad_h), (0, pad_w), (0, 0)), mode="edge")
+        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
+        frame.pts = self.frames
+        for packet in self._stream.encode(frame):
+            self._container.mux(packet)
+        self.frames += 1
+
+    def close(self) -> Path:
+        for packet in self._stream.encode():
+            self._container.mux(packet)
+        self._container.close()
+        self._tmp.replace(self.path)
+        return self.path
+
+    def abort(self) -> None:
+        try:
+            self._container.close()
+        except Exception:  # noqa: BLE001  (already failing; the file is removed either way)
+            pass
+        self._tmp.unlink(missing_ok=True)
+
+    def __enter__(self) -> VideoWriter:
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()

@@ -1,0 +1,122 @@
+"""``s3seg segment clip.mp4 PROMPT...``: track every instance through a video; files, JSON or MOT lines."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from s3seg.cli._console import console, err_console
+
+if TYPE_CHECKING:
+    from s3seg.config import Settings
+    from s3seg.video import VideoResult
+
+
+def run(
+    path: Path,
+    prompts: list[str],
+    settings: Settings,
+    *,
+    out: Path | None,
+    as_json: bool,
+    mot: bool,
+    start: str | None,
+    end: str | None,
+    every: int,
+    max_objects: int | None,
+) -> None:
+    """Track, then write ``NAME.tracks.json`` and ``NAME.overlay.mp4`` into ``out`` (each atomically: a
+    failure at any point leaves neither half-written) and/or print the tracks."""
+    from s3seg._videoio import TruncatedVideoWarning, probe
+    from s3seg.client import Client
+    from s3seg.errors import UsageError
+    from s3seg.video import open_video
+
+    if out is not None and out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} exists and is not a folder")
+    probe(path, max_pixels=settings.max_video_pixels, max_seconds=settings.max_video_seconds)  # before the model
+    client = Client(settings=settings)
+    engine = client.video_engine  # model problems end the command before any video work
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", TruncatedVideoWarning)
+        video = open_video(path, prompts, engine, settings, start=start, end=end, every=every, max_objects=max_objects)
+        _process(video, expected=_expected(path, every))
+    for w in caught:
+        if issubclass(w.category, TruncatedVideoWarning):
+            err_console.print(f"[bold yellow]warning[/] {w.message}", highlight=False, soft_wrap=True)
+    written: list[Path] = []
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        stem = path.stem
+        try:
+            written.append(video.write_overlay(out / f"{stem}.overlay.mp4"))
+            written.append(video.write_tracks(out / f"{stem}.tracks.json"))
+        except BaseException:
+            for done in written:
+                done.unlink(missing_ok=True)
+            raise
+    if as_json:
+        sys.stdout.write(json.dumps(video.to_tracks()) + "\n")
+    elif mot:
+        sys.stdout.write("".join(line + "\n" for line in video.mot_lines()))
+    else:
+        _summary(video, written)
+
+
+def _expected(path: Path, every: int) -> int | None:
+    import av
+
+    try:
+        with av.open(str(path)) as c:
+            n = c.streams.video[0].frames
+        return -(-n // every) if n else None
+    except Exception:  # noqa: BLE001  (only for the progress bar)
+        return None
+
+
+def _process(video: VideoResult, expected: int | None) -> None:
+    """Run the clip with a progress bar on stderr: frames, frames/s and time left."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    bar = Progress(
+        TextColumn("tracking"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[fps]} frames/s"),
+        TimeRemainingColumn(),
+        console=err_console,
+        transient=True,
+        disable=not err_console.is_terminal,
+    )
+    with bar:
+        task = bar.add_task("track", total=expected, fps="-")
+        t0 = time.perf_counter()
+        for n, _ in enumerate(video, start=1):
+            bar.update(task, completed=n, fps=f"{n / max(time.perf_counter() - t0, 1e-9):.1f}")
+
+
+def _summary(video: VideoResult, written: list[Path]) -> None:
+    doc = video.to_tracks()
+    meta = doc["videos"][0]
+    per_prompt: dict[int, int] = {}
+    for ann in doc["annotations"]:
+        per_prompt[ann["category_id"]] = per_prompt.get(ann["category_id"], 0) + 1
+    found = ", ".join(f"{per_prompt.get(c['id'], 0)} {c['name']}" for c in doc["categories"])
+    console.print(
+        f"{video.name}: {meta['length']} frame(s) at {meta['width']}×{meta['height']}, track(s): {found}",
+        highlight=False,
+    )
+    for p in written:
+        console.print(f"wrote {p}", highlight=False)
+
+
+def is_video(path: str, *, forced: bool) -> bool:
+    from s3seg._videoio import looks_like_video
+
+    p = Path(path)
+    return p.is_file() and (forced or looks_like_video(p))
+
