@@ -9,6 +9,7 @@ not a video, corrupt) is an error.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import warnings
@@ -72,6 +73,7 @@ class VideoInfo:
     frames: int | None
     duration: float | None
     codec: str
+    exact: bool = False  # ``frames`` is the container's own count (not estimated from the duration)
 
 
 @dataclass(frozen=True)
@@ -118,7 +120,9 @@ def _open(path: Path) -> av.container.InputContainer:
     if not path.is_file():
         raise VideoError(f"{path}: no such file")
     try:
-        return av.open(str(path), mode="r")
+        return av.open(str(path), mode="r")  # type: ignore[no-any-return]
+    except av.error.EOFError as e:
+        raise VideoError(f"{path.name}: the video is empty (no frames)", hint="check the file") from e
     except (av.FFmpegError, OSError, UnicodeDecodeError) as e:
         raise VideoError(
             f"{path.name}: not a video or corrupt ({_reason(e)})", hint="check that the file plays; re-encode it"
@@ -139,14 +143,11 @@ def probe(path: Path, *, max_pixels: int, max_seconds: float) -> VideoInfo:
         container.close()
 
 
-def _info(
-    path: Path, container: av.container.InputContainer, *, max_pixels: int, max_seconds: float
-) -> VideoInfo:
+def _info(path: Path, container: av.container.InputContainer, *, max_pixels: int, max_seconds: float) -> VideoInfo:
     if not container.streams.video:
-        kinds = sorted({s.type for s in container.streams}) or ["no"]
-        raise VideoError(
-            f"{path.name}: has no video stream (only {', '.join(kinds)} streams)", hint="give a file with video"
-        )
+        kinds = sorted({s.type for s in container.streams})
+        what = f"only {', '.join(kinds)} streams" if kinds else "no streams at all: empty"
+        raise VideoError(f"{path.name}: has no video stream ({what})", hint="give a file with video")
     stream = container.streams.video[0]
     width, height = int(stream.codec_context.width or 0), int(stream.codec_context.height or 0)
     if width <= 0 or height <= 0:
@@ -172,7 +173,7 @@ def _info(
     if frames == 0:
         raise VideoError(f"{path.name}: the video stream has no frames")
     codec = stream.codec_context.name or "?"
-    return VideoInfo(width, height, fps, frames, duration, codec)
+    return VideoInfo(width, height, fps, frames, duration, codec, exact=bool(stream.frames))
 
 
 def read(
@@ -252,6 +253,13 @@ def _frames(
             selected += 1
     finally:
         container.close()
+    if end is None and info.exact and info.frames and 0 <= index < info.frames - 1:
+        warnings.warn(
+            f"{path.name}: the file says {info.frames} frames but only {index + 1} could be read "
+            "(truncated?); processed up to the last good frame",
+            TruncatedVideoWarning,
+            stacklevel=2,
+        )
     if selected == 0:
         where = " between --start and --end" if start is not None or end is not None else ""
         raise VideoError(f"{path.name}: no video frames{where}", hint="check the file and the --start/--end range")
@@ -259,7 +267,7 @@ def _frames(
 
 def _rgb(frame: Any) -> npt.NDArray[np.uint8]:
     array: npt.NDArray[np.uint8] = frame.to_ndarray(format="rgb24")
-    turns = (int(round(frame.rotation or 0)) // 90) % 4
+    turns = (round(frame.rotation or 0) // 90) % 4
     return np.ascontiguousarray(np.rot90(array, k=turns)) if turns else array
 
 
@@ -303,10 +311,8 @@ class VideoWriter:
         return self.path
 
     def abort(self) -> None:
-        try:
+        with contextlib.suppress(Exception):
             self._container.close()
-        except Exception:  # noqa: BLE001  (already failing; the file is removed either way)
-            pass
         self._tmp.unlink(missing_ok=True)
 
     def __enter__(self) -> VideoWriter:

@@ -290,4 +290,3 @@ __all__ = [
     "UsageError",
     "VideoError",
 ]
-

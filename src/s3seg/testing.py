@@ -95,10 +95,12 @@ def random_video_config(size: Size = "tiny") -> Sam3VideoConfig:
     detector = random_config(size)
     if size == "full":
         return Sam3VideoConfig()
-    d = detector.vision_config.fpn_hidden_size
+    vision = detector.vision_config
+    assert vision is not None and not isinstance(vision, dict)
+    d = int(vision.fpn_hidden_size)
     image = detector.image_size
-    tracker = Sam3TrackerVideoConfig(
-        vision_config=detector.vision_config.to_dict(),
+    tracker = Sam3TrackerVideoConfig(  # type: ignore[call-arg]  # image_size is a property set in __post_init__
+        vision_config=vision.to_dict(),
         prompt_encoder_config=dict(hidden_size=d),
         mask_decoder_config=dict(hidden_size=d, mlp_dim=2 * d, num_attention_heads=2, iou_head_hidden_dim=d),
         memory_attention_hidden_size=d,
@@ -140,7 +142,7 @@ def write_random_checkpoint(path: str | Path, size: Size = "tiny", seed: int = 0
     if layout == "video":
         model = Sam3VideoModel(random_video_config(size)).eval()  # type: ignore[no-untyped-call]
         _randomise(model, seed + 1)
-        model.detector_model.load_state_dict(detector.state_dict())
+        model.detector_model.load_state_dict(detector.state_dict())  # type: ignore[union-attr]
     image = config.image_size
     processor = Sam3Processor(
         image_processor=Sam3ImageProcessor(size={"height": image, "width": image}),

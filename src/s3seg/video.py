@@ -127,9 +127,7 @@ class VideoResult:
         self.frame_indices.append(frame.index)
         self.timestamps.append(frame.time)
         for track_id, inst in frame.tracks():
-            track = self._tracks.setdefault(
-                track_id, _Track(track_id, self.prompts.index(inst.prompt) + 1, inst.score)
-            )
+            track = self._tracks.setdefault(track_id, _Track(track_id, self.prompts.index(inst.prompt) + 1, inst.score))
             rle, area = _rle.encode(inst.mask)
             x0, y0, x1, y1 = inst.box
             track.frames[position] = (rle, [x0, y0, x1 - x0, y1 - y0], area)
@@ -244,6 +242,8 @@ def read_tracks(doc: Mapping[str, Any] | str | Path) -> list[TrackedFrame]:
             doc = json.loads(doc)
         except ValueError as e:
             raise ResultFormatError(f"not JSON: {e}") from e
+    if not isinstance(doc, Mapping):
+        raise ResultFormatError("a tracks document is a JSON object")
     try:
         video = doc["videos"][0]
         width, height = int(video["width"]), int(video["height"])
@@ -256,7 +256,7 @@ def read_tracks(doc: Mapping[str, Any] | str | Path) -> list[TrackedFrame]:
             for position, rle in enumerate(ann["segmentations"]):
                 if rle is None:
                     continue
-                x, y, w, h = ann["bboxes"][position]
+                x, y, w, h = (float(v) for v in ann["bboxes"][position])
                 inst = Instance(
                     prompt=names[int(ann["category_id"])],
                     score=float(ann["score"]),
@@ -284,15 +284,16 @@ def overlay_frame(image: npt.NDArray[np.uint8], frame: TrackedFrame, *, alpha: f
     from s3seg import render
 
     canvas = image.astype(np.float32)
-    labels = np.zeros(image.shape[:2], dtype=np.int32)
-    for track_id, inst in frame.tracks():
-        labels[inst.mask] = track_id + 1
-    for track_id, _ in frame.tracks():
-        where = labels == track_id + 1
-        canvas[where] = canvas[where] * (1 - alpha) + np.array(render.color(track_id + 1), np.float32) * alpha
+    labels = np.zeros(image.shape[:2], dtype=np.uint16)  # k = the frame's k-th track (masks do not overlap)
+    lut = np.zeros((len(frame.track_ids) + 1, 3), dtype=np.uint8)
+    for k, (track_id, inst) in enumerate(frame.tracks(), start=1):
+        labels[inst.mask] = k
+        lut[k] = render.color(track_id + 1)
+    for k in range(1, len(lut)):
+        where = labels == k
+        canvas[where] = canvas[where] * (1 - alpha) + lut[k].astype(np.float32) * alpha
     edges = render._edges(labels)
     out = canvas.round().clip(0, 255).astype(np.uint8)
-    lut = np.array([render.color(k) for k in range(int(labels.max()) + 1)], dtype=np.uint8)
     out[edges] = lut[labels[edges]]
     picture = Image.fromarray(out)
     draw = ImageDraw.Draw(picture)

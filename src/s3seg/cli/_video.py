@@ -74,7 +74,7 @@ def _expected(path: Path, every: int) -> int | None:
         with av.open(str(path)) as c:
             n = c.streams.video[0].frames
         return -(-n // every) if n else None
-    except Exception:  # noqa: BLE001  (only for the progress bar)
+    except Exception:
         return None
 
 
@@ -119,4 +119,3 @@ def is_video(path: str, *, forced: bool) -> bool:
 
     p = Path(path)
     return p.is_file() and (forced or looks_like_video(p))
-

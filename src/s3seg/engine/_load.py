@@ -199,7 +199,7 @@ def load_video(
         )
     video, tokenizer, preprocess = _load_pretrained_dir(path, Sam3VideoModel)
     video.to(device=device, dtype=dtype).eval()  # type: ignore[call-arg]
-    size, mean, std = _preprocessing(preprocess, int(video.config.detector_config.image_size))
+    size, mean, std = _preprocessing(preprocess, int(video.config.image_size))
     return LoadedVideoModel(video, tokenizer, size, mean, std, source=model, revision=revision)
 
 
@@ -237,10 +237,12 @@ def _load_pretrained_dir(path: Path, cls: type[_M]) -> tuple[_M, CLIPTokenizer, 
         )
     try:
         with quiet_transformers():
-            loaded, info = cls.from_pretrained(path, attn_implementation="sdpa", output_loading_info=True)
+            loaded, info = cls.from_pretrained(  # type: ignore[misc]  # a pair with output_loading_info
+                path, attn_implementation="sdpa", output_loading_info=True
+            )
     except Exception as e:  # transformers raises many kinds; the user needs one line
         raise ModelError(f"cannot load SAM3 weights from {path}: {_first_line(e)}") from e
-    _check_loading_info(path, info)
+    _check_loading_info(path, dict(info))  # type: ignore[has-type]
     try:
         tokenizer: CLIPTokenizer = AutoTokenizer.from_pretrained(path)  # type: ignore[assignment]
     except Exception:
@@ -254,7 +256,7 @@ def _load_pretrained_dir(path: Path, cls: type[_M]) -> tuple[_M, CLIPTokenizer, 
             data = json.loads((path / name).read_text())
             preprocess = data.get("image_processor", data)
             break
-    return loaded, tokenizer, preprocess
+    return loaded, tokenizer, preprocess  # type: ignore[has-type]
 
 
 _M = TypeVar("_M", "Sam3Model", "Sam3VideoModel")

@@ -110,7 +110,9 @@ class Sam3VideoEngine:
 
     @classmethod
     def from_settings(cls, s: Settings) -> Sam3VideoEngine:
-        return cls.load(s.model, device=s.device, dtype=s.dtype, revision=s.revision, token=s.token(), offline=s.offline)
+        return cls.load(
+            s.model, device=s.device, dtype=s.dtype, revision=s.revision, token=s.token(), offline=s.offline
+        )
 
     @property
     def hotstart_delay(self) -> int:
@@ -205,12 +207,13 @@ class Sam3VideoEngine:
 
         t = torch.from_numpy(np.ascontiguousarray(array)).to(self.device).permute(2, 0, 1)
         t = TF.resize(t, [self.image_size, self.image_size], interpolation=InterpolationMode.BILINEAR, antialias=True)
-        return ((t.float().div_(255.0) - self._mean) / self._std).to(self.dtype)
+        pixels: torch.Tensor = ((t.float().div_(255.0) - self._mean) / self._std).to(self.dtype)
+        return pixels
 
     def _trim(self, s: Any, k: int) -> None:
         """Drop from the session everything the tracker will not read again (see the module docstring)."""
         window = k - self._memory_window
-        s.processed_frames = {}  # type: ignore[assignment]  # the frame's features are cached; pixels unused
+        s.processed_frames = {}  # the frame's features are cached; its pixels are not read again
         for outputs in s.output_dict_per_obj.values():
             non_cond = outputs["non_cond_frame_outputs"]
             for t in [t for t in non_cond if t <= window]:
@@ -364,7 +367,7 @@ def _no_hub_kernels() -> None:
     NMS is done here instead (:func:`_nms`); hole filling and sprinkle removal are skipped (docs/fidelity.md)."""
     from transformers.models.sam3_video import modeling_sam3_video
 
-    modeling_sam3_video.cv_utils_kernel = False
+    modeling_sam3_video.cv_utils_kernel = False  # type: ignore[assignment]
 
 
 def _session_class() -> type:
@@ -382,7 +385,7 @@ def _session_class() -> type:
     return Session
 
 
-def _Session(**kwargs: Any) -> Any:  # noqa: N802  (a factory: transformers is imported lazily)
+def _Session(**kwargs: Any) -> Any:
     global _SESSION
     if _SESSION is None:
         _SESSION = _session_class()
