@@ -27,6 +27,7 @@ BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
         ),
         ("bench_api.py", ["--requests", "1", "--image", "160x120", "--threads", "1"], "servers stopped cleanly: 1/1"),
         ("bench_encode.py", ["--repeats", "1"], "all RLE strings identical to pycocotools'"),
+        ("bench_video.py", ["--frames", "2,4", "--size", "64x48"], "summary: peak RSS growth"),
     ],
 )
 def test_benchmark_runs(script: str, args: list[str], expect: str, tmp_path: Path) -> None:
