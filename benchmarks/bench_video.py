@@ -101,7 +101,6 @@ def main() -> None:
         return
 
     from _video import make_clip
-
     from s3seg.testing import write_random_checkpoint
 
     lengths = [int(x) for x in args.frames.split(",")]

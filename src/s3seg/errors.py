@@ -17,6 +17,7 @@ so a user sees one line, not a traceback; ``S3SEG_DEBUG=1`` shows the chained ca
     * ImageTooLargeError                   413 IMAGE_TOO_LARGE
     * FileTooLarge                         413 FILE_TOO_LARGE
     * URLFetchFailed                       400 URL_FETCH_FAILED
+    * VideoError                           415 UNSUPPORTED_VIDEO
   * ModelError                    exit 4
   * DependencyError               exit 5
   * ResultFormatError             exit 6
@@ -133,6 +134,10 @@ class FileTooLarge(ImageError, status=413, code="FILE_TOO_LARGE"):
 
 class URLFetchFailed(ImageError, status=400, code="URL_FETCH_FAILED"):
     """An image URL could not be fetched (error status, timeout, too large, unreachable)."""
+
+
+class VideoError(ImageError, code="UNSUPPORTED_VIDEO"):
+    """A video that cannot be used: not a video, corrupt, no video stream, no frames, over a limit."""
 
 
 class ModelError(S3SegError, exit_code=4):
@@ -254,10 +259,6 @@ def error_from_response(status: int, code: str, message: str, hint: str | None, 
     else:
         text = f"{where} refused the request: {message}"
     return kind(text, hint, status=status, code=code)
-
-
-class VideoError(ImageError):
-    """A video that cannot be used: not a video, corrupt, no video stream, no frames, over a limit."""
 
 
 __all__ = [

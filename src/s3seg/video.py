@@ -27,7 +27,7 @@ import numpy.typing as npt
 
 from s3seg import _rle
 from s3seg.errors import ResultFormatError, UsageError
-from s3seg.types import Instance, SegmentationResult, ensure_prompts
+from s3seg.types import Instance, SegmentationResult, normalize_prompts
 
 if TYPE_CHECKING:
     from s3seg._videoio import Position, VideoInfo
@@ -337,7 +337,7 @@ def open_video(
     """Open ``path`` (header checks happen here) and return the lazily processed :class:`VideoResult`."""
     from s3seg import _videoio
 
-    texts = ensure_prompts(prompts)
+    texts = normalize_prompts(prompts)
     if not texts:
         raise UsageError("no prompt given", hint='give a text prompt such as "person"')
     source = Path(path)
@@ -363,7 +363,7 @@ def open_video(
         frames,
         name=source.name,
         source=source,
-        prompts=tuple(" ".join(p.split()) for p in dict.fromkeys(texts)),
+        prompts=texts,
         fps=info.fps,
         every=every,
         selection=(first, last),
