@@ -13,7 +13,9 @@ objects:
   ``processor.postprocess_outputs``; frames decoded with PyAV as well.
 
 Every (path, length) runs in a fresh process so that its peak RSS (``ru_maxrss``) is its own. The script prints
-frames/s, peak RSS, and the ratio peak RSS(long)/peak RSS(short) per path (s3seg's target: ≤ 1.10).
+frames/s, peak RSS, the resident memory just before the first frame and after the last one (the peak of a tiny
+model can be set by loading it; the growth while tracking shows in the second pair), and the ratio peak
+RSS(long)/peak RSS(short) per path (s3seg's target: ≤ 1.10).
 
     python benchmarks/bench_video.py                        # tiny, 100 and 1000 frames
     python benchmarks/bench_video.py --config small --frames 100,300 --json bench-video.json
@@ -50,6 +52,7 @@ def run_one(path: str, model_dir: str, clip: str, frames: int, threads: int) -> 
         from s3seg.video import open_video
 
         engine = Sam3VideoEngine.load(model_dir, device="cpu")
+        before = _rss_mib()
         t0 = time.perf_counter()
         video = open_video(clip, ["person"], engine, load_settings(threshold=0.0), end=f"{frames}f", max_objects=16)
         for _ in video:
@@ -70,6 +73,7 @@ def run_one(path: str, model_dir: str, clip: str, frames: int, threads: int) -> 
         model.score_threshold_detection = 0.0
         model.new_det_thresh = 0.7
         model.max_num_objects = 16
+        before = _rss_mib()
         t0 = time.perf_counter()
         session = processor.init_video_session(inference_device="cpu", dtype=torch.float32)
         processor.add_text_prompt(session, "person")
@@ -82,7 +86,23 @@ def run_one(path: str, model_dir: str, clip: str, frames: int, threads: int) -> 
                 n += 1
     seconds = time.perf_counter() - t0
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {"path": path, "frames": n, "seconds": seconds, "fps": n / seconds, "peak_rss_mib": peak_kib / 1024}
+    return {
+        "path": path,
+        "frames": n,
+        "seconds": seconds,
+        "fps": n / seconds,
+        "peak_rss_mib": peak_kib / 1024,
+        "rss_before_mib": before,
+        "rss_after_mib": _rss_mib(),
+    }
+
+
+def _rss_mib() -> float:
+    """The process's resident memory now (Linux), MiB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
 
 
 def main() -> None:
@@ -135,7 +155,8 @@ def main() -> None:
                 rows.append(row)
                 print(
                     f"{path:>12} {row['frames']:>6} frames  {row['fps']:7.2f} frames/s  "
-                    f"peak RSS {row['peak_rss_mib']:8.1f} MiB",
+                    f"peak RSS {row['peak_rss_mib']:8.1f} MiB  RSS before/after the clip "
+                    f"{row['rss_before_mib']:7.1f} / {row['rss_after_mib']:7.1f} MiB",
                     flush=True,
                 )
     print("summary: peak RSS growth from the shortest to the longest clip (target for s3seg ≤ 1.10)")
