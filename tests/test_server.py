@@ -35,7 +35,7 @@ OPTIONS = SegmentOptions(threshold=0.2)
 class Server(LoopbackServer):
     def __init__(self, engine: Sam3Engine, **settings: Any) -> None:
         settings.setdefault("data_dir", Path(tempfile.mkdtemp(prefix="s3seg-server-")))
-        self.settings = Settings(api_key=KEY, threshold=0.2, **settings)
+        self.settings = Settings(**{"api_key": KEY, "threshold": 0.2, **settings})
         super().__init__(create_app(engine, self.settings), headers={"X-API-Key": KEY})
 
     def stop(self) -> None:
@@ -95,7 +95,9 @@ def test_health_needs_no_key_and_reports_the_device(server: Server) -> None:
 
 def test_model_info(server: Server, tiny_model_dir: Path) -> None:
     data = server.http.get("/api/v1/model/info").json()["data"]
-    assert data["model"] == str(tiny_model_dir) and data["dtype"] == "float32" and data["image_size"] == 112
+    assert data["model"] == tiny_model_dir.name  # its name: the server's paths stay private
+    assert str(tiny_model_dir) not in str(data)
+    assert data["dtype"] == "float32" and data["image_size"] == 112
     assert data["parameters"] > 1_000_000 and data["limits"]["max_prompts"] == 4
 
 
@@ -482,3 +484,17 @@ def test_serve_refuses_public_address_without_key(
     monkeypatch.delenv("S3SEG_API_KEY", raising=False)
     code, _, err = run_cli(capsys, "serve", "--host", "0.0.0.0")
     assert code == 2 and "refusing to serve on 0.0.0.0 without an API key" in err
+
+
+def test_the_servers_defaults_apply_unless_the_client_sets_an_option(
+    serve: Callable[..., Server], engine: Sam3Engine, photo_path: Path
+) -> None:
+    import s3seg
+
+    server = serve(threshold=0.0)  # the server's S3SEG_THRESHOLD
+    local = s3seg.Client(engine=engine)
+    everything, default = local.segment(photo_path, "person", threshold=0.0), local.segment(photo_path, "person")
+    assert len(everything) > len(default)  # so the test can tell which threshold applied
+    with s3seg.Client(server_url=server.url, api_key=KEY) as remote:
+        assert len(remote.segment(photo_path, "person")) == len(everything)
+        assert len(remote.segment(photo_path, "person", threshold=0.5)) == len(default)

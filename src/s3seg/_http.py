@@ -122,17 +122,9 @@ class HTTP:
 
 def predict(http: HTTP, image: LoadedImage, request: SegmentRequest) -> SegmentationResult:
     """One image through an ``s3seg serve`` server's ``POST /api/v1/predict`` (multipart)."""
-    options = request.options
-    fields: dict[str, Any] = {
-        "prompts": list(request.prompts),
-        "boxes": [str(b) for b in request.boxes],
-        "threshold": repr(options.threshold),
-        "mask_threshold": repr(options.mask_threshold),
-    }
-    if options.max_instances is not None:
-        fields["max_instances"] = str(options.max_instances)
-    if options.nms_iou is not None:
-        fields["nms_iou"] = repr(options.nms_iou)
+    fields: dict[str, Any] = {"prompts": list(request.prompts), "boxes": [str(b) for b in request.boxes]}
+    # Only the options the user chose: the server's own defaults (its S3SEG_THRESHOLD, ...) apply to the rest.
+    fields.update({k: repr(v) for k, v in request.chosen_options().items() if v is not None})
     files = {"image": (image.name or "image.png", image.file_bytes(), "application/octet-stream")}
     [result] = from_coco(http.call("POST", "/api/v1/predict", data=fields, files=files))
     return dataclasses.replace(result, image=image.name)

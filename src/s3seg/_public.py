@@ -90,7 +90,7 @@ class PublicClient:
             "text_prompts": list(request.prompts),
             "project": project,
             "boxes": [b.to_dict() for b in request.boxes],
-            **request.options.to_dict(),
+            **request.chosen_options(),  # the server's defaults apply to the others
         }
         return Task.from_dict(self.http.call("POST", "/api/v1/segment", json=body))
 

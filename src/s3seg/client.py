@@ -25,6 +25,8 @@ if TYPE_CHECKING:
     from s3seg.engine._video import Sam3VideoEngine
     from s3seg.video import VideoResult
 
+_OPTIONS = frozenset({"threshold", "mask_threshold", "max_instances", "nms_iou"})
+
 # A result, and the id of the task that keeps it when the backend keeps results (else None).
 Segmented = tuple[SegmentationResult, str | None]
 
@@ -120,6 +122,10 @@ class Client:
         base = settings.model_dump() if settings is not None else {}
         given = {"model": model, "device": device, "server_url": server_url, "api_key": api_key, "api_url": api_url}
         self.settings = load_settings(**{**base, **{k: v for k, v in given.items() if v is not None}})
+        # The options set on purpose (settings given, or S3SEG_* in the environment): sent to a server, whose
+        # own defaults apply to the rest.
+        chosen = settings.model_fields_set if settings is not None else self.settings.model_fields_set
+        self._explicit = frozenset(chosen & _OPTIONS)
         self._engine = engine
         self._backend = backend
         self._video_engine: Sam3VideoEngine | None = None
@@ -290,7 +296,9 @@ class Client:
         **options: Unpack[Overrides],
     ) -> SegmentRequest:
         """A checked request: these prompts and boxes, the options given over this client's settings."""
-        return SegmentRequest.build(prompts, boxes, defaults=SegmentOptions.from_settings(self.settings), **options)
+        return SegmentRequest.build(
+            prompts, boxes, defaults=SegmentOptions.from_settings(self.settings), explicit=self._explicit, **options
+        )
 
 
 def _backend_for(settings: Settings, engine: Sam3Engine | None) -> Backend:

@@ -153,12 +153,20 @@ class SegmentRequest:
     prompts: tuple[str, ...] = ()
     boxes: tuple[Box, ...] = ()
     options: SegmentOptions = SegmentOptions()
+    # The names of the options the caller chose (an argument, a flag, the client's own S3SEG_* setting);
+    # a server applies its own defaults to the others.
+    explicit: frozenset[str] = field(default=frozenset(), compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "prompts", normalize_prompts(self.prompts))
         object.__setattr__(self, "boxes", tuple(b if isinstance(b, Box) else Box(*b) for b in self.boxes))
         if not self.prompts and not self.boxes:
             raise UsageError("nothing to segment: give a text prompt, an exemplar box, or both")
+
+    def chosen_options(self) -> dict[str, Any]:
+        """The options the caller chose explicitly (what a client sends a server, whose own defaults fill
+        in the rest)."""
+        return {k: v for k, v in self.options.to_dict().items() if k in self.explicit}
 
     @classmethod
     def build(
@@ -168,11 +176,14 @@ class SegmentRequest:
         *,
         defaults: SegmentOptions = SegmentOptions(),
         limits: Limits | None = None,
+        explicit: Iterable[str] = (),
         **options: Unpack[Overrides],
     ) -> SegmentRequest:
-        """A checked request: the ``options`` given over ``defaults``, within ``limits`` when given."""
+        """A checked request: the ``options`` given over ``defaults``, within ``limits`` when given.
+        ``explicit``: names of ``defaults`` the caller chose (the options given are explicit too)."""
         checked = tuple(b if isinstance(b, Box) else Box(*b) for b in boxes)
-        request = cls(normalize_prompts(prompts), checked, defaults.overridden(**options))
+        chosen = frozenset(explicit) | {k for k, v in options.items() if v is not None}
+        request = cls(normalize_prompts(prompts), checked, defaults.overridden(**options), chosen)
         if checked and not request.prompts and not any(b.positive for b in checked):
             raise UsageError(
                 "only negative boxes given: they say what not to find, so there is nothing to look for",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
@@ -58,7 +59,14 @@ def model_info(engine: EngineDep, settings: SettingsDep) -> Envelope[ModelInfoOu
         max_images=settings.max_images,
         max_pixels=settings.max_pixels,
     )
-    return Envelope(data=ModelInfoOut(**vars(engine.info), limits=limits))
+    info = {**vars(engine.info), "model": _model_name(engine.info.model)}
+    return Envelope(data=ModelInfoOut(**info, limits=limits))
+
+
+def _model_name(source: str) -> str:
+    """A Hub id as it is; a local folder or file by its name only (the server's paths stay private)."""
+    path = Path(source)
+    return path.name if path.is_absolute() or path.exists() else source
 
 
 @router.post("/predict", openapi_extra=body_doc(PredictIn, PredictIn, "image", many=False))
