@@ -120,11 +120,16 @@ class HTTP:
         raise error_from_response(response.status_code, code, message, details.get("hint"), where=self.where)
 
 
-def predict(http: HTTP, image: LoadedImage, request: SegmentRequest) -> SegmentationResult:
-    """One image through an ``s3seg serve`` server's ``POST /api/v1/predict`` (multipart)."""
+def predict(
+    http: HTTP, image: LoadedImage, request: SegmentRequest, *, all_options: bool = False
+) -> SegmentationResult:
+    """One image through an ``s3seg serve`` server's ``POST /api/v1/predict`` (multipart).
+
+    Only the options the user chose are sent, so the server's own defaults (its ``S3SEG_THRESHOLD``, ...)
+    apply to the rest; ``all_options``: send every option (a gateway, whose settings are the defaults)."""
+    options = request.options.to_dict() if all_options else request.chosen_options()
     fields: dict[str, Any] = {"prompts": list(request.prompts), "boxes": [str(b) for b in request.boxes]}
-    # Only the options the user chose: the server's own defaults (its S3SEG_THRESHOLD, ...) apply to the rest.
-    fields.update({k: repr(v) for k, v in request.chosen_options().items() if v is not None})
+    fields.update({k: repr(v) for k, v in options.items() if v is not None})
     files = {"image": (image.name or "image.png", image.file_bytes(), "application/octet-stream")}
     [result] = from_coco(http.call("POST", "/api/v1/predict", data=fields, files=files))
     return dataclasses.replace(result, image=image.name)

@@ -53,7 +53,7 @@ class WorkerPool:
             with self._lock:
                 self._in_flight[i] += 1
             try:
-                return predict(self._workers[i], image, request)
+                return predict(self._workers[i], image, request, all_options=True)  # the gateway's defaults
             except ServerError as e:
                 if e.status is not None and e.status < 500:
                     raise
