@@ -9,7 +9,7 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from s3seg.cli._console import console, err_console
+from s3seg.cli._console import console, err_console, tell
 
 if TYPE_CHECKING:
     from s3seg.config import Settings
@@ -47,7 +47,7 @@ def run(
         _process(video, expected=_expected(path, every))
     for w in caught:
         if issubclass(w.category, TruncatedVideoWarning):
-            err_console.print(f"[bold yellow]warning[/] {w.message}", highlight=False, soft_wrap=True)
+            tell(("warning", "bold yellow"), f" {w.message}")
     written: list[Path] = []
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
