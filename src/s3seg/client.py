@@ -326,7 +326,39 @@ def segment(
     device: str | None = None,
     **kwargs: Any,
 ) -> SegmentationResult:
-    """One-liner: ``s3seg.segment("photo.jpg", "dog")``. The model is loaded once per process and reused."""
+    """Every instance of each prompt in one image: ``s3seg.segment("photo.jpg", "dog")``.
+
+    The model is loaded on the first call and kept for the process (one per ``model``/``device``); use
+    :class:`Client` to choose a server or to control its lifetime.
+
+    Args:
+        image: a path, bytes, a PIL image, or an RGB/gray numpy array.
+        prompts: one noun phrase (``"dog"``) or several (``["dog", "cat"]``); all share one backbone pass.
+        model: Hub id (default ``facebook/sam3``, or ``S3SEG_MODEL``), ``save_pretrained`` folder or ``sam3.pt``.
+        device: ``auto`` (default), ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
+        boxes: exemplar boxes ``(x0, y0, x1, y1)`` in pixels, or :class:`s3seg.Box` (``positive=False``
+            for "not like this"); boxes alone find "things like this".
+        threshold: minimum instance score (default 0.5, or ``S3SEG_THRESHOLD``).
+        mask_threshold: mask probability cut-off (default 0.5).
+        max_instances: keep at most this many instances per prompt.
+        nms_iou: drop an instance whose mask overlaps a better one by more than this IoU.
+
+    Returns:
+        A :class:`s3seg.SegmentationResult`: ``masks`` (N, H, W) bool, ``boxes`` (N, 4) xyxy pixels,
+        ``scores`` (N,), ``labels`` (the prompt of each), best first per prompt.
+
+    Raises:
+        ImageError: the image cannot be read. UsageError: no prompt and no box, or a bad option.
+        ModelError: the model cannot be found, downloaded or read. DeviceError: no such device, or out of memory.
+
+    Example (``MODEL``: a Hub id or a model folder; ``PHOTO``: an image path):
+
+    >>> result = s3seg.segment(PHOTO, "person", model=MODEL, threshold=0.2)
+    >>> result.masks.shape[1:] == (result.height, result.width) and len(result.scores) == len(result)
+    True
+    >>> set(result.labels) <= {"person"}
+    True
+    """
     with _clients_lock:
         client = _clients.get((model, device))
         if client is None:

@@ -406,7 +406,18 @@ def to_coco(results: Iterable[SegmentationResult]) -> dict[str, Any]:
 
 
 def from_coco(doc: Mapping[str, Any]) -> list[SegmentationResult]:
-    """Results from a COCO document written by :func:`to_coco` (or any COCO RLE/polygon-free file)."""
+    """The results in a COCO document written by :func:`to_coco` (or any COCO file with RLE masks, no
+    polygons): a **list**, one :class:`SegmentationResult` per image of the document, in its order.
+
+    Raises:
+        ResultFormatError: the document is not one s3seg can read.
+
+    >>> from s3seg import Box, SegmentationResult, from_coco, to_coco
+    >>> empty = SegmentationResult(width=4, height=3, prompts=("dog",), image="a.jpg")
+    >>> [back] = from_coco(to_coco([empty]))     # one image in the document: a list of one
+    >>> back.image, back.width, back.height, back.prompts, len(back)
+    ('a.jpg', 4, 3, ('dog',), 0)
+    """
     try:
         names = {int(c["id"]): str(c["name"]) for c in doc["categories"]}
         by_image: dict[int, list[Instance]] = {int(im["id"]): [] for im in doc["images"]}
