@@ -10,7 +10,11 @@ import pytest
 import s3seg
 
 
-@pytest.mark.parametrize("obj", [s3seg.segment, s3seg.from_coco], ids=lambda o: o.__qualname__)
+@pytest.mark.parametrize(
+    "obj",
+    [s3seg.segment, s3seg.from_coco, s3seg.Client.segment, s3seg.SegmentationResult],
+    ids=lambda o: o.__qualname__,
+)
 def test_examples_in_docstrings_run(obj: object, tiny_model_dir: Path, photo_path: Path) -> None:
     finder = doctest.DocTestFinder(recurse=False)
     globs = {"s3seg": s3seg, "MODEL": str(tiny_model_dir), "PHOTO": str(photo_path)}

@@ -207,6 +207,16 @@ class Client:
             boxes: exemplar boxes (x0, y0, x1, y1) in pixels, or :class:`Box` (``positive=False`` for negatives).
             options: ``threshold``, ``mask_threshold``, ``max_instances``, ``nms_iou``: override the
                 settings for this call.
+
+        Returns:
+            A :class:`SegmentationResult` (``masks``, ``boxes``, ``scores``, ``labels``).
+
+        Example (``MODEL``: a Hub id or a model folder; ``PHOTO``: an image path):
+
+        >>> client = s3seg.Client(MODEL, device="cpu")
+        >>> result = client.segment(PHOTO, ["person", "tie"], threshold=0.2)
+        >>> result.prompts, len(result.masks) == len(result)
+        (('person', 'tie'), True)
         """
         return self.segment_batch([image], prompts, boxes=boxes, **options)[0]
 

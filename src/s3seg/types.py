@@ -274,6 +274,17 @@ class SegmentationResult:
         image: a name for the image (file name, URL or ``None``).
         timings: per-stage milliseconds.
         model: the model id or path that produced it.
+
+    Arrays for the whole image: ``masks`` (N, H, W) bool, ``boxes`` (N, 4) xyxy pixels, ``scores`` (N,),
+    ``labels`` (each instance's prompt); ``for_prompt(p)`` the instances of one prompt; ``to_coco()`` a
+    JSON-ready COCO document.
+
+    >>> import numpy as np
+    >>> from s3seg import Instance, SegmentationResult
+    >>> mask = np.zeros((3, 4), dtype=bool); mask[1, 1:3] = True
+    >>> r = SegmentationResult(4, 3, ("dog",), (Instance("dog", 0.9, (1.0, 1.0, 3.0, 2.0), mask),))
+    >>> r.masks.shape, r.scores.tolist(), r.labels, len(r.for_prompt("dog"))
+    ((1, 3, 4), [0.9], ['dog'], 1)
     """
 
     width: int
