@@ -45,6 +45,16 @@ SEGMENT_ARGS = ("-p", "person", "-p", "tie", "--threshold", "0", "--max-instance
 # --- fixtures -------------------------------------------------------------------------------------------
 
 
+@pytest.fixture(scope="module", autouse=True)
+def exact_heads() -> Iterator[None]:
+    """Batched heads give results within float tolerance of each other that depend on which images share a
+    batch (docs/fidelity.md); Ray's batches are not `s3seg segment`'s. The exact mode (each image–prompt pair
+    alone) makes both paths comparable RLE for RLE, whatever the batches."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("S3SEG_BATCH_HEADS", "0")
+        yield
+
+
 @pytest.fixture(scope="module")
 def ray_local() -> Iterator[None]:
     """Embedded Ray on 2 CPUs, started the way `s3seg batch` starts it (bound to 127.0.0.1)."""
