@@ -1,5 +1,5 @@
 """The web app in a real browser: Debian's Chromium driven by Playwright (pointed at /usr/bin/chromium;
-Playwright never downloads a browser of its own), against a real uvicorn server on loopback with the tiny model, local mode
+it never downloads a browser of its own), against a real uvicorn server on loopback with the tiny model, local mode
 (API key), the SQLite store and local files. Screenshots go to a temporary folder (or to
 $S3SEG_WEB_SCREENSHOTS), the best of them to docs/images/.
 """
