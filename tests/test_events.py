@@ -10,10 +10,11 @@ from s3seg.server._events import parse_event_id, task_events_since
 from s3seg.store import Status, Task
 
 
-def task(status: Status, progress: dict[str, Any] | None = None) -> Task:
+def task(status: Status, progress: dict[str, int] | None = None) -> Task:
     now = datetime.now(timezone.utc)
-    metadata = {"progress": progress} if progress is not None else {}
-    return Task("t1", status, "cat", now, now, metadata=metadata, error="boom" if status == "error" else None)
+    done, total = (progress or {}).get("done", 0), (progress or {}).get("total", 0)
+    error = "boom" if status == "error" else None
+    return Task("t1", status, "cat", now, now, error=error, frames_done=done, frames_total=total)
 
 
 def out(t: Task) -> dict[str, Any]:
@@ -53,6 +54,16 @@ def test_resume_sends_only_what_is_newer() -> None:
     assert names(task_events_since(task("done", {"done": 10, "total": 10}), (2, 10), out)) == [("done", "2-10")]
 
 
-def test_bad_progress_is_ignored() -> None:
-    for bad in ({"done": "x", "total": 2}, {"total": None}, {"done": -4, "total": -1}):
-        assert names(task_events_since(task("processing", bad), None, out)) == [("status", "1-0")]
+def test_progress_events() -> None:
+    # an image task: one step, 0/1 when it starts and 1/1 before it is saved
+    assert names(task_events_since(task("processing", {"done": 0, "total": 1}), (0, 0), out)) == [
+        ("status", "1-0"),
+        ("progress", "1-0"),
+    ]
+    [step] = task_events_since(task("processing", {"done": 1, "total": 1}), (1, 0), out)
+    assert (step.event, step.id, step.data) == ("progress", "1-1", {"task_id": "t1", "done": 1, "total": 1})
+    # no total (nothing reported yet), or a negative count: no progress event
+    for bad in ({"done": 3}, {"done": -4, "total": -1}):
+        assert names(task_events_since(task("processing", bad), None, out)) == [
+            ("status", "1-3" if bad["done"] > 0 else "1-0")
+        ]

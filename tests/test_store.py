@@ -359,6 +359,34 @@ def test_requeue_stale_then_error_after_the_last_attempt(backend: Backend) -> No
         finish(b, other.id)
 
 
+def test_heartbeat_keeps_a_running_task_and_records_progress(backend: Backend) -> None:
+    a, b = backend.user(), backend.user()
+    task = a.create_task(["v"], queue=True, frames_total=8)
+    assert (task.frames_done, task.frames_total) == (0, 8)
+    assert a.create_task(["plain"]).frames_total == 0  # unknown
+    assert not a.heartbeat(task.id, done=1)  # pending: nobody runs it
+    a.start(task.id)
+    backend.backdate([task.id])
+    assert a.heartbeat(task.id, done=3)  # the worker is alive: fresh again
+    assert backend.server.requeue_stale(older_than_s=60, max_attempts=3) == []
+    running = a.get(task.id)
+    assert (running.status, running.frames_done, running.frames_total) == ("processing", 3, 8)
+    assert running.updated_at > task.updated_at
+    assert not b.heartbeat(task.id, done=7)  # another user's task: not touched
+    assert a.get(task.id).frames_done == 3
+    with pytest.raises(UsageError, match="progress must be >= 0"):
+        a.heartbeat(task.id, done=-1)
+    backend.backdate([task.id])  # no heartbeat for an hour: its worker died
+    [requeued] = backend.server.requeue_stale(older_than_s=60, max_attempts=3)
+    assert requeued.id == task.id and not a.heartbeat(task.id)  # the dead worker's late beat: not its task now
+    again = a.start(task.id)  # run again from the start
+    assert (again.frames_done, again.frames_total, again.metadata["attempts"]) == (0, 8, 2)
+    assert a.heartbeat(again.id, done=8, total=8) and a.heartbeat(again.id)
+    done = finish(a, again.id)
+    assert (done.status, done.frames_done, done.frames_total) == ("done", 8, 8)
+    assert not a.heartbeat(done.id)  # ended
+
+
 # --- credits, binding, closing ------------------------------------------------------------------------------
 
 

@@ -18,7 +18,9 @@ STATUSES: tuple[Status, ...] = ("pending", "processing", "done", "error")
 
 @dataclass(frozen=True)
 class Task:
-    """One row of ``segmentation_results``: one image segmented with one set of prompts."""
+    """One row of ``segmentation_results``: one image (or video) segmented with one set of prompts.
+    ``frames_done``/``frames_total``: a running task's progress (a video's frames; an image is one step);
+    ``frames_total`` 0 while unknown."""
 
     id: str
     status: Status
@@ -34,6 +36,8 @@ class Task:
     labels: list[Any] = field(default_factory=list)
     metadata: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
+    frames_done: int = 0
+    frames_total: int = 0
 
     @property
     def prompts(self) -> list[str]:
@@ -58,6 +62,8 @@ class Task:
             labels=d.get("labels") or [],
             metadata=d.get("metadata") or {},
             error=d.get("error"),
+            frames_done=int(d.get("frames_done") or 0),
+            frames_total=int(d.get("frames_total") or 0),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -74,6 +80,8 @@ class Task:
             "labels": self.labels,
             "metadata": self.metadata,
             "error": self.error,
+            "frames_done": self.frames_done,
+            "frames_total": self.frames_total,
             "created_at": self.created_at.isoformat(),
             "updated_at": self.updated_at.isoformat(),
         }

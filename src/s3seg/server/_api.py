@@ -138,6 +138,7 @@ async def segment(http: Request, user: CurrentUser, api: ApiDep) -> Envelope[Tas
             metadata={**metadata, **task_metadata(request)},
             cost=api.settings.segment_cost,
             queue=True,
+            frames_total=1,  # an image is one step: progress 0/1, then 1/1
         )
     )
     api.runner.submit(task)

@@ -3,8 +3,8 @@
 A client (the web page, ``curl -N``) sees a task move without polling in a loop:
 
 - ``status`` while it is ``pending`` or ``processing`` (data: ``{"task_id", "status"}``);
-- ``progress`` when the task reports steps done (``metadata.progress = {"done": n, "total": m}``; image
-  tasks are one step and report none);
+- ``progress`` when the task reports steps done (data: ``{"task_id", "done", "total"}``, from the task's
+  ``frames_done``/``frames_total``: a video's frames; an image task is one step, 0/1 then 1/1);
 - finally ``done`` (data: the task, the same object as ``GET /api/v1/tasks/{id}``) or ``error``
   (data: ``{"task_id", "status", "error"}``), after which the stream ends.
 
@@ -114,10 +114,4 @@ def task_events_since(
 
 
 def _steps(task: Task) -> tuple[int, int]:
-    progress = task.metadata.get("progress")
-    if not isinstance(progress, dict):
-        return 0, 0
-    try:
-        return max(0, int(progress.get("done", 0))), max(0, int(progress.get("total", 0)))
-    except (TypeError, ValueError):
-        return 0, 0
+    return max(0, task.frames_done), max(0, task.frames_total)

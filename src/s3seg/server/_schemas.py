@@ -221,6 +221,8 @@ class TaskOut(BaseModel):
     labels: list[Any]
     metadata: dict[str, Any]
     error: str | None
+    frames_done: int = Field(description="progress: frames (steps) processed; an image is one step")
+    frames_total: int = Field(description="progress: frames (steps) to process; 0 while unknown")
     created_at: str
     updated_at: str
 

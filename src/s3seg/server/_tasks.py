@@ -6,6 +6,13 @@ every ``sweep_s`` after, the runner picks up ``pending`` tasks (also those creat
 and asks the store to requeue tasks left ``processing`` by a worker that died (``task_timeout_s``);
 after ``task_attempts`` tries such a task ends ``error``. Two servers sharing a store may both see a
 pending task; ``store.start`` lets exactly one of them take it.
+
+A worker that is alive says so: while it runs a task it heartbeats (``store.heartbeat``, every
+``heartbeat_s``, a quarter of ``task_timeout_s`` at most) and reports progress as it goes, so a task that
+runs longer than ``task_timeout_s`` (a long video) is requeued only once its worker stops heartbeating (the
+process died). A task run again starts from the beginning (``frames_done`` back to 0), and is charged
+once: only the run that marks it ``done`` charges it. An image task is one step (progress 0/1, then 1/1);
+a video task reports its frames (see ``_video_tasks``).
 """
 
 from __future__ import annotations
@@ -13,13 +20,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 
-from s3seg.errors import Busy, S3SegError, StoreError
+from s3seg.errors import Busy, S3SegError, StoreError, UsageError
 from s3seg.images import LoadedImage, load_image
 from s3seg.records import Recorder
 from s3seg.server._fetch import fetch
@@ -31,8 +40,17 @@ log = logging.getLogger("s3seg.tasks")
 
 # Runs one image through SAM3 (the in-process batcher, or a GPU worker in gateway mode).
 Infer = Callable[[LoadedImage, SegmentRequest], Awaitable[SegmentationResult]]
+# Runs one video task to its end (``done``, charged) in a thread, reporting progress through the callable:
+# ``progress(done, total)`` heartbeats and raises when the task is no longer this worker's to run.
+Progress = Callable[[int, int], None]
+RunVideo = Callable[[Task, Store, Progress], Task]
 
 _BUSY_RETRIES = 30
+_PROGRESS_S = 0.25  # a video task writes its progress at most this often
+
+
+class _NotOurs(Exception):
+    """The task is no longer this worker's (requeued and taken elsewhere, ended, or the server stops)."""
 
 
 @dataclass(frozen=True)
@@ -55,13 +73,16 @@ class TaskRunner:
         *,
         workers: int = 2,
         sweep_s: float | None = None,
+        video: RunVideo | None = None,
     ) -> None:
         self.store = store
         self.storage = storage
         self.infer = infer
+        self.video = video
         self.limits = limits
         self.workers = workers
         self.sweep_s = sweep_s if sweep_s is not None else min(30.0, max(1.0, limits.timeout_s / 4))
+        self.heartbeat_s = min(30.0, max(0.05, limits.timeout_s / 4))
         self._queue: asyncio.Queue[Task] = asyncio.Queue()
         self._known: set[str] = set()  # queued or running here
         self._finished: dict[str, asyncio.Event] = {}
@@ -135,15 +156,57 @@ class TaskRunner:
         except StoreError:
             return  # another worker took it, or it ended meanwhile
         recorder = Recorder(self.storage, store)
+        beating = asyncio.create_task(self._heartbeat(store, task.id), name=f"s3seg-heartbeat-{task.id}")
+        stopped = threading.Event()
         try:
-            image = await run_in_threadpool(self._image, task)
-            result = await self._infer(image, task_request(task))
-            await run_in_threadpool(recorder.complete, task, image, result)  # marks error itself on failure
+            if task.metadata.get("kind") == "video":
+                await self._run_video(task, store, stopped)
+            else:
+                image = await run_in_threadpool(self._image, task)
+                result = await self._infer(image, task_request(task))
+                await run_in_threadpool(store.heartbeat, task.id, done=1, total=1)
+                await run_in_threadpool(recorder.complete, task, image, result)  # marks error itself on failure
+        except asyncio.CancelledError:
+            stopped.set()  # the server stops: the task stays processing and is requeued after a restart
+            raise
+        except _NotOurs:
+            log.warning("task %s: no longer processing here (requeued or ended elsewhere); stopped", task.id)
         except S3SegError as e:
             await self._fail(recorder, task, e.message)
         except Exception as e:
             await self._fail(recorder, task, f"unexpected {type(e).__name__}")
             raise
+        finally:
+            beating.cancel()
+
+    async def _run_video(self, task: Task, store: Store, stopped: threading.Event) -> None:
+        if self.video is None:
+            raise UsageError(
+                "this server cannot run video tasks (its GPU workers take images only)",
+                hint="run video tasks on a server that has the model (s3seg serve without S3SEG_WORKERS)",
+            )
+        last = [0.0]
+
+        def progress(done: int, total: int) -> None:  # in the video's thread
+            if stopped.is_set():
+                raise _NotOurs(task.id)
+            now = time.monotonic()
+            if done < total and now - last[0] < _PROGRESS_S:
+                return  # at most a few writes a second; the last frame always
+            last[0] = now
+            if not store.heartbeat(task.id, done=done, total=total):
+                raise _NotOurs(task.id)
+
+        await run_in_threadpool(self.video, task, store, progress)
+
+    async def _heartbeat(self, store: Store, task_id: str) -> None:
+        """Say the task's worker is alive every ``heartbeat_s`` until cancelled."""
+        while True:
+            await asyncio.sleep(self.heartbeat_s)
+            try:
+                await run_in_threadpool(store.heartbeat, task_id)
+            except S3SegError as e:  # the next beat may get through; the sweep decides after timeout_s
+                log.warning("task %s: heartbeat failed: %s", task_id, e.message)
 
     async def _infer(self, image: LoadedImage, request: SegmentRequest) -> SegmentationResult:
         for _ in range(_BUSY_RETRIES):  # queue full with direct /predict traffic: wait, a task is not in a hurry

@@ -50,11 +50,13 @@ CREDITS_HINT = "add credits, or wait until your unfinished tasks are done"
 # order :func:`task_from_row` expects.
 COLUMNS = (
     "r.id, r.status, r.text_prompt, r.created_at, r.updated_at, r.user_id, r.project_id, p.name, "
-    "r.source_image_url, r.mask_image_url, r.overlay_image_url, r.labels, r.metadata, r.error"
+    "r.source_image_url, r.mask_image_url, r.overlay_image_url, r.labels, r.metadata, r.error, "
+    "r.frames_done, r.frames_total"
 )
 _FIELDS = (
     *("id", "status", "text_prompt", "created_at", "updated_at", "user_id", "project_id", "project"),
     *("source_image_url", "mask_image_url", "overlay_image_url", "labels", "metadata", "error"),
+    *("frames_done", "frames_total"),
 )
 
 
@@ -70,6 +72,7 @@ class NewTask:
     metadata: dict[str, Any]
     cost: int
     queue: bool
+    frames_total: int = 0
 
     @property
     def text_prompt(self) -> str:
@@ -128,10 +131,12 @@ class Store(ABC):
         metadata: dict[str, Any] | None = None,
         cost: int = 0,
         queue: bool = False,
+        frames_total: int = 0,
     ) -> Task:
         """A ``pending`` task; ``metadata`` keeps ``prompts``, ``cost`` and ``attempts`` (0) as well.
         ``queue=True``: a task for the server's workers (``runnable``/``requeue_stale`` see only these;
-        ``cost`` credits are reserved now and charged by ``finish``).
+        ``cost`` credits are reserved now and charged by ``finish``). ``frames_total``: the steps the task
+        will report (a video's frames to process), 0 when unknown.
 
         The task's project: ``project`` by name (created if the user has none of that name), or
         ``project_id``, the id of one of the bound user's projects — checked in the same transaction as
@@ -148,8 +153,10 @@ class Store(ABC):
                 "credits are only reserved for queued tasks",
                 hint=f"create the task with queue=True, or with cost=0 (got cost={cost})",
             )
+        if frames_total < 0:
+            raise UsageError(f"frames_total must be >= 0, got {frames_total}")
         meta = {"prompts": prompts, **(metadata or {})}
-        return self._create(NewTask(user, prompts, project, project_id, meta, cost, queue))
+        return self._create(NewTask(user, prompts, project, project_id, meta, cost, queue, frames_total))
 
     @abstractmethod
     def _create(self, new: NewTask) -> Task: ...
@@ -160,8 +167,14 @@ class Store(ABC):
 
     @abstractmethod
     def start(self, task_id: str) -> Task:
-        """``pending → processing`` and ``attempts + 1``; StoreError when the task is not pending (another
-        worker took it)."""
+        """``pending → processing``, ``attempts + 1`` and ``frames_done`` back to 0 (a task runs again from
+        its start); StoreError when the task is not pending (another worker took it)."""
+
+    @abstractmethod
+    def heartbeat(self, task_id: str, *, done: int | None = None, total: int | None = None) -> bool:
+        """A running task's worker is alive: ``updated_at`` becomes now (so ``requeue_stale`` leaves the task
+        alone), with its progress (``frames_done``/``frames_total``) when given. False when the task is no
+        longer ``processing`` (ended, or requeued after all): its worker should stop."""
 
     @abstractmethod
     def finish(
@@ -207,6 +220,14 @@ def new_metadata(new: NewTask) -> dict[str, Any]:
 def finished_metadata(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
     """``new`` merged into a finished task's metadata; its cost and attempts stay the store's."""
     return {**old, **{k: v for k, v in new.items() if k not in OWN_KEYS}}
+
+
+def progress_columns(done: int | None, total: int | None) -> dict[str, int]:
+    """The progress columns a heartbeat sets (only those given), checked."""
+    columns = {k: v for k, v in (("frames_done", done), ("frames_total", total)) if v is not None}
+    if any(v < 0 for v in columns.values()):
+        raise UsageError(f"progress must be >= 0, got {columns}")
+    return columns
 
 
 def attempts(metadata: dict[str, Any]) -> int:

@@ -29,6 +29,7 @@ from s3seg.store._base import (
     list_query,
     new_metadata,
     no_profile,
+    progress_columns,
     project_not_found,
     project_uuid,
     task_from_row,
@@ -128,6 +129,11 @@ class PostgresStore(Store):
                     "select public.create_segmentation_task(%s, %s, %s, %s, %s::int)",
                     (uid, new.text_prompt, pid, Jsonb(new.metadata), new.cost),
                 ).fetchone()
+                if row is not None and new.frames_total:  # the same transaction: the task never lacks it
+                    conn.execute(
+                        "update public.segmentation_results set frames_total = %s where id = %s",
+                        (new.frames_total, row[0]),
+                    )
             else:
                 if (
                     pid is None
@@ -136,8 +142,8 @@ class PostgresStore(Store):
                     raise no_profile(uid)
                 row = conn.execute(
                     "insert into public.segmentation_results (user_id, project_id, text_prompt, metadata, status, "
-                    "queued) values (%s, %s, %s, %s, 'pending', false) returning id",
-                    (uid, pid, new.text_prompt, Jsonb(new_metadata(new))),
+                    "queued, frames_total) values (%s, %s, %s, %s, 'pending', false, %s) returning id",
+                    (uid, pid, new.text_prompt, Jsonb(new_metadata(new)), new.frames_total),
                 ).fetchone()
             assert row is not None
             return self._get(conn, row[0], uid)
@@ -146,9 +152,22 @@ class PostgresStore(Store):
         return self._move(
             task_id,
             "processing",
-            f"metadata = jsonb_set(r.metadata, '{{attempts}}', to_jsonb({_ATTEMPTS} + 1))",
+            f"metadata = jsonb_set(r.metadata, '{{attempts}}', to_jsonb({_ATTEMPTS} + 1)), frames_done = 0",
             (),
         )
+
+    def heartbeat(self, task_id: str, *, done: int | None = None, total: int | None = None) -> bool:
+        columns = progress_columns(done, total)
+        tid, uid = task_uuid(task_id), self._uid()
+        # updated_at: the table's trigger sets it on every update (now(), the transaction's time)
+        assignments = ", ".join([*(f"{c} = %s" for c in columns), "updated_at = now()"])
+        with self._tx() as conn:
+            moved = conn.execute(
+                f"update public.segmentation_results set {assignments} "
+                "where id = %s and user_id = %s and status = 'processing'",
+                (*columns.values(), tid, uid),
+            ).rowcount
+        return moved > 0
 
     def finish(
         self, task_id: str, *, source: str, mask: str, overlay: str, labels: list[Any], metadata: dict[str, Any]

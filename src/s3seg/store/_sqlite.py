@@ -36,6 +36,7 @@ from s3seg.store._base import (
     gave_up,
     list_query,
     new_metadata,
+    progress_columns,
     project_not_found,
     task_from_row,
     task_not_found,
@@ -67,13 +68,20 @@ create table if not exists segmentation_results (
     created_at text not null,
     updated_at text not null,
     queued integer not null default 0,
+    frames_done integer not null default 0,
+    frames_total integer not null default 0,
     check ((status = 'error') = (error is not null))
 );
 create index if not exists results_by_time on segmentation_results (user_id, created_at desc);
 create index if not exists results_by_project on segmentation_results (project_id);
 """
-# Files written before tasks were queued lack the column (their rows are plain, not the server's).
-_QUEUED = "alter table segmentation_results add column queued integer not null default 0"
+# Files written before tasks were queued (their rows are plain, not the server's), or before tasks reported
+# progress, lack these columns.
+_ADDED = {
+    "queued": "alter table segmentation_results add column queued integer not null default 0",
+    "frames_done": "alter table segmentation_results add column frames_done integer not null default 0",
+    "frames_total": "alter table segmentation_results add column frames_total integer not null default 0",
+}
 _QUEUED_INDEX = (
     "create index if not exists results_queued on segmentation_results (status, created_at) where queued = 1"
 )
@@ -91,9 +99,12 @@ class SQLiteStore(Store):
             try:
                 db.execute("pragma journal_mode=wal")  # persistent: readers never wait for writers
                 db.executescript(_SCHEMA)  # idempotent; executescript manages its own transaction
-                if "queued" not in {c[1] for c in db.execute("pragma table_info(segmentation_results)")}:
+                present = {c[1] for c in db.execute("pragma table_info(segmentation_results)")}
+                for column, statement in _ADDED.items():
+                    if column in present:
+                        continue
                     try:
-                        db.execute(_QUEUED)
+                        db.execute(statement)
                     except sqlite3.OperationalError as e:  # another process has just added it
                         if "duplicate column" not in str(e):
                             raise
@@ -140,16 +151,29 @@ class SQLiteStore(Store):
                 project_id = self._project_id(db, new.user, new.project, now)
             db.execute(
                 "insert into segmentation_results (id, project_id, user_id, text_prompt, metadata, status, "
-                "created_at, updated_at, queued) values (?, ?, ?, ?, ?, 'pending', ?, ?, ?)",
-                (task_id, project_id, new.user, new.text_prompt, json.dumps(new_metadata(new)), now, now, new.queue),
+                "created_at, updated_at, queued, frames_total) values (?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?)",
+                (
+                    *(task_id, project_id, new.user, new.text_prompt, json.dumps(new_metadata(new))),
+                    *(now, now, new.queue, new.frames_total),
+                ),
             )
         return self.get(task_id)
 
     def start(self, task_id: str) -> Task:
         def attempt(meta: dict[str, Any]) -> dict[str, Any]:
-            return {"metadata": json.dumps({**meta, "attempts": attempts(meta) + 1})}
+            return {"metadata": json.dumps({**meta, "attempts": attempts(meta) + 1}), "frames_done": 0}
 
         return self._move(task_id, "processing", attempt)
+
+    def heartbeat(self, task_id: str, *, done: int | None = None, total: int | None = None) -> bool:
+        columns = {**progress_columns(done, total), "updated_at": _now()}
+        assignments = ", ".join(f"{c} = ?" for c in columns)
+        with self._tx() as db:
+            moved = db.execute(
+                f"update segmentation_results set {assignments} where id = ? and user_id = ? and status = 'processing'",
+                (*columns.values(), task_id, self._bound_user()),
+            ).rowcount
+        return bool(moved)
 
     def finish(
         self, task_id: str, *, source: str, mask: str, overlay: str, labels: list[Any], metadata: dict[str, Any]

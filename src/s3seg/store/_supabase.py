@@ -41,6 +41,7 @@ from s3seg.store._base import (
     gave_up,
     new_metadata,
     no_profile,
+    progress_columns,
     project_not_found,
     project_uuid,
     task_not_found,
@@ -159,6 +160,8 @@ class SupabaseStore(Store):
                 "status": "pending",
                 "metadata": new_metadata(new),
                 **({"project_id": project_id} if project_id else {}),
+                # (a signed-in user may not write the progress columns: sent only when there is one)
+                **({"frames_total": new.frames_total} if new.frames_total else {}),
             }
             created = self._rows(self._client.table(_TABLE).insert(row).execute)
             return self._get(str(created[0]["id"]), new.user)
@@ -170,6 +173,10 @@ class SupabaseStore(Store):
             "p_cost": new.cost,
         }
         task_id = self._call(self._client.rpc("create_segmentation_task", args).execute)
+        if new.frames_total:  # a second request (PostgREST): pending until then, frames_total 0 = unknown
+            self._rows(
+                self._client.table(_TABLE).update({"frames_total": new.frames_total}).eq("id", str(task_id)).execute
+            )
         return self._get(str(task_id), new.user)
 
     def start(self, task_id: str) -> Task:
@@ -184,15 +191,10 @@ class SupabaseStore(Store):
                 raise cannot_become(task_id, row["status"], "processing")
             self._check_writable(task_id, row)
             meta = row.get("metadata") or {}
-            changed = self._rows(
-                self._client.table(_TABLE)
-                .update({"status": "processing", "metadata": {**meta, "attempts": attempts(meta) + 1}})
-                .eq("id", task_id)
-                .eq("user_id", user)
-                .eq("status", "pending")
-                .eq("updated_at", row["updated_at"])
-                .execute
-            )
+            values: dict[str, Any] = {"status": "processing", "metadata": {**meta, "attempts": attempts(meta) + 1}}
+            if row.get("queued"):  # a server task runs (again) from its start; users cannot write the column
+                values["frames_done"] = 0
+            changed = self._update_if(task_id, user, "pending", values, updated_at=row["updated_at"])
             if changed:
                 return self._get(task_id, user)  # with the project name joined in
         raise StoreError(f"task {task_id} kept changing while it was being started; it was not started")
@@ -235,6 +237,23 @@ class SupabaseStore(Store):
 
     def fail(self, task_id: str, error: str) -> Task:
         return self._move(task_id, "error", {"error": error or "unknown error"})
+
+    def heartbeat(self, task_id: str, *, done: int | None = None, total: int | None = None) -> bool:
+        """The table's trigger sets ``updated_at`` on every update; with no progress, ``status`` is written
+        back unchanged so that there is an update."""
+        user = self._bound_user()
+        task_uuid(task_id)
+        values: dict[str, Any] = {**progress_columns(done, total)} or {"status": "processing"}
+        return bool(self._update_if(task_id, user, "processing", values))
+
+    def _update_if(
+        self, task_id: str, user: str, status: Status, values: dict[str, Any], updated_at: str | None = None
+    ) -> Rows:
+        """Update the user's task if it is ``status`` (and was last updated at ``updated_at``, when given)."""
+        query = self._client.table(_TABLE).update(values).eq("id", task_id).eq("user_id", user).eq("status", status)
+        if updated_at is not None:
+            query = query.eq("updated_at", updated_at)
+        return self._rows(query.execute)
 
     def get(self, task_id: str) -> Task:
         return self._get(task_id, self._bound_user())
