@@ -261,3 +261,19 @@ def test_results_read_back_identical(tmp_path: Path, engine, photo: np.ndarray) 
     path = tmp_path / "r.json"
     path.write_text(json.dumps(result.to_coco()))
     assert SegmentationResult.from_coco(json.loads(path.read_text())) == result
+
+
+@pytest.mark.parametrize(
+    "command", ["segment", "batch", "serve", "upload", "tasks", "results", "config", "convert", "login", "whoami"]
+)
+def test_help_names_what_each_option_takes(capsys, command: str) -> None:
+    """Every option that takes a value shows a metavar (ID|PATH, N, URL), never typer's bare type, and a flag
+    (--json, --save, --help) shows none: it takes no value."""
+    code, stdout, _ = run(capsys, command, "--help")
+    assert code == 0
+    rows = [line for line in stdout.splitlines() if line.lstrip("│ *").startswith("-")]
+    assert any("--help" in row for row in rows)
+    for row in rows:
+        assert not any(t in row for t in ("<bool>", "<str>", "<int", "<float", "<path>")), row
+    if command in ("segment", "batch", "serve"):
+        assert any("--model" in row and "ID|PATH" in row for row in rows)

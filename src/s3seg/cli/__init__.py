@@ -4,6 +4,7 @@ a message, a hint and an exit code."""
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 import typer
 
@@ -14,8 +15,28 @@ from s3seg.cli._records import config_command, results_command, tasks_command, u
 from s3seg.cli._segment import segment_command
 from s3seg.cli._serve import serve_command
 
+
+class _HelpFlag:
+    """Commands whose ``--help`` row shows no ``<bool>``: a flag takes no value (see ``_options``)."""
+
+    def get_help_option(self, ctx: Any) -> Any:
+        option = super().get_help_option(ctx)  # type: ignore[misc]
+        if option is not None:
+            option.metavar = ""
+        return option
+
+
+class _Command(_HelpFlag, typer.core.TyperCommand):
+    pass
+
+
+class _Group(_HelpFlag, typer.core.TyperGroup):
+    pass
+
+
 app = typer.Typer(
     name="s3seg",
+    cls=_Group,
     help='Segment every instance of a concept in images with Meta\'s SAM3: s3seg segment photo.jpg "dog"',
     no_args_is_help=True,
     add_completion=False,
@@ -23,17 +44,20 @@ app = typer.Typer(
     rich_markup_mode="rich",
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-app.command("segment", no_args_is_help=True)(segment_command)
-app.command("serve")(serve_command)
-app.command("batch", no_args_is_help=True)(batch_command)
-app.command("upload", no_args_is_help=True)(upload_command)
-app.command("tasks")(tasks_command)
-app.command("results")(results_command)
-app.command("config")(config_command)
-app.command("convert", no_args_is_help=True)(convert_command)
-app.command("login")(login_command)
-app.command("logout")(logout_command)
-app.command("whoami")(whoami_command)
+for _name, _command, _needs_args in (
+    ("segment", segment_command, True),
+    ("serve", serve_command, False),
+    ("batch", batch_command, True),
+    ("upload", upload_command, True),
+    ("tasks", tasks_command, False),
+    ("results", results_command, False),
+    ("config", config_command, False),
+    ("convert", convert_command, True),
+    ("login", login_command, False),
+    ("logout", logout_command, False),
+    ("whoami", whoami_command, False),
+):
+    app.command(_name, cls=_Command, no_args_is_help=_needs_args)(_command)
 
 
 def _version_callback(value: bool) -> None:
@@ -47,7 +71,7 @@ def _version_callback(value: bool) -> None:
 @app.callback()
 def _root(
     version: bool = typer.Option(
-        False, "--version", callback=_version_callback, is_eager=True, help="Print the version and exit."
+        False, "--version", callback=_version_callback, is_eager=True, metavar="", help="Print the version and exit."
     ),
 ) -> None:
     """s3seg: SAM3 text-prompted segmentation from the terminal, Python, or a GPU server."""

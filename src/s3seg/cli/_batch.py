@@ -2,79 +2,31 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
 import typer
 
+from s3seg.cli import _options as opt
 from s3seg.cli._console import console, err_console
 
 
 def batch_command(
-    source: str = typer.Argument(
-        ...,
-        metavar="SOURCE",
-        help="A folder or glob (searched recursively), s3://bucket/prefix, or a .txt/.parquet manifest of paths.",
-        show_default=False,
-    ),
-    prompt: Optional[list[str]] = typer.Option(  # noqa: UP045  (typer needs Optional here)
-        None, "--prompt", "-p", help="A text prompt (repeatable).", show_default=False
-    ),
-    box: Optional[list[str]] = typer.Option(  # noqa: UP045
-        None,
-        "--box",
-        "-b",
-        metavar="X0,Y0,X1,Y1",
-        help="An exemplar box in pixels for every image (repeatable; prefix 'neg:' for a negative one).",
-        show_default=False,
-    ),
-    out: str = typer.Option(
-        ..., "--out", "-o", help="A folder or s3://bucket/prefix. Rerun with the same --out to finish the rest."
-    ),
-    coco: bool = typer.Option(False, "--coco", help="Also write each shard as one COCO JSON document."),
-    masks: bool = typer.Option(False, "--masks", help="Also write a label PNG per image under OUT/masks/."),
-    actors: Optional[int] = typer.Option(  # noqa: UP045
-        None, "--actors", min=1, help="SAM3 actors (default: one per GPU of the cluster, else 1).", show_default=False
-    ),
-    batch_size: Optional[int] = typer.Option(  # noqa: UP045
-        None,
-        "--batch-size",
-        min=1,
-        help="Images per actor call and backbone pass (default S3SEG_MAX_BATCH, 8).",
-        show_default=False,
-    ),
-    shard_size: int = typer.Option(1000, "--shard-size", min=1, help="Images per Parquet shard (and commit)."),
-    address: Optional[str] = typer.Option(  # noqa: UP045
-        None,
-        "--address",
-        help="Join this Ray cluster (env RAY_ADDRESS); default: Ray starts on this machine, on 127.0.0.1.",
-        show_default=False,
-    ),
-    num_cpus: Optional[int] = typer.Option(  # noqa: UP045
-        None, "--num-cpus", min=1, help="CPUs of the embedded Ray (default: all).", show_default=False
-    ),
-    cpus_per_actor: Optional[float] = typer.Option(  # noqa: UP045
-        None,
-        "--cpus-per-actor",
-        min=0.01,
-        help="CPUs each actor reserves (and its torch threads on CPU); default 1 with GPUs, else all shared out.",
-        show_default=False,
-    ),
-    model: Optional[str] = typer.Option(  # noqa: UP045
-        None, "--model", "-m", help="Hub id, save_pretrained folder or sam3.pt (env S3SEG_MODEL).", show_default=False
-    ),
-    device: Optional[str] = typer.Option(  # noqa: UP045
-        None, "--device", "-d", help="auto, cpu or cuda (env S3SEG_DEVICE).", show_default=False
-    ),
-    threshold: Optional[float] = typer.Option(  # noqa: UP045
-        None, "--threshold", "-t", min=0.0, max=1.0, help="Minimum instance score (default 0.5).", show_default=False
-    ),
-    max_instances: Optional[int] = typer.Option(  # noqa: UP045
-        None, "--max-instances", min=1, help="Keep at most N instances per prompt.", show_default=False
-    ),
-    nms: Optional[float] = typer.Option(  # noqa: UP045
-        None, "--nms", min=0.0, max=1.0, help="Mask-IoU NMS threshold per prompt.", show_default=False
-    ),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+    source: opt.Source,
+    out: opt.BatchOut,
+    shard_size: opt.ShardSize = 1000,
+    prompt: opt.Prompts = None,
+    box: opt.Boxes = None,
+    coco: opt.Coco = False,
+    masks: opt.Masks = False,
+    actors: opt.Actors = None,
+    batch_size: opt.BatchSize = None,
+    address: opt.Address = None,
+    num_cpus: opt.NumCpus = None,
+    cpus_per_actor: opt.CpusPerActor = None,
+    model: opt.Model = None,
+    device: opt.Device = None,
+    threshold: opt.Threshold = None,
+    max_instances: opt.MaxInstances = None,
+    nms: opt.Nms = None,
+    quiet: opt.Quiet = False,
 ) -> None:
     """Segment a whole dataset on Ray Data: resumable, each image written exactly once.
 

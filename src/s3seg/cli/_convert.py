@@ -2,20 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import typer
-
+from s3seg.cli import _options as opt
 from s3seg.cli._console import console
 
 
-def convert_command(
-    checkpoint: Path = typer.Argument(..., help="Meta's official checkpoint file (sam3.pt).", show_default=False),
-    out_dir: Path = typer.Argument(
-        ..., help="Folder to write (config, safetensors weights, processor, tokenizer).", show_default=False
-    ),
-    force: bool = typer.Option(False, "--force", "-f", help="Replace OUT_DIR if it exists and is not empty."),
-) -> None:
+def convert_command(checkpoint: opt.Checkpoint, out_dir: opt.OutDir, force: opt.Force = False) -> None:
     """Convert an official SAM3 checkpoint into a folder that --model, transformers and the Hub load.
 
     A config.json beside the .pt file gives the model size; otherwise it is SAM3's full size.

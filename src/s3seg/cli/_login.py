@@ -10,10 +10,9 @@ import json
 import sys
 from contextlib import closing
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any
 
-import typer
-
+from s3seg.cli import _options as opt
 from s3seg.cli._console import console, say
 
 if TYPE_CHECKING:
@@ -22,16 +21,7 @@ if TYPE_CHECKING:
 
 
 def login_command(
-    email: Optional[str] = typer.Option(  # noqa: UP045
-        None,
-        "--email",
-        help="Account email (asked for when not given).",
-        show_default=False,
-    ),
-    password_stdin: bool = typer.Option(
-        False, "--password-stdin", help="Read the password from standard input (first line)."
-    ),
-    as_json: bool = typer.Option(False, "--json", help="Print the signed-in user as JSON."),
+    email: opt.Email = None, password_stdin: opt.PasswordStdin = False, as_json: opt.Json = False
 ) -> None:
     """Sign in to Supabase (SUPABASE_URL, SUPABASE_ANON_KEY) and save the session for later commands."""
     import click
@@ -66,7 +56,7 @@ def login_command(
     say("signed in as ", (session.email or email, "bold"), f" (session saved to {path})")
 
 
-def logout_command(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+def logout_command(as_json: opt.Json = False) -> None:
     """Sign out: end the session on Supabase (best effort) and remove the saved session."""
     from s3seg import _session
     from s3seg.config import load_settings
@@ -94,7 +84,7 @@ def logout_command(as_json: bool = typer.Option(False, "--json", help="Print JSO
         console.print("not signed in; nothing to remove", highlight=False)
 
 
-def whoami_command(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+def whoami_command(as_json: opt.Json = False) -> None:
     """The signed-in user and when the access token expires; with S3SEG_API_URL, also tier and credits."""
     from s3seg import _session
     from s3seg.config import load_settings

@@ -7,10 +7,9 @@ import sys
 import time
 from contextlib import closing
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any
 
-import typer
-
+from s3seg.cli import _options as opt
 from s3seg.cli._console import console, err_console, say, styled
 
 if TYPE_CHECKING:
@@ -25,10 +24,7 @@ _STATUS_STYLE = {"pending": "yellow", "processing": "cyan", "done": "green", "er
 
 
 def upload_command(
-    files: list[Path] = typer.Argument(..., help="Image files to store.", show_default=False),
-    prefix: str = typer.Option("uploads", "--prefix", help="Key prefix in the storage."),
-    expires: int = typer.Option(3600, "--expires", min=1, help="Lifetime of the printed URLs, seconds."),
-    as_json: bool = typer.Option(False, "--json", help="Print keys and URLs as JSON."),
+    files: opt.Files, prefix: opt.Prefix = "uploads", expires: opt.Expires = 3600, as_json: opt.Json = False
 ) -> None:
     """Store images (local folder, or R2/S3 when configured); print each one's key and URL."""
     import uuid
@@ -95,10 +91,7 @@ def _print_uploads(rows: list[dict[str, str]], as_json: bool) -> None:
 
 
 def tasks_command(
-    task_id: Optional[str] = typer.Argument(None, help="One task to show.", show_default=False),  # noqa: UP045
-    watch: bool = typer.Option(False, "--watch", "-w", help="Follow the task(s) until they are done or failed."),
-    limit: int = typer.Option(20, "--limit", min=1, help="How many recent tasks."),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    task_id: opt.TaskId = None, watch: opt.Watch = False, limit: opt.RecentLimit = 20, as_json: opt.Json = False
 ) -> None:
     """Recent segmentation tasks and their status (pending → processing → done | error)."""
     from s3seg.config import load_settings
@@ -127,22 +120,13 @@ def tasks_command(
 
 
 def results_command(
-    task_id: Optional[str] = typer.Argument(None, help="One result to show.", show_default=False),  # noqa: UP045
-    project: Optional[str] = typer.Option(  # noqa: UP045
-        None,
-        "--project",
-        help="Only this project.",
-        show_default=False,
-    ),
-    status: Optional[str] = typer.Option(  # noqa: UP045
-        None, "--status", help="pending, processing, done or error (default: all).", show_default=False
-    ),
-    limit: int = typer.Option(20, "--limit", min=1, max=1000, help="Page size."),
-    offset: int = typer.Option(0, "--offset", min=0, help="Skip this many (newest first)."),
-    download: Optional[Path] = typer.Option(  # noqa: UP045
-        None, "--download", help="With an ID: save its source, mask, overlay and COCO JSON here.", show_default=False
-    ),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    task_id: opt.TaskId = None,
+    project: opt.Project = None,
+    status: opt.Status = None,
+    limit: opt.PageLimit = 20,
+    offset: opt.Offset = 0,
+    download: opt.Download = None,
+    as_json: opt.Json = False,
 ) -> None:
     """Stored segmentation results: a page of them, or one with time-limited URLs (and --download)."""
     from s3seg.config import load_settings
@@ -175,7 +159,7 @@ def results_command(
         console.print(f"saved {p}", highlight=False)
 
 
-def config_command(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+def config_command(as_json: opt.Json = False) -> None:
     """The settings in use (secrets masked) and which storage and results backends they select."""
     from s3seg.config import load_settings
     from s3seg.store import store_from_settings

@@ -5,161 +5,44 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any
 
 import typer
 
+from s3seg.cli import _options as opt
 from s3seg.cli._console import err_console, say, tell
 
 if TYPE_CHECKING:
     from s3seg import Client, Outcome
     from s3seg.types import Box, SegmentationResult
 
-DEFAULT_OUT = Path("s3seg-out")
-
 
 def segment_command(
-    args: list[str] = typer.Argument(
-        ...,
-        metavar="IMAGE [PROMPT...]",
-        help="An image followed by text prompts: photo.jpg dog person. With -p, every argument is an image, "
-        "a folder or a glob: a.jpg photos/ 'shots/*.png' -p dog.",
-        show_default=False,
-    ),
-    prompt: Optional[list[str]] = typer.Option(  # noqa: UP045  (typer needs Optional here)
-        None,
-        "--prompt",
-        "-p",
-        help="A text prompt (repeatable). Makes every argument an image.",
-        show_default=False,
-    ),
-    box: Optional[list[str]] = typer.Option(  # noqa: UP045
-        None,
-        "--box",
-        "-b",
-        metavar="X0,Y0,X1,Y1",
-        help="An exemplar box in pixels (repeatable); prefix 'neg:' for a negative exemplar. "
-        "Boxes alone segment 'things like this'.",
-        show_default=False,
-    ),
-    out: Optional[Path] = typer.Option(  # noqa: UP045
-        None,
-        "--out",
-        "-o",
-        help=f"Folder for per-image COCO JSON, mask PNG and overlay (default: {DEFAULT_OUT}/, or none with --json).",
-        show_default=False,
-    ),
-    as_json: bool = typer.Option(False, "--json", help="Print results as one COCO JSON document on stdout."),
-    model: Optional[str] = typer.Option(  # noqa: UP045
-        None,
-        "--model",
-        "-m",
-        help="Hub id, save_pretrained folder or sam3.pt (env S3SEG_MODEL; default facebook/sam3).",
-        show_default=False,
-    ),
-    device: Optional[str] = typer.Option(  # noqa: UP045
-        None,
-        "--device",
-        "-d",
-        help="auto, cpu, cuda, cuda:N or mps (env S3SEG_DEVICE; default auto).",
-        show_default=False,
-    ),
-    dtype: Optional[str] = typer.Option(  # noqa: UP045
-        None,
-        "--dtype",
-        help="auto (bfloat16 on CUDA, else float32), float32, bfloat16 or float16.",
-        show_default=False,
-    ),
-    revision: Optional[str] = typer.Option(  # noqa: UP045
-        None,
-        "--revision",
-        help="Hub branch, tag or commit of the model.",
-        show_default=False,
-    ),
-    threshold: Optional[float] = typer.Option(  # noqa: UP045
-        None,
-        "--threshold",
-        "-t",
-        min=0.0,
-        max=1.0,
-        help="Minimum instance score (default 0.5).",
-        show_default=False,
-    ),
-    mask_threshold: Optional[float] = typer.Option(  # noqa: UP045
-        None,
-        "--mask-threshold",
-        min=0.0,
-        max=1.0,
-        help="Mask probability cut-off (default 0.5).",
-        show_default=False,
-    ),
-    max_instances: Optional[int] = typer.Option(  # noqa: UP045
-        None,
-        "--max-instances",
-        min=1,
-        help="Keep at most N instances per prompt.",
-        show_default=False,
-    ),
-    nms: Optional[float] = typer.Option(  # noqa: UP045
-        None,
-        "--nms",
-        min=0.0,
-        max=1.0,
-        help="Drop instances whose mask IoU with a better one exceeds this.",
-        show_default=False,
-    ),
-    max_pixels: Optional[int] = typer.Option(  # noqa: UP045
-        None,
-        "--max-pixels",
-        min=1,
-        help="Refuse images with more pixels (default 100000000).",
-        show_default=False,
-    ),
-    server: Optional[str] = typer.Option(  # noqa: UP045
-        None,
-        "--server",
-        help="Segment on this s3seg server (env S3SEG_SERVER_URL) instead of locally.",
-        show_default=False,
-    ),
-    api_key: Optional[str] = typer.Option(  # noqa: UP045
-        None,
-        "--api-key",
-        help="The server's API key (env S3SEG_API_KEY).",
-        show_default=False,
-    ),
-    api: Optional[str] = typer.Option(  # noqa: UP045
-        None,
-        "--api",
-        help="Segment on this public s3seg API as the signed-in user (s3seg login; env "
-        "S3SEG_API_URL); the results are kept there (s3seg results).",
-        show_default=False,
-    ),
-    save: bool = typer.Option(
-        False,
-        "--save",
-        help="Keep each result: a task row (SQLite or Supabase) and the "
-        "source, mask and overlay in storage (local folder or R2). See: s3seg results.",
-    ),
-    project: Optional[str] = typer.Option(  # noqa: UP045
-        None,
-        "--project",
-        help="With --save: file the results under this project.",
-        show_default=False,
-    ),
-    video: bool = typer.Option(
-        False, "--video", help="Treat the input as a video (videos are recognised by content; GIF/WebP need this)."
-    ),
-    start: Optional[str] = typer.Option(  # noqa: UP045
-        None, "--start", help="Video: first frame, in seconds (2.5) or as a frame number (75f).", show_default=False
-    ),
-    end: Optional[str] = typer.Option(  # noqa: UP045
-        None, "--end", help="Video: stop before this time (seconds) or frame number (NNf).", show_default=False
-    ),
-    every: int = typer.Option(1, "--every", min=1, help="Video: process every Nth frame."),
-    max_objects: Optional[int] = typer.Option(  # noqa: UP045
-        None, "--max-objects", min=1, help="Video: most objects tracked at once (default 16).", show_default=False
-    ),
-    mot: bool = typer.Option(False, "--mot", help="Video: print MOT-challenge lines frame,id,x,y,w,h,conf,-1,-1,-1."),
+    args: opt.ImagesAndPrompts,
+    prompt: opt.Prompts = None,
+    box: opt.Boxes = None,
+    out: opt.SegmentOut = None,
+    as_json: opt.CocoJson = False,
+    model: opt.Model = None,
+    device: opt.Device = None,
+    dtype: opt.Dtype = None,
+    revision: opt.Revision = None,
+    threshold: opt.Threshold = None,
+    mask_threshold: opt.MaskThreshold = None,
+    max_instances: opt.MaxInstances = None,
+    nms: opt.Nms = None,
+    max_pixels: opt.MaxPixels = None,
+    server: opt.Server = None,
+    api_key: opt.ApiKey = None,
+    api: opt.Api = None,
+    save: opt.Save = False,
+    project: opt.SaveProject = None,
+    video: opt.Video = False,
+    start: opt.Start = None,
+    end: opt.End = None,
+    max_objects: opt.MaxObjects = None,
+    mot: opt.Mot = False,
+    every: opt.Every = 1,
 ) -> None:
     """Segment every instance of each prompt in one or more images.
 
@@ -195,7 +78,7 @@ def segment_command(
             Path(inputs[0]),
             list(prompts),
             settings,
-            out=out if out is not None or as_json or mot else DEFAULT_OUT,
+            out=out if out is not None or as_json or mot else opt.DEFAULT_OUT,
             as_json=as_json,
             mot=mot,
             start=start,
@@ -234,7 +117,7 @@ def segment_command(
             "--dtype and --revision are ignored"
         )
     if out is None and not as_json:
-        out = DEFAULT_OUT
+        out = opt.DEFAULT_OUT
     outcomes = list(unreadable)
     for o in unreadable:
         _print_skipped(o)

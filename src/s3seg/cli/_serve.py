@@ -4,58 +4,23 @@ from __future__ import annotations
 
 import ipaddress
 from importlib.util import find_spec
-from typing import Optional
 
-import typer
+from s3seg.cli import _options as opt
 
 
 def serve_command(
-    host: Optional[str] = typer.Option(  # noqa: UP045
-        None, "--host", help="Address to listen on (env S3SEG_HOST; default 127.0.0.1).", show_default=False
-    ),
-    port: Optional[int] = typer.Option(  # noqa: UP045
-        None, "--port", "-p", help="Port (env S3SEG_PORT; default 8000).", show_default=False
-    ),
-    model: Optional[str] = typer.Option(  # noqa: UP045
-        None, "--model", "-m", help="Hub id, save_pretrained folder or sam3.pt (env S3SEG_MODEL).", show_default=False
-    ),
-    device: Optional[str] = typer.Option(  # noqa: UP045
-        None, "--device", "-d", help="auto, cpu, cuda, cuda:N or mps (env S3SEG_DEVICE).", show_default=False
-    ),
-    api_key: Optional[str] = typer.Option(  # noqa: UP045
-        None,
-        "--api-key",
-        help="Require this X-API-Key on /api/v1 (env S3SEG_API_KEY; prefer the env var).",
-        show_default=False,
-    ),
-    allow_no_key: bool = typer.Option(
-        False, "--allow-no-key", help="Serve on a non-loopback address without an API key (not recommended)."
-    ),
-    max_batch: Optional[int] = typer.Option(  # noqa: UP045
-        None, "--max-batch", min=1, help="Most images per device batch (default 8).", show_default=False
-    ),
-    batch_wait_ms: Optional[float] = typer.Option(  # noqa: UP045
-        None,
-        "--batch-wait-ms",
-        min=0,
-        help="Wait up to this long to fill a batch (default 0: batches form "
-        "from requests that queue while the device is busy).",
-        show_default=False,
-    ),
-    max_queue: Optional[int] = typer.Option(  # noqa: UP045
-        None, "--max-queue", min=1, help="Queued images before answering 503 (default 64).", show_default=False
-    ),
-    allow_private_urls: bool = typer.Option(
-        False, "--allow-private-urls", help="Let image_url reach loopback and private networks."
-    ),
-    worker: Optional[list[str]] = typer.Option(  # noqa: UP045
-        None,
-        "--worker",
-        metavar="URL",
-        show_default=False,
-        help="Gateway: a GPU worker URL (repeatable; env S3SEG_WORKERS); no model loads here.",
-    ),
-    log_level: str = typer.Option("info", "--log-level", help="uvicorn log level."),
+    host: opt.Host = None,
+    port: opt.Port = None,
+    model: opt.Model = None,
+    device: opt.Device = None,
+    api_key: opt.ServeApiKey = None,
+    allow_no_key: opt.AllowNoKey = False,
+    max_batch: opt.MaxBatch = None,
+    batch_wait_ms: opt.BatchWaitMs = None,
+    max_queue: opt.MaxQueue = None,
+    allow_private_urls: opt.AllowPrivateUrls = False,
+    worker: opt.Workers = None,
+    log_level: opt.LogLevel = "info",
 ) -> None:
     """Serve SAM3 over HTTP: the inference routes (/api/v1/predict, /predict/batch, /model/info) and the
     public API (/api/v1/upload, /segment, /tasks, /results), docs at /docs.
@@ -69,6 +34,9 @@ def serve_command(
     from s3seg.errors import DependencyError, UsageError
 
     settings = load_settings(
+        allow_no_key=allow_no_key or None,  # an unset flag leaves the environment's value
+        allow_private_urls=allow_private_urls or None,
+        workers=worker or None,
         host=host,
         port=port,
         model=model,
@@ -77,9 +45,6 @@ def serve_command(
         max_batch=max_batch,
         batch_wait_ms=batch_wait_ms,
         max_queue=max_queue,
-        allow_no_key=allow_no_key or None,
-        allow_private_urls=allow_private_urls or None,
-        workers=worker or None,
     )
     gateway_for_users = bool(settings.workers) and bool(
         settings.supabase_url or settings.supabase_jwt_secret or settings.jwks_url
