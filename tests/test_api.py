@@ -749,3 +749,86 @@ def test_task_events_resume_and_heartbeat(stack: Stack, admin: Conn, monkeypatch
     assert lines.count(": heartbeat") >= 2, lines
     error = json.loads(next(line for line in reversed(lines) if line.startswith("data: "))[6:])
     assert error == {"task_id": task.id, "status": "error", "error": "stopped by the test"}
+
+
+# ------------------------------------------------------------------------------------------- video tasks
+def upload_video(http: httpx.Client, path: Path) -> dict[str, Any]:
+    with path.open("rb") as f:
+        data: dict[str, Any] = ok(http.post("/api/v1/upload", files={"file": ("clip.bin", f, "video/mp4")}), 201)
+    return data
+
+
+def test_video_task_progress_files_and_credits(
+    stack_factory: Callable[..., Stack], admin: Conn, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An uploaded clip (told by its content, not its name) → a task that goes pending → processing with
+    increasing progress → done; its tracks JSON and overlay MP4 download; charged per frame, once."""
+    from _video import make_clip
+    from s3seg.server import _events
+
+    monkeypatch.setattr(_events, "POLL_S", 0.05)  # the tiny model takes ~0.1 s a frame: look often
+    clip = make_clip(tmp_path / "clip.mp4", n=30)
+    stack = stack_factory(video_frame_cost=0.25)
+    user = new_user(admin)
+    with stack.client(user) as http:
+        video = upload_video(http, clip)
+        assert (video["kind"], video["frames"], video["width"], video["height"]) == ("video", 30, 96, 72), video
+        assert video["video_id"] == video["image_id"] and video["video_id"].endswith(".mp4")
+        assert video["content_type"] == "video/mp4" and video["bytes"] == clip.stat().st_size
+        body = {"video_id": video["video_id"], "text_prompt": "person", "max_objects": 3}
+        started = ok(http.post("/api/v1/segment", json=body), 202)
+        tid = started["task_id"]
+        assert (started["frames_total"], started["metadata"]["cost"]) == (30, 8)  # ceil(30 × 0.25)
+        assert ok(http.get("/api/v1/me"))["credits"] == 100  # reserved, not charged yet
+        events = read_events(http, tid)
+        assert events[-1].event == "done", events
+        steps = [e.json()["done"] for e in events if e.event == "progress"]
+        assert steps == sorted(steps) and len(set(steps)) >= 3 and steps[-1] == 30, steps
+        assert {e.json()["total"] for e in events if e.event == "progress"} == {30}
+        statuses = [e.json()["status"] for e in events if e.event == "status"]
+        assert statuses[-1] == "processing", statuses
+        task = ok(http.get(f"/api/v1/results/{tid}"))
+        assert (task["status"], task["frames_done"], task["frames_total"]) == ("done", 30, 30), task
+        assert sorted(task["files"]) == ["overlay", "result", "source"] and task["mask_image_url"] is None
+        tracks = http.get(task["files"]["result"]).json()
+        assert tracks["videos"][0]["length"] == 30 and [c["name"] for c in tracks["categories"]] == ["person"]
+        assert len(task["labels"]) == len(tracks["annotations"]) == task["metadata"]["instances"]
+        overlay = http.get(task["files"]["overlay"])
+        assert overlay.headers["content-type"] == "video/mp4" and overlay.content[4:8] == b"ftyp"
+        assert http.get(task["files"]["source"]).content == clip.read_bytes()
+        refused(http.get(f"/api/v1/results/{tid}/files/mask"), 404, "NOT_FOUND")
+        assert ok(http.get("/api/v1/me"))["credits"] == 100 - 8
+    assert one(admin, "select sum(credits_used) from public.usage_logs where user_id = %s", user) == 8
+    assert one(admin, "select count(*) from public.usage_logs where user_id = %s", user) == 1
+
+
+def test_bad_videos_are_refused_and_leave_nothing(
+    stack_factory: Callable[..., Stack], admin: Conn, tmp_path: Path
+) -> None:
+    from _video import make_clip
+
+    clip = make_clip(tmp_path / "clip.mp4", n=3)
+    corrupt = tmp_path / "corrupt.mp4"
+    corrupt.write_bytes(clip.read_bytes()[:32] + os.urandom(1000))  # an MP4's first bytes, then noise
+    stack = stack_factory(max_video_upload_mb={"free": 0.002, "pro": 50})
+    user = new_user(admin)
+    with stack.client(user) as http:
+        error = refused(
+            http.post("/api/v1/upload", files={"file": ("big.mp4", clip.read_bytes())}), 413, "FILE_TOO_LARGE"
+        )
+        assert "free tier" in error["message"] and error["hint"], error
+        error = refused(
+            http.post("/api/v1/upload", files={"file": ("bad.mp4", corrupt.read_bytes())}), 415, "UNSUPPORTED_VIDEO"
+        )
+        assert "bad.mp4" in error["message"] and "upload" not in error["message"].split(":")[0], error
+        missing = {"video_id": f"{uuid.uuid4().hex}.mp4", "text_prompt": "person"}
+        refused(http.post("/api/v1/segment", json=missing), 404, "NOT_FOUND")
+        boxes = {**missing, "boxes": [{"box": [0, 0, 5, 5]}]}
+        refused(http.post("/api/v1/segment", json=boxes), 422, "INVALID_REQUEST")
+        every = {"image_url": "https://example.com/a.jpg", "text_prompt": "person", "every": 2}
+        refused(http.post("/api/v1/segment", json=every), 422, "INVALID_REQUEST")
+    with stack.client(user, tier="pro") as http:  # the pro tier's limit takes the same clip
+        assert upload_video(http, clip)["frames"] == 3
+    uploads = stack.storage.list(f"uploads/{user}/")
+    assert len(uploads) == 2 and all(k.split("/")[-1].startswith(uploads[0].split("/")[-1][:32]) for k in uploads)
+    assert one(admin, "select count(*) from public.segmentation_results where user_id = %s", user) == 0

@@ -46,9 +46,17 @@ def looks_like_video(path: Path, *, animated: bool = False) -> bool:
     """True when the file's first bytes are those of a video container (``animated``: GIF/WebP too)."""
     try:
         with open(path, "rb") as f:
-            head = f.read(400)
+            head = f.read(HEAD_BYTES)
     except OSError:
         return False
+    return head_is_video(head, animated=animated)
+
+
+HEAD_BYTES = 400  # what :func:`head_is_video` needs to see
+
+
+def head_is_video(head: bytes, *, animated: bool = False) -> bool:
+    """:func:`looks_like_video` for the first :data:`HEAD_BYTES` bytes of a file."""
     if head[:4] == b"RIFF" and head[8:12] == b"AVI ":
         return True
     if animated and (head[:6] in _ANIMATED or (head[:4] == b"RIFF" and head[8:12] == b"WEBP")):
@@ -127,6 +135,29 @@ def _open(path: Path) -> av.container.InputContainer:
         raise VideoError(
             f"{path.name}: not a video or corrupt ({_reason(e)})", hint="check that the file plays; re-encode it"
         ) from e
+
+
+def count_frames(path: Path) -> int:
+    """The frames of the first video stream, counted from the container's packets (nothing is decoded)."""
+    container = _open(path)
+    try:
+        if not container.streams.video:
+            raise VideoError(f"{path.name}: has no video stream", hint="give a file with video")
+        stream = container.streams.video[0]
+        return sum(1 for packet in container.demux(stream) if packet.size)
+    except _av().FFmpegError as e:
+        raise VideoError(f"{path.name}: not a video or corrupt ({_reason(e)})", hint="check that the file plays") from e
+    finally:
+        container.close()
+
+
+def container_format(path: Path) -> str:
+    """The container's format names as FFmpeg gives them, e.g. ``mov,mp4,m4a,3gp,3g2,mj2``."""
+    container = _open(path)
+    try:
+        return str(container.format.name)
+    finally:
+        container.close()
 
 
 def _reason(e: BaseException) -> str:

@@ -166,6 +166,13 @@ class Settings(BaseSettings):
     )
     segment_cost: int = Field(default=1, ge=0, description="Credits one successful segmentation costs.")
     max_upload_mb: float = Field(default=10.0, gt=0, description="Largest image accepted by /api/v1/upload.")
+    max_video_upload_mb: dict[str, float] = Field(
+        default_factory=lambda: {"free": 50.0, "pro": 500.0, "enterprise": 2000.0},
+        description='Largest video accepted by /api/v1/upload, MB by tier; JSON, e.g. {"free": 50}.',
+    )
+    video_frame_cost: float = Field(
+        default=0.1, ge=0, description="Credits per processed video frame (a video task: frames × this, rounded up)."
+    )
     task_timeout_s: float = Field(
         default=600.0, gt=0, description="A task processing longer than this is presumed lost (crash)."
     )

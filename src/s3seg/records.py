@@ -95,12 +95,13 @@ class Recorder:
 
 def result_files(task: Task) -> dict[str, str]:
     """The storage keys of a task's files by name: ``source``, ``mask``, ``overlay`` and ``result`` (the
-    COCO JSON, whose key the task's metadata keeps under ``coco``); only those it has."""
+    COCO JSON, whose key the task's metadata keeps under ``coco``; a video task's tracks JSON, under
+    ``tracks``; a video has no mask); only those it has."""
     keys = {
         "source": task.source_image_url,
         "mask": task.mask_image_url,
         "overlay": task.overlay_image_url,
-        "result": task.metadata.get("coco"),
+        "result": task.metadata.get("coco") or task.metadata.get("tracks"),
     }
     return {name: str(key) for name, key in keys.items() if key}
 

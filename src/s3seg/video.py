@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -30,7 +30,7 @@ from s3seg.errors import ResultFormatError, UsageError
 from s3seg.types import Instance, SegmentationResult, normalize_prompts
 
 if TYPE_CHECKING:
-    from s3seg._videoio import Position, VideoInfo
+    from s3seg._videoio import DecodedFrame, Position, VideoInfo
     from s3seg.config import Settings
     from s3seg.engine._video import Sam3VideoEngine
 
@@ -333,8 +333,11 @@ def open_video(
     threshold: float | None = None,
     max_objects: int | None = None,
     keep_images: bool = False,
+    on_frame: Callable[[int], None] | None = None,
 ) -> VideoResult:
-    """Open ``path`` (header checks happen here) and return the lazily processed :class:`VideoResult`."""
+    """Open ``path`` (header checks happen here) and return the lazily processed :class:`VideoResult`.
+    ``on_frame(n)``: called once the model has taken in its n-th frame (the tracker yields frames some
+    frames later, all at the end for a short clip, so this is the progress to show)."""
     from s3seg import _videoio
 
     texts = normalize_prompts(prompts)
@@ -351,6 +354,8 @@ def open_video(
         end=last,
         every=every,
     )
+    if on_frame is not None:
+        decoded = _counted(decoded, on_frame)
     frames = engine.track(
         decoded,
         texts,
@@ -371,6 +376,12 @@ def open_video(
         max_pixels=settings.max_video_pixels,
         max_seconds=settings.max_video_seconds,
     )
+
+
+def _counted(frames: Iterator[DecodedFrame], on_frame: Callable[[int], None]) -> Iterator[DecodedFrame]:
+    for n, frame in enumerate(frames, start=1):
+        yield frame
+        on_frame(n)  # the model asks for the next frame: it has taken this one in
 
 
 def _position(value: str | float | None) -> Position | None:

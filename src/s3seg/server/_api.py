@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import io
 import re
+import tempfile
 import time
 import uuid
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query
@@ -21,15 +23,17 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
 
+from s3seg._videoio import HEAD_BYTES, head_is_video
 from s3seg.config import Settings
 from s3seg.errors import FileTooLarge, ImageError, NotFound, UploadNotFound, UsageError
 from s3seg.images import load_image
 from s3seg.records import result_files
 from s3seg.server._auth import User
 from s3seg.server._body import json_body, read_form, read_model, single
-from s3seg.server._deps import ApiDep, CurrentUser
+from s3seg.server._deps import ApiDep, CurrentUser, PublicAPI
 from s3seg.server._schemas import Envelope, MeOut, ResultsOut, SegmentIn, TaskOut, UploadOut, refusals
 from s3seg.server._tasks import task_metadata
+from s3seg.server._video_tasks import VIDEO_ID, receive_video, store_video, video_limit_mb, video_task
 from s3seg.storage import guess_content_type
 from s3seg.store import Status
 from s3seg.types import Limits, SegmentOptions, SegmentRequest
@@ -88,7 +92,8 @@ _UPLOAD_BODY = {
 
 @router.post("/upload", status_code=201, openapi_extra=_UPLOAD_BODY)
 async def upload(request: Request, user: CurrentUser, api: ApiDep) -> Envelope[UploadOut]:
-    """Store an image (multipart field ``file``); answers its ``image_id`` for /segment."""
+    """Store an image or a video (multipart field ``file``; which one is told by its content); answers its
+    ``image_id`` (a video's also as ``video_id``) for /segment."""
     settings = api.settings
     api.limiter.hit(user.id, user.tier)
     limit = int(settings.max_upload_mb * 1024 * 1024)
@@ -96,8 +101,11 @@ async def upload(request: Request, user: CurrentUser, api: ApiDep) -> Envelope[U
         file = single(form, "file") or single(form, "image")
         if not isinstance(file, UploadFile):
             raise UsageError("multipart body needs the image in a `file` field", hint="curl -F file=@photo.jpg")
-        data = await file.read(limit + 1)
         name = file.filename or "upload"
+        if head_is_video(await file.read(HEAD_BYTES)):
+            return Envelope(data=await run_in_threadpool(_store_video, file, name, user, api))
+        await file.seek(0)
+        data = await file.read(limit + 1)
     if len(data) > limit:
         raise FileTooLarge(
             f"{name} is larger than {settings.max_upload_mb:g} MB", hint="resize or recompress the image"
@@ -121,12 +129,50 @@ async def upload(request: Request, user: CurrentUser, api: ApiDep) -> Envelope[U
     )
 
 
+def _store_video(file: UploadFile, name: str, user: User, api: PublicAPI) -> UploadOut:
+    settings = api.settings
+    with tempfile.TemporaryDirectory(prefix="s3seg-upload-") as folder:
+        limit_mb = video_limit_mb(settings, user.tier)
+        path = receive_video(file.file, name, Path(folder), limit_mb=limit_mb, tier=user.tier)
+        video, key = store_video(api.storage, path, lambda video_id: _upload_key(user.id, video_id), name, settings)
+    return UploadOut(
+        kind="video",
+        image_id=video.video_id,
+        video_id=video.video_id,
+        image_url=api.storage.url(key, settings.url_expires_s),
+        expires_in=settings.url_expires_s,
+        width=video.width,
+        height=video.height,
+        bytes=video.bytes,
+        content_type=guess_content_type(video.video_id),
+        file_name=name,
+        frames=video.frames,
+        fps=video.fps,
+        duration_s=video.duration_s,
+    )
+
+
 @router.post("/segment", status_code=202, openapi_extra=json_body(SegmentIn))
 async def segment(http: Request, user: CurrentUser, api: ApiDep) -> Envelope[TaskOut]:
-    """Start segmenting an image; answers the task at once (``pending``). Wait with GET /tasks/{id}?wait=30."""
+    """Start segmenting an image or tracking through a video; answers the task at once (``pending``). Wait
+    with GET /tasks/{id}?wait=30, or follow GET /tasks/{id}/events."""
     body = await read_model(http, SegmentIn)  # after CurrentUser: who is asking is checked before the body
     request, metadata = _task_input(body, user, api.settings)
-    if body.image_id is not None and not await run_in_threadpool(api.storage.exists, metadata["image_key"]):
+    cost, frames_total = api.settings.segment_cost, 1  # an image is one step: progress 0/1, then 1/1
+    if "video" in metadata:
+        video = await run_in_threadpool(
+            video_task,
+            metadata["video"],
+            _upload_key(user.id, metadata["video"]),
+            api.storage,
+            api.settings,
+            every=body.every,
+            max_objects=body.max_objects,
+        )
+        metadata, cost, frames_total = video.metadata, video.cost, video.frames_total
+    elif body.every is not None or body.max_objects is not None:
+        raise UsageError("every and max_objects are for videos", hint="give a video_id, or leave them out")
+    elif "image_key" in metadata and not await run_in_threadpool(api.storage.exists, metadata["image_key"]):
         raise UploadNotFound(f"no uploaded image {body.image_id}", hint="upload it first: POST /api/v1/upload")
     api.limiter.hit(user.id, user.tier)
     store = api.store.for_user(user.id)
@@ -136,9 +182,9 @@ async def segment(http: Request, user: CurrentUser, api: ApiDep) -> Envelope[Tas
             project=body.project,
             project_id=body.project_id,
             metadata={**metadata, **task_metadata(request)},
-            cost=api.settings.segment_cost,
+            cost=cost,
             queue=True,
-            frames_total=1,  # an image is one step: progress 0/1, then 1/1
+            frames_total=frames_total,
         )
     )
     api.runner.submit(task)
@@ -232,13 +278,18 @@ def _extension(data: bytes) -> str:
 
 
 def _task_input(body: SegmentIn, user: User, settings: Settings) -> tuple[SegmentRequest, dict[str, Any]]:
-    """The validated request, and the task metadata that says where the image is."""
-    if (body.image_id is None) == (body.image_url is None):
-        raise UsageError("give exactly one of image_id (from /api/v1/upload) and image_url")
+    """The validated request, and the task metadata that says where the image is (a video: ``video``, its id)."""
+    if sum(v is not None for v in (body.image_id, body.image_url, body.video_id)) != 1:
+        raise UsageError("give exactly one of image_id, video_id (from /api/v1/upload) and image_url")
     prompts = ([body.text_prompt] if body.text_prompt else []) + body.text_prompts
     request = body.segment_request(prompts, SegmentOptions.from_settings(settings), Limits.from_settings(settings))
     metadata: dict[str, Any] = {}
-    if body.image_id is not None:
+    video_id = body.video_id or (body.image_id if body.image_id and VIDEO_ID.match(body.image_id) else None)
+    if video_id is not None:  # (an upload's id names a video as well as its video_id does)
+        if request.boxes:
+            raise UsageError("exemplar boxes are for images", hint="leave boxes out for a video")
+        metadata.update(video=video_id)
+    elif body.image_id is not None:
         if not _IMAGE_ID.match(body.image_id):
             raise UsageError(f"{body.image_id!r} is not an image id", hint="use the image_id /api/v1/upload answered")
         metadata.update(image=body.image_id, image_key=_upload_key(user.id, body.image_id))

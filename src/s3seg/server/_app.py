@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -46,10 +46,14 @@ from s3seg.server._schemas import (
     SegmentIn,
 )
 from s3seg.server._tasks import Infer, TaskLimits, TaskRunner
+from s3seg.server._video_tasks import VideoRunner
 from s3seg.server._web import mount_web
 from s3seg.storage import Storage
 from s3seg.store import Store
 from s3seg.types import SegmentationResult, SegmentRequest
+
+if TYPE_CHECKING:
+    from s3seg.engine._video import Sam3VideoEngine
 
 __all__ = ["API_KEY_HEADER", "create_app"]
 _BODY_HINT = "resize or recompress the image, or raise the server's S3SEG_MAX_BODY_MB"
@@ -106,7 +110,10 @@ def create_app(
     app.add_exception_handler(ValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_middleware(_LastResort)  # inside CORS and the body limit: a 500 keeps their headers
-    app.add_middleware(_BodyLimit, max_bytes=int(settings.max_body_mb * 1024 * 1024))
+    # an upload may be a video: its body may reach the largest tier's video limit (checked per user after)
+    largest_video = max(settings.max_video_upload_mb.values(), default=0.0)
+    uploads = {"/api/v1/upload": int((max(settings.max_body_mb, largest_video) + 1) * 1024 * 1024)}
+    app.add_middleware(_BodyLimit, max_bytes=int(settings.max_body_mb * 1024 * 1024), paths=uploads)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -147,7 +154,8 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
             server.engine, max_batch=settings.max_batch, max_queue=settings.max_queue, wait_s=wait_s
         )
     infer = server.workers or _in_process(server.batcher)
-    runner = TaskRunner(store, storage, infer, _task_limits(settings), workers=settings.task_workers)
+    video = VideoRunner(_video_loader(server.engine, settings), storage, settings) if server.engine else None
+    runner = TaskRunner(store, storage, infer, _task_limits(settings), workers=settings.task_workers, video=video)
     server.api = PublicAPI(settings, store, storage, runner, server.verifier, RateLimiter(settings.rate_limits))
     await runner.start()
     _log_start(server)
@@ -195,6 +203,26 @@ def _in_process(batcher: Batcher | None) -> Infer:
         return result
 
     return infer
+
+
+def _video_loader(engine: Sam3Engine, settings: Settings) -> Callable[[], Sam3VideoEngine]:
+    """Video tasks' model: the image model's checkpoint as SAM3's video model (detector + tracker), on the
+    same device; loaded by the first video task."""
+
+    def load() -> Sam3VideoEngine:
+        from s3seg.engine._video import Sam3VideoEngine
+
+        info = engine.info
+        return Sam3VideoEngine.load(
+            info.model,
+            device=str(engine.device),
+            dtype=settings.dtype,
+            revision=info.revision,
+            token=settings.token(),
+            offline=settings.offline,
+        )
+
+    return load
 
 
 def _task_limits(settings: Settings) -> TaskLimits:
@@ -287,14 +315,18 @@ class _LastResort(_HTTPMiddleware):
 class _BodyLimit(_HTTPMiddleware):
     """Refuse bodies over ``max_bytes``: by Content-Length at once, and while streaming otherwise."""
 
-    def __init__(self, app: Callable[..., Awaitable[None]], max_bytes: int) -> None:
+    def __init__(
+        self, app: Callable[..., Awaitable[None]], max_bytes: int, paths: dict[str, int] | None = None
+    ) -> None:
         super().__init__(app)
         self.max_bytes = max_bytes
+        self.paths = paths or {}  # routes with their own limit
 
     async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        max_bytes = self.paths.get(scope.get("path", ""), self.max_bytes)
         declared = dict(scope.get("headers") or []).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            too_large = PayloadTooLarge(self._message(int(declared)), hint=_BODY_HINT)
+        if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+            too_large = PayloadTooLarge(self._message(int(declared), max_bytes), hint=_BODY_HINT)
             response = _error(too_large.http_status, too_large.code, too_large.message, too_large.hint)
             await response(scope, receive, send)
             return
@@ -304,14 +336,14 @@ class _BodyLimit(_HTTPMiddleware):
             nonlocal seen
             message = await receive()
             seen += len(message.get("body", b""))
-            if seen > self.max_bytes:
-                raise PayloadTooLarge(self._message(seen), hint=_BODY_HINT)
+            if seen > max_bytes:
+                raise PayloadTooLarge(self._message(seen, max_bytes), hint=_BODY_HINT)
             return message
 
         await self.app(scope, limited, send)
 
-    def _message(self, size: int) -> str:
-        return f"request body of {size} bytes exceeds the limit of {self.max_bytes} bytes"
+    def _message(self, size: int, max_bytes: int) -> str:
+        return f"request body of {size} bytes exceeds the limit of {max_bytes} bytes"
 
 
 def _gpu_memory(engine: Sam3Engine) -> dict[str, float] | None:

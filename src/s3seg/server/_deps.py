@@ -49,7 +49,7 @@ class PublicAPI:
         urls = {
             column: self.storage.url(keys[name], expires) if name in keys else None for name, column in _URLS.items()
         }
-        hidden = ("image_key", "image_url", "coco")
+        hidden = ("image_key", "image_url", "coco", "video_key", "tracks")
         return TaskOut.model_validate(
             {
                 **task.to_dict(),

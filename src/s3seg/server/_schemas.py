@@ -61,10 +61,14 @@ class BatchIn(BaseModel):
 
 
 class SegmentIn(RequestIn):
-    """What to segment: an uploaded image (``image_id``) or an http(s) ``image_url``, and the prompts."""
+    """What to segment: an uploaded image (``image_id``) or video (``video_id``), or an http(s)
+    ``image_url``, and the prompts."""
 
-    image_id: Text | None = Field(default=None, description="from POST /api/v1/upload")
+    image_id: Text | None = Field(default=None, description="from POST /api/v1/upload (a video's works too)")
+    video_id: Text | None = Field(default=None, description="a video from POST /api/v1/upload")
     image_url: Text | None = Field(default=None, description="http(s) URL of an image (public hosts)")
+    every: int | None = Field(default=None, ge=1, description="video: process every n-th frame (default 1)")
+    max_objects: int | None = Field(default=None, ge=1, description="video: most objects tracked at once")
     text_prompt: Text | None = Field(default=None, description='one noun phrase, e.g. "dog"')
     text_prompts: list[Text] = Field(default_factory=list, description="several noun phrases")
     project: Text | None = Field(default=None, max_length=200, description="project name (created if new)")
@@ -192,19 +196,24 @@ class MeOut(BaseModel):
 
 
 class UploadOut(BaseModel):
-    image_id: str = Field(description="for POST /api/v1/segment")
-    image_url: str = Field(description="time-limited URL of the stored image")
+    kind: Literal["image", "video"] = "image"
+    image_id: str = Field(description="for POST /api/v1/segment (a video's as well)")
+    video_id: str | None = Field(default=None, description="a video's id (the same as image_id); null for an image")
+    image_url: str = Field(description="time-limited URL of the stored file")
     expires_in: int
     width: int
     height: int
     bytes: int
     content_type: str
     file_name: str
+    frames: int | None = Field(default=None, description="a video's frames; null for an image")
+    fps: float | None = Field(default=None, description="a video's frame rate")
+    duration_s: float | None = Field(default=None, description="a video's length (null when its header lacks it)")
 
 
 class TaskOut(BaseModel):
-    """A task (a segmentation of one image) as clients see it: stored files as time-limited URLs, and
-    ``files``, download paths through this API."""
+    """A task (a segmentation of one image, or tracks through one video) as clients see it: stored files as
+    time-limited URLs, and ``files``, download paths through this API."""
 
     id: str
     task_id: str
@@ -216,7 +225,7 @@ class TaskOut(BaseModel):
     source_image_url: str | None
     mask_image_url: str | None
     overlay_image_url: str | None
-    result_url: str | None = Field(description="the COCO JSON")
+    result_url: str | None = Field(description="the COCO JSON (a video task: the tracks JSON)")
     files: dict[str, str]
     labels: list[Any]
     metadata: dict[str, Any]

@@ -114,6 +114,14 @@ _CONTENT_TYPES = {
     ".pdf": "application/pdf",
     ".zip": "application/zip",
     ".gz": "application/gzip",
+    ".mp4": "video/mp4",
+    ".mov": "video/quicktime",
+    ".webm": "video/webm",
+    ".mkv": "video/x-matroska",
+    ".avi": "video/x-msvideo",
+    ".ogv": "video/ogg",
+    ".ts": "video/mp2t",
+    ".mpg": "video/mpeg",
 }
 
 

@@ -178,7 +178,7 @@ class Store(ABC):
 
     @abstractmethod
     def finish(
-        self, task_id: str, *, source: str, mask: str, overlay: str, labels: list[Any], metadata: dict[str, Any]
+        self, task_id: str, *, source: str, mask: str | None, overlay: str, labels: list[Any], metadata: dict[str, Any]
     ) -> Task:
         """``processing → done`` with the result's keys, labels and ``metadata`` (merged; cost and attempts
         stay the store's); a queued task's cost is charged in the same transaction."""

@@ -170,7 +170,7 @@ class PostgresStore(Store):
         return moved > 0
 
     def finish(
-        self, task_id: str, *, source: str, mask: str, overlay: str, labels: list[Any], metadata: dict[str, Any]
+        self, task_id: str, *, source: str, mask: str | None, overlay: str, labels: list[Any], metadata: dict[str, Any]
     ) -> Task:
         from psycopg.types.json import Jsonb
 

@@ -176,7 +176,7 @@ class SQLiteStore(Store):
         return bool(moved)
 
     def finish(
-        self, task_id: str, *, source: str, mask: str, overlay: str, labels: list[Any], metadata: dict[str, Any]
+        self, task_id: str, *, source: str, mask: str | None, overlay: str, labels: list[Any], metadata: dict[str, Any]
     ) -> Task:
         def done(meta: dict[str, Any]) -> dict[str, Any]:
             return {

@@ -200,7 +200,7 @@ class SupabaseStore(Store):
         raise StoreError(f"task {task_id} kept changing while it was being started; it was not started")
 
     def finish(
-        self, task_id: str, *, source: str, mask: str, overlay: str, labels: list[Any], metadata: dict[str, Any]
+        self, task_id: str, *, source: str, mask: str | None, overlay: str, labels: list[Any], metadata: dict[str, Any]
     ) -> Task:
         """``processing → done``; a queued task's cost is charged (and logged) in the same transaction.
         ``metadata`` is merged into the task's (its ``cost`` and ``attempts`` stay)."""
