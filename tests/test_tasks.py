@@ -13,6 +13,7 @@ from s3seg.engine import Sam3Engine
 from s3seg.images import LoadedImage
 from s3seg.server._app import _in_process
 from s3seg.server._batcher import Batcher
+from s3seg.server._memory import MemoryBudget
 from s3seg.server._tasks import TaskLimits, TaskRunner
 from s3seg.storage._local import LocalStorage
 from s3seg.store import Task
@@ -58,7 +59,7 @@ def test_a_live_task_past_the_timeout_is_not_requeued_a_dead_one_is(
     meta = {"image": "photo.jpg", "image_key": "uploads/local/photo.jpg", "options": {"threshold": 0.0}}
     with SQLiteStore(tmp_path / "r.db") as store:
         task = store.create_task(["person"], metadata=meta, queue=True, frames_total=1)
-        runner = TaskRunner(store, storage, slow, LIMITS, workers=1, sweep_s=0.2)
+        runner = TaskRunner(store, storage, slow, LIMITS, MemoryBudget(1 << 30, wait_s=1), workers=1, sweep_s=0.2)
         assert runner.heartbeat_s < TIMEOUT_S
         ended = asyncio.run(run_until_ended(runner, store, task.id))
         assert (ended.status, ended.metadata["attempts"], seen) == ("done", 1, [1]), ended
@@ -67,7 +68,7 @@ def test_a_live_task_past_the_timeout_is_not_requeued_a_dead_one_is(
         # a worker that took a task and died (no heartbeat): requeued after the timeout and run again
         dead = store.create_task(["person"], metadata=meta, queue=True, frames_total=1)
         store.start(dead.id)
-        runner = TaskRunner(store, storage, real, LIMITS, workers=1, sweep_s=0.2)
+        runner = TaskRunner(store, storage, real, LIMITS, MemoryBudget(1 << 30, wait_s=1), workers=1, sweep_s=0.2)
         ended = asyncio.run(run_until_ended(runner, store, dead.id))
         assert (ended.status, ended.metadata["attempts"]) == ("done", 2), ended
     batcher.close()

@@ -105,6 +105,15 @@ class Settings(BaseSettings):
     max_queue: int = Field(default=64, ge=1, description="Queued images before the server answers 503.")
     url_timeout_s: float = Field(default=10.0, gt=0, description="Time limit for fetching an image URL.")
     allow_private_urls: bool = Field(default=False, description="Let image URLs reach private/loopback hosts.")
+    memory_budget_mb: float | None = Field(
+        default=None,
+        gt=0,
+        description="Memory for decoding the images in flight (server); unset: a quarter of the machine's "
+        "memory, at least 1024. Beyond it requests wait memory_wait_s, then 503 BUSY.",
+    )
+    memory_wait_s: float = Field(
+        default=2.0, ge=0, description="How long a request waits for room in the memory budget before 503 BUSY."
+    )
 
     # --- storage and results (local by default; R2/S3 and Supabase when configured) --------------
     data_dir: Path = Field(
@@ -227,6 +236,16 @@ class Settings(BaseSettings):
 
     def token(self) -> str | None:
         return self.hf_token.get_secret_value() if self.hf_token else None
+
+    def memory_budget_bytes(self) -> int:
+        """``memory_budget_mb`` in bytes; unset: a quarter of the machine's memory, at least 1 GiB."""
+        if self.memory_budget_mb is not None:
+            return int(self.memory_budget_mb * 1024 * 1024)
+        try:
+            total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        except (AttributeError, ValueError, OSError):  # not POSIX: the floor
+            total = 0
+        return max(1 << 30, total // 4)
 
     def engine_config(self) -> EngineConfig:
         """The part of the settings the engine reads."""

@@ -19,7 +19,7 @@ import glob
 import io
 import os
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -109,6 +109,40 @@ def load_image(source: ImageInput, *, max_pixels: int = DEFAULT_MAX_PIXELS, name
         f"cannot read image of type {type(source).__name__}",
         hint="pass a path, bytes, a PIL image or a numpy array",
     )
+
+
+def decode_cost(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, name: str | None = None) -> int:
+    """The bytes that :func:`load_image` needs at its peak to decode ``data``, read from the header
+    without decoding a pixel: the decoder's image (1 byte a pixel for 1-bit, gray and palette images, 2
+    for 16-bit gray, 4 for the rest; twice that when EXIF says to turn it) plus the RGB output (3).
+
+    Raises:
+        ImageError: not an image, or more than ``max_pixels`` pixels (:class:`ImageTooLargeError`).
+    """
+    label = name or "<bytes>"
+    if not data:
+        raise ImageError(f"image file is empty: {label}", hint="the image data has 0 bytes")
+    try:
+        with _pil_bomb_check_off(), Image.open(io.BytesIO(data)) as im:
+            _check_size(im.size, label, max_pixels)
+            width, height = im.size
+            native = _DECODER_BYTES.get(im.mode, 4) * (1 if _orientation(im) == 1 else 2)
+    except ImageError:
+        raise
+    except UnidentifiedImageError as e:
+        raise _corrupt(label, "unknown format") from e
+    except Exception as e:
+        raise _corrupt(label, _short(e)) from e
+    return int(width * height * (native + 3))
+
+
+_DECODER_BYTES = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16L": 2, "I;16B": 2, "I;16N": 2}  # PIL's bytes a pixel
+
+
+def _orientation(im: Image.Image) -> int:
+    """The EXIF orientation (1: upright, as stored)."""
+    value = im.getexif().get(0x0112, 1)  # Orientation
+    return value if isinstance(value, int) and 1 <= value <= 8 else 1
 
 
 def expand_inputs(inputs: Sequence[str]) -> list[Path]:
@@ -226,12 +260,16 @@ def _load_bytes(data: bytes, label: str, max_pixels: int) -> RGBArray:
 def _decode(fp: IO[bytes], label: str, max_pixels: int) -> RGBArray:
     """Open, check the size from the header, then fully decode the first frame of an encoded image."""
     try:
-        with _pil_bomb_check_off(), Image.open(fp) as im:
-            _check_size(im.size, label, max_pixels)
-            im.load()  # a full decode inside the try: truncated files fail here, not later
-            upright = ImageOps.exif_transpose(im)
-        # Converted outside the window where PIL's own check is off, to keep that window short.
-        return _pil_to_rgb(upright, label)
+        with _pil_bomb_check_off():
+            im = Image.open(fp)
+        with im:
+            with _pil_bomb_check_off():
+                _check_size(im.size, label, max_pixels)
+                im.load()  # a full decode inside the try: truncated files fail here, not later
+            # Turned and converted outside the window where PIL's own check is off, to keep that window
+            # short; turned in place (no copy when there is nothing to turn).
+            ImageOps.exif_transpose(im, in_place=True)
+            return _pil_to_rgb(im, label)
     except ImageError:
         raise
     except Image.DecompressionBombError as e:
@@ -250,7 +288,8 @@ def _load_pil(im: Image.Image, label: str, max_pixels: int) -> RGBArray:
     try:
         with _pil_bomb_check_off():
             im.load()  # lazily opened images decode here
-            upright = ImageOps.exif_transpose(im)
+            # a turned copy only when the image is turned: the conversion below only reads the caller's image
+            upright = ImageOps.exif_transpose(im) if _orientation(im) != 1 else im
         return _pil_to_rgb(upright, label)
     except ImageError:
         raise
@@ -287,24 +326,44 @@ _SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
 
 
 def _pil_to_rgb(im: Image.Image, label: str) -> RGBArray:
-    """Any PIL mode → new (H, W, 3) uint8 RGB array."""
+    """Any PIL mode → new (H, W, 3) uint8 RGB array.
+
+    Converted a strip of rows at a time into the one output array: converting costs the output and one
+    strip, not whole-image intermediates (PIL's own RGB copy at 4 bytes a pixel, its bytes, a numpy copy).
+    A 1-bit, gray or palette image thus costs 1 byte a pixel (PIL's) plus 3 (the output) while decoding.
+    """
+    width, height = im.size
+    convert = _strip_converter(im, label)
+    out = np.empty((height, width, 3), dtype=np.uint8)
+    rows = max(1, _STRIP_BYTES // (4 * width))
+    for top in range(0, height, rows):
+        bottom = min(height, top + rows)
+        out[top:bottom] = convert(im.crop((0, top, width, bottom)))
+    return out
+
+
+_STRIP_BYTES = 1 << 22  # converted at a time (a strip keeps the image's mode, palette and transparency)
+
+
+def _strip_converter(im: Image.Image, label: str) -> Callable[[Image.Image], npt.NDArray[np.uint8]]:
+    """How a strip of ``im`` becomes (h, W, 3) uint8 RGB."""
     if im.mode in _SIXTEEN_BIT_MODES:
         # PIL's convert("L") clips 16-bit values at 255 (a 16-bit PNG would come out white): scale instead.
-        return _gray_to_rgb(_scale_uint16(np.asarray(im)))
+        return lambda strip: _gray_to_rgb(_scale_uint16(np.asarray(strip)))
     if im.mode == "F":
-        return _gray_to_rgb(_scale_float(np.asarray(im)))
+        return lambda strip: _gray_to_rgb(_scale_float(np.asarray(strip)))
     if im.mode == "RGB" and not im.has_transparency_data:
-        return np.array(im, dtype=np.uint8, order="C")
+        return np.asarray
     if im.has_transparency_data:
         # Covers RGBA, LA, PA, premultiplied La/RGBa, palettes with alpha and tRNS transparency keys.
-        return _composite_on_white(np.asarray(im.convert("RGBA")))
+        return lambda strip: _composite_on_white(np.asarray(strip.convert("RGBA")))
     try:
-        rgb = im.convert("RGB")  # 1, L, P, CMYK, YCbCr, HSV...
+        im.crop((0, 0, 1, 1)).convert("RGB")  # 1, L, P, CMYK, YCbCr, HSV...
     except ValueError as e:
         raise ImageError(
             f"cannot read image {label}: unsupported image mode {im.mode}", hint="convert it to RGB first"
         ) from e
-    return np.array(rgb, dtype=np.uint8, order="C")
+    return lambda strip: np.asarray(strip.convert("RGB"))
 
 
 def _load_array(arr: np.ndarray, label: str, max_pixels: int) -> RGBArray:
@@ -365,4 +424,12 @@ def _composite_on_white(rgba: npt.NDArray[np.uint8]) -> RGBArray:
     return np.ascontiguousarray(out.astype(np.uint8))
 
 
-__all__ = ["DEFAULT_MAX_PIXELS", "IMAGE_SUFFIXES", "ImageInput", "LoadedImage", "expand_inputs", "load_image"]
+__all__ = [
+    "DEFAULT_MAX_PIXELS",
+    "IMAGE_SUFFIXES",
+    "ImageInput",
+    "LoadedImage",
+    "decode_cost",
+    "expand_inputs",
+    "load_image",
+]

@@ -110,11 +110,13 @@ async def upload(request: Request, user: CurrentUser, api: ApiDep) -> Envelope[U
         raise FileTooLarge(
             f"{name} is larger than {settings.max_upload_mb:g} MB", hint="resize or recompress the image"
         )
-    image = await run_in_threadpool(load_image, data, max_pixels=settings.max_pixels, name=name)
+    async with api.budget.hold([data], max_pixels=settings.max_pixels):  # decoded to check it; not kept
+        image = await run_in_threadpool(load_image, data, max_pixels=settings.max_pixels, name=name)
+        width, height = image.width, image.height
+        del image
     image_id = uuid.uuid4().hex + _extension(data)
     key = _upload_key(user.id, image_id)
     await run_in_threadpool(api.storage.put, key, data, guess_content_type(image_id))
-    height, width = image.array.shape[:2]
     return Envelope(
         data=UploadOut(
             image_id=image_id,

@@ -34,6 +34,7 @@ from s3seg.server._batcher import Batcher
 from s3seg.server._body import resolve_bodies
 from s3seg.server._deps import API_KEY_HEADER, PublicAPI, Server, ServerDep
 from s3seg.server._gateway import WorkerPool
+from s3seg.server._memory import MemoryBudget
 from s3seg.server._ratelimit import RateLimiter
 from s3seg.server._schemas import (
     BatchIn,
@@ -153,10 +154,14 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         server.batcher = Batcher(
             server.engine, max_batch=settings.max_batch, max_queue=settings.max_queue, wait_s=wait_s
         )
+    budget = server.budget = MemoryBudget(settings.memory_budget_bytes(), wait_s=settings.memory_wait_s)
     infer = server.workers or _in_process(server.batcher)
     video = VideoRunner(_video_loader(server.engine, settings), storage, settings) if server.engine else None
-    runner = TaskRunner(store, storage, infer, _task_limits(settings), workers=settings.task_workers, video=video)
-    server.api = PublicAPI(settings, store, storage, runner, server.verifier, RateLimiter(settings.rate_limits))
+    runner = TaskRunner(
+        store, storage, infer, _task_limits(settings), budget, workers=settings.task_workers, video=video
+    )
+    limiter = RateLimiter(settings.rate_limits)
+    server.api = PublicAPI(settings, store, storage, runner, server.verifier, limiter, budget)
     await runner.start()
     _log_start(server)
     try:
@@ -168,7 +173,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         for part in (server.verifier, server.workers, store, storage):
             if part is not None:
                 part.close()
-        server.api = server.batcher = None  # (requests after this answer 503 STARTING)
+        server.api = server.batcher = server.budget = None  # (requests after this answer 503 STARTING)
         if built_storage:  # a restart builds them afresh, as the first start did
             server.storage = None
         if built_store:

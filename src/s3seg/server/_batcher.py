@@ -130,6 +130,7 @@ class Batcher:
             self._settle(j, None, error)
 
     def _settle(self, job: _Job, results: list[SegmentationResult] | None, error: BaseException | None) -> None:
+        job.requests = []  # their images are the caller's again: this thread keeps no pixels until its next batch
         for _ in range(job.size):
             self._capacity.release()
         with self._stats_lock:

@@ -1,6 +1,6 @@
 """What the routes depend on: the server's parts on ``app.state.server`` (given to ``create_app``, or built
 by its lifespan), read through ``Annotated`` dependencies — ``SettingsDep``, ``ApiDep``, ``CurrentUser``,
-``EngineDep``, ``BatcherDep`` — and the API key check (``require_key``)."""
+``EngineDep``, ``BatcherDep``, ``BudgetDep`` — and the API key check (``require_key``)."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from s3seg.records import result_files
 from s3seg.server._auth import TokenVerifier, User, bearer_token
 from s3seg.server._batcher import Batcher
 from s3seg.server._gateway import WorkerPool
+from s3seg.server._memory import MemoryBudget
 from s3seg.server._ratelimit import RateLimiter
 from s3seg.server._schemas import TaskOut
 from s3seg.server._tasks import TaskRunner
@@ -40,6 +41,7 @@ class PublicAPI:
     runner: TaskRunner
     verifier: TokenVerifier | None
     limiter: RateLimiter
+    budget: MemoryBudget
 
     def out(self, task: Task) -> TaskOut:
         """A task as clients see it: the stored keys become time-limited URLs (``*_image_url``,
@@ -89,6 +91,7 @@ class Server:
     storage: Storage | None = None
     store: Store | None = None
     batcher: Batcher | None = None
+    budget: MemoryBudget | None = None
     api: PublicAPI | None = None
 
 
@@ -135,10 +138,16 @@ def _batcher(server: ServerDep) -> Batcher:
     return cast(Batcher, server.batcher)
 
 
+def _budget(server: ServerDep) -> MemoryBudget:
+    _started(server.budget, "memory budget")
+    return cast(MemoryBudget, server.budget)
+
+
 SettingsDep = Annotated[Settings, Depends(_settings)]
 ApiDep = Annotated[PublicAPI, Depends(_api)]
 EngineDep = Annotated[Sam3Engine, Depends(_engine)]
 BatcherDep = Annotated[Batcher, Depends(_batcher)]
+BudgetDep = Annotated[MemoryBudget, Depends(_budget)]
 
 
 def _current_user(request: Request, api: ApiDep) -> User:

@@ -24,8 +24,9 @@ from s3seg.errors import UsageError
 from s3seg.images import load_image
 from s3seg.server._batcher import Batcher
 from s3seg.server._body import read_form, read_json, single, text_fields
-from s3seg.server._deps import BatcherDep, EngineDep, SettingsDep, require_key
+from s3seg.server._deps import BatcherDep, BudgetDep, EngineDep, SettingsDep, require_key
 from s3seg.server._fetch import fetch
+from s3seg.server._memory import MemoryBudget
 from s3seg.server._schemas import (
     BatchIn,
     CocoOut,
@@ -37,7 +38,7 @@ from s3seg.server._schemas import (
     form_fields,
     refusals,
 )
-from s3seg.types import Limits, SegmentationResult, SegmentOptions, box_from_string, to_coco
+from s3seg.types import Limits, SegmentationResult, SegmentOptions, SegmentRequest, box_from_string, to_coco
 
 # 400 bad URL, 401 key, 413 body/image too large, 415 not an image, 422 invalid request, 503 busy/starting
 router = APIRouter(
@@ -70,20 +71,32 @@ def _model_name(source: str) -> str:
 
 
 @router.post("/predict", openapi_extra=body_doc(PredictIn, PredictIn, "image", many=False))
-async def predict(request: Request, batcher: BatcherDep, settings: SettingsDep) -> Envelope[CocoOut]:
+async def predict(request: Request, batcher: BatcherDep, budget: BudgetDep, settings: SettingsDep) -> Envelope[CocoOut]:
     """Segment one image: multipart (``image`` file + fields) or JSON (base64 ``image`` or ``image_url``)."""
-    return await _segment(await _read_items(request, settings, batch=False), batcher, settings)
+    return await _segment(await _read_items(request, settings, batch=False), batcher, budget, settings)
 
 
 @router.post("/predict/batch", openapi_extra=body_doc(BatchIn, PredictIn, "images", many=True))
-async def predict_batch(request: Request, batcher: BatcherDep, settings: SettingsDep) -> Envelope[CocoOut]:
+async def predict_batch(
+    request: Request, batcher: BatcherDep, budget: BudgetDep, settings: SettingsDep
+) -> Envelope[CocoOut]:
     """Segment several images in one call (multipart ``images`` files sharing the fields, or JSON items)."""
-    return await _segment(await _read_items(request, settings, batch=True), batcher, settings)
+    return await _segment(await _read_items(request, settings, batch=True), batcher, budget, settings)
 
 
-async def _segment(items: list[tuple[PredictIn, bytes]], batcher: Batcher, settings: Settings) -> Envelope[CocoOut]:
-    requests = [await _engine_request(item, data, settings) for item, data in items]
-    results = await batcher.run(requests)
+async def _segment(
+    items: list[tuple[PredictIn, bytes]], batcher: Batcher, budget: MemoryBudget, settings: Settings
+) -> Envelope[CocoOut]:
+    limits, options = Limits.from_settings(settings), SegmentOptions.from_settings(settings)
+    checked = [item.segment_request(item.prompts, options, limits) for item, _ in items]  # before any decoding
+    # the pixels are held until the model is done with them: room for all of them in the memory budget first
+    async with budget.hold([data for _, data in items], max_pixels=settings.max_pixels):
+        requests = [
+            await _engine_request(item, request, data, settings)
+            for (item, data), request in zip(items, checked, strict=True)
+        ]
+        results = await batcher.run(requests)
+        del requests
     # RLE encoding is CPU work: off the event loop, so other requests keep being parsed and queued
     doc = await run_in_threadpool(_coco, results, [item.mask_format for item, _ in items])
     return Envelope(data=CocoOut.model_validate(doc))
@@ -148,8 +161,7 @@ async def _image_bytes(item: PredictIn, settings: Settings) -> bytes:
         raise UsageError("`image` is not valid base64") from e
 
 
-async def _engine_request(item: PredictIn, data: bytes, settings: Settings) -> EngineRequest:
-    request = item.segment_request(item.prompts, SegmentOptions.from_settings(settings), Limits.from_settings(settings))
+async def _engine_request(item: PredictIn, request: SegmentRequest, data: bytes, settings: Settings) -> EngineRequest:
     image = await run_in_threadpool(load_image, data, max_pixels=settings.max_pixels, name=item.name or "upload")
     return EngineRequest(image.array, request.prompts, request.boxes, item.name, request.options)
 

@@ -32,6 +32,7 @@ from s3seg.errors import Busy, S3SegError, StoreError, UsageError
 from s3seg.images import LoadedImage, load_image
 from s3seg.records import Recorder
 from s3seg.server._fetch import fetch
+from s3seg.server._memory import MemoryBudget
 from s3seg.storage import Storage
 from s3seg.store import Store, Task
 from s3seg.types import Box, SegmentationResult, SegmentOptions, SegmentRequest
@@ -47,6 +48,7 @@ RunVideo = Callable[[Task, Store, Progress], Task]
 
 _BUSY_RETRIES = 30
 _PROGRESS_S = 0.25  # a video task writes its progress at most this often
+_BUDGET_WAIT_S = 60.0  # a task waits longer than a request for room in the memory budget
 
 
 class _NotOurs(Exception):
@@ -70,6 +72,7 @@ class TaskRunner:
         storage: Storage,
         infer: Infer,
         limits: TaskLimits,
+        budget: MemoryBudget,
         *,
         workers: int = 2,
         sweep_s: float | None = None,
@@ -80,6 +83,7 @@ class TaskRunner:
         self.infer = infer
         self.video = video
         self.limits = limits
+        self.budget = budget
         self.workers = workers
         self.sweep_s = sweep_s if sweep_s is not None else min(30.0, max(1.0, limits.timeout_s / 4))
         self.heartbeat_s = min(30.0, max(0.05, limits.timeout_s / 4))
@@ -162,10 +166,12 @@ class TaskRunner:
             if task.metadata.get("kind") == "video":
                 await self._run_video(task, store, stopped)
             else:
-                image = await run_in_threadpool(self._image, task)
-                result = await self._infer(image, task_request(task))
-                await run_in_threadpool(store.heartbeat, task.id, done=1, total=1)
-                await run_in_threadpool(recorder.complete, task, image, result)  # marks error itself on failure
+                data = await run_in_threadpool(self._image_bytes, task)
+                async with self.budget.hold([data], max_pixels=self.limits.max_pixels, wait_s=_BUDGET_WAIT_S):
+                    image = await run_in_threadpool(self._image, task, data)
+                    result = await self._infer(image, task_request(task))
+                    await run_in_threadpool(store.heartbeat, task.id, done=1, total=1)
+                    await run_in_threadpool(recorder.complete, task, image, result)  # marks error itself on failure
         except asyncio.CancelledError:
             stopped.set()  # the server stops: the task stays processing and is requeued after a restart
             raise
@@ -220,18 +226,19 @@ class TaskRunner:
         with contextlib.suppress(StoreError):  # already failed by the recorder, or requeued elsewhere
             await run_in_threadpool(recorder.abort, task, reason)
 
-    def _image(self, task: Task) -> LoadedImage:
+    def _image_bytes(self, task: Task) -> bytes:
         meta = task.metadata
         if meta.get("image_key"):
-            data = self.storage.get(str(meta["image_key"]))
-        else:
-            data = fetch(
-                str(meta["image_url"]),
-                max_bytes=self.limits.max_fetch_bytes,
-                timeout_s=self.limits.url_timeout_s,
-                allow_private=self.limits.allow_private_urls,
-            )
-        return load_image(data, max_pixels=self.limits.max_pixels, name=str(meta.get("image") or "image"))
+            return self.storage.get(str(meta["image_key"]))
+        return fetch(
+            str(meta["image_url"]),
+            max_bytes=self.limits.max_fetch_bytes,
+            timeout_s=self.limits.url_timeout_s,
+            allow_private=self.limits.allow_private_urls,
+        )
+
+    def _image(self, task: Task, data: bytes) -> LoadedImage:
+        return load_image(data, max_pixels=self.limits.max_pixels, name=str(task.metadata.get("image") or "image"))
 
 
 def task_metadata(request: SegmentRequest) -> dict[str, Any]:
