@@ -23,7 +23,7 @@ import time
 from collections.abc import Iterator
 from contextlib import ExitStack, closing, contextmanager, suppress
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 LOOPBACK = "127.0.0.1"
 # The admin component's plugin worker dials the admin gRPC port at admin HTTP port + 10000 whatever
@@ -46,6 +46,24 @@ class S3Server(NamedTuple):
     endpoint_url: str
     access_key: str
     secret_key: str
+
+    def client(self) -> Any:
+        """A plain boto3 S3 client on this server, addressed as R2 is (region ``auto``)."""
+        import boto3
+
+        return boto3.session.Session().client(
+            "s3",
+            endpoint_url=self.endpoint_url,
+            region_name="auto",
+            aws_access_key_id=self.access_key,
+            aws_secret_access_key=self.secret_key,
+        )
+
+    def create_bucket(self, name: str) -> str:
+        """Bucket ``name`` on this server (made unless another test module already made it)."""
+        with closing(self.client()) as client, suppress(client.exceptions.BucketAlreadyOwnedByYou):
+            client.create_bucket(Bucket=name)
+        return name
 
 
 class SeaweedStartError(RuntimeError):

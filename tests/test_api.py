@@ -52,18 +52,7 @@ def admin(pg_admin: Conn) -> Conn:
 
 @pytest.fixture(scope="module")
 def bucket(s3_server: S3Server) -> str:
-    import boto3
-
-    client = boto3.session.Session().client(
-        "s3",
-        endpoint_url=s3_server.endpoint_url,
-        region_name="auto",
-        aws_access_key_id=s3_server.access_key,
-        aws_secret_access_key=s3_server.secret_key,
-    )
-    client.create_bucket(Bucket=BUCKET)
-    client.close()
-    return BUCKET
+    return s3_server.create_bucket(BUCKET)
 
 
 class Keys:

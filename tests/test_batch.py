@@ -91,16 +91,8 @@ def photos(photo_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def s3(s3_server: S3Server, photos: Path) -> Iterator[Any]:
     """A boto3 client, the bucket, and the photos uploaded under photos/."""
-    import boto3
-
-    client = boto3.session.Session().client(
-        "s3",
-        endpoint_url=s3_server.endpoint_url,
-        region_name="auto",
-        aws_access_key_id=s3_server.access_key,
-        aws_secret_access_key=s3_server.secret_key,
-    )
-    client.create_bucket(Bucket=BUCKET)
+    client = s3_server.client()
+    s3_server.create_bucket(BUCKET)
     for f in sorted(photos.rglob("*")):
         if f.is_file():
             client.put_object(Bucket=BUCKET, Key=f"photos/{f.relative_to(photos).as_posix()}", Body=f.read_bytes())

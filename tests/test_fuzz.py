@@ -5,7 +5,6 @@ bounded examples: no 5xx and every answer as /openapi.json describes it."""
 
 from __future__ import annotations
 
-import contextlib
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -77,22 +76,12 @@ def test_gpu_routes_without_key(gpu_server: LoopbackServer) -> None:
 @pytest.mark.integration
 def test_public_api_as_a_signed_in_user(pg: Any, s3_server: Any, engine: Sam3Engine) -> None:
     """The public API with a Supabase access token (real PostgreSQL and S3 server, JWKS on loopback)."""
-    import boto3
     import psycopg
 
     import _postgres
     from test_api import BUCKET, Keys, Stack, new_user
 
-    client = boto3.session.Session().client(
-        "s3",
-        endpoint_url=s3_server.endpoint_url,
-        region_name="auto",
-        aws_access_key_id=s3_server.access_key,
-        aws_secret_access_key=s3_server.secret_key,
-    )
-    with contextlib.suppress(client.exceptions.BucketAlreadyOwnedByYou):  # test_api.py may have made it
-        client.create_bucket(Bucket=BUCKET)
-    client.close()
+    s3_server.create_bucket(BUCKET)
     keys = Keys()
     stack = Stack(pg, s3_server, BUCKET, keys, engine)
     try:

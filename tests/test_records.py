@@ -3,7 +3,6 @@ and the same commands against the real S3 server (SeaweedFS) for storage."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 from pathlib import Path
 from typing import Any
@@ -143,19 +142,7 @@ def test_unknown_task_and_bad_options(capsys: pytest.CaptureFixture[str]) -> Non
 
 @pytest.fixture
 def s3_bucket(s3_server: Any) -> tuple[str, str, str, str]:
-    import boto3
-
-    client = boto3.session.Session().client(
-        "s3",
-        endpoint_url=s3_server.endpoint_url,
-        region_name="auto",
-        aws_access_key_id=s3_server.access_key,
-        aws_secret_access_key=s3_server.secret_key,
-    )
-    with contextlib.suppress(client.exceptions.BucketAlreadyOwnedByYou):
-        client.create_bucket(Bucket="records")
-    client.close()
-    return s3_server.endpoint_url, s3_server.access_key, s3_server.secret_key, "records"
+    return s3_server.endpoint_url, s3_server.access_key, s3_server.secret_key, s3_server.create_bucket("records")
 
 
 @pytest.mark.integration

@@ -55,16 +55,8 @@ BAD_KEYS = {
 @pytest.fixture(scope="session")
 def admin(s3_server: S3Server) -> Iterator[Any]:
     """A plain boto3 client on the test server, with the test bucket created."""
-    import boto3
-
-    client = boto3.session.Session().client(
-        "s3",
-        endpoint_url=s3_server.endpoint_url,
-        region_name="auto",
-        aws_access_key_id=s3_server.access_key,
-        aws_secret_access_key=s3_server.secret_key,
-    )
-    client.create_bucket(Bucket=BUCKET)
+    s3_server.create_bucket(BUCKET)
+    client = s3_server.client()
     yield client
     client.close()
 

@@ -107,6 +107,23 @@ def test_sdk_frames_round_trip_through_tracks_json(video_engine: Sam3VideoEngine
     assert read_tracks(video.to_tracks()) == frames
 
 
+def test_segment_video_passes_the_options_and_loads_the_model_once(
+    monkeypatch: pytest.MonkeyPatch, tiny_model_dir: Path, clip: Path
+) -> None:
+    import s3seg
+    from s3seg import client as client_module
+
+    monkeypatch.setattr(client_module, "_clients", {})
+    model = str(tiny_model_dir)
+    video = s3seg.segment_video(clip, "person", model=model, device="cpu", threshold=0.0, every=2)
+    assert [f.index for f in video] == [0, 2, 4, 6]
+    [client] = client_module._clients.values()
+    engine = client.video_engine
+    later = s3seg.segment_video(clip, ["person"], model=model, device="cpu", start="2f", end="5f", max_objects=1)
+    assert [f.index for f in later] == [2, 3, 4]
+    assert list(client_module._clients.values()) == [client] and client.video_engine is engine
+
+
 def test_max_objects_caps_live_tracks(video_engine: Sam3VideoEngine, clip: Path) -> None:
     """Random weights with every threshold at 0 would start a track for every query on every frame."""
     settings = load_settings(threshold=0.0)

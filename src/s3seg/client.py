@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from s3seg._paths import Outcome
     from s3seg.engine import Sam3Engine
     from s3seg.engine._video import Sam3VideoEngine
-    from s3seg.video import VideoResult
+    from s3seg.video import VideoOptions, VideoResult
 
 _OPTIONS = frozenset({"threshold", "mask_threshold", "max_instances", "nms_iou"})
 
@@ -119,9 +119,9 @@ class Client:
         engine: Sam3Engine | None = None,
         backend: Backend | None = None,
     ) -> None:
-        base = settings.model_dump() if settings is not None else {}
-        given = {"model": model, "device": device, "server_url": server_url, "api_key": api_key, "api_url": api_url}
-        self.settings = load_settings(**{**base, **{k: v for k, v in given.items() if v is not None}})
+        self.settings = load_settings(
+            settings, model=model, device=device, server_url=server_url, api_key=api_key, api_url=api_url
+        )
         # The options set on purpose (settings given, or S3SEG_* in the environment): sent to a server, whose
         # own defaults apply to the rest.
         chosen = settings.model_fields_set if settings is not None else self.settings.model_fields_set
@@ -269,30 +269,12 @@ class Client:
             return self._video_engine
 
     def segment_video(
-        self,
-        path: str | Path,
-        prompts: str | Sequence[str],
-        *,
-        start: str | float | None = None,
-        end: str | float | None = None,
-        every: int = 1,
-        threshold: float | None = None,
-        max_objects: int | None = None,
+        self, path: str | Path, prompts: str | Sequence[str], **options: Unpack[VideoOptions]
     ) -> VideoResult:
         """Every instance of each prompt tracked through a video; see :func:`s3seg.segment_video`."""
         from s3seg.video import open_video
 
-        return open_video(
-            path,
-            prompts,
-            self.video_engine,
-            self.settings,
-            start=start,
-            end=end,
-            every=every,
-            threshold=threshold,
-            max_objects=max_objects,
-        )
+        return open_video(path, prompts, self.video_engine, self.settings, **options)
 
     def load(self, image: ImageInput | LoadedImage) -> LoadedImage:
         """Decode and check an image with this client's limits."""
@@ -369,8 +351,14 @@ def segment(
     >>> set(result.labels) <= {"person"}
     True
     """
+    return shared_client(model, device).segment(image, prompts, **kwargs)
+
+
+def shared_client(model: str | None, device: str | None) -> Client:
+    """The process's client for ``model`` on ``device``, made on first use: :func:`segment` and
+    :func:`s3seg.segment_video` load each model once."""
     with _clients_lock:
         client = _clients.get((model, device))
         if client is None:
             client = _clients[(model, device)] = Client(model, device=device)
-    return client.segment(image, prompts, **kwargs)
+    return client

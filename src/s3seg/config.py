@@ -39,6 +39,12 @@ class EngineConfig:
     batch_heads: bool = True
 
 
+def _env(field: str, *names: str) -> AliasChoices:
+    """Where a setting is read from: its name, ``S3SEG_<FIELD>``, then the standard variables ``names``
+    (by default ``<FIELD>`` unprefixed: R2, Supabase, Ray and PostgreSQL name their own variables so)."""
+    return AliasChoices(field, f"S3SEG_{field.upper()}", *(names or (field.upper(),)))
+
+
 class Settings(BaseSettings):
     """Every knob s3seg has. Environment variables are ``S3SEG_<FIELD>`` unless noted."""
 
@@ -52,24 +58,24 @@ class Settings(BaseSettings):
 
     model: str = Field(
         default=DEFAULT_MODEL,
-        validation_alias=AliasChoices("model", "S3SEG_MODEL", "SAM3_WEIGHTS_PATH"),
+        validation_alias=_env("model", "SAM3_WEIGHTS_PATH"),
         description="Hub id, local save_pretrained directory, or official sam3.pt file.",
     )
     revision: str | None = Field(default=None, description="Hub revision (branch, tag or commit).")
     device: Device = Field(
         default="auto",
-        validation_alias=AliasChoices("device", "S3SEG_DEVICE", "SAM3_DEVICE"),
+        validation_alias=_env("device", "SAM3_DEVICE"),
         description="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps.",
     )
     dtype: DType = Field(default="auto", description="auto = bfloat16 on CUDA, float32 elsewhere.")
     compile: bool = Field(default=False, description="torch.compile the model (GPU; slow first call).")
     hf_token: SecretStr | None = Field(
         default=None,
-        validation_alias=AliasChoices("hf_token", "S3SEG_HF_TOKEN", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"),
+        validation_alias=_env("hf_token", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"),
     )
     offline: bool = Field(
         default=False,
-        validation_alias=AliasChoices("offline", "S3SEG_OFFLINE", "HF_HUB_OFFLINE"),
+        validation_alias=_env("offline", "HF_HUB_OFFLINE"),
         description="Never contact the Hub; use the local cache or a local path.",
     )
     threshold: float = Field(default=0.5, ge=0.0, le=1.0, description="Minimum instance score.")
@@ -85,14 +91,13 @@ class Settings(BaseSettings):
     max_objects: int = Field(default=16, ge=1, description="Video: most objects tracked at once.")
     max_video_pixels: int = Field(default=3840 * 2160, ge=1, description="Video: refuse larger frames.")
     max_video_seconds: float = Field(default=3600.0, gt=0, description="Video: refuse longer clips.")
-    debug: bool = Field(default=False, description="Show full tracebacks.")
 
     # --- s3seg serve ---------------------------------------------------------------------------
     host: str = Field(default="127.0.0.1", description="Address the server listens on.")
     port: int = Field(default=8000, ge=0, le=65535)
     api_key: SecretStr | None = Field(
         default=None,
-        validation_alias=AliasChoices("api_key", "S3SEG_API_KEY", "API_SECRET_KEY"),
+        validation_alias=_env("api_key", "API_SECRET_KEY"),
         description="Required X-API-Key (server); sent (client). The seed's API_SECRET_KEY is read too.",
     )
     allow_no_key: bool = Field(default=False, description="Allow a non-loopback server without an API key.")
@@ -120,31 +125,21 @@ class Settings(BaseSettings):
         default_factory=lambda: Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share") / "s3seg",
         description="Local storage and the SQLite results database when R2/Supabase are not configured.",
     )
-    r2_endpoint: str | None = Field(
-        default=None, validation_alias=AliasChoices("r2_endpoint", "S3SEG_R2_ENDPOINT", "R2_ENDPOINT")
-    )
-    r2_access_key_id: str | None = Field(
-        default=None, validation_alias=AliasChoices("r2_access_key_id", "S3SEG_R2_ACCESS_KEY_ID", "R2_ACCESS_KEY_ID")
-    )
+    r2_endpoint: str | None = Field(default=None, validation_alias=_env("r2_endpoint"))
+    r2_access_key_id: str | None = Field(default=None, validation_alias=_env("r2_access_key_id"))
     r2_secret_access_key: SecretStr | None = Field(
         default=None,
-        validation_alias=AliasChoices("r2_secret_access_key", "S3SEG_R2_SECRET_ACCESS_KEY", "R2_SECRET_ACCESS_KEY"),
+        validation_alias=_env("r2_secret_access_key"),
     )
-    r2_bucket: str | None = Field(
-        default=None, validation_alias=AliasChoices("r2_bucket", "S3SEG_R2_BUCKET", "R2_BUCKET")
-    )
+    r2_bucket: str | None = Field(default=None, validation_alias=_env("r2_bucket"))
     r2_region: str = Field(default="auto", description="R2 uses 'auto'; S3 needs the bucket's region.")
     r2_path_style: bool = Field(default=True, description="Path-style addressing (R2 and most S3 servers).")
     r2_prefix: str = Field(default="", description="Key prefix inside the bucket, e.g. 'prod/'.")
-    supabase_url: str | None = Field(
-        default=None, validation_alias=AliasChoices("supabase_url", "S3SEG_SUPABASE_URL", "SUPABASE_URL")
-    )
-    supabase_anon_key: SecretStr | None = Field(
-        default=None, validation_alias=AliasChoices("supabase_anon_key", "S3SEG_SUPABASE_ANON_KEY", "SUPABASE_ANON_KEY")
-    )
+    supabase_url: str | None = Field(default=None, validation_alias=_env("supabase_url"))
+    supabase_anon_key: SecretStr | None = Field(default=None, validation_alias=_env("supabase_anon_key"))
     supabase_service_key: SecretStr | None = Field(
         default=None,
-        validation_alias=AliasChoices("supabase_service_key", "S3SEG_SUPABASE_SERVICE_KEY", "SUPABASE_SERVICE_KEY"),
+        validation_alias=_env("supabase_service_key"),
     )
     supabase_access_token: SecretStr | None = Field(
         default=None, description="A signed-in user's access token (RLS applies as that user)."
@@ -153,7 +148,7 @@ class Settings(BaseSettings):
 
     database_url: SecretStr | None = Field(
         default=None,
-        validation_alias=AliasChoices("database_url", "S3SEG_DATABASE_URL", "DATABASE_URL"),
+        validation_alias=_env("database_url"),
         description="PostgreSQL with supabase/migrations applied (e.g. Supabase's direct connection string): "
         "the results store of a multi-user server, used before the Supabase REST API.",
     )
@@ -161,7 +156,7 @@ class Settings(BaseSettings):
     # --- the public API (s3seg serve in front of users) -----------------------------------------
     supabase_jwt_secret: SecretStr | None = Field(
         default=None,
-        validation_alias=AliasChoices("supabase_jwt_secret", "S3SEG_SUPABASE_JWT_SECRET", "SUPABASE_JWT_SECRET"),
+        validation_alias=_env("supabase_jwt_secret"),
         description="Legacy HS256 secret of the Supabase project (JWKS keys are used when it is not set).",
     )
     jwks_url: str | None = Field(
@@ -203,7 +198,7 @@ class Settings(BaseSettings):
     # --- s3seg batch (Ray Data) -------------------------------------------------------------------
     ray_address: str | None = Field(
         default=None,
-        validation_alias=AliasChoices("ray_address", "S3SEG_RAY_ADDRESS", "RAY_ADDRESS"),
+        validation_alias=_env("ray_address"),
         description="A Ray cluster for s3seg batch (ray://head:10001); unset: Ray starts on this machine.",
     )
 
@@ -268,11 +263,13 @@ def debug_enabled() -> bool:
     return os.environ.get("S3SEG_DEBUG", "").strip().lower() in {"1", "true", "yes", "on"}
 
 
-def load_settings(**overrides: Any) -> Settings:
-    """Settings from the given values (``None`` = not given) over the environment; a bad value is a
-    one-line :class:`UsageError` naming the setting and where it can come from."""
+def load_settings(base: Settings | None = None, /, **overrides: Any) -> Settings:
+    """Settings from the given values (``None`` = not given) over ``base`` (default: the environment); a
+    bad value is a one-line :class:`UsageError` naming the setting and where it can come from."""
+    given = base.model_dump() if base is not None else {}
+    given.update((k, v) for k, v in overrides.items() if v is not None)
     try:
-        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+        return Settings(**given)
     except ValidationError as e:
         first = e.errors()[0]
         name = ".".join(str(part) for part in first["loc"]) or "settings"

@@ -370,50 +370,84 @@ def to_coco(results: Iterable[SegmentationResult]) -> dict[str, Any]:
 
     Categories are the distinct prompts, numbered from 1 in the order first asked.
     """
-    results = list(results)
-    categories: dict[str, int] = {}
+    doc = CocoBuilder()
     for r in results:
-        for p in r.prompts:
-            categories.setdefault(p, len(categories) + 1)
-    images: list[dict[str, Any]] = []
-    annotations: list[dict[str, Any]] = []
-    for image_id, r in enumerate(results, start=1):
-        images.append(
+        image_id = doc.add_image(
+            r.image,
+            r.width,
+            r.height,
             {
-                "id": image_id,
-                "file_name": r.image or f"image_{image_id}",
-                "width": r.width,
-                "height": r.height,
-                "s3seg": {
-                    "prompts": list(r.prompts),
-                    "named": r.image is not None,
-                    "timings": r.timings.to_dict(),
-                    "model": r.model,
-                },
-            }
+                "prompts": list(r.prompts),
+                "named": r.image is not None,
+                "timings": r.timings.to_dict(),
+                "model": r.model,
+            },
         )
         for inst in r.instances:
-            x0, y0, x1, y1 = inst.box
             segmentation, area = _rle.encode(inst.mask)
-            annotations.append(
-                {
-                    "id": len(annotations) + 1,
-                    "image_id": image_id,
-                    "category_id": categories[inst.prompt],
-                    "segmentation": segmentation,
-                    "area": area,
-                    "bbox": [x0, y0, x1 - x0, y1 - y0],
-                    "bbox_xyxy": [x0, y0, x1, y1],
-                    "score": inst.score,
-                    "iscrowd": 0,
-                }
-            )
-    return {
-        "info": {"description": "s3seg segmentation results"},
-        "images": images,
-        "annotations": annotations,
-        "categories": [{"id": i, "name": n, "supercategory": "prompt"} for n, i in categories.items()],
-    }
+            doc.add_instance(image_id, inst.prompt, inst.score, inst.box, segmentation, area)
+    return doc.document("s3seg segmentation results")
+
+
+class CocoBuilder:
+    """A COCO document built image by image, in the form :func:`to_coco` writes and :func:`from_coco` reads.
+
+    Categories are the prompts, numbered from 1 in the order first seen. Shared by :func:`to_coco` and the
+    batch writer, which adds the RLE it already holds instead of encoding masks again."""
+
+    def __init__(self) -> None:
+        self.categories: dict[str, int] = {}
+        self.images: list[dict[str, Any]] = []
+        self.annotations: list[dict[str, Any]] = []
+
+    def add_image(self, file_name: str | None, width: int, height: int, meta: dict[str, Any]) -> int:
+        """An image (``meta`` is its ``s3seg`` entry, with its ``prompts``); returns its id."""
+        image_id = len(self.images) + 1
+        for p in meta["prompts"]:
+            self.categories.setdefault(p, len(self.categories) + 1)
+        self.images.append(
+            {
+                "id": image_id,
+                "file_name": file_name or f"image_{image_id}",
+                "width": width,
+                "height": height,
+                "s3seg": meta,
+            }
+        )
+        return image_id
+
+    def add_instance(
+        self,
+        image_id: int,
+        prompt: str,
+        score: float,
+        box: Sequence[float],
+        segmentation: dict[str, Any],
+        area: int,
+    ) -> None:
+        """One instance of an image added before: its mask as compressed RLE and that mask's area."""
+        x0, y0, x1, y1 = box
+        self.annotations.append(
+            {
+                "id": len(self.annotations) + 1,
+                "image_id": image_id,
+                "category_id": self.categories[prompt],
+                "segmentation": segmentation,
+                "area": area,
+                "bbox": [x0, y0, x1 - x0, y1 - y0],
+                "bbox_xyxy": [x0, y0, x1, y1],
+                "score": score,
+                "iscrowd": 0,
+            }
+        )
+
+    def document(self, description: str) -> dict[str, Any]:
+        return {
+            "info": {"description": description},
+            "images": self.images,
+            "annotations": self.annotations,
+            "categories": [{"id": i, "name": n, "supercategory": "prompt"} for n, i in self.categories.items()],
+        }
 
 
 def from_coco(doc: Mapping[str, Any]) -> list[SegmentationResult]:

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import numpy as np
 import numpy.typing as npt
@@ -54,16 +54,15 @@ class TrackedFrame:
         """(track id, instance) pairs."""
         return zip(self.track_ids, self.result.instances, strict=True)
 
+    def _key(self) -> tuple[object, ...]:
+        """What equality compares: the frame, its tracks and what was found (not timings or the image)."""
+        r = self.result
+        return (self.index, self.time, self.track_ids, r.instances, r.width, r.height)
+
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, TrackedFrame):
             return NotImplemented
-        return (
-            self.index == other.index
-            and self.time == other.time
-            and self.track_ids == other.track_ids
-            and self.result.instances == other.result.instances
-            and (self.result.width, self.result.height) == (other.result.width, other.result.height)
-        )
+        return self._key() == other._key()
 
     __hash__ = None  # type: ignore[assignment]
 
@@ -89,10 +88,13 @@ class VideoResult:
         max_pixels: int = 0,
         max_seconds: float = 0.0,
     ) -> None:
+        # what the clip is
         self.name = name
         self.source = source
         self.prompts = prompts
+        self.size: tuple[int, int] | None = None  # (width, height) once a frame is processed
         self.fps = fps
+        # how it is processed
         self.every = every
         self.model = model
         self._frames = frames
@@ -100,7 +102,6 @@ class VideoResult:
         self._limits = (max_pixels, max_seconds)
         self._done = False
         self._started = False
-        self.size: tuple[int, int] | None = None  # (width, height) once a frame is processed
         self.frame_indices: list[int] = []
         self.timestamps: list[float] = []
         self._tracks: dict[int, _Track] = {}
@@ -400,6 +401,16 @@ def _expected(info: VideoInfo, every: int) -> int | None:
     return -(-info.frames // every) if info.frames else None
 
 
+class VideoOptions(TypedDict, total=False):
+    """What one video call sets (see :func:`segment_video`)."""
+
+    start: str | float | None
+    end: str | float | None
+    every: int
+    threshold: float | None
+    max_objects: int | None
+
+
 def segment_video(
     path: str | Path,
     prompts: str | Sequence[str],
@@ -417,10 +428,8 @@ def segment_video(
     ``start``/``end``: seconds (``2.5``) or frame numbers (``"75f"``), end exclusive; ``every``: process
     every Nth frame; ``max_objects``: live tracks at most. The model is loaded once per process.
     """
-    from s3seg.client import Client, _clients, _clients_lock
+    from s3seg.client import shared_client
 
-    with _clients_lock:
-        client = _clients.setdefault((model, device), Client(model, device=device))
-    return client.segment_video(
+    return shared_client(model, device).segment_video(
         path, prompts, start=start, end=end, every=every, threshold=threshold, max_objects=max_objects
     )

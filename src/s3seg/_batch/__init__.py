@@ -18,8 +18,10 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from s3seg.errors import S3SegError, UsageError
 
 if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
     from s3seg.config import Settings
-    from s3seg.types import Box, SegmentationResult
+    from s3seg.types import Box, Overrides, SegmentationResult
 
 DEFAULT_SHARD_SIZE = 1000
 _BLOCK_MAX = 256  # image ids per Ray block: the unit of work (and of retry) an actor takes
@@ -65,11 +67,8 @@ def batch(
     num_cpus: int | None = None,
     cpus_per_actor: float | None = None,
     settings: Settings | None = None,
-    threshold: float | None = None,
-    mask_threshold: float | None = None,
-    max_instances: int | None = None,
-    nms_iou: float | None = None,
     progress: bool = True,
+    **overrides: Unpack[Overrides],
 ) -> BatchSummary:
     """Segment every image of ``source`` with Ray Data and write sharded Parquet to ``out``.
 
@@ -87,6 +86,7 @@ def batch(
         cpus_per_actor: CPUs each actor reserves, and its torch threads on CPU (default: 1 with GPUs, else
             the cluster's CPUs shared out among the actors).
         settings: model, device and storage settings (default: from the environment).
+        threshold, mask_threshold, max_instances, nms_iou: post-processing over the settings' values.
 
     Returns:
         A :class:`BatchSummary`. Images that fail are rows with their error, not exceptions.
@@ -101,15 +101,7 @@ def batch(
     from s3seg.types import SegmentOptions, SegmentRequest
 
     _io.require_pyarrow()
-    base = settings.model_dump() if settings is not None else {}
-    given = {
-        "threshold": threshold,
-        "mask_threshold": mask_threshold,
-        "max_instances": max_instances,
-        "nms_iou": nms_iou,
-        "ray_address": address,
-    }
-    s = load_settings(**{**base, **{k: v for k, v in given.items() if v is not None}})
+    s = load_settings(settings, ray_address=address, **overrides)
     if batch_size is not None:
         if batch_size < 1:
             raise UsageError(f"batch size must be at least 1, got {batch_size}")

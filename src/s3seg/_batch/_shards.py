@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from s3seg import _rle
 from s3seg.errors import ResultFormatError, UsageError
-from s3seg.types import Instance, SegmentationResult
+from s3seg.types import CocoBuilder, Instance, SegmentationResult
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -117,46 +117,18 @@ def to_result(row: Mapping[str, Any], model: str | None = None) -> SegmentationR
 def coco(rows: Sequence[Mapping[str, Any]], model: str | None) -> dict[str, Any]:
     """The successful rows as one COCO document, in the form of :func:`s3seg.to_coco` (written from the
     RLE as it is, without decoding masks). Failed images are left out (they are rows with an error)."""
-    categories: dict[str, int] = {}
-    images: list[dict[str, Any]] = []
-    annotations: list[dict[str, Any]] = []
+    doc = CocoBuilder()
     for row in rows:
         if row["error"] is not None:
             continue
-        for p in row["prompts"]:
-            categories.setdefault(p, len(categories) + 1)
-        image_id = len(images) + 1
         height, width = row["height"], row["width"]
-        images.append(
-            {
-                "id": image_id,
-                "file_name": row["path"],
-                "width": width,
-                "height": height,
-                "s3seg": {"prompts": list(row["prompts"]), "named": True, "model": model},
-            }
+        image_id = doc.add_image(
+            row["path"], width, height, {"prompts": list(row["prompts"]), "named": True, "model": model}
         )
         for inst in row["instances"]:
-            x0, y0, x1, y1 = inst["box"]
-            annotations.append(
-                {
-                    "id": len(annotations) + 1,
-                    "image_id": image_id,
-                    "category_id": categories[inst["prompt"]],
-                    "segmentation": {"size": [height, width], "counts": inst["rle"]},
-                    "area": inst["area"],
-                    "bbox": [x0, y0, x1 - x0, y1 - y0],
-                    "bbox_xyxy": [x0, y0, x1, y1],
-                    "score": inst["score"],
-                    "iscrowd": 0,
-                }
-            )
-    return {
-        "info": {"description": "s3seg batch results"},
-        "images": images,
-        "annotations": annotations,
-        "categories": [{"id": i, "name": n, "supercategory": "prompt"} for n, i in categories.items()],
-    }
+            rle = {"size": [height, width], "counts": inst["rle"]}
+            doc.add_instance(image_id, inst["prompt"], inst["score"], inst["box"], rle, inst["area"])
+    return doc.document("s3seg batch results")
 
 
 # --- the destination ---------------------------------------------------------------------------------
