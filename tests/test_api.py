@@ -16,6 +16,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -821,3 +822,59 @@ def test_bad_videos_are_refused_and_leave_nothing(
     uploads = stack.storage.list(f"uploads/{user}/")
     assert len(uploads) == 2 and all(k.split("/")[-1].startswith(uploads[0].split("/")[-1][:32]) for k in uploads)
     assert one(admin, "select count(*) from public.segmentation_results where user_id = %s", user) == 0
+
+
+def test_video_from_the_cli_and_sdk_as_a_signed_in_user(
+    stack: Stack,
+    admin: Conn,
+    keys: Keys,
+    tiny_model_dir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`s3seg segment clip.mp4 person --api URL` tracks on the server (the same tracks as a local run), the
+    SDK's wait hears the task's progress through its live events, `s3seg tasks ID --watch` follows it and
+    `s3seg results ID --download` saves the clip's files."""
+    from _cli import run as run_cli
+    from _video import make_clip
+    from s3seg._public import PublicClient
+    from s3seg.config import load_settings
+    from s3seg.engine._video import Sam3VideoEngine
+    from s3seg.video import open_video
+
+    clip = make_clip(tmp_path / "clip.mp4", n=12)
+    user = new_user(admin)
+    monkeypatch.setenv("S3SEG_API_URL", stack.url)
+    monkeypatch.setenv("S3SEG_SUPABASE_ACCESS_TOKEN", keys.token(user))
+    monkeypatch.setenv("SUPABASE_URL", "http://127.0.0.1:9")  # the project (sign-in); never contacted here
+    monkeypatch.chdir(tmp_path)
+
+    out = tmp_path / "out"
+    code, stdout, err = run_cli(capsys, "segment", str(clip), "person", "--threshold", "0", "--out", str(out), "--json")
+    assert code == 0, err
+    doc = json.loads(stdout)
+    assert json.loads((out / "clip.tracks.json").read_text()) == doc
+    assert (out / "clip.overlay.mp4").read_bytes()[4:8] == b"ftyp"
+    local = open_video(
+        clip, ["person"], Sam3VideoEngine.load(str(tiny_model_dir), device="cpu"), load_settings(threshold=0.0)
+    )
+    assert doc["annotations"] == local.run().to_tracks()["annotations"] and doc["videos"][0]["length"] == 12
+
+    heard: list[tuple[str, int, int]] = []
+    with closing(PublicClient.from_settings(load_settings())) as api:
+        video = api.upload_file(clip)
+        task = api.start_video(video["video_id"], ["person"], every=2)
+        assert task.frames_total == 6
+        ended = api.wait(task.id, lambda *state: heard.append(state))
+    assert (ended.status, ended.frames_done, ended.frames_total) == ("done", 6, 6), ended
+    assert heard[-1] == ("done", 6, 6) and [h[1] for h in heard] == sorted(h[1] for h in heard), heard
+    assert {h[0] for h in heard} <= {"pending", "processing", "done"}, heard
+    assert any(h[0] == "processing" and h[2] == 6 for h in heard), heard  # frames as it went
+
+    code, stdout, err = run_cli(capsys, "tasks", task.id[:8], "--watch", "--json")
+    assert code == 0 and json.loads(stdout)["frames_done"] == 6, err
+    code, stdout, err = run_cli(capsys, "results", task.id, "--download", str(tmp_path / "dl"), "--json")
+    assert code == 0, err
+    assert sorted(p.name for p in (tmp_path / "dl").iterdir()) == ["overlay.mp4", "source.mp4", "tracks.json"]
+    assert (tmp_path / "dl" / "source.mp4").read_bytes() == clip.read_bytes()

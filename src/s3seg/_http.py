@@ -8,9 +8,10 @@ envelope's ``data`` is returned and an error answer raised as the error of its c
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -102,6 +103,20 @@ class HTTP:
                 return response
             time.sleep(wait)
             attempt += 1
+
+    @contextlib.contextmanager
+    def stream(self, method: str, path: str, *, headers: Mapping[str, str] | None = None) -> Iterator[httpx.Response]:
+        """A streamed answer (read it with ``iter_lines``); an error answer is raised as :meth:`data` does."""
+        try:
+            with self._http.stream(method, self.url + path, headers={**self._headers(), **(headers or {})}) as r:
+                if r.status_code != 200:
+                    r.read()
+                    self.data(r)
+                yield r
+        except httpx.TimeoutException as e:
+            raise ServerError(f"{self.where} did not answer in time", hint=self.hints.timeout) from e
+        except httpx.HTTPError as e:
+            raise ServerError(f"cannot reach {self.where} ({type(e).__name__})", hint=self.hints.unreachable) from e
 
     def call(self, method: str, path: str, **kwargs: Any) -> Any:
         """The ``data`` of an s3seg envelope answer (its error raised otherwise)."""

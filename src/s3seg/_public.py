@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -84,6 +85,31 @@ class PublicClient:
         info: dict[str, Any] = self.http.call("POST", "/api/v1/upload", files={"file": (name, data)})
         return info
 
+    def upload_file(self, path: Path) -> dict[str, Any]:
+        """Upload a file from disk, streamed (a video: its ``video_id`` and frame count come back)."""
+        with path.open("rb") as f:
+            info: dict[str, Any] = self.http.call("POST", "/api/v1/upload", files={"file": (path.name, f)})
+        return info
+
+    def start_video(
+        self,
+        video_id: str,
+        prompts: Sequence[str],
+        *,
+        every: int | None = None,
+        max_objects: int | None = None,
+        threshold: float | None = None,
+        project: str | None = None,
+    ) -> Task:
+        """A task tracking ``prompts`` through an uploaded video (unset options: the server's defaults)."""
+        chosen = {"every": every, "max_objects": max_objects, "threshold": threshold, "project": project}
+        body = {
+            "video_id": video_id,
+            "text_prompts": list(prompts),
+            **{k: v for k, v in chosen.items() if v is not None},
+        }
+        return Task.from_dict(self.http.call("POST", "/api/v1/segment", json=body))
+
     def start(self, image_id: str, request: SegmentRequest, project: str | None = None) -> Task:
         body = {
             "image_id": image_id,
@@ -97,17 +123,60 @@ class PublicClient:
     def task(self, task_id: str, wait_s: float = 0) -> Task:
         return Task.from_dict(self.http.call("GET", f"/api/v1/tasks/{task_id}", params={"wait": wait_s}))
 
-    def wait(self, task_id: str) -> Task:
-        """Wait for a task to end (done or error), within the client's time limit."""
-        deadline = time.monotonic() + self.timeout_s
+    def wait(self, task_id: str, on_progress: OnProgress | None = None) -> Task:
+        """Wait for a task to end (done or error), following its live events (Server-Sent Events) and, should
+        those fail (a proxy that buffers them, an older server), long-polling. ``on_progress(status, done,
+        total)`` hears every change. The client's time limit counts from the last sign of progress, so a
+        long video that keeps moving is waited for."""
+        watch = _Watch(task_id, self.timeout_s, on_progress)
+        try:
+            return self._follow(watch)
+        except _NoStream:
+            pass
         while True:
-            task = self.task(task_id, wait_s=min(_WAIT_S, max(0.0, deadline - time.monotonic())))
+            task = self.task(task_id, wait_s=min(_WAIT_S, watch.left()))
+            watch.seen(task.status, task.frames_done, task.frames_total)
             if task.status in ("done", "error"):
                 return task
-            if time.monotonic() >= deadline:
-                raise ServerError(
-                    f"task {task_id} is still {task.status}", hint=f"follow it with: s3seg tasks {task_id} --watch"
-                )
+
+    def _follow(self, watch: _Watch) -> Task:
+        """The task's events until its final one; a dropped stream is resumed with ``Last-Event-ID``.
+        Raises _NoStream when the events cannot be had at all (the caller long-polls instead)."""
+        from s3seg import _sse
+
+        last_id: str | None = None
+        drops = 0
+        while True:
+            headers = {"Accept": "text/event-stream", **({"Last-Event-ID": last_id} if last_id else {})}
+            try:
+                with self.http.stream("GET", f"/api/v1/tasks/{watch.task_id}/events", headers=headers) as response:
+                    if not response.headers.get("content-type", "").startswith("text/event-stream"):
+                        raise _NoStream
+                    for event in _sse.events(response.iter_lines(), on_line=watch.left):
+                        last_id = event.id or last_id
+                        data = event.json()
+                        if event.event == "status":
+                            watch.seen(data["status"], *watch.steps)
+                        elif event.event == "progress":
+                            watch.seen("processing", int(data["done"]), int(data["total"]))
+                        elif event.event == "done":
+                            task = Task.from_dict(data)
+                            watch.seen(task.status, task.frames_done, task.frames_total)
+                            return task
+                        elif event.event == "error":
+                            return self.task(watch.task_id)
+            except ServerError as e:  # (a 404 may be a server without the route: the long-poll tells)
+                if watch.expired() or e.http_status in (401, 402, 403):
+                    raise  # out of time, or refused: the long-poll would say the same
+                if last_id is None:
+                    raise _NoStream from e
+            except (httpx.HTTPError, ValueError, KeyError) as e:  # broken mid-stream, or not our events
+                if last_id is None:
+                    raise _NoStream from e
+            drops += 1  # the stream ended without a final event, or broke: resume where it was
+            if drops > _MAX_DROPS:
+                raise _NoStream
+            time.sleep(min(1.0, watch.left()))
 
     def results(
         self, *, limit: int = 20, offset: int = 0, status: str | None = None, project: str | None = None
@@ -156,6 +225,48 @@ class PublicClient:
             return dataclasses.replace(result, image=image.name), task.id
 
         return in_flight(one, images)
+
+
+OnProgress = Callable[[str, int, int], None]
+_MAX_DROPS = 20
+
+
+class _NoStream(Exception):
+    """The task's events cannot be followed (no such route, not a stream, a broken connection): long-poll."""
+
+
+class _Watch:
+    """One wait for a task: what it last reported, and the time limit that each change restarts."""
+
+    def __init__(self, task_id: str, timeout_s: float, on_progress: OnProgress | None) -> None:
+        self.task_id = task_id
+        self.timeout_s = timeout_s
+        self.on_progress = on_progress
+        self.state: tuple[str, int, int] | None = None
+        self.steps = (0, 0)
+        self.deadline = time.monotonic() + timeout_s
+
+    def seen(self, status: str, done: int, total: int) -> None:
+        if (status, done, total) == self.state:
+            return
+        self.state, self.steps = (status, done, total), (done, total)
+        self.deadline = time.monotonic() + self.timeout_s
+        if self.on_progress is not None:
+            self.on_progress(status, done, total)
+
+    def expired(self) -> bool:
+        return time.monotonic() >= self.deadline
+
+    def left(self) -> float:
+        """Seconds left; ServerError once the task has not moved for the client's time limit."""
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            status = self.state[0] if self.state else "running"
+            raise ServerError(
+                f"task {self.task_id} is still {status} (no progress for {self.timeout_s:g} s)",
+                hint=f"follow it with: s3seg tasks {self.task_id} --watch",
+            )
+        return left
 
 
 def _json(data: bytes) -> Any:

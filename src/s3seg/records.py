@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import time
+from collections.abc import Callable
 from contextlib import closing
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, cast
@@ -128,16 +130,15 @@ def _metadata(result: SegmentationResult, coco_key: str) -> dict[str, Any]:
 class Results(Protocol):
     """Stored tasks and results, to list, show and download (``s3seg tasks`` and ``s3seg results``)."""
 
-    @property
-    def waits(self) -> bool:
-        """Whether :meth:`get` can wait for a task to end (a long-poll) rather than answer at once."""
-        ...
-
     def get(self, task_id: str, wait_s: float = 0) -> Task: ...
 
     def list(
         self, *, project: str | None = None, status: str | None = None, limit: int = 20, offset: int = 0
     ) -> builtins.list[Task]: ...
+
+    def watch(self, task_id: str, on_progress: Callable[[str, int, int], None]) -> Task:
+        """Wait for a task to end, telling ``on_progress(status, frames_done, frames_total)`` each change."""
+        ...
 
     def result(self, task_id: str) -> tuple[Task, dict[str, str]]:
         """A task and the URLs of its files by name (source, mask, overlay, result)."""
@@ -196,8 +197,6 @@ def results_from_settings(settings: Settings) -> Results:
 class LocalResults:
     """Tasks and results in this machine's store and storage (SQLite / Supabase, local folder / R2)."""
 
-    waits = False
-
     def __init__(self, settings: Settings) -> None:
         from s3seg.store import store_from_settings
 
@@ -215,6 +214,17 @@ class LocalResults:
     ) -> builtins.list[Task]:
         wanted = cast("Status | None", status)  # checked by the store
         return self.store.list(project=project, status=wanted, limit=limit, offset=offset)
+
+    def watch(self, task_id: str, on_progress: Callable[[str, int, int], None]) -> Task:
+        seen = None
+        while True:
+            task = self.store.get(task_id)
+            if (task.status, task.frames_done, task.frames_total) != seen:
+                seen = (task.status, task.frames_done, task.frames_total)
+                on_progress(*seen)
+            if task.status in ("done", "error"):
+                return task
+            time.sleep(0.5)
 
     def result(self, task_id: str) -> tuple[Task, dict[str, str]]:
         from s3seg.storage import storage_from_settings
@@ -234,8 +244,6 @@ class LocalResults:
 class ApiResults:
     """Tasks and results of the signed-in user on a public s3seg API."""
 
-    waits = True
-
     def __init__(self, api: PublicClient) -> None:
         self.api = api
 
@@ -250,6 +258,9 @@ class ApiResults:
     ) -> builtins.list[Task]:
         return self.api.results(project=project, status=status, limit=limit, offset=offset)
 
+    def watch(self, task_id: str, on_progress: Callable[[str, int, int], None]) -> Task:
+        return self.api.wait(task_id, on_progress)  # live events, or the long-poll
+
     def result(self, task_id: str) -> tuple[Task, dict[str, str]]:
         return self.api.result(task_id)
 
@@ -257,6 +268,8 @@ class ApiResults:
         folder = _download_folder(task, folder)
         source = Path((task.source_image_url or "").split("?", 1)[0]).suffix
         names = {"source": f"source{source}", "mask": "mask.png", "overlay": "overlay.jpg", "result": "result.json"}
+        if task.metadata.get("kind") == "video":  # no mask; the overlay is a clip, the result its tracks
+            names = {"source": f"source{source}", "overlay": "overlay.mp4", "result": "tracks.json"}
         saved = []
         for name, file_name in names.items():
             (folder / file_name).write_bytes(self.api.file(task.id, name))

@@ -100,17 +100,24 @@ def tasks_command(
     with closing(results_from_settings(load_settings())) as records:
         task_id = resolve_id(records, task_id) if task_id else None
 
-        def fetch(wait_s: float = 0) -> list[Task]:
-            return [records.get(task_id, wait_s)] if task_id else records.list(limit=limit)
+        def fetch() -> list[Task]:
+            return [records.get(task_id)] if task_id else records.list(limit=limit)
 
         tasks = fetch()
-        if watch:
+        if watch and task_id:  # one task: its live progress (events on an API)
+            with console.status(f"task {task_id[:8]}") as status:
+
+                def progress(state: str, done: int, total: int) -> None:
+                    steps = f" {done}/{total}" + (" frames" if total > 1 else "") if total else ""
+                    status.update(f"task {task_id[:8]} {state}{steps}")
+
+                tasks = [records.watch(task_id, progress)]
+        elif watch:
             with console.status("waiting for tasks to finish") as status:
                 while any(t.status in ("pending", "processing") for t in tasks):
                     status.update(f"{sum(t.status in ('pending', 'processing') for t in tasks)} task(s) running")
-                    if not (task_id and records.waits):  # one task on an API: long-poll instead of sleeping
-                        time.sleep(1.0)
-                    tasks = fetch(30)
+                    time.sleep(1.0)
+                    tasks = fetch()
     if as_json:
         sys.stdout.write(json.dumps([t.to_dict() for t in tasks] if not task_id else tasks[0].to_dict()) + "\n")
     elif task_id:

@@ -7,7 +7,7 @@ import sys
 import time
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from s3seg.cli._console import console, err_console, tell
 
@@ -38,6 +38,22 @@ def run(
 
     if out is not None and out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} exists and is not a folder")
+    if settings.api_url:  # a task on the public API, kept there (s3seg results)
+        from s3seg.cli import _video_api
+
+        _video_api.run(
+            path,
+            prompts,
+            settings,
+            out=out,
+            as_json=as_json,
+            mot=mot,
+            start=start,
+            end=end,
+            every=every,
+            max_objects=max_objects,
+        )
+        return
     probe(path, max_pixels=settings.max_video_pixels, max_seconds=settings.max_video_seconds)  # before the model
     client = Client(settings=settings)
     engine = client.video_engine  # model problems end the command before any video work
@@ -64,7 +80,7 @@ def run(
     elif mot:
         sys.stdout.write("".join(line + "\n" for line in video.mot_lines()))
     else:
-        _summary(video, written)
+        summary(video.name, video.to_tracks(), written)
 
 
 def _expected(path: Path, every: int) -> int | None:
@@ -99,15 +115,15 @@ def _process(video: VideoResult, expected: int | None) -> None:
             bar.update(task, completed=n, fps=f"{n / max(time.perf_counter() - t0, 1e-9):.1f}")
 
 
-def _summary(video: VideoResult, written: list[Path]) -> None:
-    doc = video.to_tracks()
+def summary(name: str, doc: dict[str, Any], written: list[Path]) -> None:
+    """One line about the tracks document ``doc`` of the video ``name``, and the files written."""
     meta = doc["videos"][0]
     per_prompt: dict[int, int] = {}
     for ann in doc["annotations"]:
         per_prompt[ann["category_id"]] = per_prompt.get(ann["category_id"], 0) + 1
     found = ", ".join(f"{per_prompt.get(c['id'], 0)} {c['name']}" for c in doc["categories"])
     console.print(
-        f"{video.name}: {meta['length']} frame(s) at {meta['width']}×{meta['height']}, track(s): {found}",
+        f"{name}: {meta['length']} frame(s) at {meta['width']}×{meta['height']}, track(s): {found}",
         highlight=False,
     )
     for p in written:
