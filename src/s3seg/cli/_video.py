@@ -41,18 +41,9 @@ def run(
     if settings.api_url:  # a task on the public API, kept there (s3seg results)
         from s3seg.cli import _video_api
 
-        _video_api.run(
-            path,
-            prompts,
-            settings,
-            out=out,
-            as_json=as_json,
-            mot=mot,
-            start=start,
-            end=end,
-            every=every,
-            max_objects=max_objects,
-        )
+        if start is not None or end is not None:
+            raise UsageError("--start and --end are not taken by the public API", hint="cut the clip, or drop --api")
+        _video_api.run(settings, path, prompts, out=out, as_json=as_json, mot=mot, every=every, max_objects=max_objects)
         return
     probe(path, max_pixels=settings.max_video_pixels, max_seconds=settings.max_video_seconds)  # before the model
     client = Client(settings=settings)

@@ -18,18 +18,18 @@ if TYPE_CHECKING:
 
 
 def run(
+    settings: Settings,
     path: Path,
     prompts: list[str],
-    settings: Settings,
     *,
     out: Path | None,
     as_json: bool,
     mot: bool,
-    start: str | None,
-    end: str | None,
     every: int,
     max_objects: int | None,
 ) -> None:
+    """Upload, track as a task, write the files into ``out`` (if given); print the tracks (``as_json``), MOT
+    lines (``mot``) or a summary."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from s3seg._public import PublicClient
@@ -37,8 +37,6 @@ def run(
     from s3seg.errors import ServerError, UsageError
     from s3seg.storage._local import write_atomic
 
-    if start is not None or end is not None:
-        raise UsageError("--start and --end are not taken by the public API", hint="cut the clip first, or drop --api")
     bar = Progress(
         TextColumn("{task.description}"),
         BarColumn(),
