@@ -283,3 +283,74 @@ def test_openapi_refs_resolve_and_bodies_are_declared(server: LoopbackServer) ->
         assert ref.rsplit("/", 1)[-1] in spec["components"]["schemas"], ref
     for path in ("/api/v1/predict", "/api/v1/predict/batch", "/api/v1/segment"):
         assert "application/json" in spec["paths"][path]["post"]["requestBody"]["content"], path
+
+
+# Each operation's refusals, as the routes answer them (the error envelope each time); 2xx not listed.
+REFUSALS = {
+    ("get", "/health"): set(),
+    ("get", "/api/v1/model/info"): {401},
+    ("post", "/api/v1/predict"): {400, 401, 413, 415, 422, 503},
+    ("post", "/api/v1/predict/batch"): {400, 401, 413, 415, 422, 503},
+    ("get", "/api/v1/me"): {401, 403, 503},
+    ("post", "/api/v1/upload"): {401, 413, 415, 422, 429, 503},
+    ("post", "/api/v1/segment"): {401, 402, 403, 404, 413, 422, 429, 503},
+    ("get", "/api/v1/tasks/{task_id}"): {401, 404, 422, 503},
+    ("get", "/api/v1/tasks/{task_id}/events"): {401, 404, 503},
+    ("get", "/api/v1/results"): {401, 422, 503},
+    ("get", "/api/v1/results/{task_id}"): {401, 404, 503},
+    ("get", "/api/v1/results/{task_id}/files/{name}"): {401, 404, 422, 503},
+}
+
+
+def test_openapi_declares_each_routes_refusals(server: LoopbackServer) -> None:
+    """Every operation lists the error statuses it answers (per route, not per router), each with the error
+    envelope; and every status the hostile table gets from a documented operation is declared there."""
+    spec = httpx.get(server.url + "/openapi.json").json()
+    declared = {
+        (method, path): {int(status) for status in op["responses"] if not status.startswith("2")}
+        for path, ops in spec["paths"].items()
+        for method, op in ops.items()
+    }
+    assert declared == REFUSALS
+    for path, ops in spec["paths"].items():
+        for method, op in ops.items():
+            for status, answer in op["responses"].items():
+                if not status.startswith("2"):
+                    schema = answer["content"]["application/json"]["schema"]
+                    assert schema == {"$ref": "#/components/schemas/ErrorEnvelope"}, (method, path, status)
+    for case in CASES:
+        op = spec["paths"].get(case.path, {}).get(case.method.lower())
+        if op is not None and case.status is not None:
+            assert str(case.status) in op["responses"], (case.name, case.status)
+
+
+def test_openapi_says_what_the_server_enforces(server: LoopbackServer) -> None:
+    """Exactly one of image/image_url (image_id/video_id/image_url), at least one prompt or box, threshold
+    ranges: the bodies' schemas refuse what the server refuses."""
+    import jsonschema
+
+    spec = httpx.get(server.url + "/openapi.json").json()
+
+    def valid(schema: dict[str, Any], value: Any) -> bool:
+        root = {**schema, "components": spec["components"]}
+        return jsonschema.Draft202012Validator(root).is_valid(value)
+
+    predict = {"$ref": "#/components/schemas/PredictIn"}
+    box = {"box": [0, 0, 5, 5]}
+    assert valid(predict, {"image": B64, "prompts": ["dog"]})
+    assert valid(predict, {"image_url": "https://example.com/a.jpg", "image": None, "boxes": [box]})
+    assert not valid(predict, {"image": B64, "image_url": "https://example.com/a.jpg", "prompts": ["dog"]})
+    assert not valid(predict, {"prompts": ["dog"]})
+    assert not valid(predict, {"image": B64})
+    assert not valid(predict, {"image": B64, "prompts": []})
+    assert not valid(predict, {"image": B64, "prompts": ["dog"], "threshold": 1.5})
+    segment = {"$ref": "#/components/schemas/SegmentIn"}
+    assert valid(segment, {"image_id": "x", "text_prompt": "dog"})
+    assert not valid(segment, {"image_id": "x", "image_url": "https://example.com/a.jpg", "text_prompt": "dog"})
+    assert not valid(segment, {"image_id": "x", "text_prompt": ""})
+    form = spec["paths"]["/api/v1/predict"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
+    assert valid(form, {"image": "bytes", "prompts": ["dog"]})
+    assert valid(form, {"image": "bytes", "boxes": ["0,0,5,5"]})
+    assert not valid(form, {"image": "bytes"})
+    assert not valid(form, {"image": "bytes", "prompts": ["dog"], "threshold": -0.5})
+    assert not valid(form, {"prompts": ["dog"]})

@@ -51,15 +51,14 @@ _EXTENSIONS = {
 _MAX_WAIT_S = 60.0
 _POLL_S = 1.0  # how often a long-poll re-reads the store (tasks run by another process)
 
-# 401 sign-in, 402 credits, 403 no profile, 404 no such task/upload, 413/415 the upload, 429 rate limit
-router = APIRouter(
-    prefix="/api/v1", tags=["public API"], responses=refusals(400, 401, 402, 403, 404, 413, 415, 422, 429, 503)
-)
+# Each route declares the refusals it answers: 401 sign-in, 402 credits, 403 no profile, 404 no such task or
+# upload, 413/415 the body or image, 422 invalid request, 429 rate limit, 503 busy, starting, store or storage
+router = APIRouter(prefix="/api/v1", tags=["public API"])
 
 __all__ = ["router"]
 
 
-@router.get("/me")
+@router.get("/me", responses=refusals(401, 403, 503))
 def me(user: CurrentUser, api: ApiDep) -> Envelope[MeOut]:
     """The signed-in user: id, tier, credits left and the rate limit."""
     account = api.store.for_user(user.id).account()
@@ -90,7 +89,7 @@ _UPLOAD_BODY = {
 }
 
 
-@router.post("/upload", status_code=201, openapi_extra=_UPLOAD_BODY)
+@router.post("/upload", status_code=201, openapi_extra=_UPLOAD_BODY, responses=refusals(401, 413, 415, 422, 429, 503))
 async def upload(request: Request, user: CurrentUser, api: ApiDep) -> Envelope[UploadOut]:
     """Store an image or a video (multipart field ``file``; which one is told by its content); answers its
     ``image_id`` (a video's also as ``video_id``) for /segment."""
@@ -154,7 +153,12 @@ def _store_video(file: UploadFile, name: str, user: User, api: PublicAPI) -> Upl
     )
 
 
-@router.post("/segment", status_code=202, openapi_extra=json_body(SegmentIn))
+@router.post(
+    "/segment",
+    status_code=202,
+    openapi_extra=json_body(SegmentIn),
+    responses=refusals(401, 402, 403, 404, 413, 422, 429, 503),
+)
 async def segment(http: Request, user: CurrentUser, api: ApiDep) -> Envelope[TaskOut]:
     """Start segmenting an image or tracking through a video; answers the task at once (``pending``). Wait
     with GET /tasks/{id}?wait=30, or follow GET /tasks/{id}/events."""
@@ -193,7 +197,7 @@ async def segment(http: Request, user: CurrentUser, api: ApiDep) -> Envelope[Tas
     return Envelope(data=api.out(task))
 
 
-@router.get("/tasks/{task_id}")
+@router.get("/tasks/{task_id}", responses=refusals(401, 404, 422, 503))
 async def task(
     task_id: str,
     user: CurrentUser,
@@ -212,7 +216,7 @@ async def task(
     return Envelope(data=api.out(found))
 
 
-@router.get("/results")
+@router.get("/results", responses=refusals(401, 422, 503))
 async def results(
     user: CurrentUser,
     api: ApiDep,
@@ -231,7 +235,7 @@ async def results(
     )
 
 
-@router.get("/results/{task_id}")
+@router.get("/results/{task_id}", responses=refusals(401, 404, 503))
 async def result(task_id: str, user: CurrentUser, api: ApiDep) -> Envelope[TaskOut]:
     """One result with time-limited URLs of its source image, mask, overlay and COCO JSON."""
     found = await run_in_threadpool(api.store.for_user(user.id).get, task_id)
@@ -244,7 +248,10 @@ _BINARY = {"schema": {"type": "string", "format": "binary"}}
 @router.get(
     "/results/{task_id}/files/{name}",
     response_class=Response,
-    responses={200: {"content": {"image/png": _BINARY, "image/jpeg": _BINARY, "application/json": _BINARY}}},
+    responses={
+        200: {"content": {"image/png": _BINARY, "image/jpeg": _BINARY, "application/json": _BINARY}},
+        **refusals(401, 404, 422, 503),
+    },
 )
 async def result_file(
     task_id: str, name: Literal["source", "mask", "overlay", "result"], user: CurrentUser, api: ApiDep

@@ -102,7 +102,6 @@ def create_app(
         description="SAM3 text-prompted segmentation. Inference routes need `X-API-Key` when the server "
         "has a key; the public API needs `Authorization: Bearer <Supabase access token>` "
         "(or the API key in local mode).",
-        responses={code: {"model": ErrorEnvelope} for code in (401, 422, 503)},
     )
     verifier = verifier or TokenVerifier.from_settings(settings)
     app.state.server = Server(settings, engine, workers, verifier, storage, store)
@@ -130,7 +129,7 @@ def create_app(
     if engine is not None:
         app.include_router(_predict.router)
     mount_web(app, settings, supabase=verifier is not None)  # last: API routes keep priority
-    resolve_bodies(app, [PredictIn, BatchIn, SegmentIn])
+    resolve_bodies(app, [PredictIn, BatchIn, SegmentIn, ErrorEnvelope])
     return app
 
 

@@ -99,13 +99,16 @@ def json_body(model: type[BaseModel]) -> dict[str, Any]:
 
 def resolve_bodies(app: FastAPI, models: Sequence[type[BaseModel]]) -> None:
     """Put ``models`` (the bodies routes read themselves) and the models they use into the components of
-    ``app``'s OpenAPI document, so that every ``$ref`` of it resolves."""
+    ``app``'s OpenAPI document, so that every ``$ref`` of it resolves; and leave each operation only the
+    refusals its route declares (FastAPI adds a 422 of its own shape to every route with parameters, even
+    where none can fail; the routes' own 422 is the error envelope)."""
     build = app.openapi
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is not None:
             return app.openapi_schema
         doc = build()
+        _drop_default_refusals(doc)
         components = doc.setdefault("components", {}).setdefault("schemas", {})
         for model in models:
             schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
@@ -116,3 +119,15 @@ def resolve_bodies(app: FastAPI, models: Sequence[type[BaseModel]]) -> None:
         return doc
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _drop_default_refusals(doc: dict[str, Any]) -> None:
+    default = "#/components/schemas/HTTPValidationError"
+    for operations in doc.get("paths", {}).values():
+        for operation in operations.values():
+            answer = operation.get("responses", {}).get("422", {})
+            if answer.get("content", {}).get("application/json", {}).get("schema", {}).get("$ref") == default:
+                del operation["responses"]["422"]
+    schemas = doc.get("components", {}).get("schemas", {})
+    for name in ("HTTPValidationError", "ValidationError"):
+        schemas.pop(name, None)

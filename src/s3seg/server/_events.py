@@ -37,7 +37,7 @@ _EVENT_ID = re.compile(r"^([0-2])-([0-9]{1,9})$")
 Position = tuple[int, int]
 
 
-router = APIRouter(prefix="/api/v1", tags=["public API"], responses=refusals(401, 403, 404, 422, 503))
+router = APIRouter(prefix="/api/v1", tags=["public API"])
 
 
 async def owned_task(task_id: str, user: CurrentUser, api: ApiDep) -> Task:
@@ -52,7 +52,8 @@ async def owned_task(task_id: str, user: CurrentUser, api: ApiDep) -> Task:
         200: {
             "description": "status, progress, then done or error",
             "content": {"text/event-stream": {"schema": {"type": "string", "description": "Server-Sent Events"}}},
-        }
+        },
+        **refusals(401, 404, 503),
     },
 )
 async def task_events(

@@ -40,16 +40,12 @@ from s3seg.server._schemas import (
 )
 from s3seg.types import Limits, SegmentationResult, SegmentOptions, SegmentRequest, box_from_string, to_coco
 
+router = APIRouter(prefix="/api/v1", tags=["model"], dependencies=[Depends(require_key)])
 # 400 bad URL, 401 key, 413 body/image too large, 415 not an image, 422 invalid request, 503 busy/starting
-router = APIRouter(
-    prefix="/api/v1",
-    tags=["model"],
-    dependencies=[Depends(require_key)],
-    responses=refusals(400, 401, 413, 415, 422, 503),
-)
+_SEGMENT_REFUSALS = refusals(400, 401, 413, 415, 422, 503)
 
 
-@router.get("/model/info")
+@router.get("/model/info", responses=refusals(401))
 def model_info(engine: EngineDep, settings: SettingsDep) -> Envelope[ModelInfoOut]:
     """The model, its device and dtype, and this server's request limits."""
     limits = LimitsOut(
@@ -70,13 +66,15 @@ def _model_name(source: str) -> str:
     return path.name if path.is_absolute() or path.exists() else source
 
 
-@router.post("/predict", openapi_extra=body_doc(PredictIn, PredictIn, "image", many=False))
+@router.post("/predict", openapi_extra=body_doc(PredictIn, PredictIn, "image", many=False), responses=_SEGMENT_REFUSALS)
 async def predict(request: Request, batcher: BatcherDep, budget: BudgetDep, settings: SettingsDep) -> Envelope[CocoOut]:
     """Segment one image: multipart (``image`` file + fields) or JSON (base64 ``image`` or ``image_url``)."""
     return await _segment(await _read_items(request, settings, batch=False), batcher, budget, settings)
 
 
-@router.post("/predict/batch", openapi_extra=body_doc(BatchIn, PredictIn, "images", many=True))
+@router.post(
+    "/predict/batch", openapi_extra=body_doc(BatchIn, PredictIn, "images", many=True), responses=_SEGMENT_REFUSALS
+)
 async def predict_batch(
     request: Request, batcher: BatcherDep, budget: BudgetDep, settings: SettingsDep
 ) -> Envelope[CocoOut]:

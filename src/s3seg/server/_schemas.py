@@ -8,7 +8,7 @@ for every route.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, Generic, Literal, TypeVar
 
@@ -46,8 +46,42 @@ class RequestIn(BaseModel):
         return SegmentRequest.build(prompts, boxes, defaults=defaults, limits=limits, **options)
 
 
+def _exactly_one(*fields: str) -> list[dict[str, Any]]:
+    """JSON Schema ``oneOf`` branches: exactly one of ``fields`` is a string, the others absent or null."""
+    return [
+        {
+            "required": [field],
+            "properties": {other: {"type": "string" if other == field else "null"} for other in fields},
+        }
+        for field in fields
+    ]
+
+
+def _at_least_one(**fields: dict[str, Any]) -> list[dict[str, Any]]:
+    """JSON Schema ``anyOf`` branches: at least one of ``fields`` given as the schema says (non-empty)."""
+    return [{"required": [name], "properties": {name: schema}} for name, schema in fields.items()]
+
+
+def _rules(**rules: list[dict[str, Any]]) -> Callable[[dict[str, Any]], None]:
+    """A model's ``json_schema_extra``: ``rules`` (``oneOf``, ``anyOf``) added to its JSON Schema."""
+
+    def extra(schema: dict[str, Any]) -> None:
+        schema.update(rules)
+
+    return extra
+
+
+_NON_EMPTY = {"type": "array", "minItems": 1}
+_SOMETHING_TO_FIND = _at_least_one(prompts=_NON_EMPTY, boxes=_NON_EMPTY)
+
+
 class PredictIn(RequestIn):
     """One image (``image`` base64 or ``image_url``) and what to look for in it."""
+
+    # what the server enforces beyond the fields' own types, said in the schema
+    model_config = ConfigDict(
+        json_schema_extra=_rules(oneOf=_exactly_one("image", "image_url"), anyOf=_SOMETHING_TO_FIND)
+    )
 
     image: str | None = Field(default=None, description="the encoded image file, base64")
     image_url: Text | None = Field(default=None, description="http(s) URL of the image (public hosts only)")
@@ -63,6 +97,15 @@ class BatchIn(BaseModel):
 class SegmentIn(RequestIn):
     """What to segment: an uploaded image (``image_id``) or video (``video_id``), or an http(s)
     ``image_url``, and the prompts."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_rules(
+            oneOf=_exactly_one("image_id", "video_id", "image_url"),
+            anyOf=_at_least_one(
+                text_prompt={"type": "string", "minLength": 1}, text_prompts=_NON_EMPTY, boxes=_NON_EMPTY
+            ),
+        )
+    )
 
     image_id: Text | None = Field(default=None, description="from POST /api/v1/upload (a video's works too)")
     video_id: Text | None = Field(default=None, description="a video from POST /api/v1/upload")
@@ -95,7 +138,12 @@ def body_doc(json_model: type[BaseModel], item: type[BaseModel], file_field: str
     properties = item.model_json_schema()["properties"]
     fields = {name: properties[name] for name in form_fields(item)}
     fields["boxes"] = _BOX_FIELD
-    multipart = {"type": "object", "required": [file_field], "properties": {file_field: file_schema, **fields}}
+    multipart = {
+        "type": "object",
+        "required": [file_field],
+        "properties": {file_field: file_schema, **fields},
+        "anyOf": _SOMETHING_TO_FIND,  # a prompt or a box
+    }
     return {
         "requestBody": {
             "required": True,
@@ -129,7 +177,7 @@ class ErrorEnvelope(BaseModel):
 
 
 def refusals(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    """The ``responses`` of a router: each error status its routes answer, with the error envelope."""
+    """The ``responses`` of a route: each error status it answers, with the error envelope."""
     # content, not model: a route answering another media type (the events stream) still refuses in JSON
     content = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorEnvelope"}}}
     return {status: {"description": "refused (see error.code)", "content": content} for status in statuses}
