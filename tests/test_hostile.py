@@ -291,6 +291,7 @@ REFUSALS = {
     ("get", "/api/v1/model/info"): {401},
     ("post", "/api/v1/predict"): {400, 401, 413, 415, 422, 503},
     ("post", "/api/v1/predict/batch"): {400, 401, 413, 415, 422, 503},
+    ("post", "/api/v1/predict/video"): {401, 413, 415, 422, 503},
     ("get", "/api/v1/me"): {401, 403, 503},
     ("post", "/api/v1/upload"): {401, 413, 415, 422, 429, 503},
     ("post", "/api/v1/segment"): {401, 402, 403, 404, 413, 422, 429, 503},

@@ -80,6 +80,16 @@ class HTTP:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    @contextlib.contextmanager
+    def errors(self) -> Iterator[None]:
+        """httpx's failures to connect or to read in time, as one :class:`ServerError` with a hint."""
+        try:
+            yield
+        except httpx.TimeoutException as e:
+            raise ServerError(f"{self.where} did not answer in time", hint=self.hints.timeout) from e
+        except httpx.HTTPError as e:
+            raise ServerError(f"cannot reach {self.where} ({type(e).__name__})", hint=self.hints.unreachable) from e
+
     def send(
         self, method: str, path: str, *, headers: Mapping[str, str] | None = None, **kwargs: Any
     ) -> httpx.Response:
@@ -87,14 +97,10 @@ class HTTP:
         deadline = time.monotonic() + self.timeout_s
         attempt = 0
         while True:
-            try:
+            with self.errors():
                 response = self._http.request(
                     method, self.url + path, headers={**self._headers(), **(headers or {})}, **kwargs
                 )
-            except httpx.TimeoutException as e:
-                raise ServerError(f"{self.where} did not answer in time", hint=self.hints.timeout) from e
-            except httpx.HTTPError as e:
-                raise ServerError(f"cannot reach {self.where} ({type(e).__name__})", hint=self.hints.unreachable) from e
             waits = self.waits
             if response.status_code not in waits.statuses or (waits.retries is not None and attempt >= waits.retries):
                 return response
@@ -105,18 +111,17 @@ class HTTP:
             attempt += 1
 
     @contextlib.contextmanager
-    def stream(self, method: str, path: str, *, headers: Mapping[str, str] | None = None) -> Iterator[httpx.Response]:
-        """A streamed answer (read it with ``iter_lines``); an error answer is raised as :meth:`data` does."""
-        try:
-            with self._http.stream(method, self.url + path, headers={**self._headers(), **(headers or {})}) as r:
-                if r.status_code != 200:
-                    r.read()
-                    self.data(r)
-                yield r
-        except httpx.TimeoutException as e:
-            raise ServerError(f"{self.where} did not answer in time", hint=self.hints.timeout) from e
-        except httpx.HTTPError as e:
-            raise ServerError(f"cannot reach {self.where} ({type(e).__name__})", hint=self.hints.unreachable) from e
+    def stream(
+        self, method: str, path: str, *, headers: Mapping[str, str] | None = None, **kwargs: Any
+    ) -> Iterator[httpx.Response]:
+        """A streamed answer (read it with ``iter_lines``); an error answer is raised as :meth:`data` does.
+        Not retried (a body may be a file read once)."""
+        url, sent = self.url + path, {**self._headers(), **(headers or {})}
+        with self.errors(), self._http.stream(method, url, headers=sent, **kwargs) as r:
+            if r.status_code != 200:
+                r.read()
+                self.data(r)
+            yield r
 
     def call(self, method: str, path: str, **kwargs: Any) -> Any:
         """The ``data`` of an s3seg envelope answer (its error raised otherwise)."""

@@ -7,13 +7,22 @@ its Retry-After; every error becomes one of s3seg's own errors with a hint.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+import json
+from collections.abc import Generator, Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
+from s3seg import _rle
 from s3seg._http import HTTP, Hints, Waits, in_flight, predict
-from s3seg.errors import UsageError
+from s3seg.errors import ServerError, UsageError, VideoError, error_from_response
 from s3seg.images import LoadedImage
-from s3seg.types import SegmentationResult, SegmentRequest
+from s3seg.types import Instance, SegmentationResult, SegmentRequest
+
+if TYPE_CHECKING:
+    from s3seg.config import Settings
+    from s3seg.video import TrackedFrame, VideoOptions, VideoResult
+
+NDJSON = "application/x-ndjson"
 
 _BUSY = Waits(statuses=(503,), retries=3, max_wait_s=10.0)
 _HINTS = Hints(
@@ -55,3 +64,84 @@ class RemoteBackend:
         """One request per image, several in flight; the server batches concurrent requests onto its device."""
 
         return in_flight(lambda image: (predict(self.http, image, request), None), images)
+
+    def segment_video(
+        self, path: Path, prompts: Sequence[str], options: VideoOptions, settings: Settings
+    ) -> VideoResult:
+        """The clip through ``POST /api/v1/predict/video``, read as NDJSON: the server's header checks fail
+        here; the frames come lazily, each as the server finishes it (the same frames as a local run)."""
+        from s3seg.video import VideoResult, _position
+
+        if not path.is_file():
+            raise VideoError(f"{path}: no such file")
+        chosen = {name: str(value) for name, value in options.items() if value is not None}
+        lines = self._lines(path, {"prompts": list(prompts), **chosen})
+        head = next(lines, None)  # sends the clip: the server answers once it has read it all
+        if head is None or head.get("type") != "start":
+            lines.close()
+            raise ServerError(f"{self.http.where} answered no video stream", hint="is it an s3seg server?")
+        texts = tuple(head["prompts"])
+        return VideoResult(
+            self._frames(lines, texts, head.get("model")),
+            name=str(head["name"]),
+            source=path,
+            prompts=texts,
+            fps=float(head["fps"]),
+            every=int(head["every"]),
+            selection=(_position(options.get("start")), _position(options.get("end"))),
+            model=head.get("model"),
+            max_pixels=settings.max_video_pixels,
+            max_seconds=settings.max_video_seconds,
+            expected_frames=head.get("frames_total"),
+        )
+
+    def _lines(self, path: Path, fields: dict[str, Any]) -> Generator[dict[str, Any], None, None]:
+        """Upload the clip (streamed from the file) and yield the answer's JSON lines as they come; an
+        ``error`` line is raised as its error. The answer stays open until this generator ends."""
+        clip = path.open("rb")
+        files = {"video": (path.name, clip, "application/octet-stream")}
+        try:
+            with self.http.stream(
+                "POST", "/api/v1/predict/video", data=fields, files=files, headers={"Accept": NDJSON}
+            ) as response:
+                for text in response.iter_lines():
+                    if not text.strip():
+                        continue
+                    line: dict[str, Any] = json.loads(text)
+                    if line.get("type") == "error":
+                        error = line.get("error") or {}
+                        raise error_from_response(
+                            int(line.get("status") or 500),
+                            str(error.get("code", "SERVER_ERROR")),
+                            str(error.get("message", "the video failed")),
+                            error.get("hint"),
+                            where=self.http.where,
+                        )
+                    yield line
+        finally:
+            clip.close()
+
+    def _frames(
+        self, lines: Iterator[dict[str, Any]], prompts: tuple[str, ...], model: str | None
+    ) -> Iterator[TrackedFrame]:
+        from s3seg.video import TrackedFrame
+
+        for line in lines:
+            if line.get("type") == "done":
+                return
+            width, height = int(line["width"]), int(line["height"])
+            found = line["instances"]
+            instances = tuple(
+                Instance(
+                    prompt=i["prompt"],
+                    score=float(i["score"]),
+                    box=(float(i["box"][0]), float(i["box"][1]), float(i["box"][2]), float(i["box"][3])),
+                    mask=_rle.decode(i["segmentation"], height, width),
+                )
+                for i in found
+            )
+            result = SegmentationResult(width=width, height=height, prompts=prompts, instances=instances, model=model)
+            yield TrackedFrame(
+                int(line["frame"]), float(line["time"]), result, tuple(int(i["track_id"]) for i in found)
+            )
+        raise ServerError(f"{self.http.where} ended the video stream early", hint="see the server's log")

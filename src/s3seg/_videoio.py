@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
-from s3seg.errors import DependencyError, UsageError, VideoError
+from s3seg.errors import DependencyError, UsageError, VideoError, VideoTooLarge
 
 if TYPE_CHECKING:
     import av.container
@@ -192,12 +192,12 @@ def _info(path: Path, container: av.container.InputContainer, *, max_pixels: int
         duration = container.duration / 1_000_000
     frames = int(stream.frames) if stream.frames else (round(duration * fps) if duration and fps else None)
     if width * height > max_pixels:
-        raise VideoError(
+        raise VideoTooLarge(
             f"{path.name}: {width}×{height} is over the limit of {max_pixels} pixels per frame",
             hint="downscale the video or raise S3SEG_MAX_VIDEO_PIXELS",
         )
     if duration is not None and duration > max_seconds:
-        raise VideoError(
+        raise VideoTooLarge(
             f"{path.name}: {duration:.1f} s is over the limit of {max_seconds:g} s",
             hint="cut the clip (--start/--end only choose frames) or raise S3SEG_MAX_VIDEO_SECONDS",
         )
@@ -271,7 +271,7 @@ def _frames(
                 t0 = pts
             time = max(0.0, pts - t0)
             if time > max_seconds:
-                raise VideoError(
+                raise VideoTooLarge(
                     f"{path.name}: longer than the limit of {max_seconds:g} s",
                     hint="cut the clip or raise S3SEG_MAX_VIDEO_SECONDS",
                 )

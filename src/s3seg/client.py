@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from s3seg.config import EngineConfig, Settings, load_settings
 from s3seg.errors import UsageError
@@ -48,6 +48,15 @@ class Backend(Protocol):
     ) -> list[Segmented]: ...
 
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class VideoBackend(Protocol):
+    """A backend that also tracks videos (an ``s3seg serve`` GPU server)."""
+
+    def segment_video(
+        self, path: Path, prompts: Sequence[str], options: VideoOptions, settings: Settings
+    ) -> VideoResult: ...
 
 
 class LocalBackend:
@@ -260,7 +269,7 @@ class Client:
     def video_engine(self) -> Sam3VideoEngine:
         """The local video model (detector + tracker), loaded on first access."""
         if self.is_remote:
-            raise UsageError("video runs locally for now", hint="drop --server/--api for videos")
+            raise UsageError("this client tracks videos on its server; it has no local video model")
         with self._lock:
             if self._video_engine is None:
                 from s3seg.engine._video import Sam3VideoEngine
@@ -271,9 +280,21 @@ class Client:
     def segment_video(
         self, path: str | Path, prompts: str | Sequence[str], **options: Unpack[VideoOptions]
     ) -> VideoResult:
-        """Every instance of each prompt tracked through a video; see :func:`s3seg.segment_video`."""
+        """Every instance of each prompt tracked through a video; see :func:`s3seg.segment_video`. On a
+        server (``server_url``) the clip is uploaded and its frames come back as the server does them."""
+        from s3seg.types import normalize_prompts
         from s3seg.video import open_video
 
+        backend = self.backend
+        if not isinstance(backend, LocalBackend):
+            if not isinstance(backend, VideoBackend):
+                raise UsageError("this backend does not track videos", hint="use a GPU server (--server) or local")
+            texts = normalize_prompts(prompts)
+            if not texts:
+                raise UsageError("no prompt given", hint='give a text prompt such as "person"')
+            if options.get("threshold") is None and "threshold" in self._explicit:
+                options["threshold"] = self.settings.threshold
+            return backend.segment_video(Path(path), texts, options, self.settings)
         return open_video(path, prompts, self.video_engine, self.settings, **options)
 
     def load(self, image: ImageInput | LoadedImage) -> LoadedImage:

@@ -91,6 +91,7 @@ class Settings(BaseSettings):
     max_objects: int = Field(default=16, ge=1, description="Video: most objects tracked at once.")
     max_video_pixels: int = Field(default=3840 * 2160, ge=1, description="Video: refuse larger frames.")
     max_video_seconds: float = Field(default=3600.0, gt=0, description="Video: refuse longer clips.")
+    max_video_frames: int = Field(default=108_000, ge=1, description="Video: most frames processed in one clip.")
 
     # --- s3seg serve ---------------------------------------------------------------------------
     host: str = Field(default="127.0.0.1", description="Address the server listens on.")
@@ -102,6 +103,7 @@ class Settings(BaseSettings):
     )
     allow_no_key: bool = Field(default=False, description="Allow a non-loopback server without an API key.")
     max_body_mb: float = Field(default=20.0, gt=0, description="Largest request body the server reads.")
+    max_video_mb: float = Field(default=500.0, gt=0, description="Largest video upload to /api/v1/predict/video.")
     max_prompts: int = Field(default=16, ge=1, description="Most prompts per image in one request.")
     max_prompt_chars: int = Field(default=200, ge=1, description="Longest prompt accepted.")
     max_boxes: int = Field(default=16, ge=0, description="Most exemplar boxes per request.")

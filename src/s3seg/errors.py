@@ -18,6 +18,7 @@ so a user sees one line, not a traceback; ``S3SEG_DEBUG=1`` shows the chained ca
     * FileTooLarge                         413 FILE_TOO_LARGE
     * URLFetchFailed                       400 URL_FETCH_FAILED
     * VideoError                           415 UNSUPPORTED_VIDEO
+      * VideoTooLarge                      413 VIDEO_TOO_LARGE (upload size, duration, frames, frame size)
   * ModelError                    exit 4
   * DependencyError               exit 5
   * ResultFormatError             exit 6
@@ -35,6 +36,7 @@ so a user sees one line, not a traceback; ``S3SEG_DEBUG=1`` shows the chained ca
   * AuthError                     exit 11  401 UNAUTHORIZED
     * Unauthorized                         (a missing or wrong API key)
   * CreditsError                  exit 12  402 INSUFFICIENT_CREDITS
+  * Cancelled                     exit 13  499 CANCELLED (the client went away; nobody reads the answer)
 """
 
 from __future__ import annotations
@@ -137,7 +139,11 @@ class URLFetchFailed(ImageError, status=400, code="URL_FETCH_FAILED"):
 
 
 class VideoError(ImageError, code="UNSUPPORTED_VIDEO"):
-    """A video that cannot be used: not a video, corrupt, no video stream, no frames, over a limit."""
+    """A video that cannot be used: not a video, corrupt, no video stream, no frames."""
+
+
+class VideoTooLarge(VideoError, status=413, code="VIDEO_TOO_LARGE"):
+    """A video over a limit: upload size, duration, processed frames or pixels per frame."""
 
 
 class ModelError(S3SegError, exit_code=4):
@@ -228,6 +234,10 @@ class Unauthorized(AuthError):
 
 class CreditsError(S3SegError, exit_code=12, status=402, code="INSUFFICIENT_CREDITS"):
     """The user has too few credits for the operation."""
+
+
+class Cancelled(S3SegError, exit_code=13, status=499, code="CANCELLED"):
+    """Work stopped because whoever asked for it went away (a server's client disconnected)."""
 
 
 _BY_CODE["VALIDATION_ERROR"] = UsageError  # FastAPI's own request validation

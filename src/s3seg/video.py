@@ -26,10 +26,12 @@ import numpy as np
 import numpy.typing as npt
 
 from s3seg import _rle
-from s3seg.errors import ResultFormatError, UsageError
+from s3seg.errors import Cancelled, ResultFormatError, UsageError, VideoTooLarge
 from s3seg.types import Instance, SegmentationResult, normalize_prompts
 
 if TYPE_CHECKING:
+    import threading
+
     from s3seg._videoio import DecodedFrame, Position, VideoInfo
     from s3seg.config import Settings
     from s3seg.engine._video import Sam3VideoEngine
@@ -87,9 +89,11 @@ class VideoResult:
         model: str | None,
         max_pixels: int = 0,
         max_seconds: float = 0.0,
+        expected_frames: int | None = None,
     ) -> None:
         # what the clip is
         self.name = name
+        self.expected_frames = expected_frames  # frames that will be processed, as the header tells (or None)
         self.source = source
         self.prompts = prompts
         self.size: tuple[int, int] | None = None  # (width, height) once a frame is processed
@@ -335,10 +339,14 @@ def open_video(
     max_objects: int | None = None,
     keep_images: bool = False,
     on_frame: Callable[[int], None] | None = None,
+    cancel: threading.Event | None = None,
 ) -> VideoResult:
     """Open ``path`` (header checks happen here) and return the lazily processed :class:`VideoResult`.
     ``on_frame(n)``: called once the model has taken in its n-th frame (the tracker yields frames some
-    frames later, all at the end for a short clip, so this is the progress to show)."""
+    frames later, all at the end for a short clip, so this is the progress to show).
+
+    At most ``settings.max_video_frames`` frames are processed (:class:`VideoTooLarge` beyond); once
+    ``cancel`` is set, the next frame raises :class:`Cancelled` (a server whose client went away)."""
     from s3seg import _videoio
 
     texts = normalize_prompts(prompts)
@@ -355,6 +363,10 @@ def open_video(
         end=last,
         every=every,
     )
+    expected = _expected(info, every)
+    if first is None and last is None and expected is not None and info.exact:
+        _check_frames(expected, settings.max_video_frames, source.name)
+    decoded = _guarded(decoded, settings.max_video_frames, source.name, cancel)
     if on_frame is not None:
         decoded = _counted(decoded, on_frame)
     frames = engine.track(
@@ -362,7 +374,7 @@ def open_video(
         texts,
         threshold=settings.threshold if threshold is None else threshold,
         max_objects=(settings.max_objects if max_objects is None else max_objects),
-        expected_frames=_expected(info, every),
+        expected_frames=expected,
         keep_images=keep_images,
     )
     return VideoResult(
@@ -376,6 +388,7 @@ def open_video(
         model=engine.source,
         max_pixels=settings.max_video_pixels,
         max_seconds=settings.max_video_seconds,
+        expected_frames=expected,
     )
 
 
@@ -383,6 +396,25 @@ def _counted(frames: Iterator[DecodedFrame], on_frame: Callable[[int], None]) ->
     for n, frame in enumerate(frames, start=1):
         yield frame
         on_frame(n)  # the model asks for the next frame: it has taken this one in
+
+
+def _check_frames(n: int, limit: int, name: str) -> None:
+    if n > limit:
+        raise VideoTooLarge(
+            f"{name}: {n} frames to process, over the limit of {limit}",
+            hint="choose fewer with --start/--end or --every, or raise S3SEG_MAX_VIDEO_FRAMES",
+        )
+
+
+def _guarded(
+    frames: Iterator[DecodedFrame], limit: int, name: str, cancel: threading.Event | None
+) -> Iterator[DecodedFrame]:
+    """``frames``, stopped by ``cancel`` and by the frame limit (headers can lie: frames are counted)."""
+    for n, frame in enumerate(frames, start=1):
+        if cancel is not None and cancel.is_set():
+            raise Cancelled(f"{name}: stopped after {n - 1} frame(s): nobody waits for the result")
+        _check_frames(n, limit, name)
+        yield frame
 
 
 def _position(value: str | float | None) -> Position | None:

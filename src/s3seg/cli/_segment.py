@@ -72,7 +72,15 @@ def segment_command(
         if not prompts:
             raise UsageError("no prompt given", hint='s3seg segment clip.mp4 "person"')
         settings = load_settings(
-            model=model, device=device, dtype=dtype, revision=revision, threshold=threshold, max_objects=max_objects
+            model=model,
+            device=device,
+            dtype=dtype,
+            revision=revision,
+            threshold=threshold,
+            max_objects=max_objects,
+            server_url=server,
+            api_key=api_key,
+            api_url=api,
         )
         _video.run(
             Path(inputs[0]),

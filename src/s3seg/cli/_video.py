@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from s3seg.cli._console import console, err_console, tell
 
 if TYPE_CHECKING:
+    from s3seg.client import Client
     from s3seg.config import Settings
     from s3seg.video import VideoResult
 
@@ -31,10 +32,8 @@ def run(
 ) -> None:
     """Track, then write ``NAME.tracks.json`` and ``NAME.overlay.mp4`` into ``out`` (each atomically: a
     failure at any point leaves neither half-written) and/or print the tracks."""
-    from s3seg._videoio import TruncatedVideoWarning, probe
     from s3seg.client import Client
     from s3seg.errors import UsageError
-    from s3seg.video import open_video
 
     if out is not None and out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} exists and is not a folder")
@@ -45,16 +44,12 @@ def run(
             raise UsageError("--start and --end are not taken by the public API", hint="cut the clip, or drop --api")
         _video_api.run(settings, path, prompts, out=out, as_json=as_json, mot=mot, every=every, max_objects=max_objects)
         return
-    probe(path, max_pixels=settings.max_video_pixels, max_seconds=settings.max_video_seconds)  # before the model
     client = Client(settings=settings)
-    engine = client.video_engine  # model problems end the command before any video work
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", TruncatedVideoWarning)
-        video = open_video(path, prompts, engine, settings, start=start, end=end, every=every, max_objects=max_objects)
-        _process(video, expected=_expected(path, every))
-    for w in caught:
-        if issubclass(w.category, TruncatedVideoWarning):
-            tell(("warning", "bold yellow"), f" {w.message}")
+    if client.is_remote:  # the server decodes and checks the clip (no PyAV or torch needed here)
+        video = client.segment_video(path, prompts, start=start, end=end, every=every, max_objects=max_objects)
+        _process(video)
+    else:
+        video = _local(client, path, prompts, settings, start=start, end=end, every=every, max_objects=max_objects)
     written: list[Path] = []
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
@@ -74,19 +69,35 @@ def run(
         summary(video.name, video.to_tracks(), written)
 
 
-def _expected(path: Path, every: int) -> int | None:
-    import av
+def _local(
+    client: Client,
+    path: Path,
+    prompts: list[str],
+    settings: Settings,
+    *,
+    start: str | None,
+    end: str | None,
+    every: int,
+    max_objects: int | None,
+) -> VideoResult:
+    from s3seg._videoio import TruncatedVideoWarning, probe
+    from s3seg.video import open_video
 
-    try:
-        with av.open(str(path)) as c:
-            n = c.streams.video[0].frames
-        return -(-n // every) if n else None
-    except Exception:
-        return None
+    probe(path, max_pixels=settings.max_video_pixels, max_seconds=settings.max_video_seconds)  # before the model
+    engine = client.video_engine  # model problems end the command before any video work
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", TruncatedVideoWarning)
+        video = open_video(path, prompts, engine, settings, start=start, end=end, every=every, max_objects=max_objects)
+        _process(video)
+    for w in caught:
+        if issubclass(w.category, TruncatedVideoWarning):
+            tell(("warning", "bold yellow"), f" {w.message}")
+    return video
 
 
-def _process(video: VideoResult, expected: int | None) -> None:
-    """Run the clip with a progress bar on stderr: frames, frames/s and time left."""
+def _process(video: VideoResult) -> None:
+    """Run the clip with a progress bar on stderr: frames, frames/s and time left (from a server: fed by
+    its stream, a frame as each is done)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     bar = Progress(
@@ -100,7 +111,7 @@ def _process(video: VideoResult, expected: int | None) -> None:
         disable=not err_console.is_terminal,
     )
     with bar:
-        task = bar.add_task("track", total=expected, fps="-")
+        task = bar.add_task("track", total=video.expected_frames, fps="-")
         t0 = time.perf_counter()
         for n, _ in enumerate(video, start=1):
             bar.update(task, completed=n, fps=f"{n / max(time.perf_counter() - t0, 1e-9):.1f}")

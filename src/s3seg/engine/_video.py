@@ -28,6 +28,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -76,7 +77,7 @@ class Sam3VideoEngine:
         self.fidelity = fidelity
         self._mean = torch.tensor(loaded.image_mean, device=device).view(3, 1, 1)
         self._std = torch.tensor(loaded.image_std, device=device).view(3, 1, 1)
-        self._lock = threading.Lock()
+        self._lock: AbstractContextManager[Any] = threading.Lock()  # held for one frame's model step
         detector = self._m.detector_model
         if fidelity.vit_layernorm_eps is not None:  # the backbone is shared: the tracker sees this too
             for module in detector.vision_encoder.backbone.modules():
@@ -113,6 +114,11 @@ class Sam3VideoEngine:
         return cls.load(
             s.model, device=s.device, dtype=s.dtype, revision=s.revision, token=s.token(), offline=s.offline
         )
+
+    def share_device(self, lock: AbstractContextManager[Any]) -> None:
+        """Take ``lock`` for each frame's model step instead of this engine's own lock: a server passes the
+        lock its image batches take, so that images and video frames take turns on the device."""
+        self._lock = lock
 
     @property
     def hotstart_delay(self) -> int:

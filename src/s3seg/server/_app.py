@@ -28,7 +28,7 @@ from s3seg.engine import Request as EngineRequest
 from s3seg.engine import Sam3Engine
 from s3seg.errors import AuthError, PayloadTooLarge, S3SegError, UsageError
 from s3seg.images import LoadedImage
-from s3seg.server import _api, _events, _predict
+from s3seg.server import _api, _events, _predict, _video
 from s3seg.server._auth import TokenVerifier
 from s3seg.server._batcher import Batcher
 from s3seg.server._body import resolve_bodies
@@ -45,6 +45,7 @@ from s3seg.server._schemas import (
     PredictIn,
     QueueOut,
     SegmentIn,
+    VideoLineOut,
 )
 from s3seg.server._tasks import Infer, TaskLimits, TaskRunner
 from s3seg.server._video_tasks import VideoRunner
@@ -88,10 +89,12 @@ def create_app(
     store: Store | None = None,
     verifier: TokenVerifier | None = None,
     workers: WorkerPool | None = None,
+    video_engine: Sam3VideoEngine | None = None,
 ) -> FastAPI:
     """The server: inference routes around an already loaded ``engine`` (none in gateway mode, where
     ``workers`` run the model), and the public API for users. Storage, store and token verifier come
-    from the settings unless given; the server closes them all when it stops."""
+    from the settings unless given; the server closes them all when it stops. The video model is
+    ``video_engine``, or loaded from the settings by the first video request."""
     settings = settings or Settings()
     if engine is None and workers is None:
         raise UsageError("the server needs a model or GPU workers", hint="set S3SEG_MODEL or S3SEG_WORKERS")
@@ -104,7 +107,7 @@ def create_app(
         "(or the API key in local mode).",
     )
     verifier = verifier or TokenVerifier.from_settings(settings)
-    app.state.server = Server(settings, engine, workers, verifier, storage, store)
+    app.state.server = Server(settings, engine, workers, verifier, storage, store, video_engine=video_engine)
     app.add_exception_handler(S3SegError, _s3seg_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(ValidationError, _validation_error)
@@ -112,8 +115,12 @@ def create_app(
     app.add_middleware(_LastResort)  # inside CORS and the body limit: a 500 keeps their headers
     # an upload may be a video: its body may reach the largest tier's video limit (checked per user after)
     largest_video = max(settings.max_video_upload_mb.values(), default=0.0)
-    uploads = {"/api/v1/upload": int((max(settings.max_body_mb, largest_video) + 1) * 1024 * 1024)}
-    app.add_middleware(_BodyLimit, max_bytes=int(settings.max_body_mb * 1024 * 1024), paths=uploads)
+    upload_bytes = int((max(settings.max_body_mb, largest_video) + 1) * 1024 * 1024)
+    paths = {
+        "/api/v1/upload": (upload_bytes, _BODY_HINT),
+        _video.PATH: (int(settings.max_video_mb * 1024 * 1024), _video.BODY_HINT),
+    }
+    app.add_middleware(_BodyLimit, max_bytes=int(settings.max_body_mb * 1024 * 1024), paths=paths)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -128,8 +135,9 @@ def create_app(
     app.include_router(_events.router)
     if engine is not None:
         app.include_router(_predict.router)
+        app.include_router(_video.router)
     mount_web(app, settings, supabase=verifier is not None)  # last: API routes keep priority
-    resolve_bodies(app, [PredictIn, BatchIn, SegmentIn, ErrorEnvelope])
+    resolve_bodies(app, [PredictIn, BatchIn, SegmentIn, ErrorEnvelope, VideoLineOut])
     return app
 
 
@@ -155,7 +163,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         )
     budget = server.budget = MemoryBudget(settings.memory_budget_bytes(), wait_s=settings.memory_wait_s)
     infer = server.workers or _in_process(server.batcher)
-    video = VideoRunner(_video_loader(server.engine, settings), storage, settings) if server.engine else None
+    video = VideoRunner(server.video, storage, settings) if server.engine else None
     runner = TaskRunner(
         store, storage, infer, _task_limits(settings), budget, workers=settings.task_workers, video=video
     )
@@ -207,26 +215,6 @@ def _in_process(batcher: Batcher | None) -> Infer:
         return result
 
     return infer
-
-
-def _video_loader(engine: Sam3Engine, settings: Settings) -> Callable[[], Sam3VideoEngine]:
-    """Video tasks' model: the image model's checkpoint as SAM3's video model (detector + tracker), on the
-    same device; loaded by the first video task."""
-
-    def load() -> Sam3VideoEngine:
-        from s3seg.engine._video import Sam3VideoEngine
-
-        info = engine.info
-        return Sam3VideoEngine.load(
-            info.model,
-            device=str(engine.device),
-            dtype=settings.dtype,
-            revision=info.revision,
-            token=settings.token(),
-            offline=settings.offline,
-        )
-
-    return load
 
 
 def _task_limits(settings: Settings) -> TaskLimits:
@@ -317,20 +305,21 @@ class _LastResort(_HTTPMiddleware):
 
 
 class _BodyLimit(_HTTPMiddleware):
-    """Refuse bodies over ``max_bytes``: by Content-Length at once, and while streaming otherwise."""
+    """Refuse bodies over ``max_bytes`` (``paths``: another limit and hint for these paths): by
+    Content-Length at once, and while streaming otherwise."""
 
     def __init__(
-        self, app: Callable[..., Awaitable[None]], max_bytes: int, paths: dict[str, int] | None = None
+        self, app: Callable[..., Awaitable[None]], max_bytes: int, paths: dict[str, tuple[int, str]] | None = None
     ) -> None:
         super().__init__(app)
         self.max_bytes = max_bytes
-        self.paths = paths or {}  # routes with their own limit
+        self.paths = paths or {}
 
     async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
-        max_bytes = self.paths.get(scope.get("path", ""), self.max_bytes)
+        limit, hint = self.paths.get(scope["path"], (self.max_bytes, _BODY_HINT))
         declared = dict(scope.get("headers") or []).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > max_bytes:
-            too_large = PayloadTooLarge(self._message(int(declared), max_bytes), hint=_BODY_HINT)
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            too_large = PayloadTooLarge(_too_large(int(declared), limit), hint=hint)
             response = _error(too_large.http_status, too_large.code, too_large.message, too_large.hint)
             await response(scope, receive, send)
             return
@@ -340,14 +329,15 @@ class _BodyLimit(_HTTPMiddleware):
             nonlocal seen
             message = await receive()
             seen += len(message.get("body", b""))
-            if seen > max_bytes:
-                raise PayloadTooLarge(self._message(seen, max_bytes), hint=_BODY_HINT)
+            if seen > limit:
+                raise PayloadTooLarge(_too_large(seen, limit), hint=hint)
             return message
 
         await self.app(scope, limited, send)
 
-    def _message(self, size: int, max_bytes: int) -> str:
-        return f"request body of {size} bytes exceeds the limit of {max_bytes} bytes"
+
+def _too_large(size: int, limit: int) -> str:
+    return f"request body of {size} bytes exceeds the limit of {limit} bytes"
 
 
 def _gpu_memory(engine: Sam3Engine) -> dict[str, float] | None:

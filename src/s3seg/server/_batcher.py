@@ -4,6 +4,10 @@ Requests queue up while the device is busy; the worker then takes everything wai
 ``max_batch`` images) as one backbone batch. A lone request is never delayed (unless ``wait_s`` asks
 for it), and under load batches form by themselves. The queue is bounded: when it is full the caller
 gets :class:`Busy` at once (the server answers 503 with Retry-After).
+
+The device is taken in :class:`Turns` (first come, first served): one turn per image batch here, one
+per frame for a video (``Sam3VideoEngine.share_device``). A video therefore never holds the device for
+more than one frame while images wait: a batch that queues up during a frame runs before the next frame.
 """
 
 from __future__ import annotations
@@ -46,6 +50,31 @@ class _Job:
         self.size = len(self.requests)
 
 
+class Turns:
+    """A lock granted in the order it was asked for (a ticket lock), so that two users of the device
+    alternate instead of one taking it again and again. ``served`` counts the turns taken."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._next = 0  # the next ticket handed out
+        self._serving = 0  # the ticket whose turn it is
+        self.served = 0
+
+    def __enter__(self) -> Turns:
+        with self._cond:
+            ticket = self._next
+            self._next += 1
+            while ticket != self._serving:
+                self._cond.wait()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        with self._cond:
+            self._serving += 1
+            self.served += 1
+            self._cond.notify_all()
+
+
 class Batcher:
     def __init__(self, engine: Engine, *, max_batch: int, max_queue: int, wait_s: float = 0.0) -> None:
         self._engine = engine
@@ -54,6 +83,7 @@ class Batcher:
         self._queue: queue.Queue[_Job | None] = queue.Queue()
         self._capacity = threading.BoundedSemaphore(max_queue)
         self.stats = Stats()
+        self.turns = Turns()  # the device: image batches and video frames take turns
         self._stats_lock = threading.Lock()
         self._thread = threading.Thread(target=self._loop, name="s3seg-inference", daemon=True)
         self._thread.start()
@@ -105,7 +135,8 @@ class Batcher:
     def _run(self, jobs: list[_Job]) -> None:
         requests = [r for j in jobs for r in j.requests]
         try:
-            results = self._engine.run(requests)
+            with self.turns:
+                results = self._engine.run(requests)
         except DeviceError as e:
             if len(jobs) > 1:  # out of memory together: retry apart, so only a job too big on its own fails
                 for j in jobs:

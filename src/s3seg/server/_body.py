@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any, TypeVar
 
 from fastapi import FastAPI
@@ -39,7 +40,21 @@ async def read_model(request: Request, model: type[M]) -> M:
 
 class _StrictParser(MultiPartParser):
     """Starlette's parser, except that a text field that is not valid in its charset is refused instead of
-    being read as Latin-1."""
+    being read as Latin-1, and that with a ``folder`` each file part is written there as it arrives
+    (``upload-N``), never held in memory: one chunk at a time, whatever the file's size."""
+
+    def __init__(self, *args: Any, folder: Path | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._folder = folder
+
+    def on_headers_finished(self) -> None:
+        super().on_headers_finished()
+        part = self._current_part
+        if self._folder is not None and part.file is not None:
+            named = open(self._folder / f"upload-{self._current_files}", "w+b")  # noqa: SIM115 (the form closes it)
+            self._files_to_close_on_error.append(named)  # type: ignore[arg-type]
+            part.file.file.close()  # the parser's in-memory spool, unused
+            part.file.file = named
 
     def on_part_end(self) -> None:
         part = self._current_part
@@ -55,9 +70,12 @@ class _StrictParser(MultiPartParser):
 
 
 @asynccontextmanager
-async def read_form(request: Request, *, max_files: int, max_fields: int) -> AsyncIterator[FormData]:
-    """The multipart body (its temporary files closed on exit); a malformed body is a :class:`UsageError`."""
-    parser = _StrictParser(request.headers, request.stream(), max_files=max_files, max_fields=max_fields)
+async def read_form(
+    request: Request, *, max_files: int, max_fields: int, folder: Path | None = None
+) -> AsyncIterator[FormData]:
+    """The multipart body (its temporary files closed on exit); a malformed body is a :class:`UsageError`.
+    ``folder``: files are written there (and left there: the caller removes the folder)."""
+    parser = _StrictParser(request.headers, request.stream(), max_files=max_files, max_fields=max_fields, folder=folder)
     try:
         form = await parser.parse()
     except MultiPartException as e:

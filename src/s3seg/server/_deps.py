@@ -5,8 +5,9 @@ by its lifespan), read through ``Annotated`` dependencies — ``SettingsDep``, `
 from __future__ import annotations
 
 import hmac
-from dataclasses import dataclass
-from typing import Annotated, cast
+import threading
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Annotated, cast
 
 from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader
@@ -24,6 +25,9 @@ from s3seg.server._schemas import TaskOut
 from s3seg.server._tasks import TaskRunner
 from s3seg.storage import Storage
 from s3seg.store import Store, Task
+
+if TYPE_CHECKING:
+    from s3seg.engine._video import Sam3VideoEngine
 
 API_KEY_HEADER = Unauthorized.auth_scheme  # "X-API-Key"
 # Declared as a security scheme so that /docs offers "Authorize"; checked in require_key (constant time).
@@ -93,6 +97,31 @@ class Server:
     batcher: Batcher | None = None
     budget: MemoryBudget | None = None
     api: PublicAPI | None = None
+    video_engine: Sam3VideoEngine | None = None  # loaded on the first video request unless given
+    _video_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def video(self) -> Sam3VideoEngine:
+        """The one video model of the server (``/predict/video`` and the public API's video tasks): the image
+        model's checkpoint as SAM3's video model (detector + tracker) on the same device, loaded on first
+        use, and taking its turns on the device with the image batches (:class:`s3seg.server._batcher.Turns`).
+        Blocks while loading: call it off the event loop."""
+        _started(self.batcher, "model queue")
+        engine = cast(Sam3Engine, self.engine)
+        with self._video_lock:
+            if self.video_engine is None:
+                from s3seg.engine._video import Sam3VideoEngine
+
+                info, s = engine.info, self.settings
+                self.video_engine = Sam3VideoEngine.load(
+                    info.model,
+                    device=str(engine.device),
+                    dtype=s.dtype,
+                    revision=info.revision,
+                    token=s.token(),
+                    offline=s.offline,
+                )
+            self.video_engine.share_device(cast(Batcher, self.batcher).turns)
+            return self.video_engine
 
 
 def check_key(settings: Settings, given_key: str | None) -> None:

@@ -118,6 +118,20 @@ class SegmentIn(RequestIn):
     project_id: Text | None = Field(default=None, description="id of one of the user's projects")
 
 
+class VideoIn(BaseModel):
+    """The form fields of ``POST /api/v1/predict/video`` (the video itself is the ``video`` file part): the
+    options of ``s3seg segment clip.mp4``; unset ones take the server's defaults."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompts: list[Text] = Field(min_length=1, description="text prompts (noun phrases); repeat the field")
+    start: Text | None = Field(default=None, description="first frame: seconds (2.5) or a frame number (75f)")
+    end: Text | None = Field(default=None, description="stop before: seconds or a frame number (NNf)")
+    every: int = Field(default=1, ge=1, description="process every Nth frame")
+    threshold: float | None = Field(default=None, ge=0, le=1, description="detection score to count")
+    max_objects: int | None = Field(default=None, ge=1, description="most objects tracked at once")
+
+
 # The fields a multipart body of /predict sends as form fields: the JSON body's, less what the file part
 # replaces (the image itself and its name); boxes travel as "x0,y0,x1,y1" strings (prefix "neg:").
 _FILE_REPLACES = ("image", "image_url", "name")
@@ -233,6 +247,41 @@ class CocoOut(BaseModel):
     images: list[dict[str, Any]]
     annotations: list[dict[str, Any]]
     categories: list[dict[str, Any]]
+
+
+class TracksOut(BaseModel):
+    """A tracks document (YouTube-VIS style, see :mod:`s3seg.video`): what ``s3seg segment clip.mp4 --out``
+    writes as ``NAME.tracks.json``; ``s3seg.read_tracks`` reads it back."""
+
+    videos: list[dict[str, Any]] = Field(description="one: size, fps, every, frame_indices, timestamps")
+    categories: list[dict[str, Any]] = Field(description="one per prompt")
+    annotations: list[dict[str, Any]] = Field(description="one per track: per-frame segmentations (RLE or null)")
+    s3seg: dict[str, Any]
+
+
+class VideoLineOut(BaseModel):
+    """One line of ``POST /api/v1/predict/video`` with ``Accept: application/x-ndjson``: a ``start`` line,
+    one ``frame`` line per processed frame as it is done, then ``done`` (with the tracks document) or
+    ``error`` (the error envelope's fields and the status the error would have answered)."""
+
+    type: Literal["start", "frame", "done", "error"]
+    name: str | None = Field(default=None, description="start: the video's file name")
+    prompts: list[str] | None = Field(default=None, description="start: the prompts, normalised")
+    fps: float | None = Field(default=None, description="start: the file's frame rate")
+    every: int | None = Field(default=None, description="start: every Nth frame is processed")
+    frames_total: int | None = Field(default=None, description="start: frames to process, from the header")
+    model: str | None = Field(default=None, description="start: the model's name")
+    frame: int | None = Field(default=None, description="frame: its number in the file")
+    position: int | None = Field(default=None, description="frame: its number among the processed frames")
+    time: float | None = Field(default=None, description="frame: seconds from the clip's start")
+    width: int | None = Field(default=None, description="frame: width in pixels (as displayed)")
+    height: int | None = Field(default=None, description="frame: height in pixels")
+    instances: list[dict[str, Any]] | None = Field(
+        default=None, description="frame: track_id, prompt, score, box (xyxy), segmentation (COCO RLE)"
+    )
+    tracks: TracksOut | None = Field(default=None, description="done: the tracks document")
+    status: int | None = Field(default=None, description="error: the HTTP status of the error")
+    error: ErrorOut | None = Field(default=None, description="error: code, message, hint")
 
 
 class MeOut(BaseModel):

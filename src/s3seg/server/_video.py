@@ -1,0 +1,272 @@
+"""``POST /api/v1/predict/video`` (the GPU backend, ``X-API-Key``): a clip tracked with the video options
+of ``s3seg segment clip.mp4``; the answer is the tracks document (``NAME.tracks.json``), or, with
+``Accept: application/x-ndjson``, one JSON line per processed frame as it is done (see
+:class:`~s3seg.server._schemas.VideoLineOut`).
+
+The upload is written to a private temporary folder as it arrives (never held in memory; at most
+``S3SEG_MAX_VIDEO_MB``), which is removed when the answer ends, whatever the outcome. Frames are tracked one
+at a time off the event loop; each frame's model step takes its turn on the device with the image batches
+(:class:`~s3seg.server._batcher.Turns`). When the client goes away the work stops at the next frame.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import shutil
+import tempfile
+import threading
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.to_thread
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+
+from s3seg import _rle
+from s3seg._videoio import probe
+from s3seg.config import Settings
+from s3seg.errors import S3SegError, UsageError
+from s3seg.server._body import read_form, single, text_fields
+from s3seg.server._deps import ServerDep, SettingsDep, require_key
+from s3seg.server._schemas import Envelope, TracksOut, VideoIn, refusals
+from s3seg.video import TrackedFrame, VideoResult
+
+PATH = "/api/v1/predict/video"
+NDJSON = "application/x-ndjson"
+BODY_HINT = "cut or recompress the clip, or raise the server's S3SEG_MAX_VIDEO_MB"
+_log = logging.getLogger("s3seg.server")
+_SAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+_FIELDS = {"video": {"type": "string", "format": "binary"}, **VideoIn.model_json_schema()["properties"]}
+_FORM = {"type": "object", "required": ["video", "prompts"], "properties": _FIELDS}
+_BODY = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": _FORM}}}}
+_ANSWERS: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "the tracks document; with Accept: application/x-ndjson, one line per processed frame",
+        "content": {NDJSON: {"schema": {"$ref": "#/components/schemas/VideoLineOut"}}},
+    },
+    **refusals(401, 413, 415, 422, 503),
+}
+
+router = APIRouter(prefix="/api/v1", tags=["model"], dependencies=[Depends(require_key)])
+
+
+@router.post("/predict/video", response_model=Envelope[TracksOut], responses=_ANSWERS, openapi_extra=_BODY)
+async def predict_video(request: Request, server: ServerDep, settings: SettingsDep) -> Response:
+    """Track every instance of each prompt through a video (multipart: ``video`` file + fields)."""
+    folder = Path(tempfile.mkdtemp(prefix="s3seg-video-"))
+    try:
+        path, fields = await _read_upload(request, settings, folder)
+        # the header first: a bad or oversized video is refused before the video model is even loaded
+        await run_in_threadpool(
+            probe, path, max_pixels=settings.max_video_pixels, max_seconds=settings.max_video_seconds
+        )
+        engine = await run_in_threadpool(server.video)
+        cancel = threading.Event()
+        video = await run_in_threadpool(_open, path, fields, engine, settings, cancel)
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    run = _Run(video, folder, cancel)
+    if NDJSON in request.headers.get("accept", ""):
+        # Starlette's streaming answer listens for the client going away and then cancels the generator
+        return StreamingResponse(run.lines(), media_type=NDJSON, headers={"Cache-Control": "no-store"})
+    try:
+        failed: Exception | None = None  # raised after the task group (which would wrap it in a group)
+        async with anyio.create_task_group() as group:
+            group.start_soon(_watch, request, run, group.cancel_scope)
+            try:
+                async for _ in run.frames():
+                    pass
+            except Exception as e:
+                failed = e
+            group.cancel_scope.cancel()
+        if failed is not None:
+            raise failed
+        if not run.finished:
+            return Response(status_code=499)  # the client is gone: nobody reads this
+        doc = await run_in_threadpool(_tracks, video)
+    finally:
+        run.close()
+    return JSONResponse({"ok": True, "data": doc})
+
+
+async def _watch(request: Request, run: _Run, scope: anyio.CancelScope) -> None:
+    """Stop ``run`` when the client goes away (the body has been read: the next message is the disconnect)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+    run.stop()
+    scope.cancel()
+
+
+async def _read_upload(request: Request, settings: Settings, folder: Path) -> tuple[Path, VideoIn]:
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if kind != "multipart/form-data":
+        raise UsageError("send multipart/form-data", hint="curl -F video=@clip.mp4 -F prompts=dog …")
+    async with read_form(request, max_files=2, max_fields=100, folder=folder) as form:
+        upload = single(form, "video")
+        if not isinstance(upload, UploadFile):
+            raise UsageError("multipart body needs a `video` file")
+        fields: dict[str, Any] = {"prompts": text_fields(form, "prompts")}
+        for name in VideoIn.model_fields:
+            value = single(form, name) if name != "prompts" else None
+            if isinstance(value, str) and value != "":
+                fields[name] = value
+        unknown = sorted(set(form.keys()) - {"video", *VideoIn.model_fields})
+        if unknown:
+            raise UsageError(
+                f"unknown multipart field `{unknown[0]}`", hint=f"fields: {', '.join(VideoIn.model_fields)}"
+            )
+        upload.file.flush()
+        stored = Path(upload.file.name)
+        name = _SAFE.sub("_", Path(upload.filename or "").name).strip("._")[:100] or "video"
+    item = VideoIn.model_validate(fields)
+    if len(item.prompts) > settings.max_prompts:
+        raise UsageError(f"{len(item.prompts)} prompts; at most {settings.max_prompts} per video")
+    if any(len(p) > settings.max_prompt_chars for p in item.prompts):
+        raise UsageError(f"a prompt is longer than {settings.max_prompt_chars} characters")
+    return stored.rename(folder / name), item
+
+
+def _open(path: Path, item: VideoIn, engine: Any, settings: Settings, cancel: threading.Event) -> VideoResult:
+    from s3seg.video import open_video
+
+    return open_video(
+        path,
+        item.prompts,
+        engine,
+        settings,
+        start=item.start,
+        end=item.end,
+        every=item.every,
+        threshold=item.threshold,
+        max_objects=item.max_objects,
+        cancel=cancel,
+    )
+
+
+class _Run:
+    """One video being tracked for one request: its frames pulled one at a time off the event loop, and
+    its temporary folder (removed by :meth:`close`)."""
+
+    def __init__(self, video: VideoResult, folder: Path, cancel: threading.Event) -> None:
+        self.video = video
+        self.folder = folder
+        self.cancel = cancel
+        self.finished = False  # every frame processed (or failed): not stopped half-way
+        self._frames = iter(video)
+        self._count = 0
+
+    async def frames(self) -> AsyncIterator[dict[str, Any]]:
+        """Each frame's NDJSON line as the frame is done. Cancelling the caller abandons the frame in
+        progress at once; :meth:`stop` then ends the worker's iteration at its next frame."""
+        while True:
+            line = await anyio.to_thread.run_sync(self._next, abandon_on_cancel=True)
+            if line is None:
+                self.finished = True
+                return
+            yield line
+
+    def _next(self) -> dict[str, Any] | None:
+        try:
+            frame = next(self._frames, None)
+        except BaseException:
+            self.finished = True
+            raise
+        if frame is None:
+            return None
+        line = _frame_line(frame, self._count)
+        self._count += 1
+        return line
+
+    async def lines(self) -> AsyncIterator[str]:
+        """The NDJSON answer: ``start``, a ``frame`` line per frame, then ``done`` or ``error``."""
+        try:
+            yield _dump(_start_line(self.video))
+            async for line in self.frames():
+                yield _dump(line)
+            doc = await run_in_threadpool(_tracks, self.video)
+            yield _dump({"type": "done", "tracks": doc})
+        except S3SegError as e:
+            yield _dump(_error_line(e.http_status, e.code, e.message, e.hint))
+        except Exception as e:  # the answer has started: the error can only be its last line
+            _log.exception("video %s failed", self.video.name)
+            yield _dump(_error_line(500, "INTERNAL_ERROR", f"unexpected {type(e).__name__}", "see the server log"))
+        finally:
+            if not self.finished:  # the client went away
+                self.stop()
+            self.close()
+
+    def stop(self) -> None:
+        """The client is gone: the worker stops at its next frame."""
+        self.cancel.set()
+        _log.info("video %s: the client went away; stopped after %d frame(s)", self.video.name, self._count)
+
+    def close(self) -> None:
+        self.cancel.set()
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def _tracks(video: VideoResult) -> dict[str, Any]:
+    doc = video.to_tracks()
+    doc["s3seg"]["model"] = _model_name(video.model)
+    return doc
+
+
+def _start_line(video: VideoResult) -> dict[str, Any]:
+    return {
+        "type": "start",
+        "name": video.name,
+        "prompts": list(video.prompts),
+        "fps": video.fps,
+        "every": video.every,
+        "frames_total": video.expected_frames,
+        "model": _model_name(video.model),
+    }
+
+
+def _frame_line(frame: TrackedFrame, position: int) -> dict[str, Any]:
+    instances = []
+    for track_id, inst in frame.tracks():
+        rle, _ = _rle.encode(inst.mask)
+        instances.append(
+            {
+                "track_id": track_id,
+                "prompt": inst.prompt,
+                "score": inst.score,
+                "box": list(inst.box),
+                "segmentation": rle,
+            }
+        )
+    return {
+        "type": "frame",
+        "frame": frame.index,
+        "position": position,
+        "time": frame.time,
+        "width": frame.result.width,
+        "height": frame.result.height,
+        "instances": instances,
+    }
+
+
+def _error_line(status: int, code: str, message: str, hint: str | None) -> dict[str, Any]:
+    error = {"code": code, "message": message, **({"hint": hint} if hint else {})}
+    return {"type": "error", "status": status, "error": error}
+
+
+def _dump(line: dict[str, Any]) -> str:
+    return json.dumps(line, separators=(",", ":")) + "\n"
+
+
+def _model_name(source: str | None) -> str | None:
+    """A Hub id as it is; a local folder by its name only (the server's paths stay private)."""
+    if source is None:
+        return None
+    path = Path(source)
+    return path.name if path.is_absolute() or path.exists() else source
