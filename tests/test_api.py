@@ -878,3 +878,84 @@ def test_video_from_the_cli_and_sdk_as_a_signed_in_user(
     assert code == 0, err
     assert sorted(p.name for p in (tmp_path / "dl").iterdir()) == ["overlay.mp4", "source.mp4", "tracks.json"]
     assert (tmp_path / "dl" / "source.mp4").read_bytes() == clip.read_bytes()
+
+
+def test_killed_server_video_task_runs_again_from_the_start(
+    stack_factory: Callable[..., Stack],
+    pg: _postgres.Cluster,
+    s3_server: S3Server,
+    bucket: str,
+    keys: Keys,
+    admin: Conn,
+    tiny_model_dir: Path,
+    tmp_path: Path,
+) -> None:
+    """`s3seg serve` (a real process with the tiny model) is SIGKILLed while it tracks a clip; a new server
+    finds the task stuck in `processing` (no heartbeat any more), runs it again from the first frame, and it
+    ends done, charged once."""
+    from _video import make_clip
+
+    clip = make_clip(tmp_path / "clip.mp4", n=60)
+    prefix = f"t-{uuid.uuid4().hex[:8]}"
+    port = free_port()
+    env = {
+        **os.environ,
+        "S3SEG_MODEL": str(tiny_model_dir),
+        "S3SEG_DEVICE": "cpu",
+        "S3SEG_THRESHOLD": "0",
+        "S3SEG_VIDEO_FRAME_COST": "0.5",
+        "S3SEG_DATABASE_URL": pg.dsn("postgres"),
+        "S3SEG_R2_ENDPOINT": s3_server.endpoint_url,
+        "S3SEG_R2_ACCESS_KEY_ID": s3_server.access_key,
+        "S3SEG_R2_SECRET_ACCESS_KEY": s3_server.secret_key,
+        "S3SEG_R2_BUCKET": bucket,
+        "S3SEG_R2_PREFIX": prefix,
+        "S3SEG_JWKS_URL": keys.url,
+        "S3SEG_JWT_ISSUER": ISSUER,
+        "S3SEG_DATA_DIR": str(tmp_path),
+    }
+    log = tmp_path / "serve.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "s3seg", "serve", "--port", str(port), "--log-level", "warning"],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    user = new_user(admin)
+    progress = "select status, frames_done from public.segmentation_results where id = %s"
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.2)
+        headers = {"Authorization": f"Bearer {keys.token(user)}"}
+        with httpx.Client(base_url=url, headers=headers, timeout=60) as http:
+            video_id = upload_video(http, clip)["video_id"]
+            task_id = ok(http.post("/api/v1/segment", json={"video_id": video_id, "text_prompt": "person"}), 202)[
+                "task_id"
+            ]
+        while (row := admin.execute(progress, (task_id,)).fetchone())[1] < 5:  # mid-clip
+            assert row[0] in ("pending", "processing") and time.monotonic() < deadline, (row, log.read_text())
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(30)
+    status, done = admin.execute(progress, (task_id,)).fetchone()
+    assert status == "processing" and 5 <= done < 60, (status, done)
+    stack = stack_factory(task_timeout_s=3, prefix=prefix, video_frame_cost=0.5)
+    with stack.client(user) as http:
+        task = wait_done(http, task_id, timeout_s=120)
+        assert (task["status"], task["metadata"]["attempts"], task["frames_done"]) == ("done", 2, 60), task
+        assert http.get(task["files"]["result"]).json()["videos"][0]["length"] == 60
+        assert ok(http.get("/api/v1/me"))["credits"] == 100 - 30
+    assert one(admin, "select count(*) from public.usage_logs where user_id = %s", user) == 1
