@@ -502,6 +502,54 @@ def test_gateway_forwards_to_gpu_workers(
         worker.stop()
 
 
+def serve_process(
+    pg: _postgres.Cluster,
+    s3_server: S3Server,
+    bucket: str,
+    keys: Keys,
+    prefix: str,
+    tmp_path: Path,
+    extra: dict[str, str],
+) -> tuple[subprocess.Popen[bytes], str, Path]:
+    """`s3seg serve` as a real process over the test's database and bucket (``extra``: its role), once it
+    answers /health: the process, its URL and its log file."""
+    port = free_port()
+    env = {
+        **os.environ,
+        "S3SEG_DATABASE_URL": pg.dsn("postgres"),
+        "S3SEG_R2_ENDPOINT": s3_server.endpoint_url,
+        "S3SEG_R2_ACCESS_KEY_ID": s3_server.access_key,
+        "S3SEG_R2_SECRET_ACCESS_KEY": s3_server.secret_key,
+        "S3SEG_R2_BUCKET": bucket,
+        "S3SEG_R2_PREFIX": prefix,
+        "S3SEG_JWKS_URL": keys.url,
+        "S3SEG_JWT_ISSUER": ISSUER,
+        "S3SEG_DATA_DIR": str(tmp_path),
+        **extra,
+    }
+    log = tmp_path / "serve.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "s3seg", "serve", "--port", str(port), "--log-level", "warning"],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                return proc, url, log
+        except httpx.TransportError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            proc.wait(30)
+            raise AssertionError(log.read_text())
+        time.sleep(0.2)
+
+
 def test_killed_server_task_is_run_again(
     stack_factory: Callable[..., Stack],
     pg: _postgres.Cluster,
@@ -516,41 +564,10 @@ def test_killed_server_task_is_run_again(
     with the model finds the task stuck in `processing`, runs it again, and it ends done."""
     hanging = Hanging()
     prefix = f"t-{uuid.uuid4().hex[:8]}"
-    port = free_port()
-    env = {
-        **os.environ,
-        "S3SEG_DATABASE_URL": pg.dsn("postgres"),
-        "S3SEG_R2_ENDPOINT": s3_server.endpoint_url,
-        "S3SEG_R2_ACCESS_KEY_ID": s3_server.access_key,
-        "S3SEG_R2_SECRET_ACCESS_KEY": s3_server.secret_key,
-        "S3SEG_R2_BUCKET": bucket,
-        "S3SEG_R2_PREFIX": prefix,
-        "S3SEG_JWKS_URL": keys.url,
-        "S3SEG_JWT_ISSUER": ISSUER,
-        "S3SEG_WORKERS": hanging.url,
-        "S3SEG_WORKER_API_KEY": "k",
-        "S3SEG_DATA_DIR": str(tmp_path),
-    }
-    log = tmp_path / "serve.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "s3seg", "serve", "--port", str(port), "--log-level", "warning"],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+    worker = {"S3SEG_WORKERS": hanging.url, "S3SEG_WORKER_API_KEY": "k"}
+    proc, url, _ = serve_process(pg, s3_server, bucket, keys, prefix, tmp_path, worker)
     user = new_user(admin)
     try:
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
-            time.sleep(0.2)
         headers = {"Authorization": f"Bearer {keys.token(user)}"}
         with httpx.Client(base_url=url, headers=headers, timeout=60) as http:
             image_id = upload(http, photo_path)["image_id"]
@@ -897,44 +914,13 @@ def test_killed_server_video_task_runs_again_from_the_start(
 
     clip = make_clip(tmp_path / "clip.mp4", n=60)
     prefix = f"t-{uuid.uuid4().hex[:8]}"
-    port = free_port()
-    env = {
-        **os.environ,
-        "S3SEG_MODEL": str(tiny_model_dir),
-        "S3SEG_DEVICE": "cpu",
-        "S3SEG_THRESHOLD": "0",
-        "S3SEG_VIDEO_FRAME_COST": "0.5",
-        "S3SEG_DATABASE_URL": pg.dsn("postgres"),
-        "S3SEG_R2_ENDPOINT": s3_server.endpoint_url,
-        "S3SEG_R2_ACCESS_KEY_ID": s3_server.access_key,
-        "S3SEG_R2_SECRET_ACCESS_KEY": s3_server.secret_key,
-        "S3SEG_R2_BUCKET": bucket,
-        "S3SEG_R2_PREFIX": prefix,
-        "S3SEG_JWKS_URL": keys.url,
-        "S3SEG_JWT_ISSUER": ISSUER,
-        "S3SEG_DATA_DIR": str(tmp_path),
-    }
-    log = tmp_path / "serve.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "s3seg", "serve", "--port", str(port), "--log-level", "warning"],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+    model = {"S3SEG_MODEL": str(tiny_model_dir), "S3SEG_DEVICE": "cpu", "S3SEG_THRESHOLD": "0"}
+    model["S3SEG_VIDEO_FRAME_COST"] = "0.5"
+    proc, url, log = serve_process(pg, s3_server, bucket, keys, prefix, tmp_path, model)
     user = new_user(admin)
     progress = "select status, frames_done from public.segmentation_results where id = %s"
+    deadline = time.monotonic() + 120
     try:
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
-            time.sleep(0.2)
         headers = {"Authorization": f"Bearer {keys.token(user)}"}
         with httpx.Client(base_url=url, headers=headers, timeout=60) as http:
             video_id = upload_video(http, clip)["video_id"]
