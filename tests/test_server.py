@@ -85,6 +85,25 @@ def envelope_error(response: httpx.Response) -> tuple[int, str]:
     return response.status_code, body["error"]["code"]
 
 
+def test_requests_before_the_lifespan_has_run_are_503_starting(engine: Sam3Engine, tmp_path: Path) -> None:
+    """Between create_app and its lifespan's start (and after it stops) the public API and the model queue
+    do not exist yet: their routes answer 503 STARTING; what exists already (the model) answers."""
+    import asyncio
+
+    app = create_app(engine, Settings(data_dir=tmp_path))
+
+    async def ask(method: str, path: str) -> httpx.Response:
+        transport = httpx.ASGITransport(app=app)  # calls the app without running its lifespan
+        async with httpx.AsyncClient(transport=transport, base_url="http://s3seg") as client:
+            return await client.request(method, path)
+
+    assert asyncio.run(ask("GET", "/api/v1/model/info")).status_code == 200
+    for method, path, part in (("GET", "/api/v1/results", "public API"), ("POST", "/api/v1/predict", "model queue")):
+        response = asyncio.run(ask(method, path))
+        assert envelope_error(response) == (503, "STARTING")
+        assert part in response.json()["error"]["message"]
+
+
 # --------------------------------------------------------------------------------------- contract
 def test_health_needs_no_key_and_reports_the_device(server: Server) -> None:
     body = httpx.get(server.url + "/health").json()

@@ -49,7 +49,7 @@ from s3seg.server._schemas import (
 )
 from s3seg.server._tasks import Infer, TaskLimits, TaskRunner
 from s3seg.server._video_tasks import VideoRunner
-from s3seg.server._web import mount_web
+from s3seg.server._web import WebConfig, mount_web
 from s3seg.storage import Storage
 from s3seg.store import Store
 from s3seg.types import SegmentationResult, SegmentRequest
@@ -136,7 +136,7 @@ def create_app(
     if engine is not None:
         app.include_router(_predict.router)
         app.include_router(_video.router)
-    mount_web(app, settings, supabase=verifier is not None)  # last: API routes keep priority
+    mount_web(app, _web_config(settings, verifier))  # last: API routes keep priority
     resolve_bodies(app, [PredictIn, BatchIn, SegmentIn, ErrorEnvelope, VideoLineOut])
     return app
 
@@ -215,6 +215,13 @@ def _in_process(batcher: Batcher | None) -> Infer:
         return result
 
     return infer
+
+
+def _web_config(settings: Settings, verifier: TokenVerifier | None) -> WebConfig:
+    if verifier is None:  # local mode
+        return WebConfig("api-key" if settings.api_key else "none")
+    url, anon_key = settings.supabase_url, settings.supabase_anon_key
+    return WebConfig("supabase", url.rstrip("/") if url else None, anon_key.get_secret_value() if anon_key else None)
 
 
 def _task_limits(settings: Settings) -> TaskLimits:

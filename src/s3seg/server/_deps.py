@@ -7,10 +7,11 @@ from __future__ import annotations
 import hmac
 import threading
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Annotated, cast
+from typing import TYPE_CHECKING, Annotated, TypeVar, cast
 
 from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader
+from pydantic import SecretStr
 
 from s3seg.config import Settings
 from s3seg.engine import Sam3Engine
@@ -70,7 +71,7 @@ class PublicAPI:
         """Who is calling: the Supabase access token's user, or (local mode, no verifier) the local user
         once the API key (if the server has one) checks out."""
         if self.verifier is None:
-            check_key(self.settings, request.headers.get(API_KEY_HEADER))
+            check_key(self.settings.api_key, request.headers.get(API_KEY_HEADER))
             return User(
                 id=self.store.user_id or self.settings.user_id or "local", tier="enterprise", email=None, role="service"
             )
@@ -124,12 +125,12 @@ class Server:
             return self.video_engine
 
 
-def check_key(settings: Settings, given_key: str | None) -> None:
-    """The server's API key, compared in constant time (no key: anyone may call)."""
-    if settings.api_key is None:
+def check_key(api_key: SecretStr | None, given_key: str | None) -> None:
+    """``given_key`` against the server's API key, compared in constant time (no key: anyone may call)."""
+    if api_key is None:
         return
     given = (given_key or "").encode()
-    if not hmac.compare_digest(given, settings.api_key.get_secret_value().encode()):
+    if not hmac.compare_digest(given, api_key.get_secret_value().encode()):
         raise Unauthorized(
             "missing or wrong API key" if given else "this server needs an API key",
             hint=f"send the {API_KEY_HEADER} header (s3seg: --api-key or S3SEG_API_KEY)",
@@ -141,35 +142,33 @@ def _server(request: Request) -> Server:
 
 
 ServerDep = Annotated[Server, Depends(_server)]
+_Part = TypeVar("_Part")
 
 
 def _settings(server: ServerDep) -> Settings:
     return server.settings
 
 
-def _started(part: object, what: str) -> None:
+def _started(part: _Part | None, what: str) -> _Part:
     if part is None:  # a request before the lifespan has run (or after it ended)
         raise ServerError(f"the server has no {what} (it is starting or stopping)", status=503, code="STARTING")
+    return part
 
 
 def _api(server: ServerDep) -> PublicAPI:
-    _started(server.api, "public API")
-    return cast(PublicAPI, server.api)
+    return _started(server.api, "public API")
 
 
 def _engine(server: ServerDep) -> Sam3Engine:
-    _started(server.engine, "model")
-    return cast(Sam3Engine, server.engine)
+    return _started(server.engine, "model")
 
 
 def _batcher(server: ServerDep) -> Batcher:
-    _started(server.batcher, "model queue")
-    return cast(Batcher, server.batcher)
+    return _started(server.batcher, "model queue")
 
 
 def _budget(server: ServerDep) -> MemoryBudget:
-    _started(server.budget, "memory budget")
-    return cast(MemoryBudget, server.budget)
+    return _started(server.budget, "memory budget")
 
 
 SettingsDep = Annotated[Settings, Depends(_settings)]
@@ -188,4 +187,4 @@ CurrentUser = Annotated[User, Depends(_current_user)]
 
 def require_key(settings: SettingsDep, given_key: Annotated[str | None, Security(_API_KEY)] = None) -> None:
     """The inference routes' guard: the ``X-API-Key`` header."""
-    check_key(settings, given_key)
+    check_key(settings.api_key, given_key)

@@ -13,6 +13,7 @@ this origin and, with Supabase, to its Auth server.
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,16 +21,23 @@ from fastapi import FastAPI
 from fastapi.responses import FileResponse, JSONResponse
 from starlette.staticfiles import StaticFiles
 
-from s3seg.config import Settings
-
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"
 PAGES = ("/", "/segment", "/gallery", "/profile", "/results/{task_id}")
 
 
-def security_headers(settings: Settings) -> dict[str, str]:
-    connect = "'self'"
-    if settings.supabase_url:
-        connect += " " + settings.supabase_url.rstrip("/")
+@dataclass(frozen=True)
+class WebConfig:
+    """What the page is told at ``/app/config.json``: how users sign in (``auth``: ``supabase``,
+    ``api-key`` or ``none``) and, with Supabase, its URL (the page signs in there directly) and anon key
+    (public by design: Supabase's browser key)."""
+
+    auth: str
+    supabase_url: str | None = None
+    supabase_anon_key: str | None = None
+
+
+def security_headers(supabase_url: str | None = None) -> dict[str, str]:
+    connect = "'self'" + (f" {supabase_url}" if supabase_url else "")
     policy = "; ".join(
         [
             "default-src 'none'",
@@ -63,23 +71,16 @@ class _Files(StaticFiles):
         return response
 
 
-def mount_web(app: FastAPI, settings: Settings, *, supabase: bool) -> None:
+def mount_web(app: FastAPI, config: WebConfig) -> None:
     """Serve the page; call after every API route is added."""
-    headers = security_headers(settings)
+    headers = security_headers(config.supabase_url)
     index = WEB_DIR / "index.html"
-    anon_key = settings.supabase_anon_key.get_secret_value() if settings.supabase_anon_key else None
-    config = {
-        "auth": "supabase" if supabase else "api-key" if settings.api_key else "none",
-        # the anon key is public by design (Supabase's browser key); sign-in goes to Supabase Auth directly
-        "supabase_url": settings.supabase_url.rstrip("/") if supabase and settings.supabase_url else None,
-        "supabase_anon_key": anon_key if supabase else None,
-    }
 
     async def page() -> FileResponse:
         return FileResponse(index, media_type="text/html", headers={**headers, "Cache-Control": "no-cache"})
 
     async def web_config() -> JSONResponse:
-        return JSONResponse(config, headers={**headers, "Cache-Control": "no-store"})
+        return JSONResponse(asdict(config), headers={**headers, "Cache-Control": "no-store"})
 
     app.add_api_route("/app/config.json", web_config, methods=["GET"], include_in_schema=False)
     for path in PAGES:
