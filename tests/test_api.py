@@ -787,7 +787,22 @@ def test_video_task_progress_files_and_credits(
         tid = started["task_id"]
         assert (started["frames_total"], started["metadata"]["cost"]) == (30, 8)  # ceil(30 × 0.25)
         assert ok(http.get("/api/v1/me"))["credits"] == 100  # reserved, not charged yet
-        events = read_events(http, tid)
+        other = new_user(admin)
+        with stack.client(other) as intruder:  # another user's task: 404 before any stream
+            refused(intruder.get(f"/api/v1/tasks/{tid}/events"), 404, "NOT_FOUND")
+        from httpx_sse import connect_sse
+
+        with connect_sse(http, "GET", f"/api/v1/tasks/{tid}/events") as source:  # leave after some progress
+            first = []
+            for event in source.iter_sse():
+                first.append(event)
+                if (event.event == "progress" and event.json()["done"] > 0) or event.event == "done":
+                    break
+        assert first[-1].event == "progress", first  # still running: the rest comes on a new connection
+        rest = read_events(http, tid, last_event_id=first[-1].id)
+        seen = _events.parse_event_id(first[-1].id)
+        assert all(_events.parse_event_id(e.id) > seen for e in rest if e.event != "done"), (first, rest)
+        events = first + rest
         assert events[-1].event == "done", events
         steps = [e.json()["done"] for e in events if e.event == "progress"]
         assert steps == sorted(steps) and len(set(steps)) >= 3 and steps[-1] == 30, steps

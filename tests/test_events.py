@@ -1,11 +1,13 @@
-"""The task events' ids and resume rules (s3seg.server._events), on Task objects; the stream itself is
-tested over HTTP in test_api.py (real server, real PostgreSQL) and by the web page in test_web.py."""
+"""The task events' ids and resume rules (s3seg.server._events), on Task objects, and the client's parser of
+the stream (s3seg._sse); the stream itself is tested over HTTP in test_api.py (real server, real PostgreSQL)
+and by the web page in test_web.py."""
 
 from __future__ import annotations
 
 from datetime import datetime, timezone
 from typing import Any
 
+from s3seg import _sse
 from s3seg.server._events import parse_event_id, task_events_since
 from s3seg.store import Status, Task
 
@@ -67,3 +69,31 @@ def test_progress_events() -> None:
         assert names(task_events_since(task("processing", bad), None, out)) == [
             ("status", "1-3" if bad["done"] > 0 else "1-0")
         ]
+
+
+def test_client_parser_reads_what_the_server_writes() -> None:
+    from fastapi.sse import format_sse_event
+
+    sent = task_events_since(task("processing", {"done": 3, "total": 10}), None, out)
+    sent[0].retry = 2000
+    wire = "".join(
+        format_sse_event(data_str=json_data(e), event=e.event, id=e.id, retry=e.retry).decode() for e in sent
+    )
+    wire = ": heartbeat\n\n" + wire
+    got = list(_sse.events(wire.splitlines()))
+    assert [(e.event, e.id, e.json()) for e in got] == [(e.event, e.id, e.data) for e in sent]
+    assert got[0].retry == 2000 and got[1].retry is None
+
+
+def test_client_parser_follows_the_standard() -> None:
+    lines = ["data: a", "data:b", "", "event: x", "id: 7", "data", "", "event: y", "", "id: 8", "data:  c", ""]
+    got = list(_sse.events(lines))
+    # "data" alone is an empty data line; an event without data is not dispatched; the id is kept; one
+    # leading space only is dropped
+    assert got == [_sse.Event("message", "a\nb"), _sse.Event("x", "", "7"), _sse.Event("message", " c", "8")]
+
+
+def json_data(e: Any) -> str:
+    import json
+
+    return json.dumps(e.data)

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 from s3seg._http import HTTP, Hints, Waits, in_flight
-from s3seg.errors import ServerError, UsageError
+from s3seg.errors import S3SegError, ServerError, UsageError
 from s3seg.images import LoadedImage
 from s3seg.models import Task
 from s3seg.types import SegmentationResult, SegmentRequest, from_coco
@@ -165,7 +165,7 @@ class PublicClient:
                             return task
                         elif event.event == "error":
                             return self.task(watch.task_id)
-            except ServerError as e:  # (a 404 may be a server without the route: the long-poll tells)
+            except S3SegError as e:  # (a 404 may be a server without the route: the long-poll tells)
                 if watch.expired() or e.http_status in (401, 402, 403):
                     raise  # out of time, or refused: the long-poll would say the same
                 if last_id is None:
