@@ -105,7 +105,7 @@ def post(server: Server, path: Path, *fields: tuple[str, str], headers: dict[str
 
 
 def leftovers() -> set[str]:
-    return {p.name for p in Path(tempfile.gettempdir()).glob("s3seg-video-*")}
+    return {p.name for p in Path(tempfile.gettempdir()).glob("s3seg-predict-video-*")}
 
 
 def error_of(response: httpx.Response) -> tuple[int, str]:
@@ -124,8 +124,11 @@ def test_whole_answer_and_stream_equal_the_local_run(server: Server, clip: Path,
     streamed = post(server, clip, headers=NDJSON)
     assert streamed.status_code == 200 and streamed.headers["content-type"].startswith("application/x-ndjson")
     lines = [json.loads(line) for line in streamed.text.splitlines()]
-    assert [line["type"] for line in lines] == ["start"] + ["frame"] * 8 + ["done"]
-    start, frames, done = lines[0], lines[1:-1], lines[-1]
+    # an 8-frame clip is shorter than the tracker's hold-back (15 frames): its frames come out at the end,
+    # after a progress line for each frame the model took in
+    assert [line["type"] for line in lines] == ["start"] + ["progress"] * 8 + ["frame"] * 8 + ["done"]
+    assert [line["frames_done"] for line in lines[1:9]] == list(range(1, 9))
+    start, frames, done = lines[0], lines[9:-1], lines[-1]
     assert start["name"] == "clip.mp4" and start["prompts"] == ["person"] and start["frames_total"] == 8
     same_tracks(done["tracks"], local)
     video = local["videos"][0]
@@ -277,6 +280,11 @@ def test_an_image_request_completes_while_a_long_video_runs(server: Server, long
     video.join(300)
     assert image.status_code == 200 and image.json()["data"]["annotations"]
     assert lines[-1]["type"] == "done" and sum(line["type"] == "frame" for line in lines) == 120
+    progress = [line["frames_done"] for line in lines if line["type"] == "progress"]
+    assert progress == list(range(1, 121))
+    first_frame = next(k for k, line in enumerate(lines) if line["type"] == "frame")
+    # the tracker's hold-back: the first frame comes out as the 15th is taken in (reported as the 16th is asked)
+    assert sum(line["type"] == "progress" for line in lines[:first_frame]) >= 14
     assert frames_when_answered < 120 - 10, "the image waited for the video to end"
 
 

@@ -129,6 +129,8 @@ class RemoteBackend:
         for line in lines:
             if line.get("type") == "done":
                 return
+            if line.get("type") != "frame":  # progress: the model took in a frame; it comes out later
+                continue
             width, height = int(line["width"]), int(line["height"])
             found = line["instances"]
             instances = tuple(

@@ -260,17 +260,19 @@ class TracksOut(BaseModel):
 
 
 class VideoLineOut(BaseModel):
-    """One line of ``POST /api/v1/predict/video`` with ``Accept: application/x-ndjson``: a ``start`` line,
-    one ``frame`` line per processed frame as it is done, then ``done`` (with the tracks document) or
+    """One line of ``POST /api/v1/predict/video`` with ``Accept: application/x-ndjson``: a ``start`` line;
+    a ``progress`` line as the model takes in each frame and a ``frame`` line as each frame is done (the
+    tracker holds frames back ``hotstart_delay`` frames); then ``done`` (with the tracks document) or
     ``error`` (the error envelope's fields and the status the error would have answered)."""
 
-    type: Literal["start", "frame", "done", "error"]
+    type: Literal["start", "progress", "frame", "done", "error"]
     name: str | None = Field(default=None, description="start: the video's file name")
     prompts: list[str] | None = Field(default=None, description="start: the prompts, normalised")
     fps: float | None = Field(default=None, description="start: the file's frame rate")
     every: int | None = Field(default=None, description="start: every Nth frame is processed")
     frames_total: int | None = Field(default=None, description="start: frames to process, from the header")
     model: str | None = Field(default=None, description="start: the model's name")
+    frames_done: int | None = Field(default=None, description="progress: frames the model has taken in")
     frame: int | None = Field(default=None, description="frame: its number in the file")
     position: int | None = Field(default=None, description="frame: its number among the processed frames")
     time: float | None = Field(default=None, description="frame: seconds from the clip's start")

@@ -11,6 +11,8 @@ at a time off the event loop; each frame's model step takes its turn on the devi
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 import re
@@ -22,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-import anyio.to_thread
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
@@ -42,6 +43,7 @@ NDJSON = "application/x-ndjson"
 BODY_HINT = "cut or recompress the clip, or raise the server's S3SEG_MAX_VIDEO_MB"
 _log = logging.getLogger("s3seg.server")
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
+_AHEAD = 64  # frame lines a slow client may leave unread before the worker waits for it
 
 _FIELDS = {"video": {"type": "string", "format": "binary"}, **VideoIn.model_json_schema()["properties"]}
 _FORM = {"type": "object", "required": ["video", "prompts"], "properties": _FIELDS}
@@ -60,7 +62,7 @@ router = APIRouter(prefix="/api/v1", tags=["model"], dependencies=[Depends(requi
 @router.post("/predict/video", response_model=Envelope[TracksOut], responses=_ANSWERS, openapi_extra=_BODY)
 async def predict_video(request: Request, server: ServerDep, settings: SettingsDep) -> Response:
     """Track every instance of each prompt through a video (multipart: ``video`` file + fields)."""
-    folder = Path(tempfile.mkdtemp(prefix="s3seg-video-"))
+    folder = Path(tempfile.mkdtemp(prefix="s3seg-predict-video-"))
     try:
         path, fields = await _read_upload(request, settings, folder)
         # the header first: a bad or oversized video is refused before the video model is even loaded
@@ -68,21 +70,20 @@ async def predict_video(request: Request, server: ServerDep, settings: SettingsD
             probe, path, max_pixels=settings.max_video_pixels, max_seconds=settings.max_video_seconds
         )
         engine = await run_in_threadpool(server.video)
-        cancel = threading.Event()
-        video = await run_in_threadpool(_open, path, fields, engine, settings, cancel)
+        run = _Run(folder, threading.Event())
+        video = await run_in_threadpool(_open, path, fields, engine, settings, run)
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
         raise
-    run = _Run(video, folder, cancel)
     if NDJSON in request.headers.get("accept", ""):
         # Starlette's streaming answer listens for the client going away and then cancels the generator
-        return StreamingResponse(run.lines(), media_type=NDJSON, headers={"Cache-Control": "no-store"})
+        return StreamingResponse(run.stream(video), media_type=NDJSON, headers={"Cache-Control": "no-store"})
     try:
         failed: Exception | None = None  # raised after the task group (which would wrap it in a group)
         async with anyio.create_task_group() as group:
-            group.start_soon(_watch, request, run, group.cancel_scope)
+            group.start_soon(_watch, request, group.cancel_scope)
             try:
-                async for _ in run.frames():
+                async for _ in run.lines(video):
                     pass
             except Exception as e:
                 failed = e
@@ -90,6 +91,7 @@ async def predict_video(request: Request, server: ServerDep, settings: SettingsD
         if failed is not None:
             raise failed
         if not run.finished:
+            run.stop(video.name)
             return Response(status_code=499)  # the client is gone: nobody reads this
         doc = await run_in_threadpool(_tracks, video)
     finally:
@@ -97,11 +99,10 @@ async def predict_video(request: Request, server: ServerDep, settings: SettingsD
     return JSONResponse({"ok": True, "data": doc})
 
 
-async def _watch(request: Request, run: _Run, scope: anyio.CancelScope) -> None:
-    """Stop ``run`` when the client goes away (the body has been read: the next message is the disconnect)."""
+async def _watch(request: Request, scope: anyio.CancelScope) -> None:
+    """Cancel ``scope`` when the client goes away (the body has been read: the next message is the disconnect)."""
     while (await request.receive())["type"] != "http.disconnect":
         pass
-    run.stop()
     scope.cancel()
 
 
@@ -134,7 +135,7 @@ async def _read_upload(request: Request, settings: Settings, folder: Path) -> tu
     return stored.rename(folder / name), item
 
 
-def _open(path: Path, item: VideoIn, engine: Any, settings: Settings, cancel: threading.Event) -> VideoResult:
+def _open(path: Path, item: VideoIn, engine: Any, settings: Settings, run: _Run) -> VideoResult:
     from s3seg.video import open_video
 
     return open_video(
@@ -147,66 +148,88 @@ def _open(path: Path, item: VideoIn, engine: Any, settings: Settings, cancel: th
         every=item.every,
         threshold=item.threshold,
         max_objects=item.max_objects,
-        cancel=cancel,
+        on_frame=run.progress,
+        cancel=run.cancel,
     )
 
 
 class _Run:
-    """One video being tracked for one request: its frames pulled one at a time off the event loop, and
-    its temporary folder (removed by :meth:`close`)."""
+    """One video being tracked for one request, by a worker thread of its own that drives the tracker and
+    hands the answer's lines to the event loop as they come: ``progress`` as each frame is taken in,
+    ``frame`` as each frame is done (at most ``_AHEAD`` of them waiting for a slow client, then the worker
+    waits too). The temporary folder is removed by :meth:`close`."""
 
-    def __init__(self, video: VideoResult, folder: Path, cancel: threading.Event) -> None:
-        self.video = video
+    def __init__(self, folder: Path, cancel: threading.Event) -> None:
         self.folder = folder
         self.cancel = cancel
-        self.finished = False  # every frame processed (or failed): not stopped half-way
-        self._frames = iter(video)
-        self._count = 0
+        self.finished = False  # every frame processed, or failed: not stopped half-way
+        self.frames = 0
+        self._loop = asyncio.get_running_loop()
+        self._queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        self._room = threading.BoundedSemaphore(_AHEAD)
 
-    async def frames(self) -> AsyncIterator[dict[str, Any]]:
-        """Each frame's NDJSON line as the frame is done. Cancelling the caller abandons the frame in
-        progress at once; :meth:`stop` then ends the worker's iteration at its next frame."""
-        while True:
-            line = await anyio.to_thread.run_sync(self._next, abandon_on_cancel=True)
-            if line is None:
-                self.finished = True
-                return
-            yield line
+    def progress(self, n: int) -> None:
+        """``open_video``'s ``on_frame``: the model has taken in its ``n``-th frame (worker thread)."""
+        self._put(("progress", {"type": "progress", "frames_done": n}))
 
-    def _next(self) -> dict[str, Any] | None:
+    async def lines(self, video: VideoResult) -> AsyncIterator[dict[str, Any]]:
+        """``progress`` and ``frame`` lines as the worker makes them; ends when the video does (``finished``),
+        raising what the video raised. Leaving early (the client went away) stops the worker."""
+        threading.Thread(target=self._work, args=(video,), name="s3seg-video", daemon=True).start()
         try:
-            frame = next(self._frames, None)
-        except BaseException:
-            self.finished = True
-            raise
-        if frame is None:
-            return None
-        line = _frame_line(frame, self._count)
-        self._count += 1
-        return line
+            while True:
+                kind, value = await self._queue.get()
+                if kind == "frame":
+                    self._room.release()
+                elif kind in ("end", "error"):
+                    self.finished = True
+                    if kind == "error":
+                        raise value
+                    return
+                yield value
+        finally:
+            if not self.finished:
+                self.stop(video.name)
 
-    async def lines(self) -> AsyncIterator[str]:
-        """The NDJSON answer: ``start``, a ``frame`` line per frame, then ``done`` or ``error``."""
+    def _work(self, video: VideoResult) -> None:
         try:
-            yield _dump(_start_line(self.video))
-            async for line in self.frames():
+            for frame in video:
+                line = _frame_line(frame, self.frames)
+                self.frames += 1
+                while not self._room.acquire(timeout=0.5):  # the client reads slowly: wait for it
+                    if self.cancel.is_set():
+                        return
+                self._put(("frame", line))
+            self._put(("end", None))
+        except BaseException as e:  # handed to the request (a Cancelled one is read by nobody)
+            self._put(("error", e))
+
+    def _put(self, item: tuple[str, Any]) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop is closed: the server has stopped
+            self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
+
+    async def stream(self, video: VideoResult) -> AsyncIterator[str]:
+        """The NDJSON answer: ``start``, ``progress`` and ``frame`` lines, then ``done`` or ``error``."""
+        try:
+            yield _dump(_start_line(video))
+            async for line in self.lines(video):
                 yield _dump(line)
-            doc = await run_in_threadpool(_tracks, self.video)
+            doc = await run_in_threadpool(_tracks, video)
             yield _dump({"type": "done", "tracks": doc})
         except S3SegError as e:
             yield _dump(_error_line(e.http_status, e.code, e.message, e.hint))
         except Exception as e:  # the answer has started: the error can only be its last line
-            _log.exception("video %s failed", self.video.name)
+            _log.exception("video %s failed", video.name)
             yield _dump(_error_line(500, "INTERNAL_ERROR", f"unexpected {type(e).__name__}", "see the server log"))
         finally:
-            if not self.finished:  # the client went away
-                self.stop()
             self.close()
 
-    def stop(self) -> None:
+    def stop(self, name: str) -> None:
         """The client is gone: the worker stops at its next frame."""
+        if self.cancel.is_set():
+            return
         self.cancel.set()
-        _log.info("video %s: the client went away; stopped after %d frame(s)", self.video.name, self._count)
+        _log.info("video %s: the client went away; stopped after %d frame(s)", name, self.frames)
 
     def close(self) -> None:
         self.cancel.set()
