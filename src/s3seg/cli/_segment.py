@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import typer
 
 from s3seg.cli import _options as opt
-from s3seg.cli._console import err_console, say, tell
+from s3seg.cli._console import err_console, progress_bar, say, tell
 
 if TYPE_CHECKING:
     from s3seg import Client, Outcome
@@ -66,22 +66,23 @@ def segment_command(
         )
     from s3seg.cli import _video
 
+    # the model, where it runs and the score threshold: the same for images and videos
+    shared = {
+        "model": model,
+        "device": device,
+        "dtype": dtype,
+        "revision": revision,
+        "threshold": threshold,
+        "server_url": server,
+        "api_key": api_key,
+        "api_url": api,
+    }
     if len(inputs) == 1 and _video.is_video(inputs[0], forced=video):
         if box:
             raise UsageError("exemplar boxes are for images; videos take text prompts")
         if not prompts:
             raise UsageError("no prompt given", hint='s3seg segment clip.mp4 "person"')
-        settings = load_settings(
-            model=model,
-            device=device,
-            dtype=dtype,
-            revision=revision,
-            threshold=threshold,
-            max_objects=max_objects,
-            server_url=server,
-            api_key=api_key,
-            api_url=api,
-        )
+        settings = load_settings(**shared, max_objects=max_objects)
         _video.run(
             Path(inputs[0]),
             list(prompts),
@@ -99,18 +100,7 @@ def segment_command(
         raise UsageError("--video, --start, --end, --every, --max-objects and --mot are for one video input")
     boxes = [box_from_string(b) for b in box or []]
     settings = load_settings(
-        model=model,
-        device=device,
-        dtype=dtype,
-        revision=revision,
-        threshold=threshold,
-        mask_threshold=mask_threshold,
-        max_instances=max_instances,
-        nms_iou=nms,
-        max_pixels=max_pixels,
-        server_url=server,
-        api_key=api_key,
-        api_url=api,
+        **shared, mask_threshold=mask_threshold, max_instances=max_instances, nms_iou=nms, max_pixels=max_pixels
     )
     if project and not save and not settings.api_url:
         raise UsageError("--project needs --save")
@@ -256,17 +246,7 @@ class _progress:
     """A progress bar on stderr for more than one image (hidden when stderr is not a terminal)."""
 
     def __init__(self, total: int) -> None:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        self._bar = Progress(
-            TextColumn("segmenting"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeRemainingColumn(),
-            console=err_console,
-            transient=True,
-            disable=total < 2 or not err_console.is_terminal,
-        )
+        self._bar = progress_bar("segmenting", show=total > 1)
         self._total = total
 
     def __enter__(self) -> Any:

@@ -9,7 +9,7 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from s3seg.cli._console import console, err_console, tell
+from s3seg.cli._console import console, progress_bar, tell
 
 if TYPE_CHECKING:
     from s3seg.client import Client
@@ -98,19 +98,7 @@ def _local(
 def _process(video: VideoResult) -> None:
     """Run the clip with a progress bar on stderr: frames, frames/s and time left (from a server: fed by
     its stream, a frame as each is done)."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    bar = Progress(
-        TextColumn("tracking"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[fps]} frames/s"),
-        TimeRemainingColumn(),
-        console=err_console,
-        transient=True,
-        disable=not err_console.is_terminal,
-    )
-    with bar:
+    with progress_bar("tracking", "{task.fields[fps]} frames/s") as bar:
         task = bar.add_task("track", total=video.expected_frames, fps="-")
         t0 = time.perf_counter()
         for n, _ in enumerate(video, start=1):

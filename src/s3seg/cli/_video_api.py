@@ -11,7 +11,7 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
-from s3seg.cli._console import err_console
+from s3seg.cli._console import err_console, progress_bar
 
 if TYPE_CHECKING:
     from s3seg.config import Settings
@@ -30,22 +30,12 @@ def run(
 ) -> None:
     """Upload, track as a task, write the files into ``out`` (if given); print the tracks (``as_json``), MOT
     lines (``mot``) or a summary."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
     from s3seg._public import PublicClient
     from s3seg.cli._video import summary
     from s3seg.errors import ServerError, UsageError
     from s3seg.storage._local import write_atomic
 
-    bar = Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        console=err_console,
-        transient=True,
-        disable=not err_console.is_terminal,
-    )
+    bar = progress_bar("{task.description}")
     threshold = settings.threshold if "threshold" in settings.model_fields_set else None
     with closing(PublicClient.from_settings(settings)) as api, bar:
         step = bar.add_task("uploading", total=None)
