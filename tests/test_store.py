@@ -387,6 +387,21 @@ def test_heartbeat_keeps_a_running_task_and_records_progress(backend: Backend) -
     assert not a.heartbeat(done.id)  # ended
 
 
+def test_finish_charges_a_lower_cost_never_more(backend: Backend) -> None:
+    s = backend.user(100)
+    shorter, dearer = s.create_task(["v"], cost=10, queue=True), s.create_task(["v"], cost=3, queue=True)
+    for t in (shorter, dearer):
+        s.start(t.id)
+    with pytest.raises(UsageError, match="cost must be >= 0"):
+        s.finish(shorter.id, source="k", mask=None, overlay="o", labels=[], metadata={}, cost=-1)
+    assert s.get(shorter.id).status == "processing"  # refused before anything changed
+    done = s.finish(shorter.id, source="k/v.mp4", mask=None, overlay="k/o.mp4", labels=[], metadata={}, cost=4)
+    assert (done.status, done.metadata["cost"], done.mask_image_url) == ("done", 4, None)
+    assert s.finish(dearer.id, source="k", mask=None, overlay="o", labels=[], metadata={}, cost=9).metadata["cost"] == 3
+    if backend.set_credits is not None:  # SQLite does not count credits
+        assert s.account().credits == 100 - 4 - 3
+
+
 # --- credits, binding, closing ------------------------------------------------------------------------------
 
 

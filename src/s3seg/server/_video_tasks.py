@@ -9,9 +9,11 @@ leaves nothing stored.
 
 Task: ``frames_total`` is the frames it will process (the upload's frames, every ``every``-th); its price,
 ``ceil(frames_total × S3SEG_VIDEO_FRAME_COST)`` credits, is reserved when it is created and charged when it
-is done (never when it fails). The worker (:class:`VideoRunner`, in a thread) reports each processed frame
-as progress, then stores the tracks JSON and the overlay MP4 under ``results/<task>/`` and marks the task
-done; the upload stays its ``source``. A task whose server died runs again from the first frame.
+is done (never when it fails), for the frames it did process: less when the clip had fewer than counted (a
+damaged end), never more than the reservation. The worker (:class:`VideoRunner`, in a thread) reports each
+processed frame as progress, then stores the tracks JSON and the overlay MP4 under ``results/<task>/`` and
+marks the task done; the upload stays its ``source``. A task whose server died runs again from the first
+frame.
 """
 
 from __future__ import annotations
@@ -223,6 +225,7 @@ class VideoRunner:
                 overlay=written[1],
                 labels=_labels(doc),
                 metadata=_metadata(doc, written[0]),
+                cost=video_cost(len(video.frame_indices), self.settings.video_frame_cost),  # ≤ the reservation
             )
         except Exception:
             for key in written:  # best effort: the task ends error either way

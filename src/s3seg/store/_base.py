@@ -178,10 +178,20 @@ class Store(ABC):
 
     @abstractmethod
     def finish(
-        self, task_id: str, *, source: str, mask: str | None, overlay: str, labels: list[Any], metadata: dict[str, Any]
+        self,
+        task_id: str,
+        *,
+        source: str,
+        mask: str | None,
+        overlay: str,
+        labels: list[Any],
+        metadata: dict[str, Any],
+        cost: int | None = None,
     ) -> Task:
         """``processing → done`` with the result's keys, labels and ``metadata`` (merged; cost and attempts
-        stay the store's); a queued task's cost is charged in the same transaction."""
+        stay the store's); a queued task's cost is charged in the same transaction. ``cost``: what the work
+        turned out to cost when that is less than was reserved (a video with fewer frames than counted):
+        charged instead; never more than the reservation."""
 
     @abstractmethod
     def fail(self, task_id: str, error: str) -> Task:
@@ -217,9 +227,16 @@ def new_metadata(new: NewTask) -> dict[str, Any]:
     return {**new.metadata, "cost": new.cost, "attempts": 0}
 
 
-def finished_metadata(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
-    """``new`` merged into a finished task's metadata; its cost and attempts stay the store's."""
-    return {**old, **{k: v for k, v in new.items() if k not in OWN_KEYS}}
+def finished_metadata(old: dict[str, Any], new: dict[str, Any], cost: int | None = None) -> dict[str, Any]:
+    """``new`` merged into a finished task's metadata; its cost and attempts stay the store's (the cost
+    lowered to ``cost`` when that is less, see :meth:`Store.finish`)."""
+    merged = {**old, **{k: v for k, v in new.items() if k not in OWN_KEYS}}
+    if cost is not None:
+        if cost < 0:
+            raise UsageError(f"a task's cost must be >= 0, got {cost}")
+        reserved = old.get("cost")
+        merged["cost"] = min(cost, reserved) if isinstance(reserved, int) and not isinstance(reserved, bool) else 0
+    return merged
 
 
 def progress_columns(done: int | None, total: int | None) -> dict[str, int]:

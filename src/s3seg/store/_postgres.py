@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from s3seg.errors import DependencyError, S3SegError, StoreError
+from s3seg.errors import DependencyError, S3SegError, StoreError, UsageError
 from s3seg.models import Account, Status, Task
 from s3seg.store._base import (
     COLUMNS,
@@ -170,7 +170,15 @@ class PostgresStore(Store):
         return moved > 0
 
     def finish(
-        self, task_id: str, *, source: str, mask: str | None, overlay: str, labels: list[Any], metadata: dict[str, Any]
+        self,
+        task_id: str,
+        *,
+        source: str,
+        mask: str | None,
+        overlay: str,
+        labels: list[Any],
+        metadata: dict[str, Any],
+        cost: int | None = None,
     ) -> Task:
         from psycopg.types.json import Jsonb
 
@@ -183,6 +191,15 @@ class PostgresStore(Store):
             if found is None:
                 raise task_not_found(task_id)
             if found[0]:  # a server task: done and charged in one transaction
+                if cost is not None:  # the price is lowered (never raised) before the function charges it
+                    if cost < 0:
+                        raise UsageError(f"a task's cost must be >= 0, got {cost}")
+                    conn.execute(
+                        "update public.segmentation_results set metadata = jsonb_set(metadata, '{cost}', "
+                        "to_jsonb(least(public.segmentation_task_cost(metadata), %s::int))) "
+                        "where id = %s and status = 'processing'",
+                        (cost, tid),
+                    )
                 conn.execute(
                     "select public.finish_segmentation_task(%s, %s, %s, %s, %s, %s)",
                     (tid, source, mask, overlay, Jsonb(labels), Jsonb(metadata)),

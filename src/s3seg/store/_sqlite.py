@@ -176,7 +176,15 @@ class SQLiteStore(Store):
         return bool(moved)
 
     def finish(
-        self, task_id: str, *, source: str, mask: str | None, overlay: str, labels: list[Any], metadata: dict[str, Any]
+        self,
+        task_id: str,
+        *,
+        source: str,
+        mask: str | None,
+        overlay: str,
+        labels: list[Any],
+        metadata: dict[str, Any],
+        cost: int | None = None,
     ) -> Task:
         def done(meta: dict[str, Any]) -> dict[str, Any]:
             return {
@@ -184,7 +192,7 @@ class SQLiteStore(Store):
                 "mask_image_url": mask,
                 "overlay_image_url": overlay,
                 "labels": json.dumps(labels),
-                "metadata": json.dumps(finished_metadata(meta, metadata)),
+                "metadata": json.dumps(finished_metadata(meta, metadata, cost)),
             }
 
         return self._move(task_id, "done", done)

@@ -200,7 +200,15 @@ class SupabaseStore(Store):
         raise StoreError(f"task {task_id} kept changing while it was being started; it was not started")
 
     def finish(
-        self, task_id: str, *, source: str, mask: str | None, overlay: str, labels: list[Any], metadata: dict[str, Any]
+        self,
+        task_id: str,
+        *,
+        source: str,
+        mask: str | None,
+        overlay: str,
+        labels: list[Any],
+        metadata: dict[str, Any],
+        cost: int | None = None,
     ) -> Task:
         """``processing → done``; a queued task's cost is charged (and logged) in the same transaction.
         ``metadata`` is merged into the task's (its ``cost`` and ``attempts`` stay)."""
@@ -220,6 +228,10 @@ class SupabaseStore(Store):
                 },
             )
         self._check_writable(task_id, old)
+        meta = old.get("metadata") or {}
+        lowered = finished_metadata(meta, {}, cost)
+        if lowered.get("cost") != meta.get("cost"):  # a second request (PostgREST): lowers, never raises
+            self._update_if(task_id, user, "processing", {"metadata": lowered})
         self._call(
             self._client.rpc(
                 "finish_segmentation_task",
