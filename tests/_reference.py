@@ -70,6 +70,10 @@ class TinySizes:
 
 TINY = TinySizes()
 
+#: The video model's detector: its FPN width is the tracker's hidden size, which transformers' tracker needs to
+#: be a multiple of 64 above 64 (object pointers are split into 64-wide memory tokens).
+TINY_VIDEO = TinySizes(d_model=128)
+
 
 def bpe_path() -> Path:
     """open_clip ships the same BPE vocabulary that sam3 expects."""
@@ -86,7 +90,7 @@ def bpe_path() -> Path:
 # --------------------------------------------------------------------------------------------
 
 
-def build_tiny_reference_model(seed: int = 0, *, with_sam2_neck: bool = True) -> nn.Module:
+def build_tiny_reference_model(seed: int = 0, *, with_sam2_neck: bool = True, sizes: TinySizes = TINY) -> nn.Module:
     """Meta's ``Sam3Image`` at tiny sizes, eval mode, on CPU, with random non-trivial weights.
 
     ``with_sam2_neck`` adds the second ("sam2") FPN neck that the official checkpoint carries for
@@ -106,7 +110,7 @@ def build_tiny_reference_model(seed: int = 0, *, with_sam2_neck: bool = True) ->
     from sam3.model.vitdet import ViT
     from sam3.model.vl_combiner import SAM3VLBackbone
 
-    t = TINY
+    t = sizes
     torch.manual_seed(seed)
     d = t.d_model
 
@@ -338,7 +342,7 @@ def _is_embedding_like(name: str) -> bool:
     )
 
 
-def tiny_config_for_reference() -> Any:
+def tiny_config_for_reference(sizes: TinySizes = TINY) -> Any:
     """The ``transformers.Sam3Config`` matching :func:`build_tiny_reference_model`.
 
     The ViT ``layer_norm_eps`` is left at transformers' default (1e-6) on purpose, like the
@@ -346,7 +350,7 @@ def tiny_config_for_reference() -> Any:
     """
     from transformers import Sam3Config
 
-    t = TINY
+    t = sizes
     return Sam3Config(
         vision_config={
             "backbone_config": {
@@ -403,6 +407,149 @@ def tiny_config_for_reference() -> Any:
             "num_upsampling_stages": 3,
             "num_attention_heads": t.heads,
         },
+    )
+
+
+#: The tracker's sizes that Meta's builder hard-wires (``sam3/model_builder.py``: ``build_tracker`` and the SAM
+#: heads in ``sam3_tracker_base``); the tiny tracker keeps them so that only its width and depth shrink.
+_TRACKER_MEM_DIM = 64
+_TRACKER_SAM_MLP = 2048
+_TRACKER_SAM_HEADS = 8
+_TRACKER_IOU_HIDDEN = 256
+
+
+def build_tiny_reference_tracker(seed: int = 0, *, sizes: TinySizes = TINY_VIDEO, memory_layers: int = 1) -> nn.Module:
+    """Meta's video tracker (``Sam3TrackerPredictor``) as ``build_tracker`` wires it, at tiny sizes, on CPU,
+    randomised; no backbone (in the video model the tracker reads the detector's ``sam2`` neck).
+
+    Its ``state_dict()`` keys are exactly those under ``tracker.`` in Meta's ``sam3.pt``.
+    """
+    from sam3.model.decoder import TransformerDecoderLayerv2, TransformerEncoderCrossAttention
+    from sam3.model.memory import CXBlock, SimpleFuser, SimpleMaskDownSampler, SimpleMaskEncoder
+    from sam3.model.model_misc import TransformerWrapper
+    from sam3.model.position_encoding import PositionEmbeddingSine
+    from sam3.model.sam3_tracking_predictor import Sam3TrackerPredictor
+    from sam3.sam.transformer import RoPEAttention
+
+    t = sizes
+    d = t.d_model
+    grid = [t.resolution // t.patch_size] * 2
+    torch.manual_seed(seed)
+    maskmem = SimpleMaskEncoder(
+        out_dim=_TRACKER_MEM_DIM,
+        position_encoding=PositionEmbeddingSine(
+            num_pos_feats=_TRACKER_MEM_DIM, normalize=True, scale=None, temperature=10000, precompute_resolution=None
+        ),
+        mask_downsampler=SimpleMaskDownSampler(
+            embed_dim=d, kernel_size=3, stride=2, padding=1, interpol_size=[t.resolution * 8 // 7] * 2
+        ),
+        fuser=SimpleFuser(
+            layer=CXBlock(dim=d, kernel_size=7, padding=3, layer_scale_init_value=1.0e-06, use_dwconv=True),
+            num_layers=2,
+        ),
+        in_dim=d,
+    )
+
+    def rope(**extra: Any) -> nn.Module:
+        return RoPEAttention(
+            embedding_dim=d,
+            num_heads=1,
+            downsample_rate=1,
+            dropout=0.1,
+            rope_theta=10000.0,
+            feat_sizes=grid,
+            use_fa3=False,
+            use_rope_real=False,
+            **extra,
+        )
+
+    layer = TransformerDecoderLayerv2(
+        cross_attention_first=False,
+        activation="relu",
+        dim_feedforward=2 * d,
+        dropout=0.1,
+        pos_enc_at_attn=False,
+        pre_norm=True,
+        self_attention=rope(),
+        d_model=d,
+        pos_enc_at_cross_attn_keys=True,
+        pos_enc_at_cross_attn_queries=False,
+        cross_attention=rope(kv_in_dim=_TRACKER_MEM_DIM, rope_k_repeat=True),
+    )
+    encoder = TransformerEncoderCrossAttention(
+        remove_cross_attention_layers=[],
+        batch_first=True,
+        d_model=d,
+        frozen=False,
+        pos_enc_at_input=True,
+        layer=layer,
+        num_layers=memory_layers,
+        use_act_checkpoint=False,
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        tracker = Sam3TrackerPredictor(
+            image_size=t.resolution,
+            num_maskmem=7,
+            backbone=None,
+            backbone_stride=t.patch_size,
+            transformer=TransformerWrapper(encoder=encoder, decoder=None, d_model=d),
+            maskmem_backbone=maskmem,
+            multimask_output_in_sam=True,
+            forward_backbone_per_frame_for_eval=True,
+            trim_past_non_cond_mem_for_eval=False,
+            multimask_output_for_tracking=True,
+            multimask_min_pt_num=0,
+            multimask_max_pt_num=1,
+            always_start_from_first_ann_frame=False,
+            non_overlap_masks_for_mem_enc=False,
+            non_overlap_masks_for_output=False,
+            max_cond_frames_in_attn=4,
+            offload_output_to_cpu_for_eval=False,
+            sam_mask_decoder_extra_args={
+                "dynamic_multimask_via_stability": True,
+                "dynamic_multimask_stability_delta": 0.05,
+                "dynamic_multimask_stability_thresh": 0.98,
+            },
+            clear_non_cond_mem_around_input=True,
+            fill_hole_area=0,
+            use_memory_selection=True,
+        )
+    tracker.eval()
+    randomize_(tracker, seed)
+    return tracker
+
+
+def tiny_video_config_for_reference(sizes: TinySizes = TINY_VIDEO, memory_layers: int = 1) -> Any:
+    """The ``transformers.Sam3VideoConfig`` matching :func:`build_tiny_reference_model` (with ``sizes``) plus
+    :func:`build_tiny_reference_tracker`."""
+    from transformers import Sam3TrackerVideoConfig, Sam3VideoConfig
+
+    detector = tiny_config_for_reference(sizes)
+    d = sizes.d_model
+    tracker = Sam3TrackerVideoConfig(
+        vision_config=detector.vision_config.to_dict(),
+        prompt_encoder_config={"hidden_size": d},
+        mask_decoder_config={
+            "hidden_size": d,
+            "mlp_dim": _TRACKER_SAM_MLP,
+            "num_attention_heads": _TRACKER_SAM_HEADS,
+            "iou_head_hidden_dim": _TRACKER_IOU_HIDDEN,
+        },
+        memory_attention_hidden_size=d,
+        memory_attention_num_layers=memory_layers,
+        memory_attention_feed_forward_hidden_size=2 * d,
+        memory_encoder_hidden_size=d,
+        memory_encoder_output_channels=_TRACKER_MEM_DIM,
+        mask_downsampler_embed_dim=d,
+        memory_fuser_embed_dim=d,
+        memory_fuser_intermediate_dim=4 * d,  # Meta's CXBlock: 4 x its width, fixed
+        image_size=sizes.resolution,
+    )
+    return Sam3VideoConfig(
+        detector_config=detector.to_dict(),
+        tracker_config=tracker.to_dict(),
+        low_res_mask_size=4 * sizes.resolution // sizes.patch_size,
     )
 
 

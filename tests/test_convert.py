@@ -150,18 +150,20 @@ def test_load_official_wrong_size_config(official_file: Path) -> None:
 
 @pytest.mark.slow
 def test_full_size_official_layout_matches_default_config() -> None:
-    """Meta's full-size video model (the exact key set of sam3.pt) converts onto Sam3Config()."""
+    """Meta's full-size video model (the exact key set of sam3.pt) converts onto Sam3Config() for images and,
+    tracker included, onto Sam3VideoConfig() for video."""
     pytest.importorskip("sam3")
-    from transformers import Sam3Config, Sam3Model
+    from transformers import Sam3Config, Sam3Model, Sam3VideoConfig, Sam3VideoModel
 
     official = ref.full_size_official_state_dict()
     assert any(k.startswith("tracker.") for k in official)
     assert any(".sam2_convs." in k for k in official)
-    converted = convert_state_dict(official)
-    with torch.device("meta"):
-        expected = Sam3Model(Sam3Config()).state_dict()
-    assert sorted(converted) == sorted(expected)
-    wrong = {
-        k: (tuple(v.shape), tuple(expected[k].shape)) for k, v in converted.items() if v.shape != expected[k].shape
-    }
-    assert not wrong
+    for video, build in ((False, lambda: Sam3Model(Sam3Config())), (True, lambda: Sam3VideoModel(Sam3VideoConfig()))):
+        converted = convert_state_dict(official, video=video)
+        with torch.device("meta"):
+            expected = build().state_dict()
+        assert sorted(converted) == sorted(expected)
+        wrong = {
+            k: (tuple(v.shape), tuple(expected[k].shape)) for k, v in converted.items() if v.shape != expected[k].shape
+        }
+        assert not wrong

@@ -3,9 +3,10 @@
 A model is named by a Hub id (``facebook/sam3``), a local ``save_pretrained`` directory, or an
 official ``sam3.pt`` file. Every failure becomes a one-line :class:`ModelError` that says what to do.
 
-Loading is strict for every layout: a ``Sam3Model`` directory (``model_type`` ``sam3``, images only) and a
+Loading is strict for every layout: a ``Sam3Model`` directory (``model_type`` ``sam3``, images only), a
 ``Sam3VideoModel`` directory (``sam3_video``: ``detector_model.*`` + ``tracker_model.*``, as ``facebook/sam3``)
-both serve images; videos need the latter. A weight the model needs but the files do not hold (which
+and Meta's ``sam3.pt`` (``detector.*`` + ``tracker.*``) all serve images; videos need the tracker (the latter
+two). A weight the model needs but the files do not hold (which
 transformers only logs, leaving it randomly initialised), a tensor the model has no place for, or a shape
 mismatch is a :class:`ModelError` naming the keys.
 """
@@ -17,7 +18,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypedDict, TypeVar
 
 import torch
 
@@ -25,32 +26,39 @@ from s3seg.errors import DeviceError, ModelError
 
 if TYPE_CHECKING:
     from transformers import CLIPTokenizer, Sam3Model, Sam3VideoModel
+    from typing_extensions import Unpack
 
 # Only what Sam3Model needs: the Hub repo also holds the official .pt file and video weights.
 _HUB_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model"]
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
 
 
+_M = TypeVar("_M", "Sam3Model", "Sam3VideoModel")
+
+
 @dataclass(frozen=True)
-class LoadedModel:
-    model: Sam3Model
+class Loaded(Generic[_M]):
+    """A model on its device with what running it needs: tokenizer and preprocessing constants."""
+
+    model: _M
     tokenizer: CLIPTokenizer
     image_size: int
     image_mean: tuple[float, float, float]
     image_std: tuple[float, float, float]
     source: str
     revision: str | None
+    device: torch.device
+    dtype: torch.dtype
 
 
-@dataclass(frozen=True)
-class LoadedVideoModel:
-    model: Sam3VideoModel
-    tokenizer: CLIPTokenizer
-    image_size: int
-    image_mean: tuple[float, float, float]
-    image_std: tuple[float, float, float]
-    source: str
+class Where(TypedDict, total=False):
+    """Where a model comes from and runs: the keyword arguments of the engines' ``load``."""
+
+    device: str
+    dtype: str
     revision: str | None
+    token: str | None
+    offline: bool
 
 
 def pick_device(requested: str) -> torch.device:
@@ -156,51 +164,21 @@ def _download(repo_id: str, *, revision: str | None, token: str | None, offline:
         raise error(f"downloading {repo_id} failed: {_first_line(e)}", "{local}") from e
 
 
-def load(
-    model: str,
-    *,
-    device: torch.device,
-    dtype: torch.dtype,
-    revision: str | None = None,
-    token: str | None = None,
-    offline: bool = False,
-) -> LoadedModel:
-    """Load the image model (``Sam3Model``), tokenizer and preprocessing constants onto ``device`` in ``dtype``."""
-    from transformers import Sam3Model
-
-    path = resolve(model, revision=revision, token=token, offline=offline)
+def load(cls: type[_M], model: str, **where: Unpack[Where]) -> Loaded[_M]:
+    """``cls`` (``Sam3Model`` for images, ``Sam3VideoModel`` for video) from a Hub id, a ``save_pretrained``
+    directory or an official ``sam3.pt``, on the device and in the dtype asked for (``auto``: see
+    :func:`pick_device`, :func:`pick_dtype`), with its tokenizer and preprocessing constants."""
+    device = pick_device(where.get("device", "auto"))
+    dtype = pick_dtype(where.get("dtype", "auto"), device)
+    revision = where.get("revision")
+    path = resolve(model, revision=revision, token=where.get("token"), offline=where.get("offline", False))
     if path.is_file():
-        sam3, tokenizer, preprocess = _load_official(path)
+        loaded, tokenizer, preprocess = _load_official(path, cls)
     else:
-        sam3, tokenizer, preprocess = _load_pretrained_dir(path, Sam3Model)
-    sam3.to(device=device, dtype=dtype).eval()  # type: ignore[call-arg]  # transformers' typing of .to()
-    size, mean, std = _preprocessing(preprocess, int(sam3.config.image_size))
-    return LoadedModel(sam3, tokenizer, size, mean, std, source=model, revision=revision)
-
-
-def load_video(
-    model: str,
-    *,
-    device: torch.device,
-    dtype: torch.dtype,
-    revision: str | None = None,
-    token: str | None = None,
-    offline: bool = False,
-) -> LoadedVideoModel:
-    """Load the video model (``Sam3VideoModel``: detector + memory tracker) like :func:`load`."""
-    from transformers import Sam3VideoModel
-
-    path = resolve(model, revision=revision, token=token, offline=offline)
-    if path.is_file():
-        # The converter maps the detector half of sam3.pt only; its tracker.* keys are not mapped yet.
-        raise ModelError(
-            f"{path} is an official sam3.pt: s3seg reads its image detector but not yet its video tracker",
-            hint="for video use facebook/sam3 from the Hub or a directory written by Sam3VideoModel.save_pretrained",
-        )
-    video, tokenizer, preprocess = _load_pretrained_dir(path, Sam3VideoModel)
-    video.to(device=device, dtype=dtype).eval()  # type: ignore[call-arg]
-    size, mean, std = _preprocessing(preprocess, int(video.config.image_size))
-    return LoadedVideoModel(video, tokenizer, size, mean, std, source=model, revision=revision)
+        loaded, tokenizer, preprocess = _load_pretrained_dir(path, cls)
+    loaded.to(device=device, dtype=dtype).eval()  # type: ignore[call-arg]  # transformers' typing of .to()
+    size, mean, std = _preprocessing(preprocess, int(loaded.config.image_size))
+    return Loaded(loaded, tokenizer, size, mean, std, source=model, revision=revision, device=device, dtype=dtype)
 
 
 def _preprocessing(
@@ -259,9 +237,6 @@ def _load_pretrained_dir(path: Path, cls: type[_M]) -> tuple[_M, CLIPTokenizer, 
     return loaded, tokenizer, preprocess  # type: ignore[has-type]
 
 
-_M = TypeVar("_M", "Sam3Model", "Sam3VideoModel")
-
-
 def _check_loading_info(path: Path, info: dict[str, Any]) -> None:
     """transformers only logs what it could not load; here every gap is an error."""
     missing = sorted(str(k) for k in info.get("missing_keys", ()))
@@ -289,11 +264,13 @@ def _few(keys: list[str], n: int = 5) -> str:
     return shown + (f" (and {len(keys) - n} more)" if len(keys) > n else "")
 
 
-def _load_official(path: Path) -> tuple[Sam3Model, CLIPTokenizer, dict[str, Any]]:
-    from s3seg.engine._convert import load_official
+def _load_official(path: Path, cls: type[_M]) -> tuple[_M, CLIPTokenizer, dict[str, Any]]:
+    from s3seg.engine._convert import load_official, load_official_video
     from s3seg.engine._tokenizer import build_clip_tokenizer
 
-    return load_official(path), build_clip_tokenizer(), {}
+    video = cls.__name__ == "Sam3VideoModel"
+    model = load_official_video(path) if video else load_official(path)
+    return model, build_clip_tokenizer(), {}  # type: ignore[return-value]  # the class asked for
 
 
 @contextmanager

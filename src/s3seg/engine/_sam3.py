@@ -37,6 +37,7 @@ from s3seg.errors import DeviceError, UsageError
 from s3seg.types import Box, Instance, SegmentationResult, SegmentOptions, SegmentRequest, Timings
 
 if TYPE_CHECKING:
+    from transformers import Sam3Model
     from transformers.models.sam3.modeling_sam3 import Sam3VisionEncoderOutput
 
 VISUAL_PROMPT = "visual"  # the reference's text for box-only prompts
@@ -125,10 +126,8 @@ class Sam3Engine:
 
     def __init__(
         self,
-        loaded: _load.LoadedModel,
+        loaded: _load.Loaded[Sam3Model],
         *,
-        device: torch.device,
-        dtype: torch.dtype,
         fidelity: Fidelity = Fidelity(),
         compile: bool | str = False,
         max_batch: int = 8,
@@ -141,8 +140,8 @@ class Sam3Engine:
         self._tokenizer = loaded.tokenizer
         self._source = loaded.source
         self._revision = loaded.revision
-        self.device = device
-        self.dtype = dtype
+        self.device = device = loaded.device
+        self.dtype = loaded.dtype
         self.image_size = loaded.image_size
         self.max_batch = max_batch
         self.batch_heads = batch_heads
@@ -152,12 +151,7 @@ class Sam3Engine:
         self._std = torch.tensor(loaded.image_std, device=device).view(1, 3, 1, 1)
         self._lock = threading.Lock()
         self._text_cache: OrderedDict[str, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
-        if fidelity.vit_layernorm_eps is not None:
-            for module in self._m.vision_encoder.backbone.modules():
-                if isinstance(module, torch.nn.LayerNorm):
-                    module.eps = fidelity.vit_layernorm_eps
-        if fidelity.presence_unclamped:
-            self._m.detr_decoder.clamp_presence_logit_max_val = float("inf")
+        apply_fidelity(self._m, fidelity)
         self._grid = (0, 0)  # the DETR decoder's feature grid (h, w), set by _head_batch
         self._m.detr_decoder._get_coords = self._decoder_coords
         self._vision = self._m.vision_encoder
@@ -189,13 +183,11 @@ class Sam3Engine:
 
         ``batch_heads=False``: every image–prompt pair through the heads alone (bit-identical per prompt,
         slower with many prompts); ``head_batch``: most pairs per head batch (memory)."""
-        dev = _load.pick_device(device)
-        dt = _load.pick_dtype(dtype, dev)
-        loaded = _load.load(str(model), device=dev, dtype=dt, revision=revision, token=token, offline=offline)
+        from transformers import Sam3Model
+
+        where = _load.Where(device=device, dtype=dtype, revision=revision, token=token, offline=offline)
         return cls(
-            loaded,
-            device=dev,
-            dtype=dt,
+            _load.load(Sam3Model, str(model), **where),
             fidelity=fidelity,
             compile=compile,
             max_batch=max_batch,
@@ -461,36 +453,8 @@ class Sam3Engine:
         prompt (N, L, D), prompt_mask (N, L) → scores (N, Q), boxes (N, Q, 4) normalised xyxy, mask logits
         (N, Q, h, w).
         """
-        from transformers.models.sam3.modeling_sam3 import inverse_sigmoid
-
-        m = self._m
         self._grid = (int(fpn[-1].shape[-2]), int(fpn[-1].shape[-1]))
-        enc = m.detr_encoder(
-            vision_features=[fpn[-1]], text_features=prompt, vision_pos_embeds=[fpn_pos[-1]], text_mask=prompt_mask
-        )
-        dec = m.detr_decoder(
-            vision_features=enc.last_hidden_state,
-            text_features=enc.text_features,
-            vision_pos_encoding=enc.pos_embeds_flattened,
-            text_mask=prompt_mask,
-            spatial_shapes=enc.spatial_shapes,
-        )
-        queries = dec.intermediate_hidden_states[-1]  # (N, Q, D): only the last decoder layer is used
-        boxes_cxcywh = (inverse_sigmoid(dec.reference_boxes[-1]) + m.detr_decoder.box_head(queries)).sigmoid()
-        cx, cy, w, h = boxes_cxcywh.unbind(-1)
-        boxes = torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], dim=-1)
-        logits = m.dot_product_scoring(
-            decoder_hidden_states=queries[None], text_features=enc.text_features, text_mask=prompt_mask
-        )[0, ..., 0]
-        scores = logits.sigmoid() * dec.presence_logits[-1].sigmoid()
-        masks = m.mask_decoder(
-            decoder_queries=queries,
-            backbone_features=fpn,
-            encoder_hidden_states=enc.last_hidden_state,
-            prompt_features=prompt,
-            prompt_mask=prompt_mask,
-        ).pred_masks
-        return scores, boxes, masks
+        return detector_heads(self._m, fpn, fpn_pos, prompt, prompt_mask)
 
     def _decoder_coords(
         self, height: object, width: object, dtype: torch.dtype, device: torch.device
@@ -581,6 +545,58 @@ class Sam3Engine:
                 logits[None].float().sigmoid(), size=(height, width), mode="bilinear", align_corners=False
             )
             torch.gt(up[0], 1.0 / (1.0 + math.exp(-cut)), out=out)
+
+
+def apply_fidelity(detector: Sam3Model, fidelity: Fidelity) -> None:
+    """The reference-parity fixes that live in the model's settings (the ViT LayerNorm epsilon, unclamped
+    presence logits); the others are in how :func:`detector_heads` and the callers drive it."""
+    if fidelity.vit_layernorm_eps is not None:
+        for module in detector.vision_encoder.backbone.modules():
+            if isinstance(module, torch.nn.LayerNorm):
+                module.eps = fidelity.vit_layernorm_eps
+    if fidelity.presence_unclamped:
+        detector.detr_decoder.clamp_presence_logit_max_val = float("inf")
+
+
+def detector_heads(
+    m: Sam3Model, fpn: list[torch.Tensor], fpn_pos: list[torch.Tensor], prompt: torch.Tensor, prompt_mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """SAM3's detector after the backbone, as the reference computes it: DETR encoder and decoder, scoring and
+    mask decoder for N image–prompt pairs (the image engine's head batches and the video engine's detections).
+
+    fpn: each pair's image features, (N, C, h_l, w_l) per level, coarsest last; fpn_pos: position encodings,
+    coarsest last (only that one is read); prompt (N, L, D) text then geometry tokens, prompt_mask (N, L) →
+    scores (N, Q) = sigmoid(class logit) × sigmoid(presence logit), boxes (N, Q, 4) normalised xyxy, mask
+    logits (N, Q, h, w).
+    """
+    from transformers.models.sam3.modeling_sam3 import inverse_sigmoid
+
+    enc = m.detr_encoder(
+        vision_features=[fpn[-1]], text_features=prompt, vision_pos_embeds=[fpn_pos[-1]], text_mask=prompt_mask
+    )
+    dec = m.detr_decoder(
+        vision_features=enc.last_hidden_state,
+        text_features=enc.text_features,
+        vision_pos_encoding=enc.pos_embeds_flattened,
+        text_mask=prompt_mask,
+        spatial_shapes=enc.spatial_shapes,
+    )
+    queries = dec.intermediate_hidden_states[-1]  # (N, Q, D): only the last decoder layer is used
+    boxes_cxcywh = (inverse_sigmoid(dec.reference_boxes[-1]) + m.detr_decoder.box_head(queries)).sigmoid()
+    cx, cy, w, h = boxes_cxcywh.unbind(-1)
+    boxes = torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], dim=-1)
+    logits = m.dot_product_scoring(
+        decoder_hidden_states=queries[None], text_features=enc.text_features, text_mask=prompt_mask
+    )[0, ..., 0]
+    scores = logits.sigmoid() * dec.presence_logits[-1].sigmoid()
+    masks = m.mask_decoder(
+        decoder_queries=queries,
+        backbone_features=fpn,
+        encoder_hidden_states=enc.last_hidden_state,
+        prompt_features=prompt,
+        prompt_mask=prompt_mask,
+    ).pred_masks
+    return scores, boxes, masks
 
 
 def _plan(prompts: Sequence[str], boxes: Sequence[Box]) -> list[_Prompt]:

@@ -37,16 +37,18 @@ import torch.nn.functional as F
 
 from s3seg.config import DEFAULT_MODEL, Settings
 from s3seg.engine import _load
-from s3seg.engine._sam3 import Fidelity, _oom_guard
+from s3seg.engine._sam3 import Fidelity, _oom_guard, apply_fidelity, detector_heads
 from s3seg.errors import UsageError
 from s3seg.types import Instance, SegmentationResult, Timings
 from s3seg.video import TrackedFrame
 
 if TYPE_CHECKING:
+    from transformers import Sam3VideoModel
     from transformers.models.sam3_video.modeling_sam3_video import (
         Sam3VideoInferenceSession,
         Sam3VideoSegmentationOutput,
     )
+    from typing_extensions import Unpack
 
     from s3seg._videoio import DecodedFrame
 
@@ -62,29 +64,22 @@ class Sam3VideoEngine:
 
     def __init__(
         self,
-        loaded: _load.LoadedVideoModel,
+        loaded: _load.Loaded[Sam3VideoModel],
         *,
-        device: torch.device,
-        dtype: torch.dtype,
         fidelity: Fidelity = Fidelity(),
     ) -> None:
+        device = loaded.device
         self._m = loaded.model
         self._tokenizer = loaded.tokenizer
         self.source = loaded.source
         self.device = device
-        self.dtype = dtype
+        self.dtype = loaded.dtype
         self.image_size = loaded.image_size
         self.fidelity = fidelity
         self._mean = torch.tensor(loaded.image_mean, device=device).view(3, 1, 1)
         self._std = torch.tensor(loaded.image_std, device=device).view(3, 1, 1)
         self._lock: AbstractContextManager[Any] = threading.Lock()  # held for one frame's model step
-        detector = self._m.detector_model
-        if fidelity.vit_layernorm_eps is not None:  # the backbone is shared: the tracker sees this too
-            for module in detector.vision_encoder.backbone.modules():
-                if isinstance(module, torch.nn.LayerNorm):
-                    module.eps = fidelity.vit_layernorm_eps
-        if fidelity.presence_unclamped:
-            detector.detr_decoder.clamp_presence_logit_max_val = float("inf")
+        apply_fidelity(self._m.detector_model, fidelity)  # the backbone is shared: the tracker sees the eps too
         self._m.run_detection = self._detect  # type: ignore[method-assign]
         _no_hub_kernels()
         tracker = self._m.tracker_model.config
@@ -96,18 +91,15 @@ class Sam3VideoEngine:
         cls,
         model: str = DEFAULT_MODEL,
         *,
-        device: str = "auto",
-        dtype: str = "auto",
-        revision: str | None = None,
-        token: str | None = None,
-        offline: bool = False,
         fidelity: Fidelity = Fidelity(),
+        **where: Unpack[_load.Where],
     ) -> Sam3VideoEngine:
-        """Load SAM3's video model from a Hub id or a ``Sam3VideoModel`` ``save_pretrained`` directory."""
-        dev = _load.pick_device(device)
-        dt = _load.pick_dtype(dtype, dev)
-        loaded = _load.load_video(str(model), device=dev, dtype=dt, revision=revision, token=token, offline=offline)
-        return cls(loaded, device=dev, dtype=dt, fidelity=fidelity)
+        """Load SAM3's video model from a Hub id, a ``Sam3VideoModel`` ``save_pretrained`` directory or Meta's
+        official ``sam3.pt`` (its tracker included); ``where``: ``device``, ``dtype``, ``revision``, ``token``,
+        ``offline`` as for :meth:`Sam3Engine.load`."""
+        from transformers import Sam3VideoModel
+
+        return cls(_load.load(Sam3VideoModel, str(model), **where), fidelity=fidelity)
 
     @classmethod
     def from_settings(cls, s: Settings) -> Sam3VideoEngine:
@@ -254,8 +246,6 @@ class Sam3VideoEngine:
 
     def _detect(self, inference_session: Sam3VideoInferenceSession, vision_embeds: Any) -> dict[int, dict[str, Any]]:
         """Replaces ``Sam3VideoModel.run_detection``: the reference's detector heads and mask NMS per prompt."""
-        from transformers.models.sam3.modeling_sam3 import inverse_sigmoid
-
         m = self._m.detector_model
         fpn = list(vision_embeds.fpn_hidden_states[:-1])
         fpn_pos = list(vision_embeds.fpn_position_encoding[:-1])
@@ -278,31 +268,8 @@ class Sam3VideoEngine:
                 )
                 text = torch.cat([text, geo.last_hidden_state], dim=1)
                 text_mask = torch.cat([text_mask, geo.attention_mask.bool()], dim=1)
-            enc = m.detr_encoder(
-                vision_features=[fpn[-1]], text_features=text, vision_pos_embeds=[fpn_pos[-1]], text_mask=text_mask
-            )
-            dec = m.detr_decoder(
-                vision_features=enc.last_hidden_state,
-                text_features=enc.text_features,
-                vision_pos_encoding=enc.pos_embeds_flattened,
-                text_mask=text_mask,
-                spatial_shapes=enc.spatial_shapes,
-            )
-            queries = dec.intermediate_hidden_states[-1]
-            cxcywh = (inverse_sigmoid(dec.reference_boxes[-1]) + m.detr_decoder.box_head(queries)).sigmoid()
-            cx, cy, w, h = cxcywh.unbind(-1)
-            boxes = torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], dim=-1)[0]
-            logits = m.dot_product_scoring(
-                decoder_hidden_states=queries[None], text_features=enc.text_features, text_mask=text_mask
-            )[0, 0, :, 0]
-            scores = (logits.sigmoid() * dec.presence_logits[-1].sigmoid().reshape(-1)).float()
-            masks = m.mask_decoder(
-                decoder_queries=queries,
-                backbone_features=fpn,
-                encoder_hidden_states=enc.last_hidden_state,
-                prompt_features=text,
-                prompt_mask=text_mask,
-            ).pred_masks[0]
+            [scores], [boxes], [masks] = detector_heads(m, fpn, fpn_pos, text, text_mask)
+            scores = scores.float()
             keep = _nms(scores, masks, float(self._m.score_threshold_detection), float(self._m.det_nms_thresh))
             detections[pid] = {"bbox": boxes[keep], "mask": masks[keep], "scores": scores[keep]}
         return detections
