@@ -553,6 +553,143 @@ def tiny_video_config_for_reference(sizes: TinySizes = TINY_VIDEO, memory_layers
     )
 
 
+def build_tiny_reference_video_model(detector: nn.Module, tracker: nn.Module, **overrides: Any) -> nn.Module:
+    """Meta's video model (``Sam3VideoInferenceWithInstanceInteractivity``) around a tiny detector from
+    :func:`build_tiny_reference_model` (``sizes=TINY_VIDEO``) and a tracker from
+    :func:`build_tiny_reference_tracker`, with ``build_sam3_video_model``'s settings unless ``overrides``.
+
+    The detector becomes the video builder's ``Sam3ImageOnVideoMultiGPU`` (a subclass of ``Sam3Image`` that adds
+    only multi-GPU bookkeeping: one process here) with its joint box scores (score × presence).
+    """
+    from sam3.model.sam3_image import Sam3ImageOnVideoMultiGPU
+    from sam3.model.sam3_video_inference import Sam3VideoInferenceWithInstanceInteractivity
+
+    detector.__class__ = Sam3ImageOnVideoMultiGPU
+    detector.rank, detector.world_size = 0, 1
+    detector.async_all_gather, detector.gather_backbone_out = True, True
+    detector.supervise_joint_box_scores = True
+    settings: dict[str, Any] = {
+        "score_threshold_detection": 0.5,
+        "assoc_iou_thresh": 0.1,
+        "det_nms_thresh": 0.1,
+        "new_det_thresh": 0.7,
+        "hotstart_delay": 15,
+        "hotstart_unmatch_thresh": 8,
+        "hotstart_dup_thresh": 8,
+        "suppress_unmatched_only_within_hotstart": True,
+        "min_trk_keep_alive": -1,
+        "max_trk_keep_alive": 30,
+        "init_trk_keep_alive": 30,
+        "suppress_overlapping_based_on_recent_occlusion_threshold": 0.7,
+        "suppress_det_close_to_boundary": False,
+        "fill_hole_area": 16,
+        "recondition_every_nth_frame": 16,
+        "masklet_confirmation_enable": False,
+        "decrease_trk_keep_alive_for_empty_masklets": False,
+        "image_mean": (0.5, 0.5, 0.5),
+        "image_std": (0.5, 0.5, 0.5),
+        "compile_model": False,
+    }
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = Sam3VideoInferenceWithInstanceInteractivity(
+            detector=detector, tracker=tracker, image_size=int(tracker.image_size), **(settings | overrides)
+        )
+    return model.eval()
+
+
+@contextlib.contextmanager
+def _reference_video_on_cpu(tracker: nn.Module) -> Iterator[None]:
+    """The video reference's CUDA-only spots, made to run on CPU for the duration of the block.
+
+    * ``Tensor.cuda()`` (tracker memory, frames) and ``Tensor.pin_memory()`` become no-ops;
+    * the tracker's per-object state is kept on the CPU (``offload_state_to_cpu``: its default storage device
+      is a hard-coded "cuda");
+    * connected components (hole filling, ``fill_hole_area``) on CPU need scikit-image, which is not installed
+      here: a flood fill stands in (8-connected, as skimage's ``label``), and an empty batch (no objects yet),
+      which the reference's CPU path cannot stack, gives empty results.
+    """
+    import sam3.perflib.connected_components as cc
+
+    def flood(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        areas = torch.from_numpy(component_areas(values.cpu().numpy().astype(bool)))
+        return (areas > 0).long(), areas
+
+    original_batch = cc.connected_components_cpu
+
+    def batch(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if values.shape[0] == 0:
+            empty = torch.zeros(values.shape, dtype=torch.int64)
+            return empty, empty.clone()
+        return original_batch(values)  # type: ignore[no-any-return]
+
+    original_init = tracker.init_state
+
+    def init_state(*args: Any, **kwargs: Any) -> Any:
+        return original_init(*args, **{**kwargs, "offload_state_to_cpu": True})
+
+    saved = (torch.Tensor.cuda, torch.Tensor.pin_memory, cc.connected_components_cpu_single)
+    torch.Tensor.cuda = lambda self, *a, **k: self  # type: ignore[method-assign,assignment]
+    torch.Tensor.pin_memory = lambda self, *a, **k: self  # type: ignore[method-assign,assignment]
+    cc.connected_components_cpu_single = flood
+    cc.connected_components_cpu = batch
+    tracker.init_state = init_state  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        torch.Tensor.cuda, torch.Tensor.pin_memory, cc.connected_components_cpu_single = saved  # type: ignore[method-assign]
+        cc.connected_components_cpu = original_batch
+        del tracker.init_state
+
+
+def reference_track(model: nn.Module, frames: Sequence[np.ndarray], text: str) -> dict[str, dict[int, Any]]:
+    """Meta's video flow on RGB uint8 frames (side = the model's input size, so no resize happens): ``init_state``
+    on the frames as PIL images, ``add_prompt`` on frame 0, then ``propagate_in_video`` over the clip.
+
+    The tracker runs under bfloat16 autocast, as the reference runs everywhere on CUDA (its tracker enters a
+    bfloat16 autocast for the whole process and casts memory features to bfloat16 explicitly; on CPU the same
+    casts need CPU autocast to run at all). Returns ``{"prompt": {0: out}, "propagate": {frame: out}}`` with
+    the reference's per-frame outputs (``out_obj_ids``, ``out_probs``, ``out_binary_masks``).
+    """
+    from PIL import Image
+
+    images = [Image.fromarray(f) for f in frames]
+    with warnings.catch_warnings(), _reference_video_on_cpu(model.tracker):
+        warnings.simplefilter("ignore")
+        with torch.inference_mode():
+            state = model.init_state(images, offload_video_to_cpu=True)
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+            _, first = model.add_prompt(state, 0, text_str=text)
+            propagated = dict(model.propagate_in_video(state, start_frame_idx=0, max_frame_num_to_track=len(frames)))
+    return {"prompt": {0: first}, "propagate": propagated}
+
+
+def component_areas(binary: np.ndarray) -> np.ndarray:
+    """Each pixel's 8-connected component area (0 off ``binary``), by breadth-first flood fill."""
+    from collections import deque
+
+    h, w = binary.shape
+    out = np.zeros((h, w), dtype=np.int64)
+    seen = np.zeros((h, w), dtype=bool)
+    for y0, x0 in zip(*np.nonzero(binary), strict=True):
+        if seen[y0, x0]:
+            continue
+        component, queue = [], deque([(int(y0), int(x0))])
+        seen[y0, x0] = True
+        while queue:
+            y, x = queue.popleft()
+            component.append((y, x))
+            for dy in (-1, 0, 1):
+                for dx in (-1, 0, 1):
+                    ny, nx = y + dy, x + dx
+                    if 0 <= ny < h and 0 <= nx < w and binary[ny, nx] and not seen[ny, nx]:
+                        seen[ny, nx] = True
+                        queue.append((ny, nx))
+        for y, x in component:
+            out[y, x] = len(component)
+    return out
+
+
 def save_official_checkpoint(
     model: nn.Module,
     path: Path,

@@ -147,3 +147,54 @@ def test_videos_are_recognised_by_content(tmp_path: Path, photo_path: Path) -> N
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert _videoio.Position.parse("75f").frames and _videoio.Position.parse("2.5").value == 2.5
+
+
+def _animated(path: Path, durations: list[int]) -> Path:
+    """An animated GIF or WebP (by ``path``'s suffix) of the panning crops, each frame shown ``durations[i]`` ms."""
+    from PIL import Image
+
+    frames = [Image.fromarray(a) for a in crops(len(durations), 96, 72)]
+    extra = {"lossless": True} if path.suffix == ".webp" else {}
+    frames[0].save(path, save_all=True, append_images=frames[1:], duration=durations, loop=0, **extra)
+    return path
+
+
+@pytest.mark.parametrize("suffix", [".gif", ".webp"])
+def test_animated_gif_and_webp_are_read_frame_by_frame_with_their_times(tmp_path: Path, suffix: str) -> None:
+    """FFmpeg decodes GIF; an animated WebP (FFmpeg reads only still WebP) is decoded by Pillow."""
+    durations = [100, 100, 300, 100, 200]
+    path = _animated(tmp_path / f"anim{suffix}", durations)
+    assert _videoio.looks_like_video(path, animated=True) and not _videoio.looks_like_video(path)
+    info, frames = _videoio.read(path, max_pixels=10**8, max_seconds=60)
+    assert (info.width, info.height, info.frames) == (96, 72, 5)
+    got = list(frames)
+    assert [f.index for f in got] == [0, 1, 2, 3, 4]
+    assert [f.time for f in got] == pytest.approx([0.0, 0.1, 0.2, 0.5, 0.6], abs=1e-6)
+    for f, want in zip(got, crops(5, 96, 72), strict=True):
+        assert f.array.shape == (72, 96, 3) and f.array.dtype == np.uint8
+        assert np.abs(f.array.astype(int) - want).mean() < 12  # GIF's 256-colour palette
+    assert np.abs(got[0].array.astype(int) - got[4].array).mean() > 10  # really the frames, not the first again
+
+
+@pytest.mark.parametrize("suffix", [".gif", ".webp"])
+def test_animated_input_tracks_with_video_and_is_an_image_without(
+    capsys, tmp_path: Path, tiny_model_dir: Path, suffix: str
+) -> None:  # type: ignore[no-untyped-def]
+    path = _animated(tmp_path / f"anim{suffix}", [100, 100, 100])
+    args = ["--model", str(tiny_model_dir), "-t", "0", "--json"]
+    code, out, err = run(capsys, "segment", str(path), "person", "--video", *args)
+    assert code == 0, err
+    video = json.loads(out)["videos"][0]
+    assert (video["width"], video["height"], video["length"]) == (96, 72, 3)
+    assert video["timestamps"] == pytest.approx([0.0, 0.1, 0.2])
+    code, out, err = run(capsys, "segment", str(path), "person", *args)
+    assert code == 0, err
+    assert "videos" not in json.loads(out)  # one image (its first frame), as before
+
+
+def test_a_corrupt_webp_given_as_video_is_one_clear_line(capsys, tmp_path: Path, tiny_model_dir: Path) -> None:  # type: ignore[no-untyped-def]
+    path = tmp_path / "bad.webp"
+    path.write_bytes(b"RIFF\x20\x00\x00\x00WEBPVP8X" + bytes(40))
+    code, _out, err = run(capsys, "segment", str(path), "person", "--video", "--model", str(tiny_model_dir))
+    assert code == VideoError.exit_code
+    assert "bad.webp: not an animated WebP or corrupt" in err and "Traceback" not in err

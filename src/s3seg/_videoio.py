@@ -2,10 +2,10 @@
 
 Frames are decoded lazily, one at a time, as RGB uint8 arrays with the container's display-matrix
 rotation applied (as EXIF orientation is for photos); 10-bit and other pixel formats are converted by
-FFmpeg. Each frame keeps its own timestamp (variable frame rate). A file that ends early (truncated
-download) is read up to its last good frame with a warning; a file FFmpeg cannot open at all (no index,
-not a video, corrupt) is an error.
-"""
+FFmpeg. Each frame keeps its own timestamp (variable frame rate). Animated WebP, which FFmpeg reads as
+one still image, is decoded by Pillow. A file that ends early (truncated download) is read up to its
+last good frame with a warning; a file FFmpeg cannot open at all (no index, not a video, corrupt) is an
+error."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import contextlib
 import os
 import re
 import warnings
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -165,13 +165,41 @@ def _reason(e: BaseException) -> str:
     return str(text).strip().splitlines()[0] if str(text).strip() else type(e).__name__
 
 
+def _is_webp(path: Path) -> bool:
+    """Animated WebP is decoded by Pillow: FFmpeg reads a WebP as one still image (no picture size for an
+    animated one)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(12)
+    except OSError:
+        return False
+    return head[:4] == b"RIFF" and head[8:12] == b"WEBP"
+
+
 def probe(path: Path, *, max_pixels: int, max_seconds: float) -> VideoInfo:
     """Open ``path`` and check its header (cheap: nothing is decoded)."""
+    info, frames = _source(path, max_pixels=max_pixels, max_seconds=max_seconds)
+    frames.close()
+    return info
+
+
+def _source(path: Path, *, max_pixels: int, max_seconds: float) -> tuple[VideoInfo, Generator[_Raw]]:
+    """The header, checked, and a generator of raw frames (closing it closes the file)."""
+    if _is_webp(path):
+        image = _open_webp(path)
+        try:
+            info = _webp_info(path, image, max_pixels=max_pixels, max_seconds=max_seconds)
+        except BaseException:
+            image.close()
+            raise
+        return info, _webp_decoded(image)
     container = _open(path)
     try:
-        return _info(path, container, max_pixels=max_pixels, max_seconds=max_seconds)
-    finally:
+        info = _info(path, container, max_pixels=max_pixels, max_seconds=max_seconds)
+    except BaseException:
         container.close()
+        raise
+    return info, _av_decoded(container)
 
 
 def _info(path: Path, container: av.container.InputContainer, *, max_pixels: int, max_seconds: float) -> VideoInfo:
@@ -181,8 +209,6 @@ def _info(path: Path, container: av.container.InputContainer, *, max_pixels: int
         raise VideoError(f"{path.name}: has no video stream ({what})", hint="give a file with video")
     stream = container.streams.video[0]
     width, height = int(stream.codec_context.width or 0), int(stream.codec_context.height or 0)
-    if width <= 0 or height <= 0:
-        raise VideoError(f"{path.name}: the video stream has no picture size (corrupt?)")
     rate = stream.average_rate or stream.guessed_rate or stream.base_rate
     fps = float(rate) if rate else 0.0
     duration: float | None = None
@@ -191,20 +217,60 @@ def _info(path: Path, container: av.container.InputContainer, *, max_pixels: int
     elif container.duration is not None:
         duration = container.duration / 1_000_000
     frames = int(stream.frames) if stream.frames else (round(duration * fps) if duration and fps else None)
-    if width * height > max_pixels:
+    codec = stream.codec_context.name or "?"
+    return _checked(
+        path,
+        VideoInfo(width, height, fps, frames, duration, codec, exact=bool(stream.frames)),
+        max_pixels=max_pixels,
+        max_seconds=max_seconds,
+    )
+
+
+def _checked(path: Path, info: VideoInfo, *, max_pixels: int, max_seconds: float) -> VideoInfo:
+    """``info`` when the picture size, the length and the limits are right; a :class:`VideoError` otherwise."""
+    if info.width <= 0 or info.height <= 0:
+        raise VideoError(f"{path.name}: the video stream has no picture size (corrupt?)")
+    if info.width * info.height > max_pixels:
         raise VideoTooLarge(
-            f"{path.name}: {width}×{height} is over the limit of {max_pixels} pixels per frame",
+            f"{path.name}: {info.width}×{info.height} is over the limit of {max_pixels} pixels per frame",
             hint="downscale the video or raise S3SEG_MAX_VIDEO_PIXELS",
         )
-    if duration is not None and duration > max_seconds:
+    if info.duration is not None and info.duration > max_seconds:
         raise VideoTooLarge(
-            f"{path.name}: {duration:.1f} s is over the limit of {max_seconds:g} s",
+            f"{path.name}: {info.duration:.1f} s is over the limit of {max_seconds:g} s",
             hint="cut the clip (--start/--end only choose frames) or raise S3SEG_MAX_VIDEO_SECONDS",
         )
-    if frames == 0:
+    if info.frames == 0:
         raise VideoError(f"{path.name}: the video stream has no frames")
-    codec = stream.codec_context.name or "?"
-    return VideoInfo(width, height, fps, frames, duration, codec, exact=bool(stream.frames))
+    return info
+
+
+def _open_webp(path: Path) -> Any:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        image = Image.open(path)
+        image.load()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise VideoError(
+            f"{path.name}: not an animated WebP or corrupt ({_reason(e)})", hint="check that the file plays"
+        ) from e
+    return image
+
+
+def _webp_info(path: Path, image: Any, *, max_pixels: int, max_seconds: float) -> VideoInfo:
+    """Frame count and size from the header; the rate from the first frame's duration (frames keep their own
+    times when they are read)."""
+    frames = int(getattr(image, "n_frames", 1))
+    first = float(image.info.get("duration") or 0) / 1000
+    fps = 1 / first if first > 0 else 10.0
+    width, height = image.size
+    return _checked(
+        path,
+        VideoInfo(width, height, fps, frames, frames / fps, "webp"),
+        max_pixels=max_pixels,
+        max_seconds=max_seconds,
+    )
 
 
 def read(
@@ -224,49 +290,82 @@ def read(
     """
     if every < 1:
         raise UsageError(f"--every must be at least 1, got {every}")
-    container = _open(path)
-    try:
-        info = _info(path, container, max_pixels=max_pixels, max_seconds=max_seconds)
-    except BaseException:
-        container.close()
-        raise
-    return info, _frames(path, container, info, start, end, every, max_seconds)
+    info, raw = _source(path, max_pixels=max_pixels, max_seconds=max_seconds)
+    return info, _frames(path, raw, info, start, end, every, max_seconds)
 
 
-def _frames(
-    path: Path,
-    container: av.container.InputContainer,
-    info: VideoInfo,
-    start: Position | None,
-    end: Position | None,
-    every: int,
-    max_seconds: float,
-) -> Iterator[DecodedFrame]:
+_Raw = tuple[float | None, Any]  # a decoded frame's time in seconds (None: unknown) and its RGB pixels
+
+
+class _Damaged(Exception):
+    """A frame could not be decoded (the file ends early or is damaged there)."""
+
+
+def _av_decoded(container: av.container.InputContainer) -> Generator[_Raw]:
     av = _av()
     stream = container.streams.video[0]
     stream.thread_type = "AUTO"
-    t0: float | None = None
-    selected = 0
-    index = -1
     try:
         decoder = container.decode(stream)
         while True:
             try:
                 frame = next(decoder)
             except StopIteration:
-                break
+                return
             except av.FFmpegError as e:
+                raise _Damaged(_reason(e)) from e
+            yield frame.time, _rgb(frame)
+    finally:
+        container.close()
+
+
+def _webp_decoded(image: Any) -> Generator[_Raw]:
+    """Pillow's frames of an animated WebP, with the time each one starts (the sum of the durations before)."""
+    time = 0.0
+    try:
+        for k in range(int(getattr(image, "n_frames", 1))):
+            try:
+                image.seek(k)
+                rgb = np.array(image.convert("RGB"))  # writable: torch.from_numpy reads it
+            except (OSError, EOFError, ValueError) as e:
+                raise _Damaged(_reason(e)) from e
+            yield time, rgb
+            time += float(image.info.get("duration") or 0) / 1000
+    finally:
+        image.close()
+
+
+def _frames(
+    path: Path,
+    raw: Generator[_Raw],
+    info: VideoInfo,
+    start: Position | None,
+    end: Position | None,
+    every: int,
+    max_seconds: float,
+) -> Iterator[DecodedFrame]:
+    t0: float | None = None
+    selected = 0
+    index = -1
+    try:
+        while True:
+            try:
+                pts, rgb = next(raw)
+            except StopIteration:
+                break
+            except _Damaged as e:
                 if index < 0:
-                    raise VideoError(f"{path.name}: no frame could be decoded ({_reason(e)})") from e
+                    raise VideoError(f"{path.name}: no frame could be decoded ({e})") from e
                 warnings.warn(
                     f"{path.name}: the video data ends early or is damaged after frame {index} "
-                    f"({_reason(e)}); processed up to the last good frame",
+                    f"({e}); processed up to the last good frame",
                     TruncatedVideoWarning,
                     stacklevel=2,
                 )
                 break
             index += 1
-            pts = frame.time if frame.time is not None else index / (info.fps or 1.0)
+            if pts is None:
+                pts = index / (info.fps or 1.0)
             if t0 is None:
                 t0 = pts
             time = max(0.0, pts - t0)
@@ -280,10 +379,10 @@ def _frames(
             if start is not None and not start.reached(index, time):
                 continue
             if selected % every == 0:
-                yield DecodedFrame(index, time, _rgb(frame))
+                yield DecodedFrame(index, time, rgb)
             selected += 1
     finally:
-        container.close()
+        raw.close()
     if end is None and info.exact and info.frames and 0 <= index < info.frames - 1:
         warnings.warn(
             f"{path.name}: the file says {info.frames} frames but only {index + 1} could be read "

@@ -310,7 +310,7 @@ class Sam3Engine:
         for array in images:
             if array.ndim != 3 or array.shape[2] != 3 or array.dtype != np.uint8:
                 raise UsageError(f"images must be RGB uint8 arrays (H, W, 3), got {array.shape} {array.dtype}")
-            t = torch.from_numpy(np.ascontiguousarray(array)).to(self.device).permute(2, 0, 1)
+            t = pixels_chw(array, self.device)
             batch.append(TF.resize(t, size, interpolation=InterpolationMode.BILINEAR, antialias=True))
         pixels = torch.stack(batch).float().div_(255.0)
         return ((pixels - self._mean) / self._std).to(self.dtype)
@@ -545,6 +545,14 @@ class Sam3Engine:
                 logits[None].float().sigmoid(), size=(height, width), mode="bilinear", align_corners=False
             )
             torch.gt(up[0], 1.0 / (1.0 + math.exp(-cut)), out=out)
+
+
+def pixels_chw(array: npt.NDArray[np.uint8], device: torch.device) -> torch.Tensor:
+    """RGB uint8 (H, W, 3) → a (3, H, W) tensor on ``device``; a read-only array (``np.asarray`` of a PIL image)
+    is copied first, since torch cannot wrap it."""
+    if not array.flags.writeable:
+        array = array.copy()
+    return torch.from_numpy(np.ascontiguousarray(array)).to(device).permute(2, 0, 1)
 
 
 def apply_fidelity(detector: Sam3Model, fidelity: Fidelity) -> None:

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 
 from s3seg.config import DEFAULT_MODEL, Settings
 from s3seg.engine import _load
-from s3seg.engine._sam3 import Fidelity, _oom_guard, apply_fidelity, detector_heads
+from s3seg.engine._sam3 import Fidelity, _oom_guard, apply_fidelity, detector_heads, pixels_chw
 from s3seg.errors import UsageError
 from s3seg.types import Instance, SegmentationResult, Timings
 from s3seg.video import TrackedFrame
@@ -203,7 +203,7 @@ class Sam3VideoEngine:
         from torchvision.transforms.v2 import InterpolationMode
         from torchvision.transforms.v2 import functional as TF
 
-        t = torch.from_numpy(np.ascontiguousarray(array)).to(self.device).permute(2, 0, 1)
+        t = pixels_chw(array, self.device)
         t = TF.resize(t, [self.image_size, self.image_size], interpolation=InterpolationMode.BILINEAR, antialias=True)
         pixels: torch.Tensor = ((t.float().div_(255.0) - self._mean) / self._std).to(self.dtype)
         return pixels
@@ -336,11 +336,57 @@ class Sam3VideoEngine:
 
 def _no_hub_kernels() -> None:
     """transformers would fetch a compiled NMS / hole-filling kernel from the Hub when the ``kernels`` package
-    is installed (and warn when it is not). s3seg downloads nothing at run time: mark it as unavailable. The
-    NMS is done here instead (:func:`_nms`); hole filling and sprinkle removal are skipped (docs/fidelity.md)."""
+    is installed (and warn when it is not, skipping both). s3seg downloads nothing at run time: the kernel is
+    marked unavailable, the NMS is done here (:func:`_nms`) and so is the hole filling: transformers' module
+    function, called where the reference calls it (tracked and new masks, before matching and output), is
+    :func:`fill_holes`."""
     from transformers.models.sam3_video import modeling_sam3_video
 
     modeling_sam3_video.cv_utils_kernel = False  # type: ignore[assignment]
+    modeling_sam3_video.fill_holes_in_mask_scores = fill_holes
+
+
+def fill_holes(
+    mask: torch.Tensor, max_area: int, fill_holes: bool = True, remove_sprinkles: bool = True
+) -> torch.Tensor:
+    """The reference's ``fill_holes_in_mask_scores`` on mask logits (N, 1, h, w): background components of at
+    most ``max_area`` pixels become foreground (logit 0.1), then foreground components of at most
+    ``max_area`` pixels and under half the mask's area become background (-0.1). 8-connected, as the
+    reference's connected components (cc_torch on CUDA, skimage on CPU)."""
+    if max_area <= 0 or mask.numel() == 0:
+        return mask
+    if fill_holes:
+        background = mask <= 0
+        mask = torch.where(background & (_small_component_areas(background, max_area) <= max_area), 0.1, mask)
+    if remove_sprinkles:
+        foreground = mask > 0
+        limit = foreground.sum(dim=(2, 3), keepdim=True).div(2, rounding_mode="floor").clamp(max=max_area)
+        mask = torch.where(foreground & (_small_component_areas(foreground, max_area) <= limit), -0.1, mask)
+    return mask
+
+
+def _small_component_areas(binary: torch.Tensor, limit: int) -> torch.Tensor:
+    """Per pixel of ``binary`` (N, 1, h, w): the area of its 8-connected component where that is at most
+    ``limit``, ``limit + 1`` where it is larger, 0 off it.
+
+    Labels spread ``limit`` times to the largest one among 8 neighbours on the mask: a component of at most
+    ``limit`` pixels has then one label throughout. A label's pixels form a whole component exactly when none
+    of them has a mask neighbour with another label; such a region with at most ``limit`` pixels is a small
+    component. (Cheap on the low-resolution masks, no labelling library needed.)"""
+    n, _, h, w = binary.shape
+    ids = torch.arange(1, h * w + 1, device=binary.device, dtype=torch.float32).view(1, 1, h, w)
+    labels = torch.where(binary, ids, -1.0)
+    for _ in range(limit):
+        labels = torch.where(binary, F.max_pool2d(labels, 3, stride=1, padding=1), -1.0)
+    highest = F.max_pool2d(labels, 3, stride=1, padding=1)
+    lowest = -F.max_pool2d(torch.where(binary, -labels, -math.inf), 3, stride=1, padding=1)
+    touching = binary & ((highest != labels) | (lowest != labels))
+    key = torch.arange(n, device=binary.device).view(n, 1, 1, 1) * (h * w + 1) + labels.long().clamp(min=0)
+    size = n * (h * w + 1)
+    area = torch.bincount(key[binary], minlength=size)[key]
+    unclosed = torch.bincount(key[touching], minlength=size)[key] > 0
+    small = binary & ~unclosed & (area <= limit)
+    return torch.where(small, area, torch.where(binary, limit + 1, 0))
 
 
 def _session_class() -> type:
