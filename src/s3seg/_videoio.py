@@ -185,21 +185,15 @@ def probe(path: Path, *, max_pixels: int, max_seconds: float) -> VideoInfo:
 
 def _source(path: Path, *, max_pixels: int, max_seconds: float) -> tuple[VideoInfo, Generator[_Raw]]:
     """The header, checked, and a generator of raw frames (closing it closes the file)."""
-    if _is_webp(path):
-        image = _open_webp(path)
-        try:
-            info = _webp_info(path, image, max_pixels=max_pixels, max_seconds=max_seconds)
-        except BaseException:
-            image.close()
-            raise
-        return info, _webp_decoded(image)
-    container = _open(path)
+    webp = _is_webp(path)
+    handle = _open_webp(path) if webp else _open(path)
     try:
-        info = _info(path, container, max_pixels=max_pixels, max_seconds=max_seconds)
+        header = _webp_info if webp else _info
+        info = header(path, handle, max_pixels=max_pixels, max_seconds=max_seconds)
     except BaseException:
-        container.close()
+        handle.close()
         raise
-    return info, _av_decoded(container)
+    return info, _webp_decoded(handle) if webp else _av_decoded(handle)
 
 
 def _info(path: Path, container: av.container.InputContainer, *, max_pixels: int, max_seconds: float) -> VideoInfo:
