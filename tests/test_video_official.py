@@ -77,29 +77,19 @@ def test_every_official_tensor_lands_in_the_video_model(detector: torch.nn.Modul
     gauss = src["sam_prompt_encoder.pe_layer.positional_encoding_gaussian_matrix"]
     assert torch.equal(state["tracker_model.shared_image_embedding.positional_embedding"], gauss)
     assert torch.equal(state["tracker_model.prompt_encoder.shared_embedding.positional_embedding"], gauss)
-    assert torch.equal(
-        state["tracker_model.memory_encoder.mask_downsampler.layers.3.layer_norm.bias"],
-        src["maskmem_backbone.mask_downsampler.encoder.10.bias"],
-    )
-    assert torch.equal(
-        state["tracker_model.memory_encoder.mask_downsampler.final_conv.weight"],
-        src["maskmem_backbone.mask_downsampler.encoder.12.weight"],
-    )
-    assert torch.equal(
-        state["tracker_model.mask_decoder.iou_prediction_head.layers.0.weight"],
-        src["sam_mask_decoder.iou_prediction_head.layers.1.weight"],
-    )
-    assert torch.equal(
-        state["tracker_model.memory_attention.layers.0.cross_attn_image.o_proj.bias"],
-        src["transformer.encoder.layers.0.cross_attn_image.out_proj.bias"],
-    )
-    assert torch.equal(
-        state["tracker_model.memory_encoder.memory_fuser.layers.1.scale"], src["maskmem_backbone.fuser.layers.1.gamma"]
-    )
-    assert torch.equal(
-        state["tracker_neck.fpn_layers.1.proj2.weight"],
-        detector.state_dict()["backbone.vision_backbone.sam2_convs.1.conv_3x3.weight"],
-    )
+    renamed = {  # transformers key: Meta's key
+        "memory_encoder.mask_downsampler.layers.3.layer_norm.bias": "maskmem_backbone.mask_downsampler.encoder.10.bias",
+        "memory_encoder.mask_downsampler.final_conv.weight": "maskmem_backbone.mask_downsampler.encoder.12.weight",
+        "mask_decoder.iou_prediction_head.layers.0.weight": "sam_mask_decoder.iou_prediction_head.layers.1.weight",
+        "memory_attention.layers.0.cross_attn_image.o_proj.bias": (
+            "transformer.encoder.layers.0.cross_attn_image.out_proj.bias"
+        ),
+        "memory_encoder.memory_fuser.layers.1.scale": "maskmem_backbone.fuser.layers.1.gamma",
+    }
+    for ours, theirs in renamed.items():
+        assert torch.equal(state[f"tracker_model.{ours}"], src[theirs]), ours
+    neck = detector.state_dict()["backbone.vision_backbone.sam2_convs.1.conv_3x3.weight"]
+    assert torch.equal(state["tracker_neck.fpn_layers.1.proj2.weight"], neck)
 
 
 def test_official_checkpoint_tracks_a_clip_and_segments_images(official_video_file: Path, photo: np.ndarray) -> None:
