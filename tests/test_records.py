@@ -185,3 +185,33 @@ def test_closing_the_recorder_closes_its_store_and_storage(tmp_path: Path) -> No
     with Recorder(LocalStorage(tmp_path / "files"), store):
         assert not store._http.is_closed
     assert store._http.is_closed
+
+
+def test_tasks_watch_follows_a_local_task(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """`s3seg tasks ID --watch` on this machine's store: it reads the task until it ends (another process,
+    here a thread, moves it) and prints it then."""
+    import threading
+    import time
+
+    from s3seg.config import load_settings
+    from s3seg.store import store_from_settings
+
+    store = store_from_settings(load_settings())
+    task = store.create_task(["cat"], frames_total=2)
+
+    def work() -> None:
+        store.start(task.id)
+        time.sleep(0.6)
+        store.heartbeat(task.id, done=1)
+        time.sleep(0.6)
+        store.heartbeat(task.id, done=2)
+        store.finish(task.id, source="s", mask=None, overlay="o", labels=[], metadata={})
+
+    worker = threading.Timer(0.3, work)
+    worker.start()
+    code, out, err = run(capsys, "tasks", task.id[:8], "--watch", "--json")
+    worker.join()
+    store.close()
+    assert code == 0, err
+    shown = json.loads(out)
+    assert (shown["status"], shown["frames_done"], shown["frames_total"]) == ("done", 2, 2), shown
