@@ -13,7 +13,15 @@ import pytest
 from PIL import Image, ImageFile
 
 from s3seg.errors import ImageError, UsageError
-from s3seg.images import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, LoadedImage, expand_inputs, load_image
+from s3seg.images import (
+    DEFAULT_MAX_PIXELS,
+    IMAGE_SUFFIXES,
+    LoadedImage,
+    check_image,
+    decode_cost,
+    expand_inputs,
+    load_image,
+)
 
 
 def save(im: Image.Image, path: Path, **kwargs: Any) -> Path:
@@ -442,3 +450,50 @@ def test_expand_glob_without_images(tmp_path: Path) -> None:
 def test_suffixes() -> None:
     assert {".jpg", ".png", ".tiff"} <= IMAGE_SUFFIXES
     assert all(s == s.lower() and s.startswith(".") for s in IMAGE_SUFFIXES)
+
+
+# --- checking without keeping the pixels, and what decoding costs (the server's memory budget) -----------
+
+
+@pytest.mark.parametrize("mode", ["1", "L", "P", "RGB", "RGBA", "CMYK", "I;16"])
+def test_check_image_agrees_with_load_image(tmp_path: Path, mode: str) -> None:
+    rng = np.random.default_rng(1)
+    im = Image.fromarray(rng.integers(0, 256, (30, 50, 3), dtype=np.uint8))
+    im = Image.fromarray(rng.integers(0, 65535, (30, 50), dtype=np.uint16)) if mode == "I;16" else im.convert(mode)
+    buf = io.BytesIO()
+    im.save(buf, format="JPEG" if mode == "CMYK" else "PNG")
+    loaded = load_image(buf.getvalue())
+    assert check_image(buf.getvalue()) == (loaded.width, loaded.height) == (50, 30)
+
+
+def test_check_image_turns_and_refuses_like_load_image(tmp_path: Path) -> None:
+    rotated = _oriented_jpeg(tmp_path).read_bytes()
+    assert check_image(rotated) == (20, 40)  # upright, as load_image answers it
+    for fmt in ("JPEG", "PNG"):  # a JPEG is checked at 1/8 scale: every byte is still read
+        buf = io.BytesIO()
+        Image.fromarray(np.random.default_rng(0).integers(0, 256, (256, 256, 3), dtype=np.uint8)).save(buf, fmt)
+        whole = buf.getvalue()
+        assert check_image(whole) == (256, 256)
+        for cut in (whole[: len(whole) // 2], whole[:-64]):
+            with pytest.raises(ImageError, match="not an image or corrupt"):
+                check_image(cut, name="cut")
+    with pytest.raises(ImageError, match="too large"):
+        check_image(_huge_png(tmp_path / "bomb.png", 20000, 20000).read_bytes(), max_pixels=1_000_000)
+    with pytest.raises(ImageError, match="empty"):
+        check_image(b"")
+    with pytest.raises(ImageError, match="not an image or corrupt"):
+        check_image(b"definitely not an image")
+
+
+def test_decode_cost_from_the_header(tmp_path: Path) -> None:
+    def encoded(mode: str) -> bytes:
+        buf = io.BytesIO()
+        Image.new(mode, (100, 50)).save(buf, format="PNG")
+        return buf.getvalue()
+
+    assert decode_cost(encoded("1")) == 100 * 50 * (1 + 3)  # PIL's byte a pixel + the RGB array
+    assert decode_cost(encoded("RGB")) == 100 * 50 * (4 + 3)
+    assert decode_cost(encoded("RGB"), check_only=True) == 100 * 50 * 4
+    assert decode_cost(_oriented_jpeg(tmp_path).read_bytes()) == 20 * 40 * (2 * 4 + 3)  # turned: a second copy
+    with pytest.raises(ImageError, match="too large"):
+        decode_cost(_huge_png(tmp_path / "bomb.png", 20000, 20000).read_bytes())

@@ -111,29 +111,62 @@ def load_image(source: ImageInput, *, max_pixels: int = DEFAULT_MAX_PIXELS, name
     )
 
 
-def decode_cost(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, name: str | None = None) -> int:
-    """The bytes that :func:`load_image` needs at its peak to decode ``data``, read from the header
-    without decoding a pixel: the decoder's image (1 byte a pixel for 1-bit, gray and palette images, 2
-    for 16-bit gray, 4 for the rest; twice that when EXIF says to turn it) plus the RGB output (3).
+def decode_cost(
+    data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, name: str | None = None, check_only: bool = False
+) -> int:
+    """The bytes that :func:`load_image` (or, with ``check_only``, :func:`check_image`) needs at its peak
+    to decode ``data``, read from the header without decoding a pixel: the decoder's image (1 byte a pixel
+    for 1-bit, gray and palette images, 2 for 16-bit gray, 4 for the rest; twice that when EXIF says to
+    turn it) plus the RGB output (3). :func:`check_image` needs the decoder's image only.
 
     Raises:
         ImageError: not an image, or more than ``max_pixels`` pixels (:class:`ImageTooLargeError`).
     """
-    label = name or "<bytes>"
+    with _opened(data, name or "<bytes>", max_pixels) as im:
+        width, height = im.size
+        native = _DECODER_BYTES.get(im.mode, 4)
+        if check_only:
+            return width * height * native
+        return width * height * (native * (1 if _orientation(im) == 1 else 2) + 3)
+
+
+def check_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, name: str | None = None) -> tuple[int, int]:
+    """Check that ``data`` is a whole image of at most ``max_pixels`` pixels, as :func:`load_image` would,
+    without its RGB array: decoded in its own mode (a JPEG at 1/8 scale, which still reads every byte).
+
+    Returns:
+        Its upright (width, height), EXIF orientation applied, as ``load_image(data).array`` has them.
+
+    Raises:
+        ImageError: empty, not an image, truncated or corrupt, or too large.
+    """
+    with _opened(data, name or "<bytes>", max_pixels) as im:
+        width, height = im.size
+        turned = _orientation(im) in (5, 6, 7, 8)  # a quarter turn: width and height trade places
+        if im.format in ("JPEG", "MPO"):
+            im.draft(None, (max(1, width // 8), max(1, height // 8)))
+        im.load()
+        _strip_converter(im, name or "<bytes>")  # a mode that has no RGB is refused, as load_image does
+    return (height, width) if turned else (width, height)
+
+
+@contextmanager
+def _opened(data: bytes, label: str, max_pixels: int) -> Iterator[Image.Image]:
+    """``data`` opened (its header read, its size checked); what PIL raises inside is an :class:`ImageError`."""
     if not data:
         raise ImageError(f"image file is empty: {label}", hint="the image data has 0 bytes")
     try:
         with _pil_bomb_check_off(), Image.open(io.BytesIO(data)) as im:
             _check_size(im.size, label, max_pixels)
-            width, height = im.size
-            native = _DECODER_BYTES.get(im.mode, 4) * (1 if _orientation(im) == 1 else 2)
+            yield im
     except ImageError:
+        raise
+    except MemoryError:
         raise
     except UnidentifiedImageError as e:
         raise _corrupt(label, "unknown format") from e
-    except Exception as e:
+    except Exception as e:  # PIL decoders raise OSError, SyntaxError, ValueError, EOFError, struct.error...
         raise _corrupt(label, _short(e)) from e
-    return int(width * height * (native + 3))
 
 
 _DECODER_BYTES = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16L": 2, "I;16B": 2, "I;16N": 2}  # PIL's bytes a pixel
@@ -429,6 +462,7 @@ __all__ = [
     "IMAGE_SUFFIXES",
     "ImageInput",
     "LoadedImage",
+    "check_image",
     "decode_cost",
     "expand_inputs",
     "load_image",

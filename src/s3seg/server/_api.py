@@ -26,7 +26,7 @@ from starlette.requests import Request
 from s3seg._videoio import HEAD_BYTES, head_is_video
 from s3seg.config import Settings
 from s3seg.errors import FileTooLarge, ImageError, NotFound, UploadNotFound, UsageError
-from s3seg.images import load_image
+from s3seg.images import check_image
 from s3seg.records import result_files
 from s3seg.server._auth import User
 from s3seg.server._body import json_body, read_form, read_model, single
@@ -109,10 +109,8 @@ async def upload(request: Request, user: CurrentUser, api: ApiDep) -> Envelope[U
         raise FileTooLarge(
             f"{name} is larger than {settings.max_upload_mb:g} MB", hint="resize or recompress the image"
         )
-    async with api.budget.hold([data], max_pixels=settings.max_pixels):  # decoded to check it; not kept
-        image = await run_in_threadpool(load_image, data, max_pixels=settings.max_pixels, name=name)
-        width, height = image.width, image.height
-        del image
+    async with api.budget.hold([data], max_pixels=settings.max_pixels, check_only=True):
+        width, height = await run_in_threadpool(check_image, data, max_pixels=settings.max_pixels, name=name)
     image_id = uuid.uuid4().hex + _extension(data)
     key = _upload_key(user.id, image_id)
     await run_in_threadpool(api.storage.put, key, data, guess_content_type(image_id))
@@ -279,7 +277,7 @@ def _extension(data: bytes) -> str:
     try:
         with Image.open(io.BytesIO(data)) as im:
             fmt = im.format or ""
-    except Exception as e:  # load_image already accepted it; be safe anyway
+    except Exception as e:  # check_image already accepted it; be safe anyway
         raise ImageError("cannot tell the image format") from e
     if fmt not in _EXTENSIONS:
         raise ImageError(f"{fmt} images are not accepted for upload", hint="send JPEG, PNG or WebP")

@@ -32,16 +32,19 @@ class MemoryBudget:
 
     @asynccontextmanager
     async def hold(
-        self, images: Sequence[bytes], *, max_pixels: int, wait_s: float | None = None
+        self, images: Sequence[bytes], *, max_pixels: int, wait_s: float | None = None, check_only: bool = False
     ) -> AsyncIterator[None]:
-        """Reserve the decoding cost of ``images`` (encoded) for the ``async with`` block, all at once.
+        """Reserve the decoding cost of ``images`` (encoded) for the ``async with`` block, all at once
+        (``check_only``: the cost of :func:`s3seg.images.check_image`, not of ``load_image``).
 
         Raises:
             ImageError: an image is not one, or is over ``max_pixels`` (read from its header).
             ImageTooLargeError / PayloadTooLarge: one image / the request needs more than the whole budget.
             Busy: no room within ``wait_s`` (default: the budget's own wait).
         """
-        costs = await run_in_threadpool(lambda: [decode_cost(data, max_pixels=max_pixels) for data in images])
+        costs = await run_in_threadpool(
+            lambda: [decode_cost(data, max_pixels=max_pixels, check_only=check_only) for data in images]
+        )
         need = sum(costs)
         if need > self.capacity:
             budget = f"this server's memory budget is {self.capacity / _MB:.0f} MB"
