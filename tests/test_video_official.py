@@ -17,9 +17,10 @@ import torch
 import _reference as ref
 from s3seg._videoio import DecodedFrame
 from s3seg.engine import Sam3Engine
-from s3seg.engine._convert import convert_state_dict, load_official_video
+from s3seg.engine._convert import convert_state_dict, convert_to_pretrained, load_official_video
 from s3seg.engine._video import Sam3VideoEngine
 from s3seg.errors import ModelError
+from s3seg.video import TrackedFrame
 
 pytest.importorskip("sam3")
 
@@ -92,14 +93,21 @@ def test_every_official_tensor_lands_in_the_video_model(detector: torch.nn.Modul
     assert torch.equal(state["tracker_neck.fpn_layers.1.proj2.weight"], neck)
 
 
-def test_official_checkpoint_tracks_a_clip_and_segments_images(official_video_file: Path, photo: np.ndarray) -> None:
-    engine = Sam3VideoEngine.load(str(official_video_file), device="cpu")
-    assert engine.source == str(official_video_file)
-    frames = [
+def _clip(photo: np.ndarray) -> list[DecodedFrame]:
+    return [
         DecodedFrame(index=i, time=i / 10, array=np.ascontiguousarray(photo[8 * i : 8 * i + 200, 4 * i : 4 * i + 240]))
         for i in range(3)
     ]
-    out = list(engine.track(frames, ["person"], threshold=0.0, new_track_threshold=0.0, max_objects=4))
+
+
+def _track(model: str, photo: np.ndarray) -> list[TrackedFrame]:
+    engine = Sam3VideoEngine.load(model, device="cpu")
+    assert engine.source == model
+    return list(engine.track(_clip(photo), ["person"], threshold=0.0, new_track_threshold=0.0, max_objects=4))
+
+
+def test_official_checkpoint_tracks_a_clip_and_segments_images(official_video_file: Path, photo: np.ndarray) -> None:
+    out = _track(str(official_video_file), photo)
     assert [f.index for f in out] == [0, 1, 2]
     assert all(f.result.width == 240 and f.result.height == 200 for f in out)
     assert any(f.track_ids for f in out), "threshold 0 must start tracks"
@@ -149,3 +157,23 @@ def test_an_image_config_beside_the_checkpoint_is_an_error_for_video(official_vi
     (tmp_path / "config.json").write_text(ref.tiny_config_for_reference(ref.TINY_VIDEO).to_json_string())
     with pytest.raises(ModelError, match=r"describes a 'sam3' model; sam3\.pt needs a model_type sam3_video config"):
         Sam3VideoEngine.load(str(tmp_path / "sam3.pt"), device="cpu")
+
+
+def test_converting_an_official_video_checkpoint_writes_the_video_layout(
+    official_video_file: Path, tmp_path: Path, photo: np.ndarray
+) -> None:
+    """``s3seg convert`` on a checkpoint with its tracker: the facebook/sam3 layout, tracking as the .pt does."""
+    import json
+
+    out = convert_to_pretrained(official_video_file, tmp_path / "converted")
+    config = json.loads((out / "config.json").read_text())
+    assert config["model_type"] == "sam3_video"
+    assert config["detector_config"]["vision_config"]["backbone_config"]["layer_norm_eps"] == 1e-5
+    assert "video_processor" in json.loads((out / "processor_config.json").read_text())
+    converted = _track(str(out), photo)
+    direct = _track(str(official_video_file), photo)
+    assert [f.track_ids for f in converted] == [f.track_ids for f in direct]
+    for a, b in zip(converted, direct, strict=True):
+        for x, y in zip(a.result.instances, b.result.instances, strict=True):
+            assert x.mask is not None and y.mask is not None
+            assert abs(x.score - y.score) < 1e-5 and (x.mask == y.mask).mean() > 0.999

@@ -9,7 +9,8 @@ from s3seg.cli._console import console
 def convert_command(checkpoint: opt.Checkpoint, out_dir: opt.OutDir, force: opt.Force = False) -> None:
     """Convert an official SAM3 checkpoint into a folder that --model, transformers and the Hub load.
 
-    A config.json beside the .pt file gives the model size; otherwise it is SAM3's full size.
+    A config.json beside the .pt file gives the model size; otherwise it is SAM3's full size. With the
+    tracker (Meta's sam3.pt has it) the folder is the video model's, serving images and videos.
     """
     from s3seg.engine._convert import convert_to_pretrained
     from s3seg.errors import UsageError

@@ -713,24 +713,40 @@ def _load_strict(cls: Any, path: Path, config: Any, *, video: bool) -> Any:
 def convert_to_pretrained(path: Path, out_dir: Path) -> Path:
     """Write the official checkpoint at ``path`` as a standard ``save_pretrained`` directory.
 
-    The result loads with ``Sam3Model.from_pretrained`` / ``Sam3Processor.from_pretrained`` anywhere.
-    Its config carries the reference's ViT LayerNorm epsilon (1e-5), so plain transformers users get it
-    too. Written into a temporary sibling first and renamed, so a failure leaves nothing half-written.
+    The video model (``Sam3VideoModel``, the layout of ``facebook/sam3``: images and videos) when the checkpoint
+    holds the tracker and the config beside it, if any, is a ``sam3_video`` one; the image model (``Sam3Model``)
+    otherwise. The result loads with ``from_pretrained`` anywhere. Its config carries the reference's ViT
+    LayerNorm epsilon (1e-5), so plain transformers users get it too. Written into a temporary sibling first
+    and renamed, so a failure leaves nothing half-written.
     """
     import shutil
     import tempfile
 
-    from transformers import Sam3ImageProcessor, Sam3Processor
+    from transformers import Sam3ImageProcessor, Sam3Processor, Sam3VideoProcessor
 
     from s3seg.engine._load import quiet_transformers
     from s3seg.engine._tokenizer import build_clip_tokenizer
 
-    model = load_official(Path(path))
-    model.config.vision_config.backbone_config.layer_norm_eps = 1e-5  # type: ignore[union-attr]
+    path = Path(path)
+    model: Any
+    if _converts_to_video(path):
+        model = load_official_video(path)
+        visions = [model.config.detector_config.vision_config, model.config.tracker_config.vision_config]
+    else:
+        model = load_official(path)
+        visions = [model.config.vision_config]
+    for vision in visions:
+        vision.backbone_config.layer_norm_eps = 1e-5
     size = int(model.config.image_size)
-    processor = Sam3Processor(
-        image_processor=Sam3ImageProcessor(size={"height": size, "width": size}), tokenizer=build_clip_tokenizer()
-    )
+    images = Sam3ImageProcessor(size={"height": size, "width": size})
+    processor: Any = Sam3Processor(image_processor=images, tokenizer=build_clip_tokenizer())
+    if len(visions) > 1:
+        from transformers.models.sam2_video.video_processing_sam2_video import Sam2VideoVideoProcessor
+
+        frames = Sam2VideoVideoProcessor(
+            size={"height": size, "width": size}, image_mean=[0.5] * 3, image_std=[0.5] * 3
+        )
+        processor = Sam3VideoProcessor(image_processor=images, video_processor=frames, tokenizer=build_clip_tokenizer())
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
@@ -746,3 +762,21 @@ def convert_to_pretrained(path: Path, out_dir: Path) -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
+
+
+def _converts_to_video(path: Path) -> bool:
+    """The checkpoint has tracker keys and no image-model config sits beside it."""
+    import json
+
+    beside = path.parent / "config.json"
+    if beside.is_file():
+        try:
+            if json.loads(beside.read_text()).get("model_type") != "sam3_video":
+                return False
+        except (OSError, ValueError, AttributeError):
+            return False  # load_official names the problem
+    try:
+        state = _unwrap(_load_pickle(path)) or {}
+    except Exception:
+        return False
+    return any(key.startswith(_TRACKER_PREFIX) for key in state)
