@@ -49,6 +49,14 @@ class Server(LoopbackServer):
         return batcher.turns  # type: ignore[no-any-return]
 
 
+@pytest.fixture(autouse=True)
+def _own_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The servers (threads of this process) put their uploads in this test's own temporary folder, so what
+    is left behind is this test's, whatever else runs on the machine."""
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+
+
 @pytest.fixture(scope="module")
 def video_engine(tiny_model_dir: Path) -> Sam3VideoEngine:
     return Sam3VideoEngine.load(str(tiny_model_dir), device="cpu")
@@ -310,6 +318,23 @@ def test_a_client_that_goes_away_stops_the_work(
     assert settle(server) - before < 60
     assert re.search(r"long\.mp4: the client went away; stopped after \d+ frame", caplog.text)
     assert leftovers() <= folders
+
+
+def test_videos_at_once_are_limited(serve: Callable[..., Server], long_clip: Path, clip: Path) -> None:
+    server = serve(max_videos=1)
+    files = {"video": (long_clip.name, long_clip.read_bytes(), "video/mp4")}
+    with server.http.stream(
+        "POST", "/api/v1/predict/video", files=files, data={"prompts": "person"}, headers=NDJSON
+    ) as r:
+        lines = r.iter_lines()  # kept: dropping a half-read iterator closes the connection
+        assert json.loads(next(lines))["type"] == "start" and json.loads(next(lines))["type"] == "progress"
+        busy = post(server, clip)
+        assert error_of(busy) == (503, "BUSY") and busy.headers["retry-after"] == "1"
+        assert "S3SEG_MAX_VIDEOS" in busy.json()["error"]["hint"]
+    deadline = time.monotonic() + 30  # its client went away: the slot is free again
+    while (answer := post(server, clip)).status_code == 503 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert answer.status_code == 200 and server.app.state.server.videos_running == 0
 
 
 def settle(server: Server) -> int:

@@ -104,6 +104,7 @@ class Settings(BaseSettings):
     allow_no_key: bool = Field(default=False, description="Allow a non-loopback server without an API key.")
     max_body_mb: float = Field(default=20.0, gt=0, description="Largest request body the server reads.")
     max_video_mb: float = Field(default=500.0, gt=0, description="Largest video upload to /api/v1/predict/video.")
+    max_videos: int = Field(default=4, ge=1, description="Videos tracked at once by /api/v1/predict/video.")
     max_prompts: int = Field(default=16, ge=1, description="Most prompts per image in one request.")
     max_prompt_chars: int = Field(default=200, ge=1, description="Longest prompt accepted.")
     max_boxes: int = Field(default=16, ge=0, description="Most exemplar boxes per request.")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hmac
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Annotated, TypeVar, cast
 
@@ -15,7 +16,7 @@ from pydantic import SecretStr
 
 from s3seg.config import Settings
 from s3seg.engine import Sam3Engine
-from s3seg.errors import AuthError, ServerError, Unauthorized
+from s3seg.errors import AuthError, Busy, ServerError, Unauthorized
 from s3seg.records import result_files
 from s3seg.server._auth import TokenVerifier, User, bearer_token
 from s3seg.server._batcher import Batcher
@@ -100,6 +101,26 @@ class Server:
     api: PublicAPI | None = None
     video_engine: Sam3VideoEngine | None = None  # loaded on the first video request unless given
     _video_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    videos_running: int = 0  # requests to /predict/video under way (at most settings.max_videos)
+
+    def video_slot(self) -> Callable[[], None]:
+        """Count one more video under way, or :class:`Busy` at ``max_videos``; returns the release (idempotent)."""
+        with self._video_lock:
+            if self.videos_running >= self.settings.max_videos:
+                raise Busy(
+                    f"the server is tracking {self.videos_running} video(s), its most at once",
+                    hint="retry when one is done, or raise the server's S3SEG_MAX_VIDEOS",
+                )
+            self.videos_running += 1
+        released = threading.Event()
+
+        def release() -> None:
+            with self._video_lock:
+                if not released.is_set():
+                    released.set()
+                    self.videos_running -= 1
+
+        return release
 
     def video(self) -> Sam3VideoEngine:
         """The one video model of the server (``/predict/video`` and the public API's video tasks): the image

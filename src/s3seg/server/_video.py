@@ -19,7 +19,7 @@ import re
 import shutil
 import tempfile
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +62,7 @@ router = APIRouter(prefix="/api/v1", tags=["model"], dependencies=[Depends(requi
 @router.post("/predict/video", response_model=Envelope[TracksOut], responses=_ANSWERS, openapi_extra=_BODY)
 async def predict_video(request: Request, server: ServerDep, settings: SettingsDep) -> Response:
     """Track every instance of each prompt through a video (multipart: ``video`` file + fields)."""
+    release = server.video_slot()  # before the upload is read: a busy server refuses at once
     folder = Path(tempfile.mkdtemp(prefix="s3seg-predict-video-"))
     try:
         path, fields = await _read_upload(request, settings, folder)
@@ -70,10 +71,11 @@ async def predict_video(request: Request, server: ServerDep, settings: SettingsD
             probe, path, max_pixels=settings.max_video_pixels, max_seconds=settings.max_video_seconds
         )
         engine = await run_in_threadpool(server.video)
-        run = _Run(folder, threading.Event())
+        run = _Run(folder, threading.Event(), release)
         video = await run_in_threadpool(_open, path, fields, engine, settings, run)
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
+        release()
         raise
     if NDJSON in request.headers.get("accept", ""):
         # Starlette's streaming answer listens for the client going away and then cancels the generator
@@ -159,9 +161,10 @@ class _Run:
     ``frame`` as each frame is done (at most ``_AHEAD`` of them waiting for a slow client, then the worker
     waits too). The temporary folder is removed by :meth:`close`."""
 
-    def __init__(self, folder: Path, cancel: threading.Event) -> None:
+    def __init__(self, folder: Path, cancel: threading.Event, release: Callable[[], None]) -> None:
         self.folder = folder
         self.cancel = cancel
+        self._release = release  # the request's video slot
         self.finished = False  # every frame processed, or failed: not stopped half-way
         self.frames = 0
         self._loop = asyncio.get_running_loop()
@@ -232,8 +235,10 @@ class _Run:
         _log.info("video %s: the client went away; stopped after %d frame(s)", name, self.frames)
 
     def close(self) -> None:
+        """The answer is over: the worker stops (if it has not), the upload is removed, the slot freed."""
         self.cancel.set()
         shutil.rmtree(self.folder, ignore_errors=True)
+        self._release()
 
 
 def _tracks(video: VideoResult) -> dict[str, Any]:
