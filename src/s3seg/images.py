@@ -155,14 +155,20 @@ def _opened(data: bytes, label: str, max_pixels: int) -> Iterator[Image.Image]:
     """``data`` opened (its header read, its size checked); what PIL raises inside is an :class:`ImageError`."""
     if not data:
         raise ImageError(f"image file is empty: {label}", hint="the image data has 0 bytes")
+    with _pil_errors(label), _pil_bomb_check_off(), Image.open(io.BytesIO(data)) as im:
+        _check_size(im.size, label, max_pixels)
+        yield im
+
+
+@contextmanager
+def _pil_errors(label: str) -> Iterator[None]:
+    """What PIL raises inside becomes an :class:`ImageError` naming ``label`` (memory errors pass through)."""
     try:
-        with _pil_bomb_check_off(), Image.open(io.BytesIO(data)) as im:
-            _check_size(im.size, label, max_pixels)
-            yield im
-    except ImageError:
+        yield
+    except (ImageError, MemoryError):
         raise
-    except MemoryError:
-        raise
+    except Image.DecompressionBombError as e:
+        raise ImageTooLargeError(f"image {label} is too large: {_short(e)}", hint=_TOO_LARGE_HINT) from e
     except UnidentifiedImageError as e:
         raise _corrupt(label, "unknown format") from e
     except Exception as e:  # PIL decoders raise OSError, SyntaxError, ValueError, EOFError, struct.error...
@@ -292,7 +298,7 @@ def _load_bytes(data: bytes, label: str, max_pixels: int) -> RGBArray:
 
 def _decode(fp: IO[bytes], label: str, max_pixels: int) -> RGBArray:
     """Open, check the size from the header, then fully decode the first frame of an encoded image."""
-    try:
+    with _pil_errors(label):
         with _pil_bomb_check_off():
             im = Image.open(fp)
         with im:
@@ -303,33 +309,17 @@ def _decode(fp: IO[bytes], label: str, max_pixels: int) -> RGBArray:
             # short; turned in place (no copy when there is nothing to turn).
             ImageOps.exif_transpose(im, in_place=True)
             return _pil_to_rgb(im, label)
-    except ImageError:
-        raise
-    except Image.DecompressionBombError as e:
-        raise ImageTooLargeError(f"image {label} is too large: {_short(e)}", hint=_TOO_LARGE_HINT) from e
-    except MemoryError:
-        raise
-    except UnidentifiedImageError as e:
-        raise _corrupt(label, "unknown format") from e
-    except Exception as e:  # PIL decoders raise OSError, SyntaxError, ValueError, EOFError, struct.error...
-        raise _corrupt(label, _short(e)) from e
 
 
 def _load_pil(im: Image.Image, label: str, max_pixels: int) -> RGBArray:
     """A caller's PIL image: its current frame, EXIF-transposed, never modified in place."""
     _check_size(im.size, label, max_pixels)
-    try:
+    with _pil_errors(label):
         with _pil_bomb_check_off():
             im.load()  # lazily opened images decode here
             # a turned copy only when the image is turned: the conversion below only reads the caller's image
             upright = ImageOps.exif_transpose(im) if _orientation(im) != 1 else im
         return _pil_to_rgb(upright, label)
-    except ImageError:
-        raise
-    except MemoryError:
-        raise
-    except Exception as e:
-        raise _corrupt(label, _short(e)) from e
 
 
 def _check_size(size: tuple[int, int], label: str, max_pixels: int) -> None:
