@@ -79,6 +79,19 @@ class NewTask:
         return ", ".join(self.prompts)
 
 
+@dataclass(frozen=True)
+class TaskResult:
+    """What a finished task keeps (see :meth:`Store.finish`): its files' keys, labels, metadata to merge,
+    and the cost when the work cost less than was reserved."""
+
+    source: str
+    mask: str | None
+    overlay: str
+    labels: list[Any]
+    metadata: dict[str, Any]
+    cost: int | None = None
+
+
 class Store(ABC):
     """A results store bound to one user (``for_user``), whose task operations see only that user's rows;
     ``runnable`` and ``requeue_stale`` are the server's background work, across all users."""
@@ -176,7 +189,6 @@ class Store(ABC):
         alone), with its progress (``frames_done``/``frames_total``) when given. False when the task is no
         longer ``processing`` (ended, or requeued after all): its worker should stop."""
 
-    @abstractmethod
     def finish(
         self,
         task_id: str,
@@ -192,6 +204,12 @@ class Store(ABC):
         stay the store's); a queued task's cost is charged in the same transaction. ``cost``: what the work
         turned out to cost when that is less than was reserved (a video with fewer frames than counted):
         charged instead; never more than the reservation."""
+        if cost is not None and cost < 0:
+            raise UsageError(f"a task's cost must be >= 0, got {cost}")
+        return self._finish(task_id, TaskResult(source, mask, overlay, labels, metadata, cost))
+
+    @abstractmethod
+    def _finish(self, task_id: str, result: TaskResult) -> Task: ...
 
     @abstractmethod
     def fail(self, task_id: str, error: str) -> Task:
@@ -232,8 +250,6 @@ def finished_metadata(old: dict[str, Any], new: dict[str, Any], cost: int | None
     lowered to ``cost`` when that is less, see :meth:`Store.finish`)."""
     merged = {**old, **{k: v for k, v in new.items() if k not in OWN_KEYS}}
     if cost is not None:
-        if cost < 0:
-            raise UsageError(f"a task's cost must be >= 0, got {cost}")
         reserved = old.get("cost")
         merged["cost"] = min(cost, reserved) if isinstance(reserved, int) and not isinstance(reserved, bool) else 0
     return merged

@@ -16,13 +16,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from s3seg.errors import DependencyError, S3SegError, StoreError, UsageError
+from s3seg.errors import DependencyError, S3SegError, StoreError
 from s3seg.models import Account, Status, Task
 from s3seg.store._base import (
     COLUMNS,
     PREVIOUS,
     NewTask,
     Store,
+    TaskResult,
     Tasks,
     cannot_become,
     function_error,
@@ -169,17 +170,7 @@ class PostgresStore(Store):
             ).rowcount
         return moved > 0
 
-    def finish(
-        self,
-        task_id: str,
-        *,
-        source: str,
-        mask: str | None,
-        overlay: str,
-        labels: list[Any],
-        metadata: dict[str, Any],
-        cost: int | None = None,
-    ) -> Task:
+    def _finish(self, task_id: str, r: TaskResult) -> Task:
         from psycopg.types.json import Jsonb
 
         tid, uid = task_uuid(task_id), self._uid()
@@ -191,18 +182,16 @@ class PostgresStore(Store):
             if found is None:
                 raise task_not_found(task_id)
             if found[0]:  # a server task: done and charged in one transaction
-                if cost is not None:  # the price is lowered (never raised) before the function charges it
-                    if cost < 0:
-                        raise UsageError(f"a task's cost must be >= 0, got {cost}")
+                if r.cost is not None:  # the price is lowered (never raised) before the function charges it
                     conn.execute(
                         "update public.segmentation_results set metadata = jsonb_set(metadata, '{cost}', "
                         "to_jsonb(least(public.segmentation_task_cost(metadata), %s::int))) "
                         "where id = %s and status = 'processing'",
-                        (cost, tid),
+                        (r.cost, tid),
                     )
                 conn.execute(
                     "select public.finish_segmentation_task(%s, %s, %s, %s, %s, %s)",
-                    (tid, source, mask, overlay, Jsonb(labels), Jsonb(metadata)),
+                    (tid, r.source, r.mask, r.overlay, Jsonb(r.labels), Jsonb(r.metadata)),
                 )
             elif found[1] != "processing":
                 raise cannot_become(task_id, found[1], "done")
@@ -212,7 +201,7 @@ class PostgresStore(Store):
                     "mask_image_url = %s, overlay_image_url = %s, labels = %s, "
                     "metadata = metadata || (%s::jsonb - 'cost' - 'attempts') "
                     "where id = %s and status = 'processing' and not queued",
-                    (source, mask, overlay, Jsonb(labels), Jsonb(metadata), tid),
+                    (r.source, r.mask, r.overlay, Jsonb(r.labels), Jsonb(r.metadata), tid),
                 )
             return self._get(conn, tid, uid)
 

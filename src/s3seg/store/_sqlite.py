@@ -29,6 +29,7 @@ from s3seg.store._base import (
     COLUMNS,
     NewTask,
     Store,
+    TaskResult,
     Tasks,
     attempts,
     check_move,
@@ -175,24 +176,14 @@ class SQLiteStore(Store):
             ).rowcount
         return bool(moved)
 
-    def finish(
-        self,
-        task_id: str,
-        *,
-        source: str,
-        mask: str | None,
-        overlay: str,
-        labels: list[Any],
-        metadata: dict[str, Any],
-        cost: int | None = None,
-    ) -> Task:
+    def _finish(self, task_id: str, r: TaskResult) -> Task:
         def done(meta: dict[str, Any]) -> dict[str, Any]:
             return {
-                "source_image_url": source,
-                "mask_image_url": mask,
-                "overlay_image_url": overlay,
-                "labels": json.dumps(labels),
-                "metadata": json.dumps(finished_metadata(meta, metadata, cost)),
+                "source_image_url": r.source,
+                "mask_image_url": r.mask,
+                "overlay_image_url": r.overlay,
+                "labels": json.dumps(r.labels),
+                "metadata": json.dumps(finished_metadata(meta, r.metadata, r.cost)),
             }
 
         return self._move(task_id, "done", done)

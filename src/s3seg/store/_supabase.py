@@ -33,6 +33,7 @@ from s3seg.store._base import (
     PROFILE_HINT,
     NewTask,
     Store,
+    TaskResult,
     Tasks,
     attempts,
     cannot_become,
@@ -199,19 +200,8 @@ class SupabaseStore(Store):
                 return self._get(task_id, user)  # with the project name joined in
         raise StoreError(f"task {task_id} kept changing while it was being started; it was not started")
 
-    def finish(
-        self,
-        task_id: str,
-        *,
-        source: str,
-        mask: str | None,
-        overlay: str,
-        labels: list[Any],
-        metadata: dict[str, Any],
-        cost: int | None = None,
-    ) -> Task:
-        """``processing → done``; a queued task's cost is charged (and logged) in the same transaction.
-        ``metadata`` is merged into the task's (its ``cost`` and ``attempts`` stay)."""
+    def _finish(self, task_id: str, r: TaskResult) -> Task:
+        """A queued task's cost is charged (and logged) in the same transaction as ``processing → done``."""
         user = self._bound_user()
         # One of this user's tasks: finish_segmentation_task does not know the caller, so check first.
         old = self._row(task_id, user, "status, queued, metadata")
@@ -220,16 +210,16 @@ class SupabaseStore(Store):
                 task_id,
                 "done",
                 {
-                    "source_image_url": source,
-                    "mask_image_url": mask,
-                    "overlay_image_url": overlay,
-                    "labels": labels,
-                    "metadata": finished_metadata(old.get("metadata") or {}, metadata),
+                    "source_image_url": r.source,
+                    "mask_image_url": r.mask,
+                    "overlay_image_url": r.overlay,
+                    "labels": r.labels,
+                    "metadata": finished_metadata(old.get("metadata") or {}, r.metadata),
                 },
             )
         self._check_writable(task_id, old)
         meta = old.get("metadata") or {}
-        lowered = finished_metadata(meta, {}, cost)
+        lowered = finished_metadata(meta, {}, r.cost)
         if lowered.get("cost") != meta.get("cost"):  # a second request (PostgREST): lowers, never raises
             self._update_if(task_id, user, "processing", {"metadata": lowered})
         self._call(
@@ -237,11 +227,11 @@ class SupabaseStore(Store):
                 "finish_segmentation_task",
                 {
                     "p_task_id": task_id,
-                    "p_source": source,
-                    "p_mask": mask,
-                    "p_overlay": overlay,
-                    "p_labels": labels,
-                    "p_metadata": finished_metadata({}, metadata),
+                    "p_source": r.source,
+                    "p_mask": r.mask,
+                    "p_overlay": r.overlay,
+                    "p_labels": r.labels,
+                    "p_metadata": finished_metadata({}, r.metadata),
                 },
             ).execute
         )
