@@ -163,9 +163,11 @@ def test_sdk_and_cli_on_a_server_equal_the_local_run(
     capsys: pytest.CaptureFixture[str], server: Server, clip: Path, local: dict[str, Any]
 ) -> None:
     with s3seg.Client(server_url=server.url, api_key=KEY) as client:
-        video = client.segment_video(clip, "person")  # the server's threshold (0) applies
+        taken: list[int] = []  # the server's progress lines, as they arrive
+        video = client.segment_video(clip, "person", on_frame=taken.append)  # the server's threshold (0) applies
         assert video.expected_frames == 8
         frames = list(video)  # as the server sends them
+        assert taken == list(range(1, 9))
         assert len(frames) == 8 and frames[0].result.masks.shape[1:] == (72, 96)
         same_tracks(video.to_tracks(), local)
     code, out, err = run_cli(capsys, "segment", str(clip), "person", "--server", server.url, "--api-key", KEY, "--json")

@@ -8,7 +8,7 @@ its Retry-After; every error becomes one of s3seg's own errors with a hint.
 from __future__ import annotations
 
 import json
-from collections.abc import Generator, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -74,7 +74,7 @@ class RemoteBackend:
 
         if not path.is_file():
             raise VideoError(f"{path}: no such file")
-        chosen = {name: str(value) for name, value in options.items() if value is not None}
+        chosen = {name: str(value) for name, value in options.items() if value is not None and name != "on_frame"}
         lines = self._lines(path, {"prompts": list(prompts), **chosen})
         head = next(lines, None)  # sends the clip: the server answers once it has read it all
         if head is None or head.get("type") != "start":
@@ -82,7 +82,7 @@ class RemoteBackend:
             raise ServerError(f"{self.http.where} answered no video stream", hint="is it an s3seg server?")
         texts = tuple(head["prompts"])
         return VideoResult(
-            self._frames(lines, texts, head.get("model")),
+            self._frames(lines, texts, head.get("model"), options.get("on_frame")),
             name=str(head["name"]),
             source=path,
             prompts=texts,
@@ -122,14 +122,20 @@ class RemoteBackend:
             clip.close()
 
     def _frames(
-        self, lines: Iterator[dict[str, Any]], prompts: tuple[str, ...], model: str | None
+        self,
+        lines: Iterator[dict[str, Any]],
+        prompts: tuple[str, ...],
+        model: str | None,
+        on_frame: Callable[[int], None] | None,
     ) -> Iterator[TrackedFrame]:
         from s3seg.video import TrackedFrame
 
         for line in lines:
             if line.get("type") == "done":
                 return
-            if line.get("type") != "frame":  # progress: the model took in a frame; it comes out later
+            if line.get("type") == "progress":  # the model took in a frame; it comes out some frames later
+                if on_frame is not None:
+                    on_frame(int(line["frames_done"]))
                 continue
             width, height = int(line["width"]), int(line["height"])
             found = line["instances"]

@@ -441,6 +441,7 @@ class VideoOptions(TypedDict, total=False):
     every: int
     threshold: float | None
     max_objects: int | None
+    on_frame: Callable[[int], None] | None  # progress: the model has taken in its n-th frame (n = 1, 2, …)
 
 
 def segment_video(

@@ -46,8 +46,11 @@ def run(
         return
     client = Client(settings=settings)
     if client.is_remote:  # the server decodes and checks the clip (no PyAV or torch needed here)
-        video = client.segment_video(path, prompts, start=start, end=end, every=every, max_objects=max_objects)
-        _process(video)
+        with _Tracking() as bar:  # fed by the server's progress lines
+            video = client.segment_video(
+                path, prompts, start=start, end=end, every=every, max_objects=max_objects, on_frame=bar.frame
+            )
+            bar.run(video)
     else:
         video = _local(client, path, prompts, settings, start=start, end=end, every=every, max_objects=max_objects)
     written: list[Path] = []
@@ -85,24 +88,47 @@ def _local(
 
     probe(path, max_pixels=settings.max_video_pixels, max_seconds=settings.max_video_seconds)  # before the model
     engine = client.video_engine  # model problems end the command before any video work
-    with warnings.catch_warnings(record=True) as caught:
+    with warnings.catch_warnings(record=True) as caught, _Tracking() as bar:
         warnings.simplefilter("always", TruncatedVideoWarning)
-        video = open_video(path, prompts, engine, settings, start=start, end=end, every=every, max_objects=max_objects)
-        _process(video)
+        video = open_video(
+            path,
+            prompts,
+            engine,
+            settings,
+            start=start,
+            end=end,
+            every=every,
+            max_objects=max_objects,
+            on_frame=bar.frame,
+        )
+        bar.run(video)
     for w in caught:
         if issubclass(w.category, TruncatedVideoWarning):
             tell(("warning", "bold yellow"), f" {w.message}")
     return video
 
 
-def _process(video: VideoResult) -> None:
-    """Run the clip with a progress bar on stderr: frames, frames/s and time left (from a server: fed by
-    its stream, a frame as each is done)."""
-    with progress_bar("tracking", "{task.fields[fps]} frames/s") as bar:
-        task = bar.add_task("track", total=video.expected_frames, fps="-")
-        t0 = time.perf_counter()
-        for n, _ in enumerate(video, start=1):
-            bar.update(task, completed=n, fps=f"{n / max(time.perf_counter() - t0, 1e-9):.1f}")
+class _Tracking:
+    """The progress bar on stderr: frames the model has taken in (the tracker lets each out some frames
+    later), frames/s and time left; from a server, as its progress lines arrive."""
+
+    def __enter__(self) -> _Tracking:
+        self._bar = progress_bar("tracking", "{task.fields[fps]} frames/s")
+        self._bar.__enter__()
+        self._task = self._bar.add_task("track", total=None, fps="-")
+        self._t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._bar.__exit__(None, None, None)
+
+    def frame(self, n: int) -> None:
+        self._bar.update(self._task, completed=n, fps=f"{n / max(time.perf_counter() - self._t0, 1e-9):.1f}")
+
+    def run(self, video: VideoResult) -> None:
+        """Process every frame of ``video`` (opened with ``on_frame=self.frame``)."""
+        self._bar.update(self._task, total=video.expected_frames)
+        video.run()
 
 
 def summary(name: str, doc: dict[str, Any], written: list[Path]) -> None:
