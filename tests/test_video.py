@@ -210,3 +210,32 @@ def test_video_detector_computes_what_the_image_engine_computes(
     np.testing.assert_allclose(video_scores(video_engine), expected, rtol=1e-5, atol=1e-6)
     no_cls = Sam3VideoEngine.load(str(tiny_model_dir), device="cpu", fidelity=Fidelity(geometry_cls=False))
     assert np.abs(video_scores(no_cls) - expected).max() > 1e-4
+
+
+def test_a_video_engine_shares_the_image_engines_detector(tiny_model_dir: Path, clip: Path) -> None:
+    """The server's video model takes the image model as its detector (one copy of those weights) only when
+    the weights and fixes are the same; tracking through the shared detector gives the same tracks, and the
+    image engine still answers the same afterwards (the two engines' decoder patches do not clash)."""
+    import torch
+
+    from s3seg.engine import Sam3Engine
+
+    image = Sam3Engine.load(str(tiny_model_dir), device="cpu")
+    photo = next(iter(_decoded(clip))).array
+    before = image.predict_raw(photo, "person").scores
+    alone = Sam3VideoEngine.load(str(tiny_model_dir), device="cpu")
+    expected = _frames(alone, clip, ["person"])
+    shared = Sam3VideoEngine.load(str(tiny_model_dir), device="cpu")
+    assert shared.share_detector(image)
+    assert shared._m.detector_model is image.model
+    got = _frames(shared, clip, ["person"])
+    assert [f.track_ids for f in got] == [f.track_ids for f in expected]
+    assert [f.result.instances for f in got] == [f.result.instances for f in expected]
+    np.testing.assert_array_equal(image.predict_raw(photo, "person").scores, before)
+
+    other = Sam3VideoEngine.load(str(tiny_model_dir), device="cpu", fidelity=Fidelity(geometry_cls=False))
+    assert not other.share_detector(image)  # other fixes: not the same detector
+    with torch.no_grad():
+        next(alone._m.detector_model.parameters()).add_(1.0)
+    assert not alone.share_detector(image)  # other weights: kept apart
+    assert alone._m.detector_model is not image.model

@@ -152,8 +152,7 @@ class Sam3Engine:
         self._lock = threading.Lock()
         self._text_cache: OrderedDict[str, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
         apply_fidelity(self._m, fidelity)
-        self._grid = (0, 0)  # the DETR decoder's feature grid (h, w), set by _head_batch
-        self._m.detr_decoder._get_coords = self._decoder_coords
+        fast_decoder_coords(self._m)
         self._vision = self._m.vision_encoder
         self._head_fn = self._head_batch
         self.compiled = bool(compile)
@@ -161,6 +160,11 @@ class Sam3Engine:
             backend = "inductor" if compile is True else str(compile)
             self._vision = torch.compile(self._m.vision_encoder, dynamic=False, backend=backend)  # type: ignore[assignment]
             self._head_fn = torch.compile(self._head_batch, dynamic=False, backend=backend)
+
+    @property
+    def model(self) -> Sam3Model:
+        """transformers' ``Sam3Model`` this engine drives (read-only use: a video engine shares its weights)."""
+        return self._m
 
     # ----------------------------------------------------------------------------------------- loading
     @classmethod
@@ -453,18 +457,7 @@ class Sam3Engine:
         prompt (N, L, D), prompt_mask (N, L) → scores (N, Q), boxes (N, Q, 4) normalised xyxy, mask logits
         (N, Q, h, w).
         """
-        self._grid = (int(fpn[-1].shape[-2]), int(fpn[-1].shape[-1]))
         return detector_heads(self._m, fpn, fpn_pos, prompt, prompt_mask)
-
-    def _decoder_coords(
-        self, height: object, width: object, dtype: torch.dtype, device: torch.device
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Stands in for transformers' ``Sam3DetrDecoder._get_coords``, which builds the normalised grid of
-        the box position bias from a shape *tensor* in every layer: a device read (on CUDA, a sync) and,
-        under ``torch.compile``, a graph break. The grid is the feature map's, known here as ints; the values
-        are the same (``arange(0, h) / h``)."""
-        h, w = self._grid
-        return torch.arange(0, h, device=device, dtype=dtype) / h, torch.arange(0, w, device=device, dtype=dtype) / w
 
     def _box_tensors(self, boxes: tuple[Box, ...], size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         """Exemplar boxes (pixels, clipped to the image) → normalised cxcywh (1, K, 4) and labels (1, K)."""
@@ -566,6 +559,21 @@ def apply_fidelity(detector: Sam3Model, fidelity: Fidelity) -> None:
         detector.detr_decoder.clamp_presence_logit_max_val = float("inf")
 
 
+def fast_decoder_coords(detector: Sam3Model) -> None:
+    """Replace transformers' ``Sam3DetrDecoder._get_coords``, which builds the normalised grid of the box
+    position bias from a shape *tensor* in every layer: a device read (on CUDA, a sync) and, under
+    ``torch.compile``, a graph break. :func:`detector_heads` records the feature grid as ints on the decoder
+    first; the values are the same (``arange(0, h) / h``)."""
+    decoder = detector.detr_decoder
+
+    def coords(height: object, width: object, dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, ...]:
+        h, w = decoder.s3seg_grid  # type: ignore[misc]  # set by detector_heads
+        return torch.arange(0, h, device=device, dtype=dtype) / h, torch.arange(0, w, device=device, dtype=dtype) / w
+
+    decoder.s3seg_grid = (0, 0)  # type: ignore[assignment]  # a plain attribute, not a parameter
+    decoder._get_coords = coords
+
+
 def detector_heads(
     m: Sam3Model, fpn: list[torch.Tensor], fpn_pos: list[torch.Tensor], prompt: torch.Tensor, prompt_mask: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -579,6 +587,7 @@ def detector_heads(
     """
     from transformers.models.sam3.modeling_sam3 import inverse_sigmoid
 
+    m.detr_decoder.s3seg_grid = (int(fpn[-1].shape[-2]), int(fpn[-1].shape[-1]))  # type: ignore[assignment]
     enc = m.detr_encoder(
         vision_features=[fpn[-1]], text_features=prompt, vision_pos_embeds=[fpn_pos[-1]], text_mask=prompt_mask
     )

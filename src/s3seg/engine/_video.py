@@ -37,7 +37,15 @@ import torch.nn.functional as F
 
 from s3seg.config import DEFAULT_MODEL, Settings
 from s3seg.engine import _load
-from s3seg.engine._sam3 import Fidelity, _oom_guard, apply_fidelity, detector_heads, pixels_chw
+from s3seg.engine._sam3 import (
+    Fidelity,
+    Sam3Engine,
+    _oom_guard,
+    apply_fidelity,
+    detector_heads,
+    fast_decoder_coords,
+    pixels_chw,
+)
 from s3seg.errors import UsageError
 from s3seg.types import Instance, SegmentationResult, Timings
 from s3seg.video import TrackedFrame
@@ -80,6 +88,7 @@ class Sam3VideoEngine:
         self._std = torch.tensor(loaded.image_std, device=device).view(3, 1, 1)
         self._lock: AbstractContextManager[Any] = threading.Lock()  # held for one frame's model step
         apply_fidelity(self._m.detector_model, fidelity)  # the backbone is shared: the tracker sees the eps too
+        fast_decoder_coords(self._m.detector_model)
         self._m.run_detection = self._detect  # type: ignore[method-assign]
         _no_hub_kernels()
         tracker = self._m.tracker_model.config
@@ -106,6 +115,21 @@ class Sam3VideoEngine:
         return cls.load(
             s.model, device=s.device, dtype=s.dtype, revision=s.revision, token=s.token(), offline=s.offline
         )
+
+    def share_detector(self, engine: Sam3Engine) -> bool:
+        """Use the image ``engine``'s model as this video model's detector, so that a server holds one copy of
+        the detector's weights, not two. Done only when both run the same fixes and every weight is equal
+        (same checkpoint, dtype and device; compared on the device); returns whether it was done."""
+        own, theirs = self._m.detector_model, engine.model
+        if theirs is own:
+            return True
+        if engine.fidelity != self.fidelity:
+            return False
+        mine, other = own.state_dict(), theirs.state_dict()
+        if mine.keys() != other.keys() or not all(_same(mine[k], other[k]) for k in mine):
+            return False
+        self._m.detector_model = theirs
+        return True
 
     def share_device(self, lock: AbstractContextManager[Any]) -> None:
         """Take ``lock`` for each frame's model step instead of this engine's own lock: a server passes the
@@ -332,6 +356,10 @@ class Sam3VideoEngine:
             track_ids=tuple(track_ids),
             image=frame.array if keep_images else None,
         )
+
+
+def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return a.shape == b.shape and a.dtype == b.dtype and a.device == b.device and bool(torch.equal(a, b))
 
 
 def _no_hub_kernels() -> None:

@@ -125,7 +125,8 @@ class Server:
     def video(self) -> Sam3VideoEngine:
         """The one video model of the server (``/predict/video`` and the public API's video tasks): the image
         model's checkpoint as SAM3's video model (detector + tracker) on the same device, loaded on first
-        use, and taking its turns on the device with the image batches (:class:`s3seg.server._batcher.Turns`).
+        use, its detector the image model itself (one copy of those weights), and taking its turns on the
+        device with the image batches (:class:`s3seg.server._batcher.Turns`).
         Blocks while loading: call it off the event loop."""
         _started(self.batcher, "model queue")
         engine = cast(Sam3Engine, self.engine)
@@ -142,6 +143,7 @@ class Server:
                     token=s.token(),
                     offline=s.offline,
                 )
+                self.video_engine.share_detector(engine)  # one copy of the detector's weights, not two
             self.video_engine.share_device(cast(Batcher, self.batcher).turns)
             return self.video_engine
 
