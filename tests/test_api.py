@@ -525,6 +525,7 @@ def serve_process(
         "S3SEG_JWKS_URL": keys.url,
         "S3SEG_JWT_ISSUER": ISSUER,
         "S3SEG_DATA_DIR": str(tmp_path),
+        "TMPDIR": str(tmp_path),  # a killed server's temporary files stay in the test's folder
         **extra,
     }
     log = tmp_path / "serve.log"
