@@ -851,10 +851,19 @@ def test_bad_videos_are_refused_and_leave_nothing(
         every = {"image_url": "https://example.com/a.jpg", "text_prompt": "person", "every": 2}
         refused(http.post("/api/v1/segment", json=every), 422, "INVALID_REQUEST")
     with stack.client(user, tier="pro") as http:  # the pro tier's limit takes the same clip
-        assert upload_video(http, clip)["frames"] == 3
+        video_id = upload_video(http, clip)["video_id"]
     uploads = stack.storage.list(f"uploads/{user}/")
     assert len(uploads) == 2 and all(k.split("/")[-1].startswith(uploads[0].split("/")[-1][:32]) for k in uploads)
     assert one(admin, "select count(*) from public.segmentation_results where user_id = %s", user) == 0
+    # tracking 96×72 frames with 16 tracks needs 0.46 MB (server.md, Limits): over a 0.4 MB budget, refused when
+    # the task is created; with one track (0.36 MB) it fits and runs
+    tight = stack_factory(memory_budget_mb=0.4, prefix=stack.prefix)
+    with tight.client(user) as http:
+        whole = {"video_id": video_id, "text_prompt": "person"}
+        error = refused(http.post("/api/v1/segment", json=whole), 413, "VIDEO_TOO_LARGE")
+        assert "S3SEG_MEMORY_BUDGET_MB" in error["hint"] and "max_objects" in error["hint"], error
+        task = wait_done(http, ok(http.post("/api/v1/segment", json={**whole, "max_objects": 1}), 202)["task_id"])
+        assert task["status"] == "done" and task["metadata"]["video_options"]["size"] == [96, 72], task
 
 
 def test_video_from_the_cli_and_sdk_as_a_signed_in_user(

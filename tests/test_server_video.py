@@ -5,6 +5,7 @@ completes while a long video runs; a client that goes away stops the work."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -19,6 +20,7 @@ from typing import Any
 
 import httpx
 import pytest
+from PIL import Image
 
 import s3seg
 from _cli import run as run_cli
@@ -337,6 +339,43 @@ def test_videos_at_once_are_limited(serve: Callable[..., Server], long_clip: Pat
     while (answer := post(server, clip)).status_code == 503 and time.monotonic() < deadline:
         time.sleep(0.2)
     assert answer.status_code == 200 and server.app.state.server.videos_running == 0
+
+
+def test_a_video_holds_its_working_set_in_the_memory_budget(
+    serve: Callable[..., Server], clip: Path, long_clip: Path
+) -> None:
+    """96×72 frames, 16 tracks: 18 held frames × 3 bytes + 16 masks × 1 byte a pixel = 483,840 bytes. A 0.3 MB
+    budget can never take it (413); with 0.6 MB a video holds most of it while it is tracked, so a 200×200 RGB
+    image (280,000 bytes to decode) and a second video find no room (503 BUSY, no wait) until it is done."""
+    before = leftovers()
+    small = serve(memory_budget_mb=0.3)
+    refused = post(small, clip)
+    assert error_of(refused) == (413, "VIDEO_TOO_LARGE"), refused.text
+    assert "S3SEG_MEMORY_BUDGET_MB" in refused.json()["error"]["hint"] and "clip.mp4" in refused.text
+    assert small.app.state.server.budget.used == 0 and small.app.state.server.videos_running == 0
+
+    server = serve(memory_budget_mb=0.6, memory_wait_s=0)
+    buffer = io.BytesIO()
+    Image.new("RGB", (200, 200), (120, 80, 40)).save(buffer, format="PNG")
+    image = {"image": ("photo.png", buffer.getvalue(), "image/png")}
+    files = {"video": (long_clip.name, long_clip.read_bytes(), "video/mp4")}
+    with server.http.stream(
+        "POST", "/api/v1/predict/video", files=files, data={"prompts": "person"}, headers=NDJSON
+    ) as r:
+        lines = r.iter_lines()
+        assert json.loads(next(lines))["type"] == "start"  # reserved before the answer starts
+        assert server.app.state.server.budget.used == 483_840
+        busy = server.http.post("/api/v1/predict", files=image, data={"prompts": "person"})
+        assert error_of(busy) == (503, "BUSY") and busy.headers["retry-after"] == "1"
+        assert "memory budget" in busy.json()["error"]["message"]
+        assert error_of(post(server, clip)) == (503, "BUSY")
+        done = [json.loads(line) for line in lines]
+    assert done[-1]["type"] == "done"
+    assert server.app.state.server.budget.used == 0
+    answer = server.http.post("/api/v1/predict", files=image, data={"prompts": "person"})
+    assert answer.status_code == 200, answer.text
+    assert post(server, clip).status_code == 200 and server.app.state.server.budget.used == 0
+    assert leftovers() <= before
 
 
 def settle(server: Server) -> int:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import threading
 import time
@@ -32,7 +33,7 @@ from s3seg.errors import Busy, S3SegError, StoreError, UsageError
 from s3seg.images import LoadedImage, load_image
 from s3seg.records import Recorder
 from s3seg.server._fetch import fetch
-from s3seg.server._memory import MemoryBudget
+from s3seg.server._memory import MemoryBudget, video_need
 from s3seg.storage import Storage
 from s3seg.store import Store, Task
 from s3seg.types import Box, SegmentationResult, SegmentOptions, SegmentRequest
@@ -203,7 +204,26 @@ class TaskRunner:
             if not store.heartbeat(task.id, done=done, total=total):
                 raise _NotOurs(task.id)
 
-        await run_in_threadpool(self.video, task, store, progress)
+        # the video's working set is held from the memory budget while it is tracked (as a task waits for an image)
+        width, height = await run_in_threadpool(self._video_size, task)
+        objects = int((task.metadata.get("video_options") or {}).get("max_objects", 1))
+        name = str(task.metadata.get("video"))
+        need = video_need(int(width), int(height), objects, name=name, capacity=self.budget.capacity)
+        release = await self.budget.reserve(need, _BUDGET_WAIT_S)
+        try:
+            await run_in_threadpool(self.video, task, store, progress)
+        finally:
+            release()
+
+    def _video_size(self, task: Task) -> tuple[int, int]:
+        """The video's frame size, from its options (a task created before they had it: the upload's JSON)."""
+        size = (task.metadata.get("video_options") or {}).get("size")
+        found = (
+            {"width": size[0], "height": size[1]}
+            if size
+            else json.loads(self.storage.get(f"{task.metadata['video_key']}.json"))
+        )
+        return int(found["width"]), int(found["height"])
 
     async def _heartbeat(self, store: Store, task_id: str) -> None:
         """Say the task's worker is alive every ``heartbeat_s`` until cancelled."""

@@ -7,6 +7,9 @@ The upload is written to a private temporary folder as it arrives (never held in
 ``S3SEG_MAX_VIDEO_MB``), which is removed when the answer ends, whatever the outcome. Frames are tracked one
 at a time off the event loop; each frame's model step takes its turn on the device with the image batches
 (:class:`~s3seg.server._batcher.Turns`). When the client goes away the work stops at the next frame.
+While it is tracked, the video holds its working set (:func:`~s3seg.server._memory.video_need`) in the
+memory budget the images share: a video that finds no room is answered 503 ``BUSY``, and one that could
+never fit 413 ``VIDEO_TOO_LARGE``; images that find the budget held by videos wait, then 503 ``BUSY``.
 """
 
 from __future__ import annotations
@@ -34,7 +37,8 @@ from s3seg._videoio import probe
 from s3seg.config import Settings
 from s3seg.errors import S3SegError, UsageError
 from s3seg.server._body import read_form, single, text_fields
-from s3seg.server._deps import ServerDep, SettingsDep, require_key
+from s3seg.server._deps import BudgetDep, ServerDep, SettingsDep, require_key
+from s3seg.server._memory import video_need
 from s3seg.server._schemas import Envelope, TracksOut, VideoIn, refusals
 from s3seg.video import TrackedFrame, VideoResult
 
@@ -60,16 +64,26 @@ router = APIRouter(prefix="/api/v1", tags=["model"], dependencies=[Depends(requi
 
 
 @router.post("/predict/video", response_model=Envelope[TracksOut], responses=_ANSWERS, openapi_extra=_BODY)
-async def predict_video(request: Request, server: ServerDep, settings: SettingsDep) -> Response:
+async def predict_video(request: Request, server: ServerDep, budget: BudgetDep, settings: SettingsDep) -> Response:
     """Track every instance of each prompt through a video (multipart: ``video`` file + fields)."""
-    release = server.video_slot()  # before the upload is read: a busy server refuses at once
+    slot = server.video_slot()  # before the upload is read: a busy server refuses at once
+    held: list[Callable[[], None]] = [slot]
+
+    def release() -> None:
+        for give_back in held:
+            give_back()
+
     folder = Path(tempfile.mkdtemp(prefix="s3seg-predict-video-"))
     try:
         path, fields = await _read_upload(request, settings, folder)
         # the header first: a bad or oversized video is refused before the video model is even loaded
-        await run_in_threadpool(
+        info = await run_in_threadpool(
             probe, path, max_pixels=settings.max_video_pixels, max_seconds=settings.max_video_seconds
         )
+        # its working set while it is tracked, from the memory budget the images share (413: never fits)
+        objects = fields.max_objects or settings.max_objects
+        need = video_need(info.width, info.height, objects, name=path.name, capacity=budget.capacity)
+        held.append(await budget.reserve(need))
         engine = await run_in_threadpool(server.video)
         run = _Run(folder, threading.Event(), release)
         video = await run_in_threadpool(_open, path, fields, engine, settings, run)
@@ -164,7 +178,7 @@ class _Run:
     def __init__(self, folder: Path, cancel: threading.Event, release: Callable[[], None]) -> None:
         self.folder = folder
         self.cancel = cancel
-        self._release = release  # the request's video slot
+        self._release = release  # the request's video slot and its memory
         self.finished = False  # every frame processed, or failed: not stopped half-way
         self.frames = 0
         self._loop = asyncio.get_running_loop()
@@ -235,7 +249,8 @@ class _Run:
         _log.info("video %s: the client went away; stopped after %d frame(s)", name, self.frames)
 
     def close(self) -> None:
-        """The answer is over: the worker stops (if it has not), the upload is removed, the slot freed."""
+        """The answer is over: the worker stops (if it has not), the upload is removed, the slot and the memory
+        freed."""
         self.cancel.set()
         shutil.rmtree(self.folder, ignore_errors=True)
         self._release()

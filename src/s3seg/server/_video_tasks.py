@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 from s3seg import _videoio
 from s3seg.config import Settings
 from s3seg.errors import FileTooLarge, UploadNotFound, UsageError, VideoError
+from s3seg.server._memory import video_need
 from s3seg.storage import Storage, guess_content_type
 from s3seg.store import Store, Task
 
@@ -155,7 +156,12 @@ def video_task(
         raise UploadNotFound(f"no uploaded video {video_id}", hint="upload it first: POST /api/v1/upload")
     step = every or 1
     frames_total = -(-int(found["frames"]) // step)
-    options = {"every": step, "max_objects": max_objects or settings.max_objects}
+    objects = max_objects or settings.max_objects
+    size = [int(found["width"]), int(found["height"])]
+    # refused now (413) when tracking it could never fit in the memory budget; the runner reserves it
+    name = str(found.get("file_name") or video_id)
+    video_need(size[0], size[1], objects, name=name, capacity=settings.memory_budget_bytes())
+    options = {"every": step, "max_objects": objects, "size": size}
     metadata = {"kind": "video", "video": video_id, "video_key": key, "video_options": options}
     return VideoTask(metadata, frames_total, video_cost(frames_total, settings.video_frame_cost))
 
