@@ -386,6 +386,149 @@ def test_gallery_pages_and_filters(tab: Tab, store: Store) -> None:
     expect(page.locator(".card")).to_have_count(12)
 
 
+# ---------------------------------------------------------------------------------------------- video
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from _video import make_clip
+
+    return make_clip(tmp_path_factory.mktemp("clip") / "hopper clip.mp4", n=8)
+
+
+def loaded_width(page: Page, selector: str, *, ready: int = 2) -> int:
+    """The decoded width of the first <video> matching ``selector`` once it has a frame (``ready`` 4: once it
+    can play through); -1: it cannot play it, -2: not ready after 20 s."""
+    width: int = page.eval_on_selector(
+        selector,
+        """(v, ready) => new Promise((resolve) => {
+            if (v.readyState >= ready) return resolve(v.videoWidth);
+            v.addEventListener(ready >= 4 ? "canplaythrough" : "loadeddata", () => resolve(v.videoWidth));
+            v.addEventListener("error", () => resolve(-1));
+            setTimeout(() => resolve(-2), 20000);
+        })""",
+        ready,
+    )
+    return width
+
+
+def test_video_progress_overlay_tracks_gallery_and_detail(
+    tab: Tab, server: LoopbackServer, clip: Path, shots: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from s3seg.server import _events
+
+    monkeypatch.setattr(_events, "POLL_S", 0.05)  # the tiny model takes ~0.1 s a frame: look often
+    page = tab.open()
+    page.wait_for_selector("#segment-form")
+    page.set_input_files("#image-file", str(clip))
+    # a clip plays in the preview; the image's canvas and its exemplar boxes are gone
+    page.locator("#video-preview").wait_for()
+    assert page.locator("#box-canvas").is_hidden() and page.locator(".box-kind").is_hidden()
+    assert page.inner_text(".file-name") == clip.name
+    assert loaded_width(page, "#video-preview", ready=4) == 96  # Debian's Chromium decodes H.264
+    page.fill("#prompt-input", "person")
+    page.press("#prompt-input", "Enter")
+    page.fill("#threshold", "0")
+    # what the status line says while the task runs (8 frames of the tiny model go by faster than the
+    # server writes progress, 4 times a second: frames moving are seen in the next test)
+    page.evaluate(
+        """() => {
+            window.seen = [];
+            new MutationObserver(() => {
+                const bar = document.querySelector("#run-status .progress");
+                if (bar) window.seen.push([bar.dataset.done, bar.dataset.total, bar.parentNode.textContent]);
+            }).observe(document.getElementById("run-status"), {subtree: true, childList: true, attributes: true});
+        }"""
+    )
+    page.click("#run")
+    page.wait_for_selector("#run-status a", timeout=120_000)
+    seen = page.evaluate("window.seen")
+    assert seen and all(total == "8" for _, total, _ in seen), seen
+    assert any(re.fullmatch(rf"(Queued|Tracking)… frame {done} of 8", text) for done, _, text in seen), seen
+    href = page.get_attribute("#run-status a", "href") or ""
+    found = re.fullmatch(r"/results/([0-9a-f-]{36})", href)
+    assert found, href
+    task_id = found.group(1)
+    task = server.http.get(f"/api/v1/results/{task_id}").json()["data"]
+    assert task["status"] == "done" and task["metadata"]["kind"] == "video"
+    labels = sorted(task["labels"], key=lambda t: t["track_id"])
+    n = len(labels)
+    assert n > 0
+    assert page.inner_text("#run-status").startswith(f"Done: {n} track{'s' if n != 1 else ''} through 8 frames")
+
+    # the overlay MP4 plays in a <video>, fetched with the key (a blob: URL) from the files route
+    video = page.locator("#result video.overlay-video")
+    assert (video.get_attribute("src") or "").startswith("blob:")
+    overlay = server.http.get(video.get_attribute("data-file") or "")
+    assert overlay.status_code == 200 and overlay.headers["content-type"] == "video/mp4"
+    assert loaded_width(page, "#result video.overlay-video", ready=4) == 96
+    assert page.eval_on_selector("#result video.overlay-video", "v => v.duration") == pytest.approx(0.8, abs=0.15)
+
+    # the tracks: id, prompt, score, frames present, as the task's labels say
+    def rows() -> list[list[str]]:
+        got: list[list[str]] = page.locator(".tracks tbody tr.track").evaluate_all(
+            "rows => rows.map(r => Array.from(r.cells, c => c.textContent))"
+        )
+        return got
+
+    expected = [[f"#{t['track_id']}", t["label"], f"{t['score']:.3f}", f"{t['frames']} of 8"] for t in labels]
+    assert rows() == expected
+    page.screenshot(path=str(shots / "video.png"), full_page=True)
+
+    # downloads: the tracks JSON and the overlay
+    with page.expect_download() as got:
+        page.click("text=Tracks JSON")
+    assert got.value.suggested_filename == "hopper clip.tracks.json"
+    doc = json.loads(Path(got.value.path()).read_text())
+    assert doc["videos"][0]["length"] == 8
+    assert sorted(a["track_id"] for a in doc["annotations"]) == [t["track_id"] for t in labels]
+    with page.expect_download() as got:
+        page.click("text=Overlay MP4")
+    assert got.value.suggested_filename == "hopper clip.overlay.mp4"
+    assert Path(got.value.path()).read_bytes() == overlay.content
+
+    # the gallery shows it as a video (no image that could not load), next to the image results
+    page.click("nav >> text=Gallery")
+    card = page.locator(f'.card[data-task="{task_id}"]')
+    card.locator("video").wait_for()
+    assert card.get_attribute("data-kind") == "video" and card.locator(".badge.video").inner_text() == "video"
+    assert card.locator("img").count() == 0
+    assert loaded_width(page, f'.card[data-task="{task_id}"] video') == 96
+    assert page.eval_on_selector(f'.card[data-task="{task_id}"] video', "v => v.muted && !v.controls")
+    broken = page.locator(".gallery img").evaluate_all("imgs => imgs.filter(i => i.complete && !i.naturalWidth).length")
+    assert broken == 0
+    page.screenshot(path=str(shots / "gallery-video.png"), full_page=True)
+
+    # its own page: the overlay, the tracks
+    page.goto(f"{server.url}/results/{task_id}")
+    page.wait_for_selector(".tracks tbody tr.track")
+    assert rows() == expected
+    assert page.inner_text("h1") == "Video result: person"
+    assert loaded_width(page, "#result video.overlay-video", ready=4) == 96
+    page.screenshot(path=str(shots / "video-detail.png"), full_page=True)
+
+
+def test_a_running_video_task_shows_its_frames_live(tab: Tab, store: Store) -> None:
+    meta = {"kind": "video", "video": "0" * 32 + ".mp4"}
+    live = store.create_task(["person"], project="live-video", metadata=meta, frames_total=8)
+    store.start(live.id)
+    store.heartbeat(live.id, done=2)
+    page = tab.open(f"/results/{live.id}")
+    page.wait_for_selector('#view .status .progress[data-done="2"][data-total="8"]')
+    assert page.text_content("#view .status") == "Tracking… frame 2 of 8"
+    store.heartbeat(live.id, done=5)
+    page.wait_for_selector('#view .status .progress[data-done="5"]', timeout=10_000)
+    assert page.text_content("#view .status") == "Tracking… frame 5 of 8"
+
+    page.click("nav >> text=Gallery")
+    page.fill("#filter-project", "live-video")
+    page.click(".filters button[type=submit]")
+    card = page.locator(f'.card[data-task="{live.id}"]')
+    card.locator(".placeholder", has_text="working… 5/8").wait_for()
+    store.heartbeat(live.id, done=6)
+    card.locator(".placeholder", has_text="working… 6/8").wait_for(timeout=10_000)
+    store.fail(live.id, "stopped by the test")
+    page.wait_for_selector(f'.card[data-task="{live.id}"][data-status="error"]', timeout=10_000)
+
+
 def test_phone_width(browser: Any, server: LoopbackServer, shots: Path) -> None:
     t = Tab(browser, server.url, width=390, height=844)
     try:

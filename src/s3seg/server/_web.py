@@ -7,7 +7,8 @@ page's router picks the view. The files are mounted under ``/app/`` rather than 
 paths keep their own answers (a catch-all mount would turn ``405`` into ``404``).
 
 Every answer from here carries a Content-Security-Policy: scripts and styles from this origin only
-(no inline script or style), images also from ``blob:``/``data:`` (decoded results), connections to
+(no inline script or style), images also from ``blob:``/``data:`` (decoded results), videos also from
+``blob:`` (a clip's preview, an overlay MP4 fetched with the page's credentials), connections to
 this origin and, with Supabase, to its Auth server.
 """
 
@@ -44,6 +45,7 @@ def security_headers(supabase_url: str | None = None) -> dict[str, str]:
             "script-src 'self'",
             "style-src 'self'",
             "img-src 'self' blob: data:",
+            "media-src 'self' blob:",
             f"connect-src {connect}",
             "base-uri 'none'",
             "form-action 'self'",

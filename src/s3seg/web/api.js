@@ -233,9 +233,15 @@ export async function waitForTask(id, onUpdate, signal) {
 }
 
 async function longPoll(path, onUpdate, signal) {
+  let wait = 30;
   for (;;) {
-    const task = await api(`${path}?wait=30`, { signal });
+    const task = await api(`${path}?wait=${wait}`, { signal });
     if (task.status === "done" || task.status === "error") return task;
     onUpdate?.("status", { task_id: task.task_id, status: task.status });
+    if (task.frames_total > 1) {
+      // a video: its frames as the events would have told them; ask again sooner to show them moving
+      onUpdate?.("progress", { task_id: task.task_id, done: task.frames_done, total: task.frames_total });
+      wait = 5;
+    }
   }
 }

@@ -1,7 +1,9 @@
-// A stored result by URL: /results/<id>. Waits (live events) if the task is still running.
+// A stored result by URL: /results/<id>. Waits (live events) if the task is still running; a video task
+// shows its frames' progress on the way, then its overlay video and tracks.
 
 import { api, waitForTask } from "./api.js";
 import { h, showError, when } from "./dom.js";
+import { followIn, isVideo, showTracks } from "./tracks.js";
 import { showResult } from "./viewer.js";
 
 export async function detailPage(view, { params, signal }) {
@@ -13,22 +15,24 @@ export async function detailPage(view, { params, signal }) {
   view.replaceChildren(heading, status, error, body);
   try {
     let task = await api(`/api/v1/results/${encodeURIComponent(id)}`, { signal });
-    heading.replaceChildren("Result: ", h("span", { text: (task.metadata?.prompts || [task.text_prompt]).join(", ") }));
+    const video = isVideo(task);
+    heading.replaceChildren(video ? "Video result: " : "Result: ",
+      h("span", { text: (task.metadata?.prompts || [task.text_prompt]).join(", ") }));
     if (task.status === "pending" || task.status === "processing") {
-      status.textContent = `This task is ${task.status}; it will show here when it is done.`;
-      task = await waitForTask(task.task_id, (kind, data) => {
-        if (kind === "status") status.textContent = `This task is ${data.status}…`;
-      }, signal);
+      const words = (now) => `This task is ${now}; it will show here when it is done.`;
+      task = await waitForTask(task.task_id, followIn(status, task, words), signal);
     }
     if (task.status === "error") {
       status.textContent = "";
       return showError(error, { message: `This task failed: ${task.error || "unknown error"}` });
     }
-    status.replaceChildren(
-      h("span", { text: task.project ? `Project ${task.project} · ` : "" }),
-      `${task.labels.length} instances · ${when(task.created_at)}`,
-    );
-    await showResult(body, task, { signal });
+    const n = task.labels.length;
+    const what = video
+      ? `${n} track${n === 1 ? "" : "s"} · ${task.metadata?.frames ?? task.frames_total} frames`
+      : `${n} instances`;
+    status.replaceChildren(h("span", { text: task.project ? `Project ${task.project} · ` : "" }), `${what} · ${when(task.created_at)}`);
+    if (video) await showTracks(body, task, { signal });
+    else await showResult(body, task, { signal });
   } catch (e) {
     if (!signal.aborted) showError(error, e);
   }

@@ -1,8 +1,10 @@
 // The gallery: the user's results as thumbnails, newest first, a page at a time, filtered by project
-// and status; pending and processing ones follow their task events and update in place.
+// and status; pending and processing ones follow their task events and update in place (a video's frames
+// too). A video's thumbnail is its overlay MP4, muted, playing while hovered or focused.
 
 import { api, fileBlob, waitForTask } from "./api.js";
 import { h, showError, when } from "./dom.js";
+import { isVideo } from "./tracks.js";
 
 const PAGE = 12;
 const LIVE = 3;
@@ -83,15 +85,17 @@ export async function galleryPage(view, { signal }) {
     const badge = h("span", { class: `badge ${task.status}`, text: task.status });
     const thumb = h("div", { class: "thumb" });
     const prompts = (task.metadata?.prompts || [task.text_prompt]).join(", ");
-    const file = task.metadata?.image || "";
+    const video = isVideo(task);
+    const file = (video ? task.metadata?.video : task.metadata?.image) || "";
     const item = h(
       "li",
-      { class: "card", "data-task": task.task_id, "data-status": task.status },
+      { class: "card", "data-task": task.task_id, "data-status": task.status, "data-kind": video ? "video" : "image" },
       h("a", { href: `/results/${task.task_id}`, "data-nav": true },
         thumb,
         h("span", { class: "card-text" },
           h("span", { class: "prompts", text: prompts }),
-          h("span", { class: "muted small" }, badge, " ", task.project ? h("span", { text: task.project }) : null,
+          h("span", { class: "muted small" }, badge, " ", video ? h("span", { class: "badge video", text: "video" }) : null,
+            " ", task.project ? h("span", { text: task.project }) : null,
             " ", when(task.created_at)))),
     );
     const fill = (t) => {
@@ -102,17 +106,31 @@ export async function galleryPage(view, { signal }) {
         fileBlob(t.files.overlay, signal).then((blob) => {
           const url = URL.createObjectURL(blob);
           urls.push(url);
-          thumb.replaceChildren(h("img", { src: url, alt: `${prompts} in ${file}`, loading: "lazy" }));
+          thumb.replaceChildren(video ? clip(url) : h("img", { src: url, alt: `${prompts} in ${file}`, loading: "lazy" }));
         }).catch(() => {});
       } else {
-        thumb.replaceChildren(h("span", { class: "placeholder", text: t.status === "error" ? "failed" : "working…" }));
+        const frames = video && t.frames_total ? ` ${t.frames_done}/${t.frames_total}` : "";
+        thumb.replaceChildren(h("span", { class: "placeholder", text: t.status === "error" ? "failed" : `working…${frames}` }));
       }
+    };
+    const clip = (url) => {
+      const player = h("video", { src: url, muted: true, defaultMuted: true, loop: true, playsinline: true,
+        preload: "metadata", "aria-label": `${prompts} tracked through ${file}` });
+      const play = (on) => () => (on ? player.play().catch(() => {}) : player.pause());
+      item.addEventListener("mouseenter", play(true));
+      item.addEventListener("mouseleave", play(false));
+      item.addEventListener("focusin", play(true));
+      item.addEventListener("focusout", play(false));
+      return player;
     };
     fill(task);
     if (task.status === "pending" || task.status === "processing") {
+      let now = task;
       watch(() =>
         waitForTask(task.task_id, (kind, data) => {
-          if (kind === "status") fill({ ...task, status: data.status });
+          if (kind === "status") now = { ...now, status: data.status };
+          if (kind === "progress") now = { ...now, status: "processing", frames_done: data.done, frames_total: data.total };
+          fill(now);
         }, signal).then(fill, () => {}),
       );
     }

@@ -1,26 +1,35 @@
-// The segment page: an image (picked or dropped), prompts as chips, optional exemplar boxes drawn on
-// the image (positive or negative), a minimum score; run → upload, task, live events → the viewer.
+// The segment page: an image or a video (picked or dropped), prompts as chips, optional exemplar boxes
+// drawn on an image (positive or negative), a minimum score; run → upload, task, live events → the
+// viewer (an image) or the overlay video and its tracks (a video, with its frames' progress on the way).
 
 import { api, waitForTask } from "./api.js";
 import { h, showError } from "./dom.js";
+import { followIn, showTracks } from "./tracks.js";
 import { showResult } from "./viewer.js";
 
-export function segmentPage(view, { signal }) {
-  const state = { file: null, bitmap: null, prompts: [], boxes: [], drawing: null };
+// A file the browser gives no type for is taken as a video by its name; the server decides by its content.
+const VIDEO_NAME = /\.(mp4|m4v|mov|webm|mkv|avi|ogv|ogg|ts|mpe?g)$/i;
 
-  // ----- image: pick or drop
-  const fileInput = h("input", { type: "file", id: "image-file", accept: "image/*", class: "visually-hidden" });
+export function segmentPage(view, { signal }) {
+  const state = { file: null, bitmap: null, video: false, preview: null, prompts: [], boxes: [], drawing: null };
+
+  // ----- image or video: pick or drop
+  const fileInput = h("input", { type: "file", id: "image-file", accept: "image/*,video/*", class: "visually-hidden" });
   const fileName = h("span", { class: "file-name" });
   const drop = h(
     "div",
     { class: "drop", id: "drop-zone" },
-    h("label", { for: "image-file", class: "button" }, "Choose an image"),
+    h("label", { for: "image-file", class: "button" }, "Choose an image or a video"),
     h("span", { class: "muted" }, " or drop one here "),
     fileName,
     fileInput,
   );
   const canvas = h("canvas", { class: "boxes", id: "box-canvas", role: "img", "aria-label": "No image chosen yet" });
   const ctx = canvas.getContext("2d");
+  const preview = h("video", { id: "video-preview", class: "preview", controls: true, muted: true, playsinline: true,
+    preload: "auto", hidden: true }); // (a local file: nothing to spare)
+  const previewNote = h("p", { class: "muted small", id: "preview-note" });
+  signal.addEventListener("abort", () => state.preview && URL.revokeObjectURL(state.preview));
 
   // ----- exemplar boxes
   const positive = h("input", { type: "radio", name: "box-kind", id: "box-pos", value: "pos", checked: true });
@@ -62,7 +71,7 @@ export function segmentPage(view, { signal }) {
     "form",
     { class: "segment", id: "segment-form", novalidate: true },
     drop,
-    h("div", { class: "stage" }, canvas),
+    h("div", { class: "stage" }, canvas, preview, previewNote),
     h("div", { class: "controls" },
       h("div", { class: "field" },
         h("label", { for: "prompt-input" }, "Prompts"),
@@ -73,7 +82,7 @@ export function segmentPage(view, { signal }) {
       h("div", { class: "field" }, h("label", { for: "threshold" }, "Minimum score (0–1)"), threshold),
       run, status, error),
   );
-  view.replaceChildren(h("h1", {}, "Segment an image"), form, result);
+  view.replaceChildren(h("h1", {}, "Segment an image or a video"), form, result);
 
   function renderChips() {
     chips.replaceChildren(
@@ -108,15 +117,52 @@ export function segmentPage(view, { signal }) {
     );
   }
 
+  // an image shows on the canvas (boxes are drawn there); a video plays in the preview (no boxes: a video is
+  // tracked by its prompts)
+  function showKind(video) {
+    state.video = video;
+    canvas.hidden = video;
+    boxes.hidden = video;
+    preview.hidden = !video;
+    previewNote.textContent = "";
+    if (state.preview) URL.revokeObjectURL(state.preview);
+    state.preview = null;
+    preview.removeAttribute("src");
+  }
+
+  function chooseVideo(file) {
+    showKind(true);
+    state.file = file;
+    state.bitmap = null;
+    state.boxes = [];
+    boxList.replaceChildren();
+    fileName.textContent = file.name;
+    state.preview = URL.createObjectURL(file);
+    preview.src = state.preview;
+    preview.setAttribute("aria-label", `${file.name}: the clip to track the prompts through`);
+  }
+  preview.addEventListener("error", () => {
+    if (state.video && state.preview) {
+      previewNote.textContent = "This browser cannot play this clip; the server reads it anyway (MP4, WebM/MKV, AVI, …).";
+    }
+  });
+
   async function choose(file) {
     if (!file) return;
     showError(error, null);
+    if (file.type.startsWith("video/") || (!file.type.startsWith("image/") && VIDEO_NAME.test(file.name))) {
+      return chooseVideo(file);
+    }
+    let bitmap;
     try {
-      state.bitmap = await createImageBitmap(file);
+      bitmap = await createImageBitmap(file);
     } catch {
-      showError(error, { message: `${file.name} is not an image this browser can read`, hint: "use JPEG, PNG or WebP" });
+      showError(error, { message: `${file.name} is not an image or a video this browser can read`,
+        hint: "use JPEG, PNG or WebP, or an MP4 or WebM clip" });
       return;
     }
+    showKind(false);
+    state.bitmap = bitmap;
     state.file = file;
     state.boxes = [];
     fileName.textContent = file.name;
@@ -170,7 +216,10 @@ export function segmentPage(view, { signal }) {
     e.preventDefault();
     if (promptInput.value.trim()) addPrompt();
     showError(error, null);
-    if (!state.file) return showError(error, { message: "choose an image first" });
+    if (!state.file) return showError(error, { message: "choose an image or a video first" });
+    if (state.video && !state.prompts.length) {
+      return showError(error, { message: "add a prompt (a noun phrase such as “person”): a video is tracked by its prompts" });
+    }
     if (!state.prompts.length && !state.boxes.length) {
       return showError(error, { message: "add a prompt (a noun phrase such as “dog”) or draw a box" });
     }
@@ -183,28 +232,28 @@ export function segmentPage(view, { signal }) {
       const form = new FormData();
       form.append("file", state.file, state.file.name);
       const upload = await api("/api/v1/upload", { method: "POST", form, signal });
+      const clip = upload.kind === "video"; // the server tells by the content
+      const source = clip
+        ? { video_id: upload.video_id }
+        : { image_id: upload.image_id, boxes: state.boxes.map(({ box, positive: pos }) => ({ box, positive: pos })) };
       const started = await api("/api/v1/segment", {
         method: "POST",
         signal,
-        json: {
-          image_id: upload.image_id,
-          text_prompts: state.prompts,
-          boxes: state.boxes.map(({ box, positive: pos }) => ({ box, positive: pos })),
-          threshold: minScore,
-          project: project.value.trim() || null,
-        },
+        json: { ...source, text_prompts: state.prompts, threshold: minScore, project: project.value.trim() || null },
       });
-      status.textContent = "Queued…";
-      const task = await waitForTask(started.task_id, (kind, data) => {
-        if (kind === "status") status.textContent = data.status === "processing" ? "Segmenting…" : "Queued…";
-        if (kind === "progress") status.textContent = `Segmenting… ${data.done} of ${data.total}`;
-      }, signal);
+      const words = (now) => (now === "processing" ? "Segmenting…" : "Queued…");
+      const task = await waitForTask(started.task_id, followIn(status, started, words), signal);
       if (task.status !== "done") throw { message: `the task failed: ${task.error || task.status}` };
-      await showResult(result, task, { image: state.file, name: state.file.name, signal });
-      status.replaceChildren(
-        `Done: ${task.labels.length} instance${task.labels.length === 1 ? "" : "s"}. `,
-        h("a", { href: `/results/${task.task_id}`, "data-nav": true }, "Open the result page"),
-      );
+      const link = h("a", { href: `/results/${task.task_id}`, "data-nav": true }, "Open the result page");
+      const n = task.labels.length;
+      if (clip) {
+        await showTracks(result, task, { name: state.file.name, signal });
+        const frames = task.metadata?.frames ?? task.frames_total;
+        status.replaceChildren(`Done: ${n} track${n === 1 ? "" : "s"} through ${frames} frame${frames === 1 ? "" : "s"}. `, link);
+      } else {
+        await showResult(result, task, { image: state.file, name: state.file.name, signal });
+        status.replaceChildren(`Done: ${n} instance${n === 1 ? "" : "s"}. `, link);
+      }
     } catch (err) {
       if (signal.aborted) return;
       status.textContent = "";

@@ -17,9 +17,23 @@ function colour(i) {
   return [f(0), f(8), f(4)];
 }
 
-function stem(name) {
+export function stem(name) {
   const base = String(name || "result").split(/[\\/]/).pop();
   return base.replace(/\.[^.]*$/, "") || "result";
+}
+
+/** A button that downloads one of the result's files (`path`, a files.* route) as `name`. */
+export function fileButton(text, path, name, error) {
+  return h("button", {
+    type: "button",
+    onclick: async () => {
+      try {
+        saveBlob(await fileBlob(path), name);
+      } catch (e) {
+        showError(error, e);
+      }
+    },
+  }, text);
 }
 
 /**
@@ -153,16 +167,7 @@ export async function showResult(container, task, { image, name: displayName, si
       type: "button",
       onclick: () => saveBlob(new Blob([JSON.stringify(coco)], { type: "application/json" }), `${name}.json`),
     }, "COCO JSON"),
-    h("button", {
-      type: "button",
-      onclick: async () => {
-        try {
-          saveBlob(await fileBlob(task.files.mask), `${name}.mask.png`);
-        } catch (e) {
-          showError(error, e);
-        }
-      },
-    }, "Mask PNG"),
+    fileButton("Mask PNG", task.files.mask, `${name}.mask.png`, error),
     h("button", {
       type: "button",
       onclick: () => canvas.toBlob((blob) => saveBlob(blob, `${name}.overlay.png`), "image/png"),
