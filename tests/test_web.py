@@ -1,7 +1,7 @@
 """The web app in a real browser: Debian's Chromium driven by Playwright (pointed at /usr/bin/chromium;
 it never downloads a browser of its own), against a real uvicorn server on loopback with the tiny model, local mode
 (API key), the SQLite store and local files. Screenshots go to a temporary folder (or to
-$S3SEG_WEB_SCREENSHOTS), the best of them to docs/images/.
+$S3SEG_WEB_SCREENSHOTS), the best of them to docs/images/ (web-<name>.png; web-gallery.png is gallery-video.png).
 """
 
 from __future__ import annotations
@@ -327,65 +327,6 @@ def test_prompts_and_file_names_show_as_text(
     assert tab.dialogs == []
 
 
-def test_a_wrong_key_is_refused_clearly(tab: Tab, shots: Path) -> None:
-    page = tab.open(key="not-the-key")
-    alert = page.locator("#key-error")
-    alert.wait_for()
-    assert "The server refused this API key (missing or wrong API key)" in alert.inner_text()
-    assert "S3SEG_API_KEY" in alert.inner_text()
-    assert page.locator("#segment-form").count() == 0
-    assert page.evaluate("sessionStorage.length + localStorage.length") == 0  # a refused key is not kept
-    assert "not-the-key" not in page.url
-    page.screenshot(path=str(shots / "key.png"))
-    page.fill("#api-key", KEY)
-    page.click("#key-form button[type=submit]")
-    page.wait_for_selector("#segment-form")
-
-
-def test_gallery_updates_pending_tasks_live(tab: Tab, store: Store) -> None:
-    live = store.create_task(["cat"], project="live")
-    page = tab.open("/gallery?project=live")
-    card = page.locator(f'.card[data-task="{live.id}"]')
-    card.wait_for()
-    assert card.get_attribute("data-status") == "pending"
-    store.start(live.id)
-    page.wait_for_selector(f'.card[data-task="{live.id}"][data-status="processing"]', timeout=10_000)
-    store.fail(live.id, "stopped by the test")
-    page.wait_for_selector(f'.card[data-task="{live.id}"][data-status="error"]', timeout=10_000)
-
-    # without the event stream (a proxy that drops it): the long-poll still brings the change
-    page.route("**/events", lambda route: route.abort())
-    polled = store.create_task(["dog"], project="live")
-    page.reload()
-    page.locator(f'.card[data-task="{polled.id}"][data-status="pending"]').wait_for()
-    store.fail(polled.id, "stopped by the test")
-    page.wait_for_selector(f'.card[data-task="{polled.id}"][data-status="error"]', timeout=15_000)
-
-
-def test_gallery_pages_and_filters(tab: Tab, store: Store) -> None:
-    from playwright.sync_api import expect
-
-    made = []
-    for i in range(13):
-        task = store.create_task([f"thing {i}"], project="paged")
-        store.fail(task.id, "made by the test")
-        made.append(task.id)
-    page = tab.open("/gallery")
-    page.fill("#filter-project", "paged")
-    page.select_option("#filter-status", "error")
-    page.click(".filters button[type=submit]")
-    page.wait_for_url("**/gallery?project=paged&status=error")
-    page.locator(".card").first.wait_for()
-    first_page = page.locator(".card").evaluate_all("cards => cards.map(c => c.dataset.task)")
-    assert first_page == made[::-1][:12]  # newest first
-    page.click("text=Older →")
-    page.wait_for_url("**offset=12")
-    expect(page.locator(".card")).to_have_count(1)  # (the page's CSP forbids wait_for_function's eval)
-    assert page.locator(".card").get_attribute("data-task") == made[0]
-    page.go_back()
-    expect(page.locator(".card")).to_have_count(12)
-
-
 # ---------------------------------------------------------------------------------------------- video
 @pytest.fixture(scope="module")
 def clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -527,6 +468,65 @@ def test_a_running_video_task_shows_its_frames_live(tab: Tab, store: Store) -> N
     card.locator(".placeholder", has_text="working… 6/8").wait_for(timeout=10_000)
     store.fail(live.id, "stopped by the test")
     page.wait_for_selector(f'.card[data-task="{live.id}"][data-status="error"]', timeout=10_000)
+
+
+def test_a_wrong_key_is_refused_clearly(tab: Tab, shots: Path) -> None:
+    page = tab.open(key="not-the-key")
+    alert = page.locator("#key-error")
+    alert.wait_for()
+    assert "The server refused this API key (missing or wrong API key)" in alert.inner_text()
+    assert "S3SEG_API_KEY" in alert.inner_text()
+    assert page.locator("#segment-form").count() == 0
+    assert page.evaluate("sessionStorage.length + localStorage.length") == 0  # a refused key is not kept
+    assert "not-the-key" not in page.url
+    page.screenshot(path=str(shots / "key.png"))
+    page.fill("#api-key", KEY)
+    page.click("#key-form button[type=submit]")
+    page.wait_for_selector("#segment-form")
+
+
+def test_gallery_updates_pending_tasks_live(tab: Tab, store: Store) -> None:
+    live = store.create_task(["cat"], project="live")
+    page = tab.open("/gallery?project=live")
+    card = page.locator(f'.card[data-task="{live.id}"]')
+    card.wait_for()
+    assert card.get_attribute("data-status") == "pending"
+    store.start(live.id)
+    page.wait_for_selector(f'.card[data-task="{live.id}"][data-status="processing"]', timeout=10_000)
+    store.fail(live.id, "stopped by the test")
+    page.wait_for_selector(f'.card[data-task="{live.id}"][data-status="error"]', timeout=10_000)
+
+    # without the event stream (a proxy that drops it): the long-poll still brings the change
+    page.route("**/events", lambda route: route.abort())
+    polled = store.create_task(["dog"], project="live")
+    page.reload()
+    page.locator(f'.card[data-task="{polled.id}"][data-status="pending"]').wait_for()
+    store.fail(polled.id, "stopped by the test")
+    page.wait_for_selector(f'.card[data-task="{polled.id}"][data-status="error"]', timeout=15_000)
+
+
+def test_gallery_pages_and_filters(tab: Tab, store: Store) -> None:
+    from playwright.sync_api import expect
+
+    made = []
+    for i in range(13):
+        task = store.create_task([f"thing {i}"], project="paged")
+        store.fail(task.id, "made by the test")
+        made.append(task.id)
+    page = tab.open("/gallery")
+    page.fill("#filter-project", "paged")
+    page.select_option("#filter-status", "error")
+    page.click(".filters button[type=submit]")
+    page.wait_for_url("**/gallery?project=paged&status=error")
+    page.locator(".card").first.wait_for()
+    first_page = page.locator(".card").evaluate_all("cards => cards.map(c => c.dataset.task)")
+    assert first_page == made[::-1][:12]  # newest first
+    page.click("text=Older →")
+    page.wait_for_url("**offset=12")
+    expect(page.locator(".card")).to_have_count(1)  # (the page's CSP forbids wait_for_function's eval)
+    assert page.locator(".card").get_attribute("data-task") == made[0]
+    page.go_back()
+    expect(page.locator(".card")).to_have_count(12)
 
 
 def test_phone_width(browser: Any, server: LoopbackServer, shots: Path) -> None:
