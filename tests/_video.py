@@ -70,6 +70,14 @@ def make_clip(
     return path
 
 
+def make_animation(path: Path, durations: list[int]) -> Path:
+    """An animated GIF or WebP (by ``path``'s suffix) of the panning crops, each frame shown ``durations[i]`` ms."""
+    frames = [Image.fromarray(a) for a in crops(len(durations), 96, 72)]
+    extra = {"lossless": True} if path.suffix == ".webp" else {}
+    frames[0].save(path, save_all=True, append_images=frames[1:], duration=durations, loop=0, **extra)
+    return path
+
+
 def make_audio_only(path: Path) -> Path:
     import av
 

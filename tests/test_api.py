@@ -866,6 +866,37 @@ def test_bad_videos_are_refused_and_leave_nothing(
         assert task["status"] == "done" and task["metadata"]["video_options"]["size"] == [96, 72], task
 
 
+@pytest.mark.parametrize("suffix", [".gif", ".webp"])
+def test_an_animated_gif_or_webp_is_an_image_unless_uploaded_as_a_video(
+    stack: Stack, admin: Conn, tmp_path: Path, photo_path: Path, suffix: str
+) -> None:
+    from _video import make_animation
+
+    path = make_animation(tmp_path / f"anim{suffix}", [100, 100, 200, 100])
+    user = new_user(admin)
+    with stack.client(user) as http:
+        image = ok(http.post("/api/v1/upload", files={"file": (path.name, path.read_bytes())}), 201)
+        assert image["kind"] == "image" and image["image_id"].endswith(suffix) and image["video_id"] is None
+        as_video = {"kind": "video"}
+        video = ok(http.post("/api/v1/upload", files={"file": (path.name, path.read_bytes())}, data=as_video), 201)
+        assert (video["kind"], video["frames"], video["width"], video["height"]) == ("video", 4, 96, 72), video
+        assert video["video_id"] == video["image_id"] and video["video_id"].endswith(f".anim{suffix}")
+        photo = {"file": ("photo.jpg", photo_path.read_bytes())}
+        refused(http.post("/api/v1/upload", files=photo, data=as_video), 415, "UNSUPPORTED_VIDEO")
+        refused(http.post("/api/v1/upload", files=photo, data={"kind": "clip"}), 422, "INVALID_REQUEST")
+        # the image upload is no video; the video upload is tracked, given by either id field
+        missing = {"video_id": image["image_id"], "text_prompt": "person"}
+        refused(http.post("/api/v1/segment", json=missing), 422, "INVALID_REQUEST")
+        task = ok(http.post("/api/v1/segment", json={"image_id": video["video_id"], "text_prompt": "person"}), 202)
+        done = wait_done(http, task["task_id"])
+        assert (done["status"], done["frames_done"], done["metadata"]["frames"]) == ("done", 4, 4), done
+        assert http.get(done["files"]["source"]).content == path.read_bytes()
+        image_task = ok(
+            http.post("/api/v1/segment", json={"image_id": image["image_id"], "text_prompt": "person"}), 202
+        )
+        assert wait_done(http, image_task["task_id"])["status"] == "done"  # its first frame, as an image
+
+
 def test_video_from_the_cli_and_sdk_as_a_signed_in_user(
     stack: Stack,
     admin: Conn,
@@ -879,7 +910,7 @@ def test_video_from_the_cli_and_sdk_as_a_signed_in_user(
     SDK's wait hears the task's progress through its live events, `s3seg tasks ID --watch` follows it and
     `s3seg results ID --download` saves the clip's files."""
     from _cli import run as run_cli
-    from _video import make_clip
+    from _video import make_animation, make_clip
     from s3seg._public import PublicClient
     from s3seg.config import load_settings
     from s3seg.engine._video import Sam3VideoEngine
@@ -902,6 +933,9 @@ def test_video_from_the_cli_and_sdk_as_a_signed_in_user(
         clip, ["person"], Sam3VideoEngine.load(str(tiny_model_dir), device="cpu"), load_settings(threshold=0.0)
     )
     assert doc["annotations"] == local.run().to_tracks()["annotations"] and doc["videos"][0]["length"] == 12
+    gif = make_animation(tmp_path / "anim.gif", [100, 100, 100])  # --video: tracked on the server too
+    code, stdout, err = run_cli(capsys, "segment", str(gif), "person", "--video", "--threshold", "0", "--json")
+    assert code == 0 and json.loads(stdout)["videos"][0]["length"] == 3, err
 
     heard: list[tuple[str, int, int]] = []
     with closing(PublicClient.from_settings(load_settings())) as api:

@@ -25,7 +25,7 @@ from PIL import Image
 import s3seg
 from _cli import run as run_cli
 from _server import LoopbackServer
-from _video import make_clip
+from _video import make_animation, make_clip
 from s3seg.config import Settings, load_settings
 from s3seg.engine import Sam3Engine
 from s3seg.engine._video import Sam3VideoEngine
@@ -149,6 +149,20 @@ def test_whole_answer_and_stream_equal_the_local_run(server: Server, clip: Path,
             t: rle for t, rle in by_track.items() if rle is not None
         }
     assert leftovers() <= before  # the uploads' folders are gone
+
+
+@pytest.mark.parametrize("suffix", [".gif", ".webp"])
+def test_an_animated_gif_or_webp_is_a_video_here(
+    server: Server, video_engine: Sam3VideoEngine, tmp_path: Path, suffix: str
+) -> None:
+    """The client says it sends a video: an animated GIF (FFmpeg) or WebP (Pillow) is tracked as one, with
+    the same tracks as a local run."""
+    path = make_animation(tmp_path / f"anim{suffix}", [100, 100, 200, 100])
+    answer = post(server, path)
+    assert answer.status_code == 200, answer.text
+    doc = answer.json()["data"]
+    assert doc["videos"][0]["length"] == 4 and doc["videos"][0]["timestamps"] == pytest.approx([0, 0.1, 0.2, 0.4])
+    same_tracks(doc, open_video(path, ["person"], video_engine, load_settings(threshold=0.0)).run().to_tracks())
 
 
 def test_video_options_are_those_of_the_cli(server: Server, clip: Path, video_engine: Sam3VideoEngine) -> None:

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from _cli import run
-from _video import crops, make_audio_only, make_clip
+from _video import crops, make_animation, make_audio_only, make_clip
 from s3seg import _videoio
 from s3seg.errors import VideoError
 
@@ -149,21 +149,11 @@ def test_videos_are_recognised_by_content(tmp_path: Path, photo_path: Path) -> N
         assert _videoio.Position.parse("75f").frames and _videoio.Position.parse("2.5").value == 2.5
 
 
-def _animated(path: Path, durations: list[int]) -> Path:
-    """An animated GIF or WebP (by ``path``'s suffix) of the panning crops, each frame shown ``durations[i]`` ms."""
-    from PIL import Image
-
-    frames = [Image.fromarray(a) for a in crops(len(durations), 96, 72)]
-    extra = {"lossless": True} if path.suffix == ".webp" else {}
-    frames[0].save(path, save_all=True, append_images=frames[1:], duration=durations, loop=0, **extra)
-    return path
-
-
 @pytest.mark.parametrize("suffix", [".gif", ".webp"])
 def test_animated_gif_and_webp_are_read_frame_by_frame_with_their_times(tmp_path: Path, suffix: str) -> None:
     """FFmpeg decodes GIF; an animated WebP (FFmpeg reads only still WebP) is decoded by Pillow."""
     durations = [100, 100, 300, 100, 200]
-    path = _animated(tmp_path / f"anim{suffix}", durations)
+    path = make_animation(tmp_path / f"anim{suffix}", durations)
     assert _videoio.looks_like_video(path, animated=True) and not _videoio.looks_like_video(path)
     info, frames = _videoio.read(path, max_pixels=10**8, max_seconds=60)
     assert (info.width, info.height, info.frames) == (96, 72, 5)
@@ -180,7 +170,7 @@ def test_animated_gif_and_webp_are_read_frame_by_frame_with_their_times(tmp_path
 def test_animated_input_tracks_with_video_and_is_an_image_without(
     capsys, tmp_path: Path, tiny_model_dir: Path, suffix: str
 ) -> None:  # type: ignore[no-untyped-def]
-    path = _animated(tmp_path / f"anim{suffix}", [100, 100, 100])
+    path = make_animation(tmp_path / f"anim{suffix}", [100, 100, 100])
     args = ["--model", str(tiny_model_dir), "-t", "0", "--json"]
     code, out, err = run(capsys, "segment", str(path), "person", "--video", *args)
     assert code == 0, err

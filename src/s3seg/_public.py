@@ -12,7 +12,7 @@ import dataclasses
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import httpx
 
@@ -85,10 +85,12 @@ class PublicClient:
         info: dict[str, Any] = self.http.call("POST", "/api/v1/upload", files={"file": (name, data)})
         return info
 
-    def upload_file(self, path: Path) -> dict[str, Any]:
-        """Upload a file from disk, streamed (a video: its ``video_id`` and frame count come back)."""
+    def upload_file(self, path: Path, *, kind: Literal["image", "video"] | None = None) -> dict[str, Any]:
+        """Upload a file from disk, streamed (a video: its ``video_id`` and frame count come back). The server
+        tells images from videos by content; ``kind="video"`` makes an animated GIF/WebP a video."""
+        data = {"kind": kind} if kind else None
         with path.open("rb") as f:
-            info: dict[str, Any] = self.http.call("POST", "/api/v1/upload", files={"file": (path.name, f)})
+            info: dict[str, Any] = self.http.call("POST", "/api/v1/upload", files={"file": (path.name, f)}, data=data)
         return info
 
     def start_video(

@@ -138,7 +138,11 @@ def _open(path: Path) -> av.container.InputContainer:
 
 
 def count_frames(path: Path) -> int:
-    """The frames of the first video stream, counted from the container's packets (nothing is decoded)."""
+    """The frames of the first video stream, counted from the container's packets (nothing is decoded); an
+    animated WebP's from its header (Pillow)."""
+    if _is_webp(path):
+        with _open_webp(path) as image:
+            return int(getattr(image, "n_frames", 1))
     container = _open(path)
     try:
         if not container.streams.video:
@@ -152,7 +156,11 @@ def count_frames(path: Path) -> int:
 
 
 def container_format(path: Path) -> str:
-    """The container's format names as FFmpeg gives them, e.g. ``mov,mp4,m4a,3gp,3g2,mj2``."""
+    """The container's format names as FFmpeg gives them, e.g. ``mov,mp4,m4a,3gp,3g2,mj2``; ``webp`` for a
+    WebP (read by Pillow: FFmpeg takes an animated one for a still image)."""
+    if _is_webp(path):
+        _open_webp(path).close()  # (a corrupt one is refused here, as FFmpeg refuses the rest)
+        return "webp"
     container = _open(path)
     try:
         return str(container.format.name)

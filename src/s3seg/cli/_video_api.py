@@ -39,7 +39,7 @@ def run(
     threshold = settings.threshold if "threshold" in settings.model_fields_set else None
     with closing(PublicClient.from_settings(settings)) as api, bar:
         step = bar.add_task("uploading", total=None)
-        video = api.upload_file(path)
+        video = api.upload_file(path, kind="video")  # (an animated GIF/WebP given with --video too)
         if video.get("kind") != "video":
             raise UsageError(f"the API took {path.name} for an image", hint="check that the file is a video")
         task = api.start_video(video["video_id"], prompts, every=every, max_objects=max_objects, threshold=threshold)

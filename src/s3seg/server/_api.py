@@ -25,7 +25,7 @@ from starlette.requests import Request
 
 from s3seg._videoio import HEAD_BYTES, head_is_video
 from s3seg.config import Settings
-from s3seg.errors import FileTooLarge, ImageError, NotFound, UploadNotFound, UsageError
+from s3seg.errors import FileTooLarge, ImageError, NotFound, UploadNotFound, UsageError, VideoError
 from s3seg.images import check_image
 from s3seg.records import result_files
 from s3seg.server._auth import User
@@ -81,7 +81,15 @@ _UPLOAD_BODY = {
                 "schema": {
                     "type": "object",
                     "required": ["file"],
-                    "properties": {"file": {"type": "string", "format": "binary", "description": "the image"}},
+                    "properties": {
+                        "file": {"type": "string", "format": "binary", "description": "the image or video"},
+                        "kind": {
+                            "type": "string",
+                            "enum": ["image", "video"],
+                            "description": "unset: told by the content (an animated GIF/WebP is an image); "
+                            "video: an animated GIF/WebP is stored as a video",
+                        },
+                    },
                 }
             }
         },
@@ -91,8 +99,8 @@ _UPLOAD_BODY = {
 
 @router.post("/upload", status_code=201, openapi_extra=_UPLOAD_BODY, responses=refusals(401, 413, 415, 422, 429, 503))
 async def upload(request: Request, user: CurrentUser, api: ApiDep) -> Envelope[UploadOut]:
-    """Store an image or a video (multipart field ``file``; which one is told by its content); answers its
-    ``image_id`` (a video's also as ``video_id``) for /segment."""
+    """Store an image or a video (multipart field ``file``; which one is told by its content, and ``kind=video``
+    makes an animated GIF/WebP a video); answers its ``image_id`` (a video's also as ``video_id``) for /segment."""
     settings = api.settings
     api.limiter.hit(user.id, user.tier)
     limit = int(settings.max_upload_mb * 1024 * 1024)
@@ -101,7 +109,7 @@ async def upload(request: Request, user: CurrentUser, api: ApiDep) -> Envelope[U
         if not isinstance(file, UploadFile):
             raise UsageError("multipart body needs the image in a `file` field", hint="curl -F file=@photo.jpg")
         name = file.filename or "upload"
-        if head_is_video(await file.read(HEAD_BYTES)):
+        if _as_video(single(form, "kind"), await file.read(HEAD_BYTES), name):
             return Envelope(data=await run_in_threadpool(_store_video, file, name, user, api))
         await file.seek(0)
         data = await file.read(limit + 1)
@@ -126,6 +134,20 @@ async def upload(request: Request, user: CurrentUser, api: ApiDep) -> Envelope[U
             file_name=name,
         )
     )
+
+
+def _as_video(kind: str | UploadFile | None, head: bytes, name: str) -> bool:
+    """Whether an upload is a video: a video container by its first bytes, unless ``kind=image``; with
+    ``kind=video`` an animated GIF/WebP too (left to itself, a GIF or WebP is an image)."""
+    if kind not in (None, "", "image", "video"):
+        raise UsageError("multipart field `kind` must be image or video", hint="leave it out: the content tells")
+    if kind == "video":
+        if not head_is_video(head, animated=True):
+            raise VideoError(
+                f"{name} is not a video", hint="send MP4, WebM/MKV, AVI, Ogg, MPEG-TS, or an animated GIF/WebP"
+            )
+        return True
+    return kind != "image" and head_is_video(head)
 
 
 def _store_video(file: UploadFile, name: str, user: User, api: PublicAPI) -> UploadOut:

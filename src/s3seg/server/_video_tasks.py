@@ -41,8 +41,11 @@ from s3seg.store import Store, Task
 if TYPE_CHECKING:
     from s3seg.engine._video import Sam3VideoEngine
 
-VIDEO_ID = re.compile(r"^[0-9a-f]{32}\.(mp4|mkv|avi|ogv|ts|mpg)$")
-# FFmpeg's container names → the extension the upload is stored with (its Content-Type follows).
+# An animated GIF/WebP stored as a video is ``<hex>.anim.gif`` (``.anim.webp``): its id tells it from the same
+# file uploaded as an image (``<hex>.gif``), so an id alone says which of the two /segment is given.
+VIDEO_ID = re.compile(r"^[0-9a-f]{32}\.(mp4|mkv|avi|ogv|ts|mpg|anim\.gif|anim\.webp)$")
+# FFmpeg's container names (``webp``: Pillow's, see _videoio) → the extension the upload is stored with (its
+# Content-Type follows).
 _FORMATS = (
     ("mp4", ".mp4"),
     ("matroska", ".mkv"),
@@ -50,6 +53,8 @@ _FORMATS = (
     ("ogg", ".ogv"),
     ("mpegts", ".ts"),
     ("mpeg", ".mpg"),
+    ("gif", ".anim.gif"),
+    ("webp", ".anim.webp"),
 )
 _CHUNK = 1 << 20
 
@@ -100,7 +105,9 @@ def check_video(path: Path, name: str, settings: Settings) -> tuple[_videoio.Vid
         formats = _videoio.container_format(path)
         extension = next((ext for key, ext in _FORMATS if key in formats.split(",")), None)
         if extension is None:
-            raise VideoError(f"{formats} videos are not accepted for upload", hint="send MP4, WebM/MKV or AVI")
+            raise VideoError(
+                f"{formats} videos are not accepted for upload", hint="send MP4, WebM/MKV, AVI or an animated GIF/WebP"
+            )
         frames = info.frames if info.exact and info.frames else _videoio.count_frames(path)
         _, decoded = _videoio.read(path, max_pixels=settings.max_video_pixels, max_seconds=settings.max_video_seconds)
         try:
