@@ -466,8 +466,28 @@ def test_a_running_video_task_shows_its_frames_live(tab: Tab, store: Store) -> N
     card.locator(".placeholder", has_text="working… 5/8").wait_for()
     store.heartbeat(live.id, done=6)
     card.locator(".placeholder", has_text="working… 6/8").wait_for(timeout=10_000)
+
+    # without the event stream (a proxy that drops it): the long-poll brings the frames, every 5 s
+    page.route("**/events", lambda route: route.abort())
+    page.goto(f"{tab.url}/results/{live.id}")
+    page.wait_for_selector('#view .status .progress[data-done="6"][data-total="8"]')
+    store.heartbeat(live.id, done=7)
+    page.wait_for_selector('#view .status .progress[data-done="7"]', timeout=15_000)
     store.fail(live.id, "stopped by the test")
-    page.wait_for_selector(f'.card[data-task="{live.id}"][data-status="error"]', timeout=10_000)
+    page.locator("#view .error", has_text="This task failed: stopped by the test").wait_for(timeout=15_000)
+
+
+def test_a_clip_the_browser_cannot_play_is_still_sent(tab: Tab, tmp_path: Path) -> None:
+    from _video import make_clip
+
+    avi = make_clip(tmp_path / "old.avi", n=3, codec="mpeg4", container="avi")
+    page = tab.open()
+    page.wait_for_selector("#segment-form")
+    page.set_input_files("#image-file", str(avi))
+    page.locator("#preview-note", has_text="This browser cannot play this clip").wait_for()
+    assert page.locator(".box-kind").is_hidden() and page.inner_text(".file-name") == "old.avi"
+    page.click("#run")  # no prompt yet: a video is tracked by its prompts
+    assert "add a prompt" in page.inner_text("#run-error")
 
 
 def test_a_wrong_key_is_refused_clearly(tab: Tab, shots: Path) -> None:

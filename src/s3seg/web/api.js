@@ -233,11 +233,12 @@ export async function waitForTask(id, onUpdate, signal) {
 }
 
 async function longPoll(path, onUpdate, signal) {
-  let wait = 30;
+  let wait = 0; // a first look: is it a video?
   for (;;) {
     const task = await api(`${path}?wait=${wait}`, { signal });
     if (task.status === "done" || task.status === "error") return task;
     onUpdate?.("status", { task_id: task.task_id, status: task.status });
+    wait = 30;
     if (task.frames_total > 1) {
       // a video: its frames as the events would have told them; ask again sooner to show them moving
       onUpdate?.("progress", { task_id: task.task_id, done: task.frames_done, total: task.frames_total });
