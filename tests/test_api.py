@@ -212,7 +212,9 @@ def wait_done(http: httpx.Client, task_id: str, timeout_s: float = 60) -> dict[s
 
 
 # ---------------------------------------------------------------------------------------------- tests
-def test_upload_segment_wait_and_read_results(stack: Stack, admin: Conn, photo_path: Path) -> None:
+def test_upload_segment_wait_and_read_results(
+    stack: Stack, admin: Conn, photo_path: Path, tiny_model_dir: Path
+) -> None:
     user = new_user(admin)
     with stack.client(user) as http:
         image = upload(http, photo_path)
@@ -240,6 +242,10 @@ def test_upload_segment_wait_and_read_results(stack: Stack, admin: Conn, photo_p
         assert mask.status_code == 200 and mask.content.startswith(b"\x89PNG")
         coco = http.get(detail["files"]["result"]).json()
         assert len(coco["annotations"]) == len(task["labels"])
+        # the model by its folder's name: the server's paths stay private (in the metadata and the COCO file)
+        name = tiny_model_dir.name
+        assert task["metadata"]["model"] == coco["images"][0]["s3seg"]["model"] == name
+        assert str(tiny_model_dir) not in json.dumps(coco) + json.dumps(task)
         source = http.get(detail["files"]["source"])
         assert source.content == photo_path.read_bytes()
 
@@ -767,7 +773,11 @@ def upload_video(http: httpx.Client, path: Path) -> dict[str, Any]:
 
 
 def test_video_task_progress_files_and_credits(
-    stack_factory: Callable[..., Stack], admin: Conn, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    stack_factory: Callable[..., Stack],
+    admin: Conn,
+    tmp_path: Path,
+    tiny_model_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """An uploaded clip (told by its content, not its name) → a task that goes pending → processing with
     increasing progress → done; its tracks JSON and overlay MP4 download; charged per frame, once."""
@@ -815,6 +825,7 @@ def test_video_task_progress_files_and_credits(
         assert sorted(task["files"]) == ["overlay", "result", "source"] and task["mask_image_url"] is None
         tracks = http.get(task["files"]["result"]).json()
         assert tracks["videos"][0]["length"] == 30 and [c["name"] for c in tracks["categories"]] == ["person"]
+        assert task["metadata"]["model"] == tracks["s3seg"]["model"] == tiny_model_dir.name
         assert len(task["labels"]) == len(tracks["annotations"]) == task["metadata"]["instances"]
         overlay = http.get(task["files"]["overlay"])
         assert overlay.headers["content-type"] == "video/mp4" and overlay.content[4:8] == b"ftyp"

@@ -112,12 +112,19 @@ def test_health_needs_no_key_and_reports_the_device(server: Server) -> None:
     assert body["data"]["gpu_memory"] is None and body["data"]["queue"]["batches"] == 0
 
 
-def test_model_info(server: Server, tiny_model_dir: Path) -> None:
+def test_model_info(server: Server, tiny_model_dir: Path, photo_path: Path) -> None:
     data = server.http.get("/api/v1/model/info").json()["data"]
     assert data["model"] == tiny_model_dir.name  # its name: the server's paths stay private
     assert str(tiny_model_dir) not in str(data)
     assert data["dtype"] == "float32" and data["image_size"] == 112
     assert data["parameters"] > 1_000_000 and data["limits"]["max_prompts"] == 4
+    # the answers name the model as model/info does (one helper: s3seg.server._schemas.public_model)
+    photo = ("hopper.jpg", photo_path.read_bytes())
+    one = server.http.post("/api/v1/predict", files={"image": photo}, data={"prompts": "dog"}).json()["data"]
+    batch = server.http.post("/api/v1/predict/batch", files=[("images", photo)] * 2, data={"prompts": "dog"})
+    for doc in (one, batch.json()["data"]):
+        assert {image["s3seg"]["model"] for image in doc["images"]} == {tiny_model_dir.name}
+        assert str(tiny_model_dir) not in json.dumps(doc)
 
 
 @pytest.mark.parametrize("headers", [{}, {"X-API-Key": "wrong"}, {"X-API-Key": KEY + "x"}])

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
@@ -36,6 +35,8 @@ from s3seg.server._schemas import (
     PredictIn,
     body_doc,
     form_fields,
+    public_model,
+    public_result,
     refusals,
 )
 from s3seg.types import Limits, SegmentationResult, SegmentOptions, SegmentRequest, box_from_string, to_coco
@@ -56,14 +57,8 @@ def model_info(engine: EngineDep, settings: SettingsDep) -> Envelope[ModelInfoOu
         max_images=settings.max_images,
         max_pixels=settings.max_pixels,
     )
-    info = {**vars(engine.info), "model": _model_name(engine.info.model)}
+    info = {**vars(engine.info), "model": public_model(engine.info.model)}
     return Envelope(data=ModelInfoOut(**info, limits=limits))
-
-
-def _model_name(source: str) -> str:
-    """A Hub id as it is; a local folder or file by its name only (the server's paths stay private)."""
-    path = Path(source)
-    return path.name if path.is_absolute() or path.exists() else source
 
 
 @router.post("/predict", openapi_extra=body_doc(PredictIn, PredictIn, "image", many=False), responses=_SEGMENT_REFUSALS)
@@ -93,7 +88,7 @@ async def _segment(
             await _engine_request(item, request, data, settings)
             for (item, data), request in zip(items, checked, strict=True)
         ]
-        results = await batcher.run(requests)
+        results = [public_result(r) for r in await batcher.run(requests)]
         del requests
     # RLE encoding is CPU work: off the event loop, so other requests keep being parsed and queued
     doc = await run_in_threadpool(_coco, results, [item.mask_format for item, _ in items])

@@ -9,13 +9,14 @@ for every route.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Annotated, Any, Generic, Literal, TypeVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from s3seg.engine import ModelInfo
-from s3seg.types import Box, Limits, Overrides, SegmentOptions, SegmentRequest, check_text
+from s3seg.types import Box, Limits, Overrides, SegmentationResult, SegmentOptions, SegmentRequest, check_text
 
 T = TypeVar("T")
 
@@ -340,3 +341,17 @@ class ResultsOut(BaseModel):
     limit: int
     offset: int
     next_offset: int | None = Field(description="the next page's offset; null on the last page")
+
+
+def public_model(source: str | None) -> str | None:
+    """The model as the server's answers and results name it: a Hub id as it is, a local folder or file by its
+    name only (the server's paths stay private)."""
+    if source is None:
+        return None
+    path = Path(source)
+    return path.name if path.is_absolute() or path.exists() else source
+
+
+def public_result(result: SegmentationResult) -> SegmentationResult:
+    """``result`` with its model named as :func:`public_model` names it."""
+    return replace(result, model=public_model(result.model))

@@ -34,6 +34,7 @@ from s3seg.images import LoadedImage, load_image
 from s3seg.records import Recorder
 from s3seg.server._fetch import fetch
 from s3seg.server._memory import MemoryBudget, video_need
+from s3seg.server._schemas import public_result
 from s3seg.storage import Storage
 from s3seg.store import Store, Task
 from s3seg.types import Box, SegmentationResult, SegmentOptions, SegmentRequest
@@ -170,7 +171,7 @@ class TaskRunner:
                 data = await run_in_threadpool(self._image_bytes, task)
                 async with self.budget.hold([data], max_pixels=self.limits.max_pixels, wait_s=_BUDGET_WAIT_S):
                     image = await run_in_threadpool(self._image, task, data)
-                    result = await self._infer(image, task_request(task))
+                    result = public_result(await self._infer(image, task_request(task)))
                     await run_in_threadpool(store.heartbeat, task.id, done=1, total=1)
                     await run_in_threadpool(recorder.complete, task, image, result)  # marks error itself on failure
         except asyncio.CancelledError:

@@ -39,7 +39,7 @@ from s3seg.errors import S3SegError, UsageError
 from s3seg.server._body import read_form, single, text_fields
 from s3seg.server._deps import BudgetDep, ServerDep, SettingsDep, require_key
 from s3seg.server._memory import video_need
-from s3seg.server._schemas import Envelope, TracksOut, VideoIn, refusals
+from s3seg.server._schemas import Envelope, TracksOut, VideoIn, public_model, refusals
 from s3seg.video import TrackedFrame, VideoResult
 
 PATH = "/api/v1/predict/video"
@@ -109,7 +109,7 @@ async def predict_video(request: Request, server: ServerDep, budget: BudgetDep, 
         if not run.finished:
             run.stop(video.name)
             return Response(status_code=499)  # the client is gone: nobody reads this
-        doc = await run_in_threadpool(_tracks, video)
+        doc = await run_in_threadpool(video.to_tracks)
     finally:
         run.close()
     return JSONResponse({"ok": True, "data": doc})
@@ -154,7 +154,7 @@ async def _read_upload(request: Request, settings: Settings, folder: Path) -> tu
 def _open(path: Path, item: VideoIn, engine: Any, settings: Settings, run: _Run) -> VideoResult:
     from s3seg.video import open_video
 
-    return open_video(
+    video = open_video(
         path,
         item.prompts,
         engine,
@@ -167,6 +167,8 @@ def _open(path: Path, item: VideoIn, engine: Any, settings: Settings, run: _Run)
         on_frame=run.progress,
         cancel=run.cancel,
     )
+    video.model = public_model(video.model)  # the tracks and lines name it: no server path
+    return video
 
 
 class _Run:
@@ -231,7 +233,7 @@ class _Run:
             yield _dump(_start_line(video))
             async for line in self.lines(video):
                 yield _dump(line)
-            doc = await run_in_threadpool(_tracks, video)
+            doc = await run_in_threadpool(video.to_tracks)
             yield _dump({"type": "done", "tracks": doc})
         except S3SegError as e:
             yield _dump(_error_line(e.http_status, e.code, e.message, e.hint))
@@ -256,12 +258,6 @@ class _Run:
         self._release()
 
 
-def _tracks(video: VideoResult) -> dict[str, Any]:
-    doc = video.to_tracks()
-    doc["s3seg"]["model"] = _model_name(video.model)
-    return doc
-
-
 def _start_line(video: VideoResult) -> dict[str, Any]:
     return {
         "type": "start",
@@ -270,7 +266,7 @@ def _start_line(video: VideoResult) -> dict[str, Any]:
         "fps": video.fps,
         "every": video.every,
         "frames_total": video.expected_frames,
-        "model": _model_name(video.model),
+        "model": video.model,
     }
 
 
@@ -305,11 +301,3 @@ def _error_line(status: int, code: str, message: str, hint: str | None) -> dict[
 
 def _dump(line: dict[str, Any]) -> str:
     return json.dumps(line, separators=(",", ":")) + "\n"
-
-
-def _model_name(source: str | None) -> str | None:
-    """A Hub id as it is; a local folder by its name only (the server's paths stay private)."""
-    if source is None:
-        return None
-    path = Path(source)
-    return path.name if path.is_absolute() or path.exists() else source

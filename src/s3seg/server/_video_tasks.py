@@ -35,6 +35,7 @@ from s3seg import _videoio
 from s3seg.config import Settings
 from s3seg.errors import FileTooLarge, UploadNotFound, UsageError, VideoError
 from s3seg.server._memory import video_need
+from s3seg.server._schemas import public_model
 from s3seg.storage import Storage, guess_content_type
 from s3seg.store import Store, Task
 
@@ -224,6 +225,7 @@ class VideoRunner:
                 max_objects=int(options.get("max_objects", self.settings.max_objects)),
                 on_frame=lambda n: progress(n, max(total, n)),
             )
+            video.model = public_model(video.model)  # the tracks JSON and the metadata: no server path
             video.run()
             doc = video.to_tracks()
             prefix = f"results/{task.id}"
