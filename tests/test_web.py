@@ -477,6 +477,37 @@ def test_a_running_video_task_shows_its_frames_live(tab: Tab, store: Store) -> N
     page.locator("#view .error", has_text="This task failed: stopped by the test").wait_for(timeout=15_000)
 
 
+def test_an_animated_gif_is_tracked_when_asked(tab: Tab, server: LoopbackServer, tmp_path: Path) -> None:
+    from _video import make_animation
+
+    gif = make_animation(tmp_path / "pan.gif", [100] * 6)
+    page = tab.open()
+    page.wait_for_selector("#segment-form")
+    page.set_input_files("#image-file", str(gif))
+    field = page.locator("#as-video-field")
+    field.wait_for()  # an image with boxes until asked
+    assert field.inner_text() == "Track the prompts through its 6 frames, as a video"
+    assert page.locator("#box-canvas").is_visible() and page.locator(".box-kind").is_visible()
+    page.check("#as-video")
+    assert page.locator(".box-kind").is_hidden() and page.locator("#box-canvas").is_hidden()
+    assert page.eval_on_selector("#anim-preview", "i => i.naturalWidth") == 96
+    page.fill("#prompt-input", "person")
+    page.press("#prompt-input", "Enter")
+    page.fill("#threshold", "0")
+    page.click("#run")
+    page.wait_for_selector("#run-status a", timeout=120_000)
+    task_id = (page.get_attribute("#run-status a", "href") or "").rsplit("/", 1)[-1]
+    task = server.http.get(f"/api/v1/results/{task_id}").json()["data"]
+    assert task["metadata"]["kind"] == "video" and task["metadata"]["video"].endswith(".anim.gif")
+    assert page.locator(".tracks tbody tr.track").count() == len(task["labels"]) > 0
+    assert "through 6 frames" in page.inner_text("#run-status")
+    assert loaded_width(page, "#result video.overlay-video") == 96
+    # the same file left alone is an image
+    page.set_input_files("#image-file", str(tmp_path / "pan.gif"))
+    field.wait_for()
+    assert not page.is_checked("#as-video") and page.locator("#box-canvas").is_visible()
+
+
 def test_a_clip_the_browser_cannot_play_is_still_sent(tab: Tab, tmp_path: Path) -> None:
     from _video import make_clip
 

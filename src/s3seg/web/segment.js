@@ -29,6 +29,11 @@ export function segmentPage(view, { signal }) {
   const preview = h("video", { id: "video-preview", class: "preview", controls: true, muted: true, playsinline: true,
     preload: "auto", hidden: true }); // (a local file: nothing to spare)
   const previewNote = h("p", { class: "muted small", id: "preview-note" });
+  // an animated GIF/WebP is an image unless asked: then it is tracked through its frames like a clip
+  const animated = h("img", { id: "anim-preview", class: "preview", alt: "", hidden: true });
+  const asVideo = h("input", { type: "checkbox", id: "as-video" });
+  const asVideoLabel = h("label", { for: "as-video" });
+  const asVideoField = h("div", { class: "check", id: "as-video-field", hidden: true }, asVideo, asVideoLabel);
   signal.addEventListener("abort", () => state.preview && URL.revokeObjectURL(state.preview));
 
   // ----- exemplar boxes
@@ -71,12 +76,13 @@ export function segmentPage(view, { signal }) {
     "form",
     { class: "segment", id: "segment-form", novalidate: true },
     drop,
-    h("div", { class: "stage" }, canvas, preview, previewNote),
+    h("div", { class: "stage" }, canvas, preview, animated, previewNote),
     h("div", { class: "controls" },
       h("div", { class: "field" },
         h("label", { for: "prompt-input" }, "Prompts"),
         h("div", { class: "row" }, promptInput, h("button", { type: "button", id: "add-prompt", onclick: addPrompt }, "Add")),
         chips),
+      asVideoField,
       boxes,
       h("div", { class: "field" }, h("label", { for: "project" }, "Project (optional)"), project),
       h("div", { class: "field" }, h("label", { for: "threshold" }, "Minimum score (0–1)"), threshold),
@@ -128,7 +134,22 @@ export function segmentPage(view, { signal }) {
     if (state.preview) URL.revokeObjectURL(state.preview);
     state.preview = null;
     preview.removeAttribute("src");
+    animated.removeAttribute("src");
+    animated.hidden = true;
+    asVideo.checked = false;
+    asVideoField.hidden = true;
   }
+
+  asVideo.addEventListener("change", () => {
+    const on = asVideo.checked;
+    state.video = on;
+    canvas.hidden = on;
+    boxes.hidden = on;
+    animated.hidden = !on;
+    if (on && !state.preview) state.preview = URL.createObjectURL(state.file);
+    if (on) animated.src = state.preview;
+    animated.alt = `${state.file.name}, animated`;
+  });
 
   function chooseVideo(file) {
     showKind(true);
@@ -164,6 +185,11 @@ export function segmentPage(view, { signal }) {
     showKind(false);
     state.bitmap = bitmap;
     state.file = file;
+    frameCount(file).then((n) => {
+      if (state.file !== file || n < 2) return;
+      asVideoLabel.textContent = `Track the prompts through its ${n} frames, as a video`;
+      asVideoField.hidden = false;
+    });
     state.boxes = [];
     fileName.textContent = file.name;
     canvas.width = state.bitmap.width;
@@ -172,7 +198,11 @@ export function segmentPage(view, { signal }) {
     renderBoxes();
   }
 
-  fileInput.addEventListener("change", () => choose(fileInput.files[0]));
+  fileInput.addEventListener("change", () => {
+    const file = fileInput.files[0];
+    fileInput.value = ""; // picking the same file again starts over too
+    choose(file);
+  });
   drop.addEventListener("dragover", (e) => {
     e.preventDefault();
     drop.classList.add("over");
@@ -231,6 +261,7 @@ export function segmentPage(view, { signal }) {
       status.textContent = `Uploading ${state.file.name}…`;
       const form = new FormData();
       form.append("file", state.file, state.file.name);
+      if (asVideo.checked) form.append("kind", "video");
       const upload = await api("/api/v1/upload", { method: "POST", form, signal });
       const clip = upload.kind === "video"; // the server tells by the content
       const source = clip
@@ -262,4 +293,21 @@ export function segmentPage(view, { signal }) {
       run.disabled = false;
     }
   });
+}
+
+/** How many frames an animated GIF/WebP has (0: a still image, or this browser cannot tell). */
+async function frameCount(file) {
+  if (!/^image\/(gif|webp)$/.test(file.type) || typeof ImageDecoder === "undefined") return 0;
+  let decoder;
+  try {
+    decoder = new ImageDecoder({ data: await file.arrayBuffer(), type: file.type });
+    await decoder.tracks.ready;
+    await decoder.completed; // (the frame count is final once all the data is read)
+    const track = decoder.tracks.selectedTrack;
+    return track?.animated ? track.frameCount : 0;
+  } catch {
+    return 0;
+  } finally {
+    decoder?.close();
+  }
 }
