@@ -450,6 +450,49 @@ class GPUWorker(LoopbackServer):
         super().__init__(create_app(engine, Settings(api_key=key, data_dir=data_dir)))
 
 
+def test_gateway_runs_video_tasks_on_a_worker(
+    stack_factory: Callable[..., Stack],
+    engine: Sam3Engine,
+    admin: Conn,
+    tmp_path: Path,
+    tiny_model_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A video task on a gateway goes to a worker's /api/v1/predict/video (a dead worker is skipped): its
+    progress comes from the worker's stream, and its tracks equal a local run's; files are made on the gateway."""
+    from _video import make_clip
+    from s3seg.config import load_settings
+    from s3seg.engine._video import Sam3VideoEngine
+    from s3seg.server import WorkerPool, _events
+    from s3seg.video import open_video
+
+    monkeypatch.setattr(_events, "POLL_S", 0.05)  # look often: the task's progress between its start and end
+    clip = make_clip(tmp_path / "clip.mp4", n=18)  # longer than the tracker's hold-back: frames before the end
+    worker = GPUWorker(engine, tmp_path / "worker")
+    dead = f"http://127.0.0.1:{free_port()}"
+    try:
+        stack = stack_factory(engine=None, workers=WorkerPool([dead, worker.url], api_key="worker-key", timeout_s=60))
+        user = new_user(admin)
+        with stack.client(user) as http:
+            video_id = upload_video(http, clip)["video_id"]
+            body = {"video_id": video_id, "text_prompt": "person", "threshold": 0, "every": 2}
+            started = ok(http.post("/api/v1/segment", json=body), 202)
+            events = read_events(http, started["task_id"])
+            task = ok(http.get(f"/api/v1/results/{started['task_id']}"))
+            assert (task["status"], task["frames_done"], task["frames_total"]) == ("done", 9, 9), task
+            steps = [e.json()["done"] for e in events if e.event == "progress"]  # as the store was polled
+            assert steps == sorted(steps) and max(steps) > 0 and events[-1].event == "done", steps  # frames mid-way
+            tracks = http.get(task["files"]["result"]).json()
+            assert http.get(task["files"]["overlay"]).content[4:8] == b"ftyp"
+    finally:
+        worker.stop()
+    local = open_video(
+        clip, ["person"], Sam3VideoEngine.load(str(tiny_model_dir), device="cpu"), load_settings(threshold=0.0), every=2
+    ).run()
+    assert tracks["annotations"] == local.to_tracks()["annotations"] and tracks["videos"][0]["length"] == 9
+    assert tracks["s3seg"]["model"] == task["metadata"]["model"] == tiny_model_dir.name
+
+
 class Hanging:
     """A worker that accepts requests and never answers: the task is mid-inference for as long as we like."""
 

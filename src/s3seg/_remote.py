@@ -68,88 +68,96 @@ class RemoteBackend:
     def segment_video(
         self, path: Path, prompts: Sequence[str], options: VideoOptions, settings: Settings
     ) -> VideoResult:
-        """The clip through ``POST /api/v1/predict/video``, read as NDJSON: the server's header checks fail
-        here; the frames come lazily, each as the server finishes it (the same frames as a local run)."""
-        from s3seg.video import VideoResult, _position
+        """The clip through ``POST /api/v1/predict/video``, read as NDJSON (see :func:`remote_video`)."""
+        return remote_video(self.http, path, prompts, options, settings)
 
-        if not path.is_file():
-            raise VideoError(f"{path}: no such file")
-        chosen = {name: str(value) for name, value in options.items() if value is not None and name != "on_frame"}
-        lines = self._lines(path, {"prompts": list(prompts), **chosen})
-        head = next(lines, None)  # sends the clip: the server answers once it has read it all
-        if head is None or head.get("type") != "start":
-            lines.close()
-            raise ServerError(f"{self.http.where} answered no video stream", hint="is it an s3seg server?")
-        texts = tuple(head["prompts"])
-        return VideoResult(
-            self._frames(lines, texts, head.get("model"), options.get("on_frame")),
-            name=str(head["name"]),
-            source=path,
-            prompts=texts,
-            fps=float(head["fps"]),
-            every=int(head["every"]),
-            selection=(_position(options.get("start")), _position(options.get("end"))),
-            model=head.get("model"),
-            max_pixels=settings.max_video_pixels,
-            max_seconds=settings.max_video_seconds,
-            expected_frames=head.get("frames_total"),
+
+def remote_video(
+    http: HTTP, path: Path, prompts: Sequence[str], options: VideoOptions, settings: Settings
+) -> VideoResult:
+    """The clip through ``POST /api/v1/predict/video`` of the server ``http`` talks to, read as NDJSON: the
+    server's header checks fail here; the frames come lazily, each as the server finishes it (the same frames
+    as a local run)."""
+    from s3seg.video import VideoResult, _position
+
+    if not path.is_file():
+        raise VideoError(f"{path}: no such file")
+    chosen = {name: str(value) for name, value in options.items() if value is not None and name != "on_frame"}
+    lines = _lines(http, path, {"prompts": list(prompts), **chosen})
+    head = next(lines, None)  # sends the clip: the server answers once it has read it all
+    if head is None or head.get("type") != "start":
+        lines.close()
+        raise ServerError(f"{http.where} answered no video stream", hint="is it an s3seg server?")
+    texts = tuple(head["prompts"])
+    return VideoResult(
+        _frames(http, lines, texts, head.get("model"), options.get("on_frame")),
+        name=str(head["name"]),
+        source=path,
+        prompts=texts,
+        fps=float(head["fps"]),
+        every=int(head["every"]),
+        selection=(_position(options.get("start")), _position(options.get("end"))),
+        model=head.get("model"),
+        max_pixels=settings.max_video_pixels,
+        max_seconds=settings.max_video_seconds,
+        expected_frames=head.get("frames_total"),
+    )
+
+
+def _lines(http: HTTP, path: Path, fields: dict[str, Any]) -> Generator[dict[str, Any], None, None]:
+    """Upload the clip (streamed from the file) and yield the answer's JSON lines as they come; an
+    ``error`` line is raised as its error. The answer stays open until this generator ends."""
+    clip = path.open("rb")
+    files = {"video": (path.name, clip, "application/octet-stream")}
+    try:
+        with http.stream(
+            "POST", "/api/v1/predict/video", data=fields, files=files, headers={"Accept": NDJSON}
+        ) as response:
+            for text in response.iter_lines():
+                if not text.strip():
+                    continue
+                line: dict[str, Any] = json.loads(text)
+                if line.get("type") == "error":
+                    error = line.get("error") or {}
+                    raise error_from_response(
+                        int(line.get("status") or 500),
+                        str(error.get("code", "SERVER_ERROR")),
+                        str(error.get("message", "the video failed")),
+                        error.get("hint"),
+                        where=http.where,
+                    )
+                yield line
+    finally:
+        clip.close()
+
+
+def _frames(
+    http: HTTP,
+    lines: Iterator[dict[str, Any]],
+    prompts: tuple[str, ...],
+    model: str | None,
+    on_frame: Callable[[int], None] | None,
+) -> Iterator[TrackedFrame]:
+    from s3seg.video import TrackedFrame
+
+    for line in lines:
+        if line.get("type") == "done":
+            return
+        if line.get("type") == "progress":  # the model took in a frame; it comes out some frames later
+            if on_frame is not None:
+                on_frame(int(line["frames_done"]))
+            continue
+        width, height = int(line["width"]), int(line["height"])
+        found = line["instances"]
+        instances = tuple(
+            Instance(
+                prompt=i["prompt"],
+                score=float(i["score"]),
+                box=(float(i["box"][0]), float(i["box"][1]), float(i["box"][2]), float(i["box"][3])),
+                mask=_rle.decode(i["segmentation"], height, width),
+            )
+            for i in found
         )
-
-    def _lines(self, path: Path, fields: dict[str, Any]) -> Generator[dict[str, Any], None, None]:
-        """Upload the clip (streamed from the file) and yield the answer's JSON lines as they come; an
-        ``error`` line is raised as its error. The answer stays open until this generator ends."""
-        clip = path.open("rb")
-        files = {"video": (path.name, clip, "application/octet-stream")}
-        try:
-            with self.http.stream(
-                "POST", "/api/v1/predict/video", data=fields, files=files, headers={"Accept": NDJSON}
-            ) as response:
-                for text in response.iter_lines():
-                    if not text.strip():
-                        continue
-                    line: dict[str, Any] = json.loads(text)
-                    if line.get("type") == "error":
-                        error = line.get("error") or {}
-                        raise error_from_response(
-                            int(line.get("status") or 500),
-                            str(error.get("code", "SERVER_ERROR")),
-                            str(error.get("message", "the video failed")),
-                            error.get("hint"),
-                            where=self.http.where,
-                        )
-                    yield line
-        finally:
-            clip.close()
-
-    def _frames(
-        self,
-        lines: Iterator[dict[str, Any]],
-        prompts: tuple[str, ...],
-        model: str | None,
-        on_frame: Callable[[int], None] | None,
-    ) -> Iterator[TrackedFrame]:
-        from s3seg.video import TrackedFrame
-
-        for line in lines:
-            if line.get("type") == "done":
-                return
-            if line.get("type") == "progress":  # the model took in a frame; it comes out some frames later
-                if on_frame is not None:
-                    on_frame(int(line["frames_done"]))
-                continue
-            width, height = int(line["width"]), int(line["height"])
-            found = line["instances"]
-            instances = tuple(
-                Instance(
-                    prompt=i["prompt"],
-                    score=float(i["score"]),
-                    box=(float(i["box"][0]), float(i["box"][1]), float(i["box"][2]), float(i["box"][3])),
-                    mask=_rle.decode(i["segmentation"], height, width),
-                )
-                for i in found
-            )
-            result = SegmentationResult(width=width, height=height, prompts=prompts, instances=instances, model=model)
-            yield TrackedFrame(
-                int(line["frame"]), float(line["time"]), result, tuple(int(i["track_id"]) for i in found)
-            )
-        raise ServerError(f"{self.http.where} ended the video stream early", hint="see the server's log")
+        result = SegmentationResult(width=width, height=height, prompts=prompts, instances=instances, model=model)
+        yield TrackedFrame(int(line["frame"]), float(line["time"]), result, tuple(int(i["track_id"]) for i in found))
+    raise ServerError(f"{http.where} ended the video stream early", hint="see the server's log")

@@ -163,7 +163,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         )
     budget = server.budget = MemoryBudget(settings.memory_budget_bytes(), wait_s=settings.memory_wait_s)
     infer = server.workers or _in_process(server.batcher)
-    video = VideoRunner(server.video, storage, settings) if server.engine else None
+    video = VideoRunner(server.video, storage, settings, workers=server.workers)
     runner = TaskRunner(
         store, storage, infer, _task_limits(settings), budget, workers=settings.task_workers, video=video
     )

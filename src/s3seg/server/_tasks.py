@@ -190,8 +190,7 @@ class TaskRunner:
     async def _run_video(self, task: Task, store: Store, stopped: threading.Event) -> None:
         if self.video is None:
             raise UsageError(
-                "this server cannot run video tasks (its GPU workers take images only)",
-                hint="run video tasks on a server that has the model (s3seg serve without S3SEG_WORKERS)",
+                "this server runs no video tasks", hint="run them on an `s3seg serve` with a model or workers"
             )
         last = [0.0]
 

@@ -41,6 +41,8 @@ from s3seg.store import Store, Task
 
 if TYPE_CHECKING:
     from s3seg.engine._video import Sam3VideoEngine
+    from s3seg.server._gateway import WorkerPool
+    from s3seg.video import VideoOptions, VideoResult
 
 # An animated GIF/WebP stored as a video is ``<hex>.anim.gif`` (``.anim.webp``): its id tells it from the same
 # file uploaded as an image (``<hex>.gif``), so an id alone says which of the two /segment is given.
@@ -184,11 +186,21 @@ Progress = Callable[[int, int], None]
 
 
 class VideoRunner:
-    """Runs a video task in the calling thread (the task runner gives it one): the video model is loaded on
-    the first task (``load``) and kept; calls are serialised by the model."""
+    """Runs a video task in the calling thread (the task runner gives it one): on this server's video model
+    (``load``: loaded on the first task and kept; calls are serialised by the model), or, when ``workers`` are
+    given (a gateway), on a GPU worker's ``/api/v1/predict/video``. The tracks JSON and the overlay MP4 are made
+    here either way."""
 
-    def __init__(self, load: Callable[[], Sam3VideoEngine], storage: Storage, settings: Settings) -> None:
+    def __init__(
+        self,
+        load: Callable[[], Sam3VideoEngine],
+        storage: Storage,
+        settings: Settings,
+        *,
+        workers: WorkerPool | None = None,
+    ) -> None:
         self._load = load
+        self._workers = workers
         self._engine: Sam3VideoEngine | None = None
         self._lock = threading.Lock()
         self.storage = storage
@@ -205,26 +217,32 @@ class VideoRunner:
 
         meta = task.metadata
         options = meta.get("video_options") or {}
-        every = int(options.get("every", 1))
-        threshold = (meta.get("options") or {}).get("threshold")
-        engine = self.engine()
-        written: list[str] = []
+        total = task.frames_total
+        chosen: VideoOptions = {
+            "every": int(options.get("every", 1)),
+            "threshold": (meta.get("options") or {}).get("threshold"),
+            "max_objects": int(options.get("max_objects", self.settings.max_objects)),
+            "on_frame": lambda n: progress(n, max(total, n)),
+        }
         folder = Path(tempfile.mkdtemp(prefix="s3seg-video-"))
         try:
             source = str(meta["video_key"])
             path = self.storage.download(source, folder / f"source{Path(source).suffix}")
-            total = task.frames_total
             progress(0, total)
-            video = open_video(
-                path,
-                task.prompts,
-                engine,
-                self.settings,
-                every=every,
-                threshold=threshold,
-                max_objects=int(options.get("max_objects", self.settings.max_objects)),
-                on_frame=lambda n: progress(n, max(total, n)),
-            )
+
+            def finish(video: VideoResult) -> Task:
+                return self._finish(video, task, store, source, folder)
+
+            if self._workers is not None:
+                return self._workers.track(path, task.prompts, chosen, self.settings, finish)
+            return finish(open_video(path, task.prompts, self.engine(), self.settings, **chosen))
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+
+    def _finish(self, video: VideoResult, task: Task, store: Store, source: str, folder: Path) -> Task:
+        """Track to the end, store the tracks JSON and the overlay MP4, and mark the task done (charged)."""
+        written: list[str] = []
+        try:
             video.model = public_model(video.model)  # the tracks JSON and the metadata: no server path
             video.run()
             doc = video.to_tracks()
@@ -247,8 +265,6 @@ class VideoRunner:
                 with contextlib.suppress(Exception):
                     self.storage.delete(key)
             raise
-        finally:
-            shutil.rmtree(folder, ignore_errors=True)
 
 
 def _labels(doc: dict[str, Any]) -> list[dict[str, Any]]:
