@@ -144,6 +144,13 @@ def run_segment(
     return found.group(1)
 
 
+def coco_tracks(server: LoopbackServer, task_id: str, track_id: int) -> list[Any]:
+    """One track's per-frame segmentations from a video task's stored tracks JSON (None where it is absent)."""
+    doc = coco_of(server, task_id)
+    segs: list[Any] = next(a for a in doc["annotations"] if a["track_id"] == track_id)["segmentations"]
+    return segs
+
+
 def coco_of(server: LoopbackServer, task_id: str) -> dict[str, Any]:
     task = server.http.get(f"/api/v1/results/{task_id}").json()["data"]
     doc: dict[str, Any] = server.http.get(task["files"]["result"]).json()
@@ -413,6 +420,26 @@ def test_video_progress_overlay_tracks_gallery_and_detail(
     expected = [[f"#{t['track_id']}", t["label"], f"{t['score']:.3f}", f"{t['frames']} of 8"] for t in labels]
     assert rows() == expected
     page.screenshot(path=str(shots / "video.png"), full_page=True)
+
+    # a track's id shows the first frame it is in
+    first = next(i for i, seg in enumerate(coco_tracks(server, task_id, labels[-1]["track_id"])) if seg)
+    page.eval_on_selector(
+        "#result video.overlay-video",
+        """v => new Promise((resolve) => {
+            v.addEventListener("seeked", resolve, {once: true});
+            v.currentTime = v.duration;
+        })""",
+    )
+    page.click(f'.tracks tr[data-track="{labels[-1]["track_id"]}"] .track-id button')
+    at = page.eval_on_selector(  # (the tracks JSON is fetched on the first click: wait for the seek)
+        "#result video.overlay-video",
+        """v => new Promise((resolve) => {
+            const check = () => v.currentTime < v.duration && resolve(v.currentTime);
+            v.addEventListener("seeked", check);
+            check();
+        })""",
+    )
+    assert first * 0.1 <= at < (first + 1) * 0.1, (first, at)  # 10 frames a second
 
     # downloads: the tracks JSON and the overlay
     with page.expect_download() as got:

@@ -6,7 +6,7 @@
 // is fetched with them and played from a blob: URL (the CSP allows media from blob:).
 
 import { fileBlob } from "./api.js";
-import { h, saveBlob } from "./dom.js";
+import { h, saveBlob, showError } from "./dom.js";
 import { fileButton, stem } from "./viewer.js";
 
 export const isVideo = (task) => task?.metadata?.kind === "video";
@@ -89,9 +89,28 @@ export async function showTracks(container, task, { name: displayName, signal } 
     "aria-label": `${fileName} with ${words} coloured over it`,
   });
 
+  // a track's id is a button: the player jumps to the first frame it is in (the tracks JSON says which,
+  // fetched on the first click)
+  let doc = null;
+  const firstFrame = async (trackId) => {
+    doc ??= fileBlob(task.files.result, signal).then(async (blob) => JSON.parse(await blob.text()));
+    const found = (await doc).annotations?.find((a) => a.track_id === trackId);
+    return Math.max(0, found?.segmentations?.findIndex((s) => s !== null) ?? 0);
+  };
+  const seek = (trackId) => async () => {
+    try {
+      const first = await firstFrame(trackId);
+      video.pause();
+      const count = frames || 1; // the overlay has one frame per processed frame: aim at its middle
+      video.currentTime = ((first + 0.5) * video.duration) / count;
+    } catch (e) {
+      if (!signal?.aborted) showError(error, e);
+    }
+  };
   const rows = tracks.map((t) =>
     h("tr", { class: "track", "data-track": String(t.track_id) },
-      h("td", { class: "track-id", text: `#${t.track_id}` }),
+      h("td", { class: "track-id" }, h("button", { type: "button", class: "link", title: "Show its first frame",
+        onclick: seek(t.track_id) }, `#${t.track_id}`)),
       h("td", { class: "prompt", text: t.label }),
       h("td", { class: "score", text: Number(t.score).toFixed(3) }),
       h("td", { class: "present", text: frames ? `${t.frames} of ${frames}` : String(t.frames) })),
