@@ -60,6 +60,21 @@ def engine(tiny_model_dir: Path):  # type: ignore[no-untyped-def]
     return Sam3Engine.load(str(tiny_model_dir), device="cpu")
 
 
+@pytest.fixture(scope="module")  # per module: some tests adjust the engine's settings
+def video_engine(tiny_model_dir: Path):  # type: ignore[no-untyped-def]
+    from s3seg.engine._video import Sam3VideoEngine
+
+    return Sam3VideoEngine.load(str(tiny_model_dir), device="cpu")
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An 8-frame H.264 clip cut from the real photo (tests/_video.py)."""
+    from _video import make_clip
+
+    return make_clip(tmp_path_factory.mktemp("clip") / "clip.mp4", n=8)
+
+
 @pytest.fixture(scope="session")
 def photo_path() -> Path:
     """A real photograph (JPEG, 512×600): examples/grace_hopper.jpg (U.S. Navy, public domain)."""

@@ -60,16 +60,6 @@ def _own_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture(scope="module")
-def video_engine(tiny_model_dir: Path) -> Sam3VideoEngine:
-    return Sam3VideoEngine.load(str(tiny_model_dir), device="cpu")
-
-
-@pytest.fixture(scope="module")
-def clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_clip(tmp_path_factory.mktemp("clip") / "clip.mp4", n=8)
-
-
-@pytest.fixture(scope="module")
 def long_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_clip(tmp_path_factory.mktemp("long") / "long.mp4", n=120)
 

@@ -27,16 +27,6 @@ def _in_tmp_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
 
 
-@pytest.fixture(scope="module")
-def video_engine(tiny_model_dir: Path) -> Sam3VideoEngine:
-    return Sam3VideoEngine.load(str(tiny_model_dir), device="cpu")
-
-
-@pytest.fixture(scope="module")
-def clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_clip(tmp_path_factory.mktemp("clip") / "clip.mp4", n=8)
-
-
 def _frames(engine: Sam3VideoEngine, path: Path, prompts: list[str], **kw: object) -> list[TrackedFrame]:
     settings = load_settings(threshold=0.0)
     return list(open_video(path, prompts, engine, settings, **kw))  # type: ignore[arg-type]
