@@ -97,7 +97,7 @@ class MemoryBudget:
                     f"by the images and videos in flight; this request needs {need / _MB:.0f} MB)",
                     hint="retry in a moment",
                 )
-            with suppress(TimeoutError):  # (then the loop refuses it)
+            with suppress(asyncio.TimeoutError):  # (then the loop refuses it; not the builtin before 3.11)
                 await asyncio.wait_for(self._freed.wait(), left)
         self.used += need
         given_back = False

@@ -118,7 +118,7 @@ class TaskRunner:
             await asyncio.sleep(timeout_s)
             return
         event = self._finished.setdefault(task_id, asyncio.Event())
-        with contextlib.suppress(TimeoutError):
+        with contextlib.suppress(asyncio.TimeoutError):  # not the builtin TimeoutError before Python 3.11
             await asyncio.wait_for(event.wait(), timeout_s)
 
     async def sweep(self) -> None:
