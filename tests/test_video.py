@@ -95,6 +95,17 @@ def test_sdk_frames_round_trip_through_tracks_json(video_engine: Sam3VideoEngine
     path = video.write_tracks(tmp_path / "t.json")
     assert read_tracks(path) == frames
     assert read_tracks(video.to_tracks()) == frames
+    expected = [  # MOT lines: one per track present in a frame, its xywh box and score, frames numbered from 1
+        (position + 1, track_id, inst.box[0], inst.box[1], inst.box[2] - inst.box[0], inst.box[3] - inst.box[1])
+        for position, frame in enumerate(read_tracks(video.to_tracks()))
+        for track_id, inst in sorted(frame.tracks(), key=lambda t: t[0])
+    ]
+    got = [line.split(",") for line in video.mot_lines()]
+    assert expected and len(got) == len(expected)
+    for fields, want in zip(got, expected, strict=True):
+        assert (int(fields[0]), int(fields[1])) == want[:2]
+        assert [float(v) for v in fields[2:6]] == pytest.approx(want[2:], rel=1e-5, abs=1e-3)
+    assert all(f[7:] == ["-1", "-1", "-1"] for f in got)
 
 
 def test_segment_video_passes_the_options_and_loads_the_model_once(

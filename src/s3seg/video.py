@@ -189,14 +189,7 @@ class VideoResult:
 
     def mot_lines(self) -> list[str]:
         """MOT-challenge lines ``frame,id,x,y,w,h,conf,-1,-1,-1`` (frame = the 1-based processed frame number)."""
-        self._require_done()
-        lines = []
-        for position in range(len(self.frame_indices)):
-            for track in sorted(self._tracks.values(), key=lambda t: t.track_id):
-                if position in track.frames:
-                    x, y, w, h = track.frames[position][1]
-                    lines.append(f"{position + 1},{track.track_id},{x:g},{y:g},{w:g},{h:g},{track.score:.4f},-1,-1,-1")
-        return lines
+        return mot_lines(self.to_tracks())
 
     def write_overlay(self, path: str | Path) -> Path:
         """The clip with coloured masks and track ids as H.264 MP4 at ``fps / every`` (one frame per processed
@@ -233,6 +226,20 @@ class _Track:
     category_id: int
     score: float
     frames: dict[int, tuple[dict[str, Any], list[float], int]] = field(default_factory=dict)
+
+
+def mot_lines(doc: Mapping[str, Any]) -> list[str]:
+    """A tracks document's MOT-challenge lines ``frame,id,x,y,w,h,conf,-1,-1,-1`` (frame = the 1-based processed
+    frame number; tracks in id order within a frame)."""
+    annotations = sorted(doc["annotations"], key=lambda a: a["track_id"])
+    lines = []
+    for position in range(int(doc["videos"][0]["length"])):
+        for a in annotations:
+            box = a["bboxes"][position]
+            if a["segmentations"][position] is not None and box is not None:
+                x, y, w, h = box
+                lines.append(f"{position + 1},{a['track_id']},{x:g},{y:g},{w:g},{h:g},{a['score']:.4f},-1,-1,-1")
+    return lines
 
 
 def read_tracks(doc: Mapping[str, Any] | str | Path) -> list[TrackedFrame]:

@@ -9,7 +9,7 @@ import sys
 from contextlib import closing
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from s3seg.cli._console import err_console, progress_bar
 
@@ -34,6 +34,7 @@ def run(
     from s3seg.cli._video import summary
     from s3seg.errors import ServerError, UsageError
     from s3seg.storage._local import write_atomic
+    from s3seg.video import mot_lines
 
     bar = progress_bar("{task.description}")
     threshold = settings.threshold if "threshold" in settings.model_fields_set else None
@@ -78,16 +79,3 @@ def run(
 
 def _write(data: bytes, f: BinaryIO) -> None:
     f.write(data)
-
-
-def mot_lines(doc: dict[str, Any]) -> list[str]:
-    """MOT-challenge lines from a tracks document, as :meth:`s3seg.video.VideoResult.mot_lines` writes them."""
-    annotations = sorted(doc["annotations"], key=lambda a: a["track_id"])
-    lines = []
-    for position in range(int(doc["videos"][0]["length"])):
-        for a in annotations:
-            box = a["bboxes"][position]
-            if a["segmentations"][position] is not None and box is not None:
-                x, y, w, h = box
-                lines.append(f"{position + 1},{a['track_id']},{x:g},{y:g},{w:g},{h:g},{a['score']:.4f},-1,-1,-1")
-    return lines
