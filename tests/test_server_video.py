@@ -26,11 +26,15 @@ import s3seg
 from _cli import run as run_cli
 from _server import LoopbackServer
 from _video import make_animation, make_clip
+from s3seg._http import HTTP, Hints
+from s3seg._remote import _frames
 from s3seg.config import Settings, load_settings
 from s3seg.engine import Sam3Engine
 from s3seg.engine._video import Sam3VideoEngine
+from s3seg.errors import ServerError
 from s3seg.server import create_app
 from s3seg.server._batcher import Turns
+from s3seg.server._video import tracks_summary
 from s3seg.video import open_video
 
 KEY = "video-key"
@@ -130,7 +134,7 @@ def test_whole_answer_and_stream_equal_the_local_run(server: Server, clip: Path,
     assert [line["frames_done"] for line in lines[1:9]] == list(range(1, 9))
     start, frames, done = lines[0], lines[9:-1], lines[-1]
     assert start["name"] == "clip.mp4" and start["prompts"] == ["person"] and start["frames_total"] == 8
-    same_tracks(done["tracks"], local)
+    same_tracks(done["tracks"], tracks_summary(local))  # the document less what the frame lines carried
     video = local["videos"][0]
     assert [f["frame"] for f in frames] == video["frame_indices"] and [f["position"] for f in frames] == list(range(8))
     for f in frames:  # each frame line holds that frame's masks, as in the tracks document
@@ -139,6 +143,48 @@ def test_whole_answer_and_stream_equal_the_local_run(server: Server, clip: Path,
             t: rle for t, rle in by_track.items() if rle is not None
         }
     assert leftovers() <= before  # the uploads' folders are gone
+
+
+def test_the_stream_sends_each_mask_once(server: Server, clip: Path, local: dict[str, Any]) -> None:
+    """The done line repeats none of the frame lines' masks, boxes or areas (it used to carry the whole
+    document: every RLE a second time, and a last line as large as the answer for a client to hold)."""
+    streamed = post(server, clip, headers=NDJSON)
+    assert streamed.status_code == 200, streamed.text
+    raw = streamed.content.splitlines(keepends=True)
+    frame_bytes = sum(len(line) for line in raw if json.loads(line)["type"] == "frame")
+    done = json.loads(raw[-1])
+    assert done["type"] == "done" and len(done["tracks"]["annotations"]) == len(local["annotations"]) > 0
+    assert b"segmentation" not in raw[-1] and b"counts" not in raw[-1], raw[-1][:200]
+    assert all(set(a) == {"id", "video_id", "track_id", "category_id", "score"} for a in done["tracks"]["annotations"])
+    whole = json.dumps(local, separators=(",", ":")).encode()
+    assert len(whole) > frame_bytes // 2  # the masks are most of both: a done line with them would fail below
+    # start, progress and done lines are small: the whole stream is well under twice its frame lines (it used to
+    # be over twice: the done line repeated every frame line's RLE)
+    assert len(streamed.content) < 1.5 * frame_bytes, (len(streamed.content), frame_bytes, len(raw[-1]))
+
+
+def test_the_remote_reader_checks_the_frames_against_the_done_line(server: Server, clip: Path) -> None:
+    """The reader rebuilds the document from the frame lines and checks it against the done line: a stream
+    that lost a frame line, or whose done line names other tracks, is an error, not a different result
+    (the server's real lines, one of them left out or changed)."""
+    lines = [json.loads(line) for line in post(server, clip, headers=NDJSON).text.splitlines()]
+    hints = Hints(timeout="-", unreachable="-")
+    http = HTTP(server.url, where="the test server", hints=hints, timeout_s=10)
+
+    def read(kept: list[dict[str, Any]]) -> int:
+        return sum(1 for _ in _frames(http, iter(kept[1:]), ("person",), None, None))
+
+    assert read(lines) == 8
+    frames = [i for i, line in enumerate(lines) if line["type"] == "frame"]
+    with pytest.raises(ServerError, match=r"sent 7 frame\(s\)"):
+        read([line for i, line in enumerate(lines) if i != frames[3]])
+    done = lines[-1]
+    fewer = {**done, "tracks": {**done["tracks"], "annotations": done["tracks"]["annotations"][1:]}}
+    with pytest.raises(ServerError, match="its done line says 8"):
+        read([*lines[:-1], fewer])
+    with pytest.raises(ServerError, match="malformed done line"):
+        read([*lines[:-1], {"type": "done"}])
+    http.close()
 
 
 @pytest.mark.parametrize("suffix", [".gif", ".webp"])

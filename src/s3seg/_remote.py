@@ -140,8 +140,11 @@ def _frames(
 ) -> Iterator[TrackedFrame]:
     from s3seg.video import TrackedFrame
 
+    tracks: dict[int, list[Any]] = {}  # track_id → [category_id, score], as the tracks document has them
+    count = 0
     for line in lines:
         if line.get("type") == "done":
+            _check_done(http, line, count, tracks)
             return
         if line.get("type") == "progress":  # the model took in a frame; it comes out some frames later
             if on_frame is not None:
@@ -159,5 +162,28 @@ def _frames(
             for i in found
         )
         result = SegmentationResult(width=width, height=height, prompts=prompts, instances=instances, model=model)
+        for i in found:  # the first sighting names a track's category and score (as VideoResult's)
+            tracks.setdefault(int(i["track_id"]), [prompts.index(i["prompt"]) + 1, float(i["score"])])
+        count += 1
         yield TrackedFrame(int(line["frame"]), float(line["time"]), result, tuple(int(i["track_id"]) for i in found))
     raise ServerError(f"{http.where} ended the video stream early", hint="see the server's log")
+
+
+def _check_done(http: HTTP, line: dict[str, Any], count: int, tracks: dict[int, list[Any]]) -> None:
+    """The ``done`` line carries the tracks document less the per-frame fields the frame lines carried: the
+    document rebuilt from the frame lines must agree with it (every frame and every track arrived)."""
+    doc = line.get("tracks") or {}
+    try:
+        length = int(doc["videos"][0]["length"])
+        summary = {int(a["track_id"]): [int(a["category_id"]), float(a["score"])] for a in doc["annotations"]}
+    except (KeyError, IndexError, TypeError, ValueError) as e:
+        raise ServerError(
+            f"{http.where} ended the video stream with a malformed done line",
+            hint="is it an s3seg server of this version?",
+        ) from e
+    if (length, summary) != (count, tracks):
+        raise ServerError(
+            f"{http.where} sent {count} frame(s) and {len(tracks)} track(s); its done line says {length} and "
+            f"{len(summary)} (or other scores)",
+            hint="the stream lost lines: see the server's log",
+        )

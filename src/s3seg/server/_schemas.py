@@ -260,10 +260,23 @@ class TracksOut(BaseModel):
     s3seg: dict[str, Any]
 
 
+class TracksSummaryOut(BaseModel):
+    """The tracks document less its tracks' per-frame fields (``segmentations``, ``bboxes``, ``areas``):
+    the ``done`` line of the NDJSON video answer, whose ``frame`` lines carried those."""
+
+    videos: list[dict[str, Any]] = Field(description="one: size, fps, every, frame_indices, timestamps")
+    categories: list[dict[str, Any]] = Field(description="one per prompt")
+    annotations: list[dict[str, Any]] = Field(
+        description="one per track: id, video_id, track_id, category_id, score (no per-frame fields)"
+    )
+    s3seg: dict[str, Any]
+
+
 class VideoLineOut(BaseModel):
     """One line of ``POST /api/v1/predict/video`` with ``Accept: application/x-ndjson``: a ``start`` line;
     a ``progress`` line as the model takes in each frame and a ``frame`` line as each frame is done (the
-    tracker holds frames back ``hotstart_delay`` frames); then ``done`` (with the tracks document) or
+    tracker holds frames back ``hotstart_delay`` frames); then ``done`` (with the tracks document less the
+    per-frame fields the frame lines carried: the frame lines and it make the whole answer's document) or
     ``error`` (the error envelope's fields and the status the error would have answered)."""
 
     type: Literal["start", "progress", "frame", "done", "error"]
@@ -282,7 +295,9 @@ class VideoLineOut(BaseModel):
     instances: list[dict[str, Any]] | None = Field(
         default=None, description="frame: track_id, prompt, score, box (xyxy), segmentation (COCO RLE)"
     )
-    tracks: TracksOut | None = Field(default=None, description="done: the tracks document")
+    tracks: TracksSummaryOut | None = Field(
+        default=None, description="done: the tracks document without per-frame segmentations, bboxes, areas"
+    )
     status: int | None = Field(default=None, description="error: the HTTP status of the error")
     error: ErrorOut | None = Field(default=None, description="error: code, message, hint")
 

@@ -1,6 +1,7 @@
 """``POST /api/v1/predict/video`` (the GPU backend, ``X-API-Key``): a clip tracked with the video options
 of ``s3seg segment clip.mp4``; the answer is the tracks document (``NAME.tracks.json``), or, with
-``Accept: application/x-ndjson``, one JSON line per processed frame as it is done (see
+``Accept: application/x-ndjson``, one JSON line per processed frame as it is done, then a ``done`` line with
+the rest of the tracks document (its per-frame fields are the frame lines'; see
 :class:`~s3seg.server._schemas.VideoLineOut`).
 
 The upload is written to a private temporary folder as it arrives (never held in memory; at most
@@ -234,7 +235,7 @@ class _Run:
             async for line in self.lines(video):
                 yield _dump(line)
             doc = await run_in_threadpool(video.to_tracks)
-            yield _dump({"type": "done", "tracks": doc})
+            yield _dump({"type": "done", "tracks": tracks_summary(doc)})
         except S3SegError as e:
             yield _dump(_error_line(e.http_status, e.code, e.message, e.hint))
         except Exception as e:  # the answer has started: the error can only be its last line
@@ -292,6 +293,16 @@ def _frame_line(frame: TrackedFrame, position: int) -> dict[str, Any]:
         "height": frame.result.height,
         "instances": instances,
     }
+
+
+PER_FRAME = ("segmentations", "bboxes", "areas")  # a track's fields that the frame lines already carried
+
+
+def tracks_summary(doc: dict[str, Any]) -> dict[str, Any]:
+    """The ``done`` line's ``tracks``: the tracks document without its tracks' per-frame fields (each frame
+    line holds that frame's), so that the stream does not send every mask twice."""
+    tracks = [{k: v for k, v in a.items() if k not in PER_FRAME} for a in doc["annotations"]]
+    return {**doc, "annotations": tracks}
 
 
 def _error_line(status: int, code: str, message: str, hint: str | None) -> dict[str, Any]:
