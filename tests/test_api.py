@@ -263,6 +263,35 @@ def test_upload_segment_wait_and_read_results(
     )
 
 
+def test_tasks_keep_the_uploaded_file_name(stack: Stack, admin: Conn, photo_path: Path) -> None:
+    """The upload's name (its base name, without control characters) goes with its tasks as ``file_name``;
+    an image_url's task is named by the URL's last path segment."""
+    user = new_user(admin, credits=5)
+    photo = photo_path.read_bytes()
+    with stack.client(user) as http:
+        for sent, kept in (
+            ("my photo.jpg", "my photo.jpg"),
+            ("../../x\u0000.jpg", "x.jpg"),
+            ("a\\..\\b\x1b.jpg", "b.jpg"),
+        ):
+            # by hand: httpx would percent-escape the control characters a hostile client sends as they are
+            head = f'--b\r\nContent-Disposition: form-data; name="file"; filename="{sent}"\r\n\r\n'.encode()
+            body = head + photo + b"\r\n--b--\r\n"
+            sent_form = http.post(
+                "/api/v1/upload", content=body, headers={"content-type": "multipart/form-data; boundary=b"}
+            )
+            image = ok(sent_form, 201)
+            assert image["file_name"] == kept, image
+            started = ok(http.post("/api/v1/segment", json={"image_id": image["image_id"], "text_prompt": "x"}), 202)
+            assert started["file_name"] == started["metadata"]["file_name"] == kept, started
+            assert ok(http.get(f"/api/v1/results/{started['task_id']}"))["file_name"] == kept
+        url = f"{stack.url}/some/hopper%20clip.jpg?x=1"  # refused (loopback) when it runs: the name is kept anyway
+        started = ok(http.post("/api/v1/segment", json={"image_url": url, "text_prompt": "x"}), 202)
+        assert started["file_name"] == "hopper clip.jpg", started
+        listed = ok(http.get("/api/v1/results"))["items"]
+        assert [t["file_name"] for t in listed][-3:] == ["b.jpg", "x.jpg", "my photo.jpg"], listed
+
+
 @pytest.mark.parametrize(
     "how", ["none", "expired", "forged", "unknown_key", "wrong_audience", "alg_none", "garbage", "future"]
 )
@@ -715,6 +744,8 @@ def test_sdk_and_cli_as_a_signed_in_user(
     assert code == 0, err
     files = sorted(p.name for p in (tmp_path / "dl").iterdir())
     assert files == sorted(["mask.png", "overlay.jpg", "result.json", f"source{photo_path.suffix}"]), files
+    code, out, err = run_cli(capsys, "results", saved["task_id"])  # shown with the name it was uploaded with
+    assert code == 0 and f"file: {photo_path.name}" in out, (out, err)
     code, out, err = run_cli(capsys, "tasks", saved["task_id"], "--watch", "--json")
     assert code == 0 and json.loads(out)["status"] == "done", err
     code, out, err = run_cli(capsys, "upload", str(photo_path), "--json")
@@ -840,6 +871,7 @@ def test_video_task_progress_files_and_credits(
         started = ok(http.post("/api/v1/segment", json=body), 202)
         tid = started["task_id"]
         assert (started["frames_total"], started["metadata"]["cost"]) == (30, 8)  # ceil(30 × 0.25)
+        assert started["file_name"] == "clip.bin"  # the name it was uploaded with (not its stored id)
         assert ok(http.get("/api/v1/me"))["credits"] == 100  # reserved, not charged yet
         other = new_user(admin)
         with stack.client(other) as intruder:  # another user's task: 404 before any stream

@@ -326,9 +326,11 @@ def test_prompts_and_file_names_show_as_text(
     page.click("nav >> text=Gallery")
     page.locator(f'.card[data-task="{task_id}"] img').wait_for()
     assert page.locator(f'.card[data-task="{task_id}"] .prompts').inner_text() == f"{XSS}, tie"
+    assert page.locator(f'.card[data-task="{task_id}"] .card-file').inner_text() == odd.name  # not its stored id
     page.goto(f"{server.url}/results/{task_id}")
     page.wait_for_selector(".instances li")
     assert XSS in page.inner_text("h1")
+    assert page.locator(".result .file").inner_text() == odd.name  # a fresh load: the name the task keeps
     # nothing became markup: no <img src=x>, no <b> from the file name, no alert
     assert page.locator('img[src="x"]').count() == 0 and page.locator("main b").count() == 0
     assert tab.dialogs == []
@@ -470,6 +472,7 @@ def test_video_progress_overlay_tracks_gallery_and_detail(
     page.wait_for_selector(".tracks tbody tr.track")
     assert rows() == expected
     assert page.inner_text("h1") == "Video result: person"
+    assert page.locator("#result .file").inner_text() == clip.name  # the uploaded name, not the stored id
     assert loaded_width(page, "#result video.overlay-video", ready=4) == 96
     page.screenshot(path=str(shots / "video-detail.png"), full_page=True)
 

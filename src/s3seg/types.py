@@ -554,6 +554,26 @@ def check_text(text: str, what: str = "text") -> str:
     return text
 
 
+_MAX_FILE_NAME = 200
+_ANY_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
+def safe_file_name(name: str | None) -> str | None:
+    """A client's file name made safe to keep and show: its base name only (after the last ``/`` or ``\\``),
+    without control characters or lone surrogates (the :func:`check_text` rule, tab and newlines too), ends
+    stripped, at most 200 characters (the extension kept); None when nothing is left."""
+    if not name:
+        return None
+    base = _ANY_CONTROL.sub("", re.split(r"[/\\]", name)[-1]).strip()
+    if base in ("", ".", ".."):
+        return None
+    if len(base) > _MAX_FILE_NAME:
+        stem, dot, ext = base.rpartition(".")
+        keep = dot + ext if dot and stem and len(ext) <= 16 else ""
+        base = base[: _MAX_FILE_NAME - len(keep)].rstrip() + keep
+    return base
+
+
 def normalize_prompts(prompts: str | Iterable[str] | None) -> tuple[str, ...]:
     """The one prompt rule: one string or several; inner whitespace collapsed, ends stripped, repeats
     dropped (first kept). An empty prompt or a non-string is a :class:`UsageError`."""

@@ -241,6 +241,8 @@ def _show(task: Task, urls: dict[str, str] | None) -> None:
         (task.status, _STATUS_STYLE[task.status]),
         f"  prompt: {task.text_prompt}{'  project: ' + task.project if task.project else ''}",
     )
+    if task.metadata.get("file_name"):
+        console.print(f"  file: {task.metadata['file_name']}", highlight=False)
     if task.error:
         console.print(f"  error: {task.error}", highlight=False)
     counts = task.metadata.get("counts")

@@ -16,6 +16,7 @@ import time
 import uuid
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import unquote
 
 from fastapi import APIRouter, Query
 from fastapi.responses import Response
@@ -33,10 +34,19 @@ from s3seg.server._body import json_body, read_form, read_model, single
 from s3seg.server._deps import ApiDep, CurrentUser, PublicAPI
 from s3seg.server._schemas import Envelope, MeOut, ResultsOut, SegmentIn, TaskOut, UploadOut, refusals
 from s3seg.server._tasks import task_metadata
-from s3seg.server._video_tasks import VIDEO_ID, receive_video, store_video, video_limit_mb, video_task
+from s3seg.server._video_tasks import (
+    VIDEO_ID,
+    put_beside,
+    read_beside,
+    receive_video,
+    store_video,
+    upload_name,
+    video_limit_mb,
+    video_task,
+)
 from s3seg.storage import guess_content_type
 from s3seg.store import Status
-from s3seg.types import Limits, SegmentOptions, SegmentRequest
+from s3seg.types import Limits, SegmentOptions, SegmentRequest, safe_file_name
 
 _IMAGE_ID = re.compile(r"^[0-9a-f]{32}\.(jpg|png|webp|bmp|tif|gif)$")
 _EXTENSIONS = {
@@ -108,7 +118,8 @@ async def upload(request: Request, user: CurrentUser, api: ApiDep) -> Envelope[U
         file = single(form, "file") or single(form, "image")
         if not isinstance(file, UploadFile):
             raise UsageError("multipart body needs the image in a `file` field", hint="curl -F file=@photo.jpg")
-        name = file.filename or "upload"
+        given = safe_file_name(file.filename)  # the user's name for it: kept with it, shown for its tasks
+        name = given or "upload"
         if _as_video(single(form, "kind"), await file.read(HEAD_BYTES), name):
             return Envelope(data=await run_in_threadpool(_store_video, file, name, user, api))
         await file.seek(0)
@@ -122,6 +133,8 @@ async def upload(request: Request, user: CurrentUser, api: ApiDep) -> Envelope[U
     image_id = uuid.uuid4().hex + _extension(data)
     key = _upload_key(user.id, image_id)
     await run_in_threadpool(api.storage.put, key, data, guess_content_type(image_id))
+    if given is not None:
+        await run_in_threadpool(put_beside, api.storage, key, {"file_name": given})
     return Envelope(
         data=UploadOut(
             image_id=image_id,
@@ -198,8 +211,10 @@ async def segment(http: Request, user: CurrentUser, api: ApiDep) -> Envelope[Tas
         metadata, cost, frames_total = video.metadata, video.cost, video.frames_total
     elif body.every is not None or body.max_objects is not None:
         raise UsageError("every and max_objects are for videos", hint="give a video_id, or leave them out")
-    elif "image_key" in metadata and not await run_in_threadpool(api.storage.exists, metadata["image_key"]):
-        raise UploadNotFound(f"no uploaded image {body.image_id}", hint="upload it first: POST /api/v1/upload")
+    elif "image_key" in metadata:
+        if not await run_in_threadpool(api.storage.exists, metadata["image_key"]):
+            raise UploadNotFound(f"no uploaded image {body.image_id}", hint="upload it first: POST /api/v1/upload")
+        metadata.update(upload_name(await run_in_threadpool(read_beside, api.storage, metadata["image_key"])))
     api.limiter.hit(user.id, user.tier)
     store = api.store.for_user(user.id)
     task = await run_in_threadpool(
@@ -326,5 +341,6 @@ def _task_input(body: SegmentIn, user: User, settings: Settings) -> tuple[Segmen
         url = body.image_url or ""
         if not url.startswith(("http://", "https://")):
             raise UsageError("image_url must be an http(s) URL", hint="or upload the file: POST /api/v1/upload")
-        metadata.update(image=url.split("?", 1)[0].rsplit("/", 1)[-1] or "image", image_url=url)
+        last = url.split("?", 1)[0].split("#", 1)[0].rsplit("/", 1)[-1]
+        metadata.update(image=last or "image", image_url=url, **upload_name({"file_name": unquote(last)}))
     return request, metadata

@@ -63,6 +63,7 @@ class PublicAPI:
                 **task.to_dict(),
                 **urls,
                 "task_id": task.id,
+                "file_name": task.metadata.get("file_name"),
                 "metadata": {k: v for k, v in task.metadata.items() if k not in hidden},
                 "files": {name: f"/api/v1/results/{task.id}/files/{name}" for name in keys},
             }

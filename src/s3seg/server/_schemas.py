@@ -341,6 +341,11 @@ class TaskOut(BaseModel):
     mask_image_url: str | None
     overlay_image_url: str | None
     result_url: str | None = Field(description="the COCO JSON (a video task: the tracks JSON)")
+    file_name: str | None = Field(
+        default=None,
+        description="the uploaded file's name (base name only, for an image_url its last path segment); "
+        "null for a task made before names were kept",
+    )
     files: dict[str, str]
     labels: list[Any]
     metadata: dict[str, Any]

@@ -38,6 +38,7 @@ from s3seg.server._memory import video_need
 from s3seg.server._schemas import public_model
 from s3seg.storage import Storage, guess_content_type
 from s3seg.store import Store, Task
+from s3seg.types import safe_file_name
 
 if TYPE_CHECKING:
     from s3seg.engine._video import Sam3VideoEngine
@@ -134,13 +135,34 @@ def store_video(
     upload = VideoUpload(video_id, frames, info.fps, info.width, info.height, info.duration, path.stat().st_size, name)
     key = key_of(video_id)
     storage.put_file(key, path, guess_content_type(video_id))
+    put_beside(storage, key, asdict(upload))
+    return upload, key
+
+
+def put_beside(storage: Storage, key: str, found: dict[str, Any]) -> None:
+    """Store what an upload's checks found as ``<key>.json``; when that fails, the upload is removed too."""
     try:
-        storage.put(f"{key}.json", json.dumps(asdict(upload)).encode(), "application/json")
+        storage.put(f"{key}.json", json.dumps(found).encode(), "application/json")
     except Exception:
         with contextlib.suppress(Exception):
             storage.delete(key)
         raise
-    return upload, key
+
+
+def upload_name(found: dict[str, Any] | None) -> dict[str, str]:
+    """The task metadata naming an upload by its user's file name (``file_name``), from its ``.json``; none
+    for an upload stored without one."""
+    name = safe_file_name(str((found or {}).get("file_name") or ""))
+    return {"file_name": name} if name else {}
+
+
+def read_beside(storage: Storage, key: str) -> dict[str, Any] | None:
+    """An upload's ``<key>.json``, or None when it has none (or it is not a JSON object)."""
+    try:
+        found = json.loads(storage.get(f"{key}.json"))
+    except Exception:
+        return None
+    return found if isinstance(found, dict) else None
 
 
 @dataclass(frozen=True)
@@ -158,21 +180,18 @@ def video_task(
     """The task for an uploaded video (``key`` its storage key); UploadNotFound when there is none."""
     if not VIDEO_ID.match(video_id):
         raise UsageError(f"{video_id!r} is not a video id", hint="use the video_id /api/v1/upload answered")
-    try:
-        found = json.loads(storage.get(f"{key}.json"))
-    except Exception:
-        found = None
-    if not isinstance(found, dict) or not storage.exists(key):
+    found = read_beside(storage, key)
+    if found is None or not storage.exists(key):
         raise UploadNotFound(f"no uploaded video {video_id}", hint="upload it first: POST /api/v1/upload")
     step = every or 1
     frames_total = -(-int(found["frames"]) // step)
     objects = max_objects or settings.max_objects
     size = [int(found["width"]), int(found["height"])]
     # refused now (413) when tracking it could never fit in the memory budget; the runner reserves it
-    name = str(found.get("file_name") or video_id)
+    name = upload_name(found).get("file_name", video_id)
     video_need(size[0], size[1], objects, name=name, capacity=settings.memory_budget_bytes())
     options = {"every": step, "max_objects": objects, "size": size}
-    metadata = {"kind": "video", "video": video_id, "video_key": key, "video_options": options}
+    metadata = {"kind": "video", "video": video_id, "video_key": key, "video_options": options, **upload_name(found)}
     return VideoTask(metadata, frames_total, video_cost(frames_total, settings.video_frame_cost))
 
 

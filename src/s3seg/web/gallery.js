@@ -86,7 +86,7 @@ export async function galleryPage(view, { signal }) {
     const thumb = h("div", { class: "thumb" });
     const prompts = (task.metadata?.prompts || [task.text_prompt]).join(", ");
     const video = isVideo(task);
-    const file = (video ? task.metadata?.video : task.metadata?.image) || "";
+    const file = task.file_name || (video ? task.metadata?.video : task.metadata?.image) || "";
     const item = h(
       "li",
       { class: "card", "data-task": task.task_id, "data-status": task.status, "data-kind": video ? "video" : "image" },
@@ -94,6 +94,7 @@ export async function galleryPage(view, { signal }) {
         thumb,
         h("span", { class: "card-text" },
           h("span", { class: "prompts", text: prompts }),
+          file ? h("span", { class: "card-file muted small", text: file }) : null,
           h("span", { class: "muted small" }, badge, " ", video ? h("span", { class: "badge video", text: "video" }) : null,
             " ", task.project ? h("span", { text: task.project }) : null,
             " ", when(task.created_at)))),

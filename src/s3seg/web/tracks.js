@@ -62,7 +62,7 @@ export function followIn(line, task, words) {
 
 /**
  * Show a finished video task in `container`: the overlay MP4, the tracks, the downloads. `name` is the
- * clip's file name to show (default: its stored name). Answers {video, rows}.
+ * clip's file name to show (default: the uploaded file's name, else its stored id). Answers {video, rows}.
  */
 export async function showTracks(container, task, { name: displayName, signal } = {}) {
   const error = h("div", { class: "error", role: "alert" });
@@ -74,7 +74,7 @@ export async function showTracks(container, task, { name: displayName, signal } 
   shown.set(container, url);
 
   const meta = task.metadata || {};
-  const fileName = displayName || meta.video || "video";
+  const fileName = displayName || task.file_name || meta.video || "video";
   const name = stem(fileName);
   const frames = Number(meta.frames) || 0;
   const tracks = [...(task.labels || [])].sort((a, b) => a.track_id - b.track_id);

@@ -60,7 +60,7 @@ export async function showResult(container, task, { image, name: displayName, si
     on: true,
   }));
   const runThreshold = Number(task.metadata?.options?.threshold ?? 0);
-  const fileName = displayName || info.file_name || task.metadata?.image || "image";
+  const fileName = displayName || task.file_name || info.file_name || task.metadata?.image || "image";
 
   // ----- canvas: the source, then the visible masks blended over it
   const canvas = h("canvas", { width: bitmap.width, height: bitmap.height, class: "overlay", role: "img" });
