@@ -6,6 +6,7 @@ Supabase Auth itself (GoTrue, which issues the tokens) is not run: the tests sig
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -25,6 +26,7 @@ import httpx
 import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
+from PIL import Image
 
 import _postgres
 from _postgres import one
@@ -897,7 +899,7 @@ def test_video_task_progress_files_and_credits(
         assert statuses[-1] == "processing", statuses
         task = ok(http.get(f"/api/v1/results/{tid}"))
         assert (task["status"], task["frames_done"], task["frames_total"]) == ("done", 30, 30), task
-        assert sorted(task["files"]) == ["overlay", "result", "source"] and task["mask_image_url"] is None
+        assert sorted(task["files"]) == ["overlay", "poster", "result", "source"] and task["mask_image_url"] is None
         tracks = http.get(task["files"]["result"]).json()
         assert tracks["videos"][0]["length"] == 30 and [c["name"] for c in tracks["categories"]] == ["person"]
         assert task["metadata"]["model"] == tracks["s3seg"]["model"] == tiny_model_dir.name
@@ -905,6 +907,13 @@ def test_video_task_progress_files_and_credits(
         overlay = http.get(task["files"]["overlay"])
         assert overlay.headers["content-type"] == "video/mp4" and overlay.content[4:8] == b"ftyp"
         assert http.get(task["files"]["source"]).content == clip.read_bytes()
+        # the poster: a JPEG of one overlay frame, the clip's size (under 480 px wide: not scaled), downloaded
+        # like the other files; its storage key stays out of the metadata
+        poster = http.get(task["files"]["poster"])
+        assert poster.headers["content-type"] == "image/jpeg" and task["poster_url"], task
+        with Image.open(io.BytesIO(poster.content)) as still:
+            assert (still.format, still.size, still.mode) == ("JPEG", (96, 72), "RGB")
+        assert "poster" not in task["metadata"]
         refused(http.get(f"/api/v1/results/{tid}/files/mask"), 404, "NOT_FOUND")
         assert ok(http.get("/api/v1/me"))["credits"] == 100 - 8
     assert one(admin, "select sum(credits_used) from public.usage_logs where user_id = %s", user) == 8

@@ -240,3 +240,19 @@ def test_a_video_engine_shares_the_image_engines_detector(tiny_model_dir: Path, 
         next(alone._m.detector_model.parameters()).add_(1.0)
     assert not alone.share_detector(image)  # other weights: kept apart
     assert alone._m.detector_model is not image.model
+
+
+def test_poster_jpeg_is_scaled_to_at_most_480_wide() -> None:
+    import io
+
+    from PIL import Image
+
+    from s3seg.video import POSTER_WIDTH, poster_jpeg
+
+    wide = np.zeros((600, 1000, 3), dtype=np.uint8)
+    wide[:, :500] = (200, 30, 30)  # left half red: still there, scaled
+    small = np.full((72, 96, 3), 128, dtype=np.uint8)
+    with Image.open(io.BytesIO(poster_jpeg(wide))) as big, Image.open(io.BytesIO(poster_jpeg(small))) as kept:
+        assert (big.format, big.size, kept.format, kept.size) == ("JPEG", (POSTER_WIDTH, 288), "JPEG", (96, 72))
+        left, right = big.getpixel((100, 100)), big.getpixel((400, 100))
+    assert left[0] > 150 and left[1] < 80 and max(right) < 10, (left, right)

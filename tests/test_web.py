@@ -361,7 +361,7 @@ def loaded_width(page: Page, selector: str, *, ready: int = 2) -> int:
 
 
 def test_video_progress_overlay_tracks_gallery_and_detail(
-    tab: Tab, server: LoopbackServer, clip: Path, shots: Path, monkeypatch: pytest.MonkeyPatch
+    tab: Tab, server: LoopbackServer, store: Store, clip: Path, shots: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from s3seg.server import _events
 
@@ -455,17 +455,48 @@ def test_video_progress_overlay_tracks_gallery_and_detail(
     assert got.value.suggested_filename == "hopper clip.overlay.mp4"
     assert Path(got.value.path()).read_bytes() == overlay.content
 
-    # the gallery shows it as a video (no image that could not load), next to the image results
+    # a video task done before posters were kept (its overlay, no poster): the gallery plays its MP4 as before
+    old = store.create_task(
+        ["person"], project="old-video", metadata={"kind": "video", "video": task["metadata"]["video"]}
+    )
+    store.start(old.id)
+    overlay_key = f"results/{task_id}/overlay.mp4"
+    store.finish(old.id, source=overlay_key, mask=None, overlay=overlay_key, labels=[], metadata={})
+
+    # the gallery shows it by its poster (a JPEG with a play mark, no image that could not load), next to the
+    # image results; its MP4 is fetched only once the card is hovered, and then plays
+    asked: list[str] = []
+    page.on("request", lambda r: asked.append(r.url))
     page.click("nav >> text=Gallery")
     card = page.locator(f'.card[data-task="{task_id}"]')
-    card.locator("video").wait_for()
+    poster = card.locator("img.poster")
+    poster.wait_for()
     assert card.get_attribute("data-kind") == "video" and card.locator(".badge.video").inner_text() == "video"
-    assert card.locator("img").count() == 0
-    assert loaded_width(page, f'.card[data-task="{task_id}"] video') == 96
-    assert page.eval_on_selector(f'.card[data-task="{task_id}"] video', "v => v.muted && !v.controls")
+    assert card.locator(".play-mark").count() == 1 and card.locator("video").count() == 0
+    assert poster.evaluate("i => i.decode().then(() => i.naturalWidth)") == 96  # smaller than 480: as it is
+    page.locator(f'.card[data-task="{old.id}"] video').wait_for()  # the old task: its MP4 straight away
+    assert loaded_width(page, f'.card[data-task="{old.id}"] video') == 96
     broken = page.locator(".gallery img").evaluate_all("imgs => imgs.filter(i => i.complete && !i.naturalWidth).length")
     assert broken == 0
+    assert [u for u in asked if u.endswith(f"/{task_id}/files/poster")], asked
+    assert not [u for u in asked if u.endswith(f"/{task_id}/files/overlay")], asked
     page.screenshot(path=str(shots / "gallery-video.png"), full_page=True)
+    card.hover()
+    card.locator("video").wait_for()
+    assert [u for u in asked if u.endswith(f"/{task_id}/files/overlay")], asked
+    assert loaded_width(page, f'.card[data-task="{task_id}"] video') == 96
+    assert page.eval_on_selector(f'.card[data-task="{task_id}"] video', "v => v.muted && !v.controls")
+    playing = page.eval_on_selector(
+        f'.card[data-task="{task_id}"] video',
+        """v => new Promise((resolve) => {
+            if (!v.paused && v.currentTime > 0) return resolve(true);
+            v.addEventListener("timeupdate", () => v.currentTime > 0 && resolve(!v.paused));
+            setTimeout(() => resolve(false), 10000);
+        })""",
+    )
+    assert playing
+    page.mouse.move(0, 0)
+    assert page.eval_on_selector(f'.card[data-task="{task_id}"] video', "v => v.paused")
 
     # its own page: the overlay, the tracks
     page.goto(f"{server.url}/results/{task_id}")

@@ -200,6 +200,7 @@ class PublicClient:
                 ("mask", "mask_image_url"),
                 ("overlay", "overlay_image_url"),
                 ("result", "result_url"),
+                ("poster", "poster_url"),
             )
             if row.get(column)
         }

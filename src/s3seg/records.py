@@ -96,14 +96,16 @@ class Recorder:
 
 
 def result_files(task: Task) -> dict[str, str]:
-    """The storage keys of a task's files by name: ``source``, ``mask``, ``overlay`` and ``result`` (the
+    """The storage keys of a task's files by name: ``source``, ``mask``, ``overlay``, ``result`` (the
     COCO JSON, whose key the task's metadata keeps under ``coco``; a video task's tracks JSON, under
-    ``tracks``; a video has no mask); only those it has."""
+    ``tracks``; a video has no mask) and ``poster`` (a video task's poster JPEG, under ``poster``; none for an
+    image or a video task done before posters were kept); only those it has."""
     keys = {
         "source": task.source_image_url,
         "mask": task.mask_image_url,
         "overlay": task.overlay_image_url,
         "result": task.metadata.get("coco") or task.metadata.get("tracks"),
+        "poster": task.metadata.get("poster"),
     }
     return {name: str(key) for name, key in keys.items() if key}
 

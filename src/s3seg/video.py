@@ -191,9 +191,11 @@ class VideoResult:
         """MOT-challenge lines ``frame,id,x,y,w,h,conf,-1,-1,-1`` (frame = the 1-based processed frame number)."""
         return mot_lines(self.to_tracks())
 
-    def write_overlay(self, path: str | Path) -> Path:
+    def write_overlay(self, path: str | Path, *, poster: str | Path | None = None) -> Path:
         """The clip with coloured masks and track ids as H.264 MP4 at ``fps / every`` (one frame per processed
-        frame). The video is decoded a second time for it; written atomically."""
+        frame). The video is decoded a second time for it; written atomically. With ``poster``, one of its
+        frames is also written there as a JPEG at most :data:`POSTER_WIDTH` wide (the first frame with tracks,
+        else the first frame): what a gallery shows until the clip is played."""
         from s3seg import _videoio
 
         self._require_done()
@@ -208,9 +210,16 @@ class VideoResult:
         width, height = self.size or (0, 0)
         fps = Fraction(self.fps / self.every).limit_denominator(1001) if self.fps > 0 else Fraction(25)
         path = Path(path)
+        still: npt.NDArray[np.uint8] | None = None
+        tracked = False  # still is a frame with tracks: kept
         with _videoio.VideoWriter(path, width, height, fps) as writer:
             for frame, image in zip(frames, decoded, strict=False):
-                writer.write(overlay_frame(image.array, frame))
+                drawn = overlay_frame(image.array, frame)
+                writer.write(drawn)
+                if not tracked and (still is None or frame.track_ids):
+                    still, tracked = drawn, bool(frame.track_ids)
+        if poster is not None and still is not None:
+            _atomic_write(Path(poster), poster_jpeg(still))
         return path
 
     def _require_done(self) -> None:
@@ -320,6 +329,22 @@ def overlay_frame(image: npt.NDArray[np.uint8], frame: TrackedFrame, *, alpha: f
         draw.rectangle((x, y, x + right - left + 1, y + bottom - top + 1), fill=rgb)
         draw.text((x + 1 - left, y + 1 - top), text, fill=render._text_color(rgb), font=font)
     return np.asarray(picture)
+
+
+POSTER_WIDTH = 480  # px: a video's poster (see VideoResult.write_overlay) is at most this wide
+
+
+def poster_jpeg(image: npt.NDArray[np.uint8]) -> bytes:
+    """A drawn frame as a poster JPEG: scaled down to at most :data:`POSTER_WIDTH` wide, aspect kept."""
+    from PIL import Image
+
+    from s3seg import render
+
+    picture = Image.fromarray(image)
+    if picture.width > POSTER_WIDTH:
+        height = max(1, round(picture.height * POSTER_WIDTH / picture.width))
+        picture = picture.resize((POSTER_WIDTH, height), Image.Resampling.LANCZOS)
+    return render.encode_jpeg(picture, quality=85)
 
 
 def _atomic_write(path: Path, data: bytes) -> None:

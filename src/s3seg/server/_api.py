@@ -289,7 +289,7 @@ _BINARY = {"schema": {"type": "string", "format": "binary"}}
     },
 )
 async def result_file(
-    task_id: str, name: Literal["source", "mask", "overlay", "result"], user: CurrentUser, api: ApiDep
+    task_id: str, name: Literal["source", "mask", "overlay", "result", "poster"], user: CurrentUser, api: ApiDep
 ) -> Response:
     """Download one of a result's files through the API (works with every storage backend)."""
     found = await run_in_threadpool(api.store.for_user(user.id).get, task_id)

@@ -34,7 +34,13 @@ if TYPE_CHECKING:
 API_KEY_HEADER = Unauthorized.auth_scheme  # "X-API-Key"
 # Declared as a security scheme so that /docs offers "Authorize"; checked in require_key (constant time).
 _API_KEY = APIKeyHeader(name=API_KEY_HEADER, auto_error=False, description="the server's API key")
-_URLS = {"source": "source_image_url", "mask": "mask_image_url", "overlay": "overlay_image_url", "result": "result_url"}
+_URLS = {
+    "source": "source_image_url",
+    "mask": "mask_image_url",
+    "overlay": "overlay_image_url",
+    "result": "result_url",
+    "poster": "poster_url",
+}
 
 
 @dataclass
@@ -51,13 +57,13 @@ class PublicAPI:
 
     def out(self, task: Task) -> TaskOut:
         """A task as clients see it: the stored keys become time-limited URLs (``*_image_url``,
-        ``result_url``), and ``files`` gives download paths through this API (every storage backend)."""
+        ``result_url``, ``poster_url``), and ``files`` gives download paths through this API (every storage backend)."""
         keys = result_files(task) if task.status == "done" else {}
         expires = self.settings.url_expires_s
         urls = {
             column: self.storage.url(keys[name], expires) if name in keys else None for name, column in _URLS.items()
         }
-        hidden = ("image_key", "image_url", "coco", "video_key", "tracks")
+        hidden = ("image_key", "image_url", "coco", "video_key", "tracks", "poster")
         return TaskOut.model_validate(
             {
                 **task.to_dict(),

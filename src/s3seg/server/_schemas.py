@@ -341,6 +341,11 @@ class TaskOut(BaseModel):
     mask_image_url: str | None
     overlay_image_url: str | None
     result_url: str | None = Field(description="the COCO JSON (a video task: the tracks JSON)")
+    poster_url: str | None = Field(
+        default=None,
+        description="a video task's poster: a JPEG of one overlay frame, at most 480 px wide; "
+        "null for an image task or a video task done before posters were kept",
+    )
     file_name: str | None = Field(
         default=None,
         description="the uploaded file's name (base name only, for an image_url its last path segment); "

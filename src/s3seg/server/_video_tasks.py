@@ -11,8 +11,9 @@ Task: ``frames_total`` is the frames it will process (the upload's frames, every
 ``ceil(frames_total × S3SEG_VIDEO_FRAME_COST)`` credits, is reserved when it is created and charged when it
 is done (never when it fails), for the frames it did process: less when the clip had fewer than counted (a
 damaged end), never more than the reservation. The worker (:class:`VideoRunner`, in a thread) reports each
-processed frame as progress, then stores the tracks JSON and the overlay MP4 under ``results/<task>/`` and
-marks the task done; the upload stays its ``source``. A task whose server died runs again from the first
+processed frame as progress, then stores the tracks JSON, the overlay MP4 and a poster JPEG (one of the
+overlay's frames, at most 480 px wide: what the web gallery shows) under ``results/<task>/`` and marks the
+task done; the upload stays its ``source``. A task whose server died runs again from the first
 frame.
 """
 
@@ -259,7 +260,8 @@ class VideoRunner:
             shutil.rmtree(folder, ignore_errors=True)
 
     def _finish(self, video: VideoResult, task: Task, store: Store, source: str, folder: Path) -> Task:
-        """Track to the end, store the tracks JSON and the overlay MP4, and mark the task done (charged)."""
+        """Track to the end, store the tracks JSON, the overlay MP4 and its poster JPEG, and mark the task done
+        (charged)."""
         written: list[str] = []
         try:
             video.model = public_model(video.model)  # the tracks JSON and the metadata: no server path
@@ -267,8 +269,8 @@ class VideoRunner:
             doc = video.to_tracks()
             prefix = f"results/{task.id}"
             tracks = video.write_tracks(folder / "tracks.json")
-            overlay = video.write_overlay(folder / "overlay.mp4")
-            for file in (tracks, overlay):
+            overlay = video.write_overlay(folder / "overlay.mp4", poster=folder / "poster.jpg")
+            for file in (tracks, overlay, folder / "poster.jpg"):
                 written.append(self.storage.put_file(f"{prefix}/{file.name}", file, guess_content_type(file.name)))
             return store.finish(
                 task.id,
@@ -276,7 +278,7 @@ class VideoRunner:
                 mask=None,
                 overlay=written[1],
                 labels=_labels(doc),
-                metadata=_metadata(doc, written[0]),
+                metadata={**_metadata(doc, written[0]), "poster": written[2]},
                 cost=video_cost(len(video.frame_indices), self.settings.video_frame_cost),  # ≤ the reservation
             )
         except Exception:

@@ -1,6 +1,8 @@
 // The gallery: the user's results as thumbnails, newest first, a page at a time, filtered by project
 // and status; pending and processing ones follow their task events and update in place (a video's frames
-// too). A video's thumbnail is its overlay MP4, muted, playing while hovered or focused.
+// too). A video's thumbnail is its poster (a JPEG of one overlay frame) with a play mark; its overlay MP4 is
+// fetched only when the card is first hovered or focused, then plays muted while hovered or focused. A video
+// task done before posters were kept shows its overlay MP4 straight away.
 
 import { api, fileBlob, waitForTask } from "./api.js";
 import { h, showError, when } from "./dom.js";
@@ -103,27 +105,53 @@ export async function galleryPage(view, { signal }) {
       item.dataset.status = t.status;
       badge.className = `badge ${t.status}`;
       badge.textContent = t.status;
-      if (t.status === "done" && t.files?.overlay) {
-        fileBlob(t.files.overlay, signal).then((blob) => {
-          const url = URL.createObjectURL(blob);
-          urls.push(url);
-          thumb.replaceChildren(video ? clip(url) : h("img", { src: url, alt: `${prompts} in ${file}`, loading: "lazy" }));
+      if (t.status === "done" && video && t.files?.poster && t.files?.overlay) {
+        blobUrl(t.files.poster).then((url) => thumb.replaceChildren(...still(url, t.files.overlay))).catch(() => {});
+      } else if (t.status === "done" && t.files?.overlay) {
+        blobUrl(t.files.overlay).then((url) => {
+          if (!video) return thumb.replaceChildren(h("img", { src: url, alt: `${prompts} in ${file}`, loading: "lazy" }));
+          const player = clip(url);
+          thumb.replaceChildren(player);
+          hover((on) => (on ? player.play().catch(() => {}) : player.pause()));
         }).catch(() => {});
       } else {
         const frames = video && t.frames_total ? ` ${t.frames_done}/${t.frames_total}` : "";
         thumb.replaceChildren(h("span", { class: "placeholder", text: t.status === "error" ? "failed" : `working…${frames}` }));
       }
     };
-    const clip = (url) => {
-      const player = h("video", { src: url, muted: true, defaultMuted: true, loop: true, playsinline: true,
+    const blobUrl = (path) =>
+      fileBlob(path, signal).then((blob) => {
+        const url = URL.createObjectURL(blob);
+        urls.push(url);
+        return url;
+      });
+    const clip = (url, poster) =>
+      h("video", { src: url, poster, muted: true, defaultMuted: true, loop: true, playsinline: true,
         preload: "metadata", "aria-label": `${prompts} tracked through ${file}` });
-      const play = (on) => () => (on ? player.play().catch(() => {}) : player.pause());
-      item.addEventListener("mouseenter", play(true));
-      item.addEventListener("mouseleave", play(false));
-      item.addEventListener("focusin", play(true));
-      item.addEventListener("focusout", play(false));
-      return player;
+    // toggle(true) while the card is hovered or focused, toggle(false) when it no longer is
+    const hover = (toggle) => {
+      for (const [name, on] of [["mouseenter", true], ["mouseleave", false], ["focusin", true], ["focusout", false]]) {
+        item.addEventListener(name, () => toggle(on));
+      }
     };
+    // the poster, and the overlay MP4 fetched the first time the card is hovered or focused
+    const still = (poster, overlay) => {
+      let player = null;
+      let loading = null;
+      let wanted = false;
+      hover((on) => {
+        wanted = on;
+        if (player) return on ? player.play().catch(() => {}) : player.pause();
+        if (!on || loading) return;
+        loading = blobUrl(overlay).then((url) => {
+          player = clip(url, poster);
+          thumb.replaceChildren(player, mark());
+          if (wanted) player.play().catch(() => {});
+        }, () => { loading = null; });
+      });
+      return [h("img", { class: "poster", src: poster, alt: `${prompts} tracked through ${file}` }), mark()];
+    };
+    const mark = () => h("span", { class: "play-mark", "aria-hidden": "true", text: "▶" });
     fill(task);
     if (task.status === "pending" || task.status === "processing") {
       let now = task;
