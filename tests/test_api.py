@@ -920,6 +920,41 @@ def test_video_task_progress_files_and_credits(
     assert one(admin, "select count(*) from public.usage_logs where user_id = %s", user) == 1
 
 
+def test_video_task_start_end_processes_only_the_selection(
+    stack_factory: Callable[..., Stack], admin: Conn, tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    """``start``/``end`` on /segment (seconds or NNf, as the CLI's): frames_total and the price come from the
+    selection, the task processes exactly the frames a local run with the same selection does, and is charged
+    for those; a selection that is empty or reaches past the clip is refused before anything is reserved."""
+    from _video import make_clip
+    from s3seg.config import load_settings
+    from s3seg.engine._video import Sam3VideoEngine
+    from s3seg.video import open_video
+
+    clip = make_clip(tmp_path / "clip.mp4", n=16)  # 10 fps: 1.6 s
+    stack = stack_factory(video_frame_cost=0.5)
+    user = new_user(admin)
+    with stack.client(user) as http:
+        video_id = upload_video(http, clip)["video_id"]
+        body = {"video_id": video_id, "text_prompt": "person", "threshold": 0}
+        for bad in ({"end": "17f"}, {"end": "1.7"}, {"start": "16f"}, {"start": "0.25", "end": "0.28"}):
+            refused(http.post("/api/v1/segment", json={**body, **bad}), 422, "BAD_RANGE")
+        started = ok(http.post("/api/v1/segment", json={**body, "start": "0.4", "end": "12f", "every": 2}), 202)
+        assert (started["frames_total"], started["metadata"]["cost"]) == (4, 2)  # frames 4, 6, 8, 10; ceil(4 × 0.5)
+        task = ok(http.get(f"/api/v1/tasks/{started['task_id']}", params={"wait": 30}))
+        while task["status"] in ("pending", "processing"):
+            task = ok(http.get(f"/api/v1/tasks/{started['task_id']}", params={"wait": 30}))
+        assert (task["status"], task["frames_done"], task["frames_total"]) == ("done", 4, 4), task
+        tracks = http.get(ok(http.get(f"/api/v1/results/{task['task_id']}"))["files"]["result"]).json()
+        assert ok(http.get("/api/v1/me"))["credits"] == 100 - 2
+    engine = Sam3VideoEngine.load(str(tiny_model_dir), device="cpu")
+    local = open_video(clip, ["person"], engine, load_settings(threshold=0.0), start="0.4", end="12f", every=2)
+    doc = local.run().to_tracks()
+    assert tracks["videos"][0]["frame_indices"] == doc["videos"][0]["frame_indices"] == [4, 6, 8, 10]
+    assert tracks["annotations"] == doc["annotations"]
+    assert one(admin, "select sum(credits_used) from public.usage_logs where user_id = %s", user) == 2
+
+
 def test_bad_videos_are_refused_and_leave_nothing(
     stack_factory: Callable[..., Stack], admin: Conn, tmp_path: Path
 ) -> None:
@@ -1024,10 +1059,17 @@ def test_video_from_the_cli_and_sdk_as_a_signed_in_user(
     doc = json.loads(stdout)
     assert json.loads((out / "clip.tracks.json").read_text()) == doc
     assert (out / "clip.overlay.mp4").read_bytes()[4:8] == b"ftyp"
-    local = open_video(
-        clip, ["person"], Sam3VideoEngine.load(str(tiny_model_dir), device="cpu"), load_settings(threshold=0.0)
-    )
+    engine = Sam3VideoEngine.load(str(tiny_model_dir), device="cpu")
+    local = open_video(clip, ["person"], engine, load_settings(threshold=0.0))
     assert doc["annotations"] == local.run().to_tracks()["annotations"] and doc["videos"][0]["length"] == 12
+    code, stdout, err = run_cli(  # a selection is sent with the task: the same frames and masks as a local run
+        capsys, "segment", str(clip), "person", "--start", "2f", "--end", "0.9", "--threshold", "0", "--json"
+    )
+    assert code == 0, err
+    chosen = open_video(clip, ["person"], engine, load_settings(threshold=0.0), start="2f", end="0.9").run().to_tracks()
+    picked = json.loads(stdout)
+    assert picked["videos"][0]["frame_indices"] == chosen["videos"][0]["frame_indices"] == list(range(2, 9))
+    assert picked["annotations"] == chosen["annotations"]  # the RLE masks, frame for frame
     gif = make_animation(tmp_path / "anim.gif", [100, 100, 100])  # --video: tracked on the server too
     code, stdout, err = run_cli(capsys, "segment", str(gif), "person", "--video", "--threshold", "0", "--json")
     assert code == 0 and json.loads(stdout)["videos"][0]["length"] == 3, err

@@ -67,6 +67,11 @@ def _predict(**fields: Any) -> dict[str, Any]:
     return _json(json.dumps({"image": B64, **fields}))
 
 
+def _video(**fields: Any) -> dict[str, Any]:
+    # a well-formed video id nobody uploaded: the selection is refused before the upload is looked for
+    return _json(json.dumps({"video_id": "0" * 32 + ".mp4", "text_prompt": "dog", **fields}))
+
+
 class Case:
     def __init__(
         self, name: str, method: str, path: str, body: Callable[[], dict[str, Any]], status: int, code: str | None
@@ -92,6 +97,12 @@ def _cases() -> list[Case]:
         Case("NUL in prompt", "POST", "/api/v1/predict", lambda: _predict(prompts=["do\x00g"]), 422, "INVALID_TEXT"),
         Case("control chars in prompt", "POST", "/api/v1/predict", lambda: _predict(prompts=["\x1b[31mdog"]), 422, "INVALID_TEXT"),
         Case("NUL in name", "POST", "/api/v1/predict", lambda: _predict(prompts=["dog"], name="a\x00b"), 422, "INVALID_TEXT"),
+        Case("start after end /segment", "POST", "/api/v1/segment", lambda: _video(start="5f", end="3f"), 422, "BAD_RANGE"),
+        Case("start equal to end /segment", "POST", "/api/v1/segment", lambda: _video(start="1.5", end="1.5s"), 422, "BAD_RANGE"),
+        Case("negative start /segment", "POST", "/api/v1/segment", lambda: _video(start="-1"), 422, "BAD_RANGE"),
+        Case("fractional frame /segment", "POST", "/api/v1/segment", lambda: _video(end="2.5f"), 422, "BAD_RANGE"),
+        Case("start for an image /segment", "POST", "/api/v1/segment",
+             lambda: _json(json.dumps({"image_url": "https://example.com/a.jpg", "text_prompt": "dog", "start": "1"})), 422, "INVALID_REQUEST"),
         Case("NUL in text_prompts /segment", "POST", "/api/v1/segment",
              lambda: _json(json.dumps({"image_url": "https://example.com/a.jpg", "text_prompts": ["a\x00"]})), 422, "INVALID_TEXT"),
         Case("invalid UTF-8 multipart prompt", "POST", "/api/v1/predict",

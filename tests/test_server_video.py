@@ -270,7 +270,7 @@ def test_bad_and_oversized_videos_are_refused_and_leave_nothing(
     streamed = server.http.post("/api/v1/predict/video", content=chunks(), headers=headers)
     assert error_of(streamed) == (413, "PAYLOAD_TOO_LARGE")
     assert error_of(post(server, clip, ("prompts", "person"), ("every", "0"))) == (422, "VALIDATION_ERROR")
-    assert error_of(post(server, clip, ("prompts", "person"), ("start", "soon"))) == (422, "INVALID_REQUEST")
+    assert error_of(post(server, clip, ("prompts", "person"), ("start", "soon"))) == (422, "BAD_RANGE")
     assert error_of(post(server, clip, ("threshold", "0.5"))) == (422, "VALIDATION_ERROR")  # no prompt
     assert error_of(post(server, clip, ("prompts", "x"), ("colour", "red"))) == (422, "INVALID_REQUEST")
     no_file = server.http.post("/api/v1/predict/video", data={"prompts": "person"}, files={"other": ("a", b"x")})

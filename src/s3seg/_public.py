@@ -102,9 +102,13 @@ class PublicClient:
         max_objects: int | None = None,
         threshold: float | None = None,
         project: str | None = None,
+        start: str | None = None,
+        end: str | None = None,
     ) -> Task:
-        """A task tracking ``prompts`` through an uploaded video (unset options: the server's defaults)."""
+        """A task tracking ``prompts`` through an uploaded video (unset options: the server's defaults);
+        ``start``/``end``: seconds or frame numbers (``"75f"``), as ``s3seg segment --start/--end``."""
         chosen = {"every": every, "max_objects": max_objects, "threshold": threshold, "project": project}
+        chosen |= {"start": start, "end": end}
         body = {
             "video_id": video_id,
             "text_prompts": list(prompts),

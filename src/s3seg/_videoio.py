@@ -10,6 +10,7 @@ error."""
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import re
 import warnings
@@ -22,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
-from s3seg.errors import DependencyError, UsageError, VideoError, VideoTooLarge
+from s3seg.errors import BadRange, DependencyError, UsageError, VideoError, VideoTooLarge
 
 if TYPE_CHECKING:
     import av.container
@@ -104,13 +105,41 @@ class Position:
     def parse(cls, text: str) -> Position:
         match = re.fullmatch(r"\s*(\d+(?:\.\d*)?)\s*(f|s)?\s*", text)
         if match is None or (match.group(2) == "f" and "." in match.group(1)):
-            raise UsageError(
+            raise BadRange(
                 f"not a time or frame number: {text!r}", hint="seconds (2.5 or 2.5s) or a frame number (75f)"
             )
         return cls(float(match.group(1)), frames=match.group(2) == "f")
 
     def reached(self, index: int, time: float) -> bool:
         return index >= self.value if self.frames else time >= self.value - 1e-9
+
+
+def parse_selection(start: str | None, end: str | None) -> tuple[Position | None, Position | None]:
+    """``start``/``end`` as the CLI takes them (seconds or ``NNf``); BadRange when unreadable, or when both are in
+    the same unit and ``start`` is not before ``end`` (mixed units are checked against the clip)."""
+    first, last = (None if text is None else Position.parse(text) for text in (start, end))
+    if first is not None and last is not None and first.frames == last.frames and first.value >= last.value:
+        raise BadRange(f"start ({start}) must come before end ({end})", hint="end is exclusive: 0f to 10f is 10 frames")
+    return first, last
+
+
+def selected_frames(start: Position | None, end: Position | None, frames: int, fps: float, name: str) -> range:
+    """The frame numbers ``[start, end)`` choose in a clip of ``frames`` frames at ``fps``, as :func:`read`
+    selects them: frame numbers exactly; seconds as the first frame at or after that time, estimated from
+    ``fps`` (exact for a constant frame rate). BadRange when it is empty or reaches past the clip."""
+
+    def index(p: Position) -> int:
+        return int(p.value) if p.frames else math.ceil(round(p.value * fps, 6))
+
+    first = 0 if start is None else index(start)
+    stop = frames if end is None else index(end)
+    if start is not None and first >= frames:
+        raise BadRange(f"{name}: start is past the end of the clip ({frames} frames)", hint="choose an earlier start")
+    if stop > frames:
+        raise BadRange(f"{name}: end is past the end of the clip ({frames} frames)", hint="choose an earlier end")
+    if first >= stop:
+        raise BadRange(f"{name}: no frames between start and end", hint="start must come before end")
+    return range(first, stop)
 
 
 def _av() -> Any:

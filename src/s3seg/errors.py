@@ -114,6 +114,11 @@ class InvalidText(UsageError, code="INVALID_TEXT"):
     characters (NUL included)."""
 
 
+class BadRange(UsageError, code="BAD_RANGE"):
+    """A video selection (start/end) that is not a time or frame number, is empty or reversed, or reaches past
+    the end of the clip."""
+
+
 class DuplicateField(UsageError, code="DUPLICATE_FIELD"):
     """A request field that may appear once was given several times."""
 

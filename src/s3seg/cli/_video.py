@@ -40,9 +40,17 @@ def run(
     if settings.api_url:  # a task on the public API, kept there (s3seg results)
         from s3seg.cli import _video_api
 
-        if start is not None or end is not None:
-            raise UsageError("--start and --end are not taken by the public API", hint="cut the clip, or drop --api")
-        _video_api.run(settings, path, prompts, out=out, as_json=as_json, mot=mot, every=every, max_objects=max_objects)
+        _video_api.run(
+            settings,
+            path,
+            prompts,
+            out=out,
+            as_json=as_json,
+            mot=mot,
+            span=(start, end),
+            every=every,
+            max_objects=max_objects,
+        )
         return
     client = Client(settings=settings)
     if client.is_remote:  # the server decodes and checks the clip (no PyAV or torch needed here)

@@ -25,11 +25,12 @@ def run(
     out: Path | None,
     as_json: bool,
     mot: bool,
+    span: tuple[str | None, str | None],
     every: int,
     max_objects: int | None,
 ) -> None:
-    """Upload, track as a task, write the files into ``out`` (if given); print the tracks (``as_json``), MOT
-    lines (``mot``) or a summary."""
+    """Upload, track as a task (``span``: ``--start``/``--end``), write the files into ``out`` (if given);
+    print the tracks (``as_json``), MOT lines (``mot``) or a summary."""
     from s3seg._public import PublicClient
     from s3seg.cli._video import summary
     from s3seg.errors import ServerError, UsageError
@@ -43,7 +44,15 @@ def run(
         video = api.upload_file(path, kind="video")  # (an animated GIF/WebP given with --video too)
         if video.get("kind") != "video":
             raise UsageError(f"the API took {path.name} for an image", hint="check that the file is a video")
-        task = api.start_video(video["video_id"], prompts, every=every, max_objects=max_objects, threshold=threshold)
+        task = api.start_video(
+            video["video_id"],
+            prompts,
+            start=span[0],
+            end=span[1],
+            every=every,
+            max_objects=max_objects,
+            threshold=threshold,
+        )
         bar.update(step, description=f"task {task.id[:8]} pending", total=task.frames_total or None)
 
         def progress(status: str, done: int, total: int) -> None:

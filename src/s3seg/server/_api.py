@@ -207,10 +207,12 @@ async def segment(http: Request, user: CurrentUser, api: ApiDep) -> Envelope[Tas
             api.settings,
             every=body.every,
             max_objects=body.max_objects,
+            start=body.start,
+            end=body.end,
         )
         metadata, cost, frames_total = video.metadata, video.cost, video.frames_total
-    elif body.every is not None or body.max_objects is not None:
-        raise UsageError("every and max_objects are for videos", hint="give a video_id, or leave them out")
+    elif any(v is not None for v in (body.every, body.max_objects, body.start, body.end)):
+        raise UsageError("every, max_objects, start and end are for videos", hint="give a video_id, or leave them out")
     elif "image_key" in metadata:
         if not await run_in_threadpool(api.storage.exists, metadata["image_key"]):
             raise UploadNotFound(f"no uploaded image {body.image_id}", hint="upload it first: POST /api/v1/upload")

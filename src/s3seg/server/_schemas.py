@@ -113,6 +113,8 @@ class SegmentIn(RequestIn):
     image_url: Text | None = Field(default=None, description="http(s) URL of an image (public hosts)")
     every: int | None = Field(default=None, ge=1, description="video: process every n-th frame (default 1)")
     max_objects: int | None = Field(default=None, ge=1, description="video: most objects tracked at once")
+    start: Text | None = Field(default=None, description="video: first frame: seconds (2.5) or a frame number (75f)")
+    end: Text | None = Field(default=None, description="video: stop before: seconds or a frame number (NNf)")
     text_prompt: Text | None = Field(default=None, description='one noun phrase, e.g. "dog"')
     text_prompts: list[Text] = Field(default_factory=list, description="several noun phrases")
     project: Text | None = Field(default=None, max_length=200, description="project name (created if new)")

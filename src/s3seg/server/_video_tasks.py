@@ -7,7 +7,9 @@ only then is it stored (``uploads/<user>/<video_id>``) with a small JSON of what
 (``<video_id>.json``: frames, fps, size), which the segment route reads to price the task. Anything refused
 leaves nothing stored.
 
-Task: ``frames_total`` is the frames it will process (the upload's frames, every ``every``-th); its price,
+Task: ``frames_total`` is the frames it will process (the upload's frames, those ``start``/``end`` choose,
+every ``every``-th; seconds are turned into frames with the upload's fps, exact for a constant frame rate, an
+estimate for a variable one); its price,
 ``ceil(frames_total × S3SEG_VIDEO_FRAME_COST)`` credits, is reserved when it is created and charged when it
 is done (never when it fails), for the frames it did process: less when the clip had fewer than counted (a
 damaged end), never more than the reservation. The worker (:class:`VideoRunner`, in a thread) reports each
@@ -176,22 +178,34 @@ class VideoTask:
 
 
 def video_task(
-    video_id: str, key: str, storage: Storage, settings: Settings, *, every: int | None, max_objects: int | None
+    video_id: str,
+    key: str,
+    storage: Storage,
+    settings: Settings,
+    *,
+    every: int | None,
+    max_objects: int | None,
+    start: str | None = None,
+    end: str | None = None,
 ) -> VideoTask:
-    """The task for an uploaded video (``key`` its storage key); UploadNotFound when there is none."""
+    """The task for an uploaded video (``key`` its storage key); UploadNotFound when there is none. ``start``/
+    ``end`` (seconds or ``NNf``, as the CLI's) choose the frames; checked against the upload's ``.json``."""
     if not VIDEO_ID.match(video_id):
         raise UsageError(f"{video_id!r} is not a video id", hint="use the video_id /api/v1/upload answered")
+    first, last = _videoio.parse_selection(start, end)
     found = read_beside(storage, key)
     if found is None or not storage.exists(key):
         raise UploadNotFound(f"no uploaded video {video_id}", hint="upload it first: POST /api/v1/upload")
     step = every or 1
-    frames_total = -(-int(found["frames"]) // step)
+    name = upload_name(found).get("file_name", video_id)
+    chosen = _videoio.selected_frames(first, last, int(found["frames"]), float(found["fps"]), name)
+    frames_total = len(chosen[::step])
     objects = max_objects or settings.max_objects
     size = [int(found["width"]), int(found["height"])]
     # refused now (413) when tracking it could never fit in the memory budget; the runner reserves it
-    name = upload_name(found).get("file_name", video_id)
     video_need(size[0], size[1], objects, name=name, capacity=settings.memory_budget_bytes())
     options = {"every": step, "max_objects": objects, "size": size}
+    options |= {k: v for k, v in (("start", start), ("end", end)) if v is not None}  # (as given: the worker's)
     metadata = {"kind": "video", "video": video_id, "video_key": key, "video_options": options, **upload_name(found)}
     return VideoTask(metadata, frames_total, video_cost(frames_total, settings.video_frame_cost))
 
@@ -242,6 +256,8 @@ class VideoRunner:
             "every": int(options.get("every", 1)),
             "threshold": (meta.get("options") or {}).get("threshold"),
             "max_objects": int(options.get("max_objects", self.settings.max_objects)),
+            "start": options.get("start"),
+            "end": options.get("end"),
             "on_frame": lambda n: progress(n, max(total, n)),
         }
         folder = Path(tempfile.mkdtemp(prefix="s3seg-video-"))
