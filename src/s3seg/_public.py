@@ -12,7 +12,7 @@ import dataclasses
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypedDict
 
 import httpx
 
@@ -23,6 +23,8 @@ from s3seg.models import Task
 from s3seg.types import SegmentationResult, SegmentRequest, from_coco
 
 if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
     from s3seg.config import Settings
 
 _WAIT_S = 30.0  # one long-poll
@@ -93,26 +95,13 @@ class PublicClient:
             info: dict[str, Any] = self.http.call("POST", "/api/v1/upload", files={"file": (path.name, f)}, data=data)
         return info
 
-    def start_video(
-        self,
-        video_id: str,
-        prompts: Sequence[str],
-        *,
-        every: int | None = None,
-        max_objects: int | None = None,
-        threshold: float | None = None,
-        project: str | None = None,
-        start: str | None = None,
-        end: str | None = None,
-    ) -> Task:
-        """A task tracking ``prompts`` through an uploaded video (unset options: the server's defaults);
-        ``start``/``end``: seconds or frame numbers (``"75f"``), as ``s3seg segment --start/--end``."""
-        chosen = {"every": every, "max_objects": max_objects, "threshold": threshold, "project": project}
-        chosen |= {"start": start, "end": end}
+    def start_video(self, video_id: str, prompts: Sequence[str], **options: Unpack[VideoTaskOptions]) -> Task:
+        """A task tracking ``prompts`` through an uploaded video (options left out or None: the server's
+        defaults); ``start``/``end``: seconds or frame numbers (``"75f"``), as ``s3seg segment --start/--end``."""
         body = {
             "video_id": video_id,
             "text_prompts": list(prompts),
-            **{k: v for k, v in chosen.items() if v is not None},
+            **{k: v for k, v in options.items() if v is not None},
         }
         return Task.from_dict(self.http.call("POST", "/api/v1/segment", json=body))
 
@@ -232,6 +221,17 @@ class PublicClient:
             return dataclasses.replace(result, image=image.name), task.id
 
         return in_flight(one, images)
+
+
+class VideoTaskOptions(TypedDict, total=False):
+    """What a video task may set (see :meth:`PublicClient.start_video`)."""
+
+    every: int | None
+    max_objects: int | None
+    threshold: float | None
+    project: str | None
+    start: str | None
+    end: str | None
 
 
 OnProgress = Callable[[str, int, int], None]
