@@ -1089,7 +1089,8 @@ def test_video_from_the_cli_and_sdk_as_a_signed_in_user(
     assert code == 0 and json.loads(stdout)["frames_done"] == 6, err
     code, stdout, err = run_cli(capsys, "results", task.id, "--download", str(tmp_path / "dl"), "--json")
     assert code == 0, err
-    assert sorted(p.name for p in (tmp_path / "dl").iterdir()) == ["overlay.mp4", "source.mp4", "tracks.json"]
+    files = ["overlay.mp4", "poster.jpg", "source.mp4", "tracks.json"]
+    assert sorted(p.name for p in (tmp_path / "dl").iterdir()) == files
     assert (tmp_path / "dl" / "source.mp4").read_bytes() == clip.read_bytes()
 
 

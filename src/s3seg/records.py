@@ -268,14 +268,16 @@ class ApiResults:
 
     def download(self, task: Task, folder: Path) -> builtins.list[Path]:
         folder = _download_folder(task, folder)
+        task, urls = self.api.result(task.id)  # the files this task has (a poster only on newer videos)
         source = Path((task.source_image_url or "").split("?", 1)[0]).suffix
         names = {"source": f"source{source}", "mask": "mask.png", "overlay": "overlay.jpg", "result": "result.json"}
         if task.metadata.get("kind") == "video":  # no mask; the overlay is a clip, the result its tracks
-            names = {"source": f"source{source}", "overlay": "overlay.mp4", "result": "tracks.json"}
+            names |= {"overlay": "overlay.mp4", "result": "tracks.json", "poster": "poster.jpg"}
         saved = []
         for name, file_name in names.items():
-            (folder / file_name).write_bytes(self.api.file(task.id, name))
-            saved.append(folder / file_name)
+            if name in urls:
+                (folder / file_name).write_bytes(self.api.file(task.id, name))
+                saved.append(folder / file_name)
         return saved
 
 
